@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Entry point of the three CDK apps (labeling, training, edge deployment).
+
+Context values select what is synthesized:
+  -c app=training       one app's stacks only (what each team deploys); all three without it
+  -c env=prod           the environment in config.yaml whose account, region and overrides apply
+  -c config=path.yaml   another configuration file (default: config.yaml beside this file)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import aws_cdk as cdk
+
+from edge_deployment.component import EdgeDeploymentStage
+from labeling.component import LabelingStage
+from shared.config import APP_NAMES, DEFAULT_CONFIG_FILE, ConfigError, Settings, load_settings
+from shared.guardrails import apply_guardrails
+from shared.names import resource_names
+from shared.pipelines import AppToolchainStack, StageFactory
+from training.component import TrainingStage
+
+STAGES: dict[str, StageFactory] = {
+    "labeling": LabelingStage,
+    "training": TrainingStage,
+    "edge_deployment": EdgeDeploymentStage,
+}
+
+
+def selected_apps(value: str | None) -> list[str]:
+    """`-c app=...` as a list of app names; all apps when not given."""
+    if not value:
+        return list(APP_NAMES)
+    chosen = [part.strip().replace("-", "_") for part in value.split(",") if part.strip()]
+    unknown = [name for name in chosen if name not in APP_NAMES]
+    if unknown or not chosen:
+        raise ConfigError(
+            f"context app={value!r}: unknown app {', '.join(unknown) or value!r}; "
+            f"expected one of {', '.join(APP_NAMES)} (comma-separated) or nothing for all"
+        )
+    return chosen
+
+
+def deployment_environment(settings: Settings) -> cdk.Environment:
+    """The configured environment's account and region, else the CLI's (unset without credentials)."""
+    if settings.environment is not None:
+        return cdk.Environment(account=settings.environment.account, region=settings.environment.region)
+    return cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"), region=os.environ.get("CDK_DEFAULT_REGION"))
+
+
+def build(app: cdk.App) -> list[AppToolchainStack]:
+    """Add the selected apps' toolchain stacks (and through them, their stages) to `app`."""
+    context = app.node.try_get_context
+    settings = load_settings(context("config") or DEFAULT_CONFIG_FILE, environment=context("env") or None)
+    names = resource_names(settings, account=cdk.Aws.ACCOUNT_ID, region=cdk.Aws.REGION)
+    env = deployment_environment(settings)
+    stacks = [
+        AppToolchainStack(
+            app,
+            names.toolchain_stack(name),
+            settings=settings,
+            app=name,  # type: ignore[arg-type]
+            stage_factory=STAGES[name],
+            env=env,
+        )
+        for name in selected_apps(context("app"))
+    ]
+    for key, value in settings.project.tags.items():
+        cdk.Tags.of(app).add(key, value)
+    apply_guardrails(app)
+    return stacks
+
+
+def main() -> int:
+    app = cdk.App()
+    try:
+        build(app)
+    except ConfigError as error:
+        print(f"Configuration error: {error}", file=sys.stderr)
+        return 1
+    app.synth()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

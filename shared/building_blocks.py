@@ -1,0 +1,327 @@
+"""Secure-by-default pieces every app builds from: keys, buckets, topics and Python Lambda functions.
+
+Each helper sets what cdk-nag (AwsSolutions) and our own standards ask for once, so an app cannot
+forget it: KMS with rotation, TLS-only access, blocked public access, versioning, server access logs,
+explicit log retention, X-Ray tracing. Grants across apps go by KMS alias and resource name, never by
+reference to another app's construct.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import aws_cdk as cdk
+import jsii
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+from shared.guardrails import acknowledge
+
+LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14
+LAMBDA_ARCHITECTURE = lambda_.Architecture.ARM_64
+
+_RETENTION_DAYS = {
+    1: logs.RetentionDays.ONE_DAY,
+    3: logs.RetentionDays.THREE_DAYS,
+    5: logs.RetentionDays.FIVE_DAYS,
+    7: logs.RetentionDays.ONE_WEEK,
+    14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH,
+    60: logs.RetentionDays.TWO_MONTHS,
+    90: logs.RetentionDays.THREE_MONTHS,
+    120: logs.RetentionDays.FOUR_MONTHS,
+    150: logs.RetentionDays.FIVE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS,
+    365: logs.RetentionDays.ONE_YEAR,
+    400: logs.RetentionDays.THIRTEEN_MONTHS,
+    545: logs.RetentionDays.EIGHTEEN_MONTHS,
+    731: logs.RetentionDays.TWO_YEARS,
+    1827: logs.RetentionDays.FIVE_YEARS,
+    3653: logs.RetentionDays.TEN_YEARS,
+}
+
+
+def log_retention(days: int) -> logs.RetentionDays:
+    """The CloudWatch Logs retention for a number of days (one of the values CloudWatch accepts)."""
+    try:
+        return _RETENTION_DAYS[days]
+    except KeyError:
+        raise ValueError(f"{days} is not a CloudWatch Logs retention; use one of {sorted(_RETENTION_DAYS)}") from None
+
+
+def encryption_key(
+    scope: Construct,
+    construct_id: str,
+    *,
+    alias: str,
+    description: str,
+    retain: bool = False,
+) -> kms.Key:
+    """A customer managed key with rotation. Keys that protect data that outlives a stack are retained."""
+    return kms.Key(
+        scope,
+        construct_id,
+        alias=alias,
+        description=description,
+        enable_key_rotation=True,
+        removal_policy=cdk.RemovalPolicy.RETAIN if retain else cdk.RemovalPolicy.DESTROY,
+        pending_window=cdk.Duration.days(7) if not retain else None,
+    )
+
+
+def access_log_bucket(scope: Construct, construct_id: str = "AccessLogs", *, retention_days: int = 365) -> s3.Bucket:
+    """Destination of S3 server access logs. S3 log delivery supports only SSE-S3 on the target."""
+    bucket = s3.Bucket(
+        scope,
+        construct_id,
+        encryption=s3.BucketEncryption.S3_MANAGED,
+        enforce_ssl=True,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        versioned=True,
+        removal_policy=cdk.RemovalPolicy.RETAIN,
+        lifecycle_rules=[
+            s3.LifecycleRule(
+                id="expire-access-logs",
+                expiration=cdk.Duration.days(retention_days),
+                noncurrent_version_expiration=cdk.Duration.days(30),
+            )
+        ],
+    )
+    acknowledge(
+        bucket,
+        "AwsSolutions-S1",
+        "This bucket is the server access log destination; logging it into itself would loop.",
+    )
+    return bucket
+
+
+def secure_bucket(
+    scope: Construct,
+    construct_id: str,
+    *,
+    key: kms.IKey,
+    access_logs: s3.IBucket,
+    bucket_name: str | None = None,
+    retain: bool = True,
+    lifecycle_rules: Sequence[s3.LifecycleRule] | None = None,
+    event_bridge_enabled: bool = False,
+) -> s3.Bucket:
+    """KMS-encrypted, TLS-only, private, versioned and access-logged bucket."""
+    return s3.Bucket(
+        scope,
+        construct_id,
+        bucket_name=bucket_name,
+        encryption=s3.BucketEncryption.KMS,
+        encryption_key=key,
+        bucket_key_enabled=True,
+        enforce_ssl=True,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        versioned=True,
+        server_access_logs_bucket=access_logs,
+        server_access_logs_prefix=f"{construct_id}/",
+        lifecycle_rules=list(lifecycle_rules or []),
+        event_bridge_enabled=event_bridge_enabled,
+        removal_policy=cdk.RemovalPolicy.RETAIN if retain else cdk.RemovalPolicy.DESTROY,
+        auto_delete_objects=False,
+    )
+
+
+class NotificationTopic(Construct):
+    """An app's SNS topic for failures and results: KMS-encrypted, TLS-only, optional e-mail."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        topic_name: str,
+        key_alias: str,
+        email: str | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.key = encryption_key(self, "Key", alias=key_alias, description=f"Encrypts SNS topic {topic_name}")
+        # EventBridge rules publish pipeline failures; SNS needs the key on their behalf.
+        self.key.grant_encrypt_decrypt(iam.ServicePrincipal("events.amazonaws.com"))
+        self.topic = sns.Topic(
+            self,
+            "Topic",
+            topic_name=topic_name,
+            master_key=self.key,
+            enforce_ssl=True,
+        )
+        if email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(email))
+
+
+def grant_publish_by_name(
+    grantable: iam.IGrantable,
+    *,
+    topic_name: str,
+    key_alias: str,
+    stack: cdk.Stack,
+) -> None:
+    """Let `grantable` publish to a topic that another stack of the same app owns, found by name."""
+    grantable.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["sns:Publish"],
+            resources=[stack.format_arn(service="sns", resource=topic_name)],
+        )
+    )
+    grant_key_by_alias(grantable, alias=key_alias, stack=stack, actions=["kms:GenerateDataKey", "kms:Decrypt"])
+
+
+def grant_key_by_alias(
+    grantable: iam.IGrantable,
+    *,
+    alias: str,
+    stack: cdk.Stack,
+    actions: Sequence[str] = ("kms:Decrypt",),
+) -> None:
+    """Grant use of a KMS key that another app (or stack) owns, identified only by its alias.
+
+    The key id is unknown to the reader, so the resource is any key of the account and region, and
+    the `kms:ResourceAliases` condition narrows it to the one key that carries the alias.
+    """
+    grantable.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=list(actions),
+            resources=[stack.format_arn(service="kms", resource="key", resource_name="*")],
+            conditions={"ForAnyValue:StringEquals": {"kms:ResourceAliases": alias}},
+        )
+    )
+
+
+def pipeline_arn(stack: cdk.Stack, pipeline_name: str) -> str:
+    return stack.format_arn(service="codepipeline", resource=pipeline_name)
+
+
+def workflow_state_machine(
+    scope: Construct,
+    construct_id: str,
+    *,
+    state_machine_name: str,
+    definition: sfn.IChainable,
+    timeout: cdk.Duration,
+    log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS,
+) -> sfn.StateMachine:
+    """A standard state machine with logging level ALL (execution data included) and X-Ray tracing."""
+    log_group = logs.LogGroup(
+        scope,
+        f"{construct_id}Logs",
+        # Step Functions vended logs must go to a group under /aws/vendedlogs/ to keep the policy small.
+        log_group_name=f"/aws/vendedlogs/states/{state_machine_name}",
+        retention=log_retention,
+        removal_policy=cdk.RemovalPolicy.DESTROY,
+    )
+    return sfn.StateMachine(
+        scope,
+        construct_id,
+        state_machine_name=state_machine_name,
+        definition_body=sfn.DefinitionBody.from_chainable(definition),
+        timeout=timeout,
+        tracing_enabled=True,
+        logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Lambda
+# --------------------------------------------------------------------------------------------------
+
+
+@jsii.implements(cdk.ILocalBundling)
+class _CopyWithPowertools:
+    """Local bundling (no Docker): the function's folder plus Powertools from this environment.
+
+    Powertools is pure Python and pinned in requirements-dev.txt, so the deployed function runs
+    the version the tests ran against, and synth needs neither Docker nor a network.
+    """
+
+    def __init__(self, source: Path) -> None:
+        self._source = source
+
+    def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_: object) -> bool:
+        import aws_lambda_powertools  # noqa: PLC0415 - only needed at synth
+
+        shutil.copytree(self._source, output_dir, dirs_exist_ok=True, ignore=_IGNORED)
+        package = Path(aws_lambda_powertools.__file__).parent
+        shutil.copytree(package, Path(output_dir) / package.name, dirs_exist_ok=True, ignore=_IGNORED)
+        return True
+
+
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", ".pytest_cache", ".mypy_cache")
+
+
+def python_function(
+    scope: Construct,
+    construct_id: str,
+    *,
+    code_dir: Path,
+    handler: str,
+    description: str,
+    environment: Mapping[str, str] | None = None,
+    timeout: cdk.Duration | None = None,
+    memory_size: int = 256,
+    log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS,
+    powertools: bool = True,
+    reserved_concurrent_executions: int | None = None,
+) -> lambda_.Function:
+    """A Python Lambda function from a folder of plain modules (the handler stays thin).
+
+    `code_dir` is bundled as is; with `powertools=True` Powertools for AWS Lambda is added beside it.
+    The function gets its own log group with a retention, X-Ray active tracing and the service name
+    Powertools uses in its structured logs.
+    """
+    code_dir = Path(code_dir)
+    if not (code_dir / (handler.split(".", maxsplit=1)[0] + ".py")).is_file():
+        raise ValueError(f"handler module for {handler!r} not found in {code_dir}")
+    if powertools:
+        code = lambda_.Code.from_asset(
+            str(code_dir),
+            bundling=cdk.BundlingOptions(
+                # Never pulled: local bundling always succeeds. CDK requires an image nonetheless.
+                image=cdk.DockerImage.from_registry("public.ecr.aws/sam/build-python3.14"),
+                local=_CopyWithPowertools(code_dir),
+            ),
+            asset_hash_type=cdk.AssetHashType.SOURCE,
+            exclude=["__pycache__", "*.pyc"],
+        )
+    else:
+        code = lambda_.Code.from_asset(str(code_dir), exclude=["__pycache__", "*.pyc"])
+    log_group = logs.LogGroup(
+        scope,
+        f"{construct_id}Logs",
+        retention=log_retention,
+        removal_policy=cdk.RemovalPolicy.DESTROY,
+    )
+    function = lambda_.Function(
+        scope,
+        construct_id,
+        runtime=LAMBDA_RUNTIME,
+        architecture=LAMBDA_ARCHITECTURE,
+        code=code,
+        handler=handler,
+        description=description,
+        timeout=timeout or cdk.Duration.minutes(1),
+        memory_size=memory_size,
+        tracing=lambda_.Tracing.ACTIVE,
+        log_group=log_group,
+        reserved_concurrent_executions=reserved_concurrent_executions,
+        environment={
+            "POWERTOOLS_SERVICE_NAME": construct_id,
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+            **(environment or {}),
+        },
+    )
+    return function

@@ -1,0 +1,258 @@
+"""The data that crosses from one app to another, defined once (see DESIGN.md, "Interfaces").
+
+* A **label record** of the label feature group (written by labeling, read by training).
+* The **model archive** of a model package (written by training, read by edge deployment and, as
+  files, by the device).
+
+Standard library only: Lambda functions and SageMaker step code bundle this module as
+`shared/contracts.py` beside their own code, so `from shared.contracts import ...` works everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# --------------------------------------------------------------------------------------------------
+# Label feature group
+# --------------------------------------------------------------------------------------------------
+
+LABEL_SCHEMA_VERSION = 1
+
+# Feature name -> Feature Store type. The record identifier is the image's S3 URI.
+LABEL_FEATURES: dict[str, str] = {
+    "image_uri": "String",
+    "event_time": "String",  # ISO-8601 UTC, e.g. 2026-11-22T10:15:00.123Z
+    "image_width": "Integral",
+    "image_height": "Integral",
+    "annotations": "String",  # JSON list of boxes, see Annotation
+    "review_status": "String",  # approved | rejected
+    "labeling_job": "String",
+    "schema_version": "Integral",
+}
+RECORD_IDENTIFIER = "image_uri"
+EVENT_TIME = "event_time"
+REVIEW_STATUSES = ("approved", "rejected")
+
+
+class ContractError(ValueError):
+    """Data that does not follow the contract; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One box in source-image pixels (x1, y1 top-left; x2, y2 bottom-right) with its class id."""
+
+    class_id: int
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class_id": self.class_id, "x1": self.x1, "y1": self.y1, "x2": self.x2, "y2": self.y2}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Annotation:
+        try:
+            values = {key: float(raw[key]) for key in ("x1", "y1", "x2", "y2")}
+            class_id = raw["class_id"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ContractError(f"annotation {dict(raw)!r}: needs numeric class_id, x1, y1, x2, y2 ({error})") from None
+        if not isinstance(class_id, int) or isinstance(class_id, bool) or class_id < 0:
+            raise ContractError(f"annotation {dict(raw)!r}: class_id must be a non-negative integer")
+        if not all(math.isfinite(v) for v in values.values()):
+            raise ContractError(f"annotation {dict(raw)!r}: coordinates must be finite numbers")
+        return cls(class_id=class_id, **values)
+
+    def problem(self, width: int, height: int, num_classes: int | None = None) -> str | None:
+        """Why this box cannot be trained on in a `width` x `height` image, or None if it can."""
+        if num_classes is not None and self.class_id >= num_classes:
+            return f"unknown class id {self.class_id} (only {num_classes} classes)"
+        if self.x2 <= self.x1 or self.y2 <= self.y1:
+            return f"degenerate box ({self.x1}, {self.y1}, {self.x2}, {self.y2})"
+        if self.x1 < 0 or self.y1 < 0 or self.x2 > width or self.y2 > height:
+            return f"box ({self.x1}, {self.y1}, {self.x2}, {self.y2}) outside the {width}x{height} image"
+        return None
+
+
+def format_event_time(moment: datetime) -> str:
+    """Feature Store's ISO-8601 form in UTC with milliseconds."""
+    if moment.tzinfo is None:
+        raise ContractError("event time must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_event_time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except (AttributeError, ValueError):
+        raise ContractError(f"event_time {value!r}: not an ISO-8601 timestamp") from None
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    image_uri: str
+    event_time: str
+    image_width: int
+    image_height: int
+    annotations: tuple[Annotation, ...]
+    review_status: str
+    labeling_job: str
+    schema_version: int = LABEL_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.image_uri.startswith("s3://") or len(self.image_uri) < 8:
+            raise ContractError(f"image_uri {self.image_uri!r}: must be an s3:// URI")
+        parse_event_time(self.event_time)
+        if self.image_width <= 0 or self.image_height <= 0:
+            raise ContractError(
+                f"{self.image_uri}: image size must be positive, got {self.image_width}x{self.image_height}"
+            )
+        if self.review_status not in REVIEW_STATUSES:
+            raise ContractError(
+                f"{self.image_uri}: review_status must be one of {REVIEW_STATUSES}, got {self.review_status!r}"
+            )
+        if not self.labeling_job:
+            raise ContractError(f"{self.image_uri}: labeling_job must not be empty")
+
+    @property
+    def approved(self) -> bool:
+        return self.review_status == "approved"
+
+    def to_feature_store(self) -> list[dict[str, str]]:
+        """The `Record` argument of sagemaker-featurestore-runtime PutRecord (all values as strings)."""
+        values = {
+            "image_uri": self.image_uri,
+            "event_time": self.event_time,
+            "image_width": str(self.image_width),
+            "image_height": str(self.image_height),
+            "annotations": json.dumps([a.to_json() for a in self.annotations], separators=(",", ":")),
+            "review_status": self.review_status,
+            "labeling_job": self.labeling_job,
+            "schema_version": str(self.schema_version),
+        }
+        return [{"FeatureName": name, "ValueAsString": values[name]} for name in LABEL_FEATURES]
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> LabelRecord:
+        """From a feature-name -> value mapping (an offline-store row, or a GetRecord answer)."""
+        missing = [name for name in LABEL_FEATURES if values.get(name) in (None, "")]
+        if missing:
+            raise ContractError(f"label record {values.get('image_uri')!r}: missing feature(s) {', '.join(missing)}")
+        try:
+            raw_annotations = (
+                json.loads(values["annotations"]) if isinstance(values["annotations"], str) else values["annotations"]
+            )
+        except json.JSONDecodeError:
+            raise ContractError(f"label record {values['image_uri']!r}: annotations are not JSON") from None
+        if not isinstance(raw_annotations, list):
+            raise ContractError(f"label record {values['image_uri']!r}: annotations must be a JSON list")
+        try:
+            width, height, version = (
+                int(values["image_width"]),
+                int(values["image_height"]),
+                int(values["schema_version"]),
+            )
+        except (TypeError, ValueError):
+            raise ContractError(
+                f"label record {values['image_uri']!r}: width, height and schema_version must be integers"
+            ) from None
+        if version > LABEL_SCHEMA_VERSION:
+            raise ContractError(
+                f"label record {values['image_uri']!r}: schema_version {version} is newer than {LABEL_SCHEMA_VERSION}"
+            )
+        return cls(
+            image_uri=str(values["image_uri"]),
+            event_time=str(values["event_time"]),
+            image_width=width,
+            image_height=height,
+            annotations=tuple(Annotation.from_json(item) for item in raw_annotations),
+            review_status=str(values["review_status"]),
+            labeling_job=str(values["labeling_job"]),
+            schema_version=version,
+        )
+
+    @classmethod
+    def from_feature_store(cls, record: Sequence[Mapping[str, str]]) -> LabelRecord:
+        return cls.from_values({item["FeatureName"]: item["ValueAsString"] for item in record})
+
+
+def latest_per_image(records: Sequence[LabelRecord]) -> dict[str, LabelRecord]:
+    """The newest record of each image (by event time; the later one in the list wins a tie)."""
+    newest: dict[str, LabelRecord] = {}
+    for record in records:
+        current = newest.get(record.image_uri)
+        if current is None or parse_event_time(record.event_time) >= parse_event_time(current.event_time):
+            newest[record.image_uri] = record
+    return newest
+
+
+# --------------------------------------------------------------------------------------------------
+# Model archive (model.tar.gz of a model package)
+# --------------------------------------------------------------------------------------------------
+
+MODEL_ARCHIVE_SCHEMA_VERSION = 1
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "model.json"
+REQUIRED_METRICS = ("precision", "recall", "mAP50", "mAP50-95")
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """`model.json` beside `model.onnx` at the root of the model archive."""
+
+    class_names: tuple[str, ...]
+    input_size: int  # square letterbox side the model was exported and evaluated at
+    confidence_threshold: float
+    iou_threshold: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    dataset_version: str = ""
+    onnx_opset: int = 17
+    schema_version: int = MODEL_ARCHIVE_SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "model_file": MODEL_FILE,
+            "class_names": list(self.class_names),
+            "input_size": self.input_size,
+            "confidence_threshold": self.confidence_threshold,
+            "iou_threshold": self.iou_threshold,
+            "metrics": dict(self.metrics),
+            "dataset_version": self.dataset_version,
+            "onnx_opset": self.onnx_opset,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ModelManifest:
+        try:
+            manifest = cls(
+                class_names=tuple(str(name) for name in raw["class_names"]),
+                input_size=int(raw["input_size"]),
+                confidence_threshold=float(raw["confidence_threshold"]),
+                iou_threshold=float(raw["iou_threshold"]),
+                metrics={str(k): float(v) for k, v in dict(raw.get("metrics", {})).items()},
+                dataset_version=str(raw.get("dataset_version", "")),
+                onnx_opset=int(raw.get("onnx_opset", 17)),
+                schema_version=int(raw.get("schema_version", MODEL_ARCHIVE_SCHEMA_VERSION)),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ContractError(f"{MANIFEST_FILE}: missing or invalid field ({error})") from None
+        if not manifest.class_names:
+            raise ContractError(f"{MANIFEST_FILE}: class_names must not be empty")
+        if manifest.input_size < 32 or manifest.input_size % 32:
+            raise ContractError(
+                f"{MANIFEST_FILE}: input_size must be a positive multiple of 32, got {manifest.input_size}"
+            )
+        for name in ("confidence_threshold", "iou_threshold"):
+            if not 0.0 < getattr(manifest, name) < 1.0:
+                raise ContractError(f"{MANIFEST_FILE}: {name} must be between 0 and 1")
+        missing = [metric for metric in REQUIRED_METRICS if metric not in manifest.metrics]
+        if missing:
+            raise ContractError(f"{MANIFEST_FILE}: metrics lack {', '.join(missing)}")
+        return manifest
