@@ -305,9 +305,19 @@ def python_function(
         retention=log_retention,
         removal_policy=cdk.RemovalPolicy.DESTROY,
     )
+    # An own role instead of the AWSLambdaBasicExecutionRole managed policy: logs go to this
+    # function's log group only.
+    role = iam.Role(
+        scope,
+        f"{construct_id}Role",
+        assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+        description=f"Execution role of {construct_id}",
+    )
+    log_group.grant_write(role)
     function = lambda_.Function(
         scope,
         construct_id,
+        role=role,
         runtime=LAMBDA_RUNTIME,
         architecture=LAMBDA_ARCHITECTURE,
         code=code,

@@ -110,6 +110,8 @@ def _statements(document: Any) -> tuple[_Statement, ...]:
 
 _LOGICAL = r"<(?P<id>[A-Za-z0-9]+)(\.Arn)?>"
 _ARN_HEAD = r"arn:(aws[a-z-]*|<AWS::Partition>|\*):"
+_REGION = r"(<AWS::Region>|[a-z0-9-]+)"
+_ACCOUNT = r"(<AWS::AccountId>|\d{12})"
 _NO_RESOURCE_ACTIONS = frozenset(
     {
         # X-Ray and CloudWatch Logs delivery take no resource ARN (they need "*").
@@ -142,7 +144,7 @@ def _is_key_arn(resource: str, context: _PolicyContext, statement: _Statement) -
     if match:
         return context.type_of(match["id"]) == "AWS::KMS::Key"
     by_alias = any("kms:ResourceAliases" in keys for keys in statement.conditions.values())
-    return by_alias and bool(re.fullmatch(_ARN_HEAD + r"kms:[^:]+:[^:]+:key/\*", resource))
+    return by_alias and bool(re.fullmatch(_ARN_HEAD + "kms:" + _REGION + ":" + _ACCOUNT + r":key/\*", resource))
 
 
 def _statements_with(
@@ -186,13 +188,17 @@ def _resource_reason(resource: str, context: _PolicyContext) -> str | None:
     match = re.fullmatch(_LOGICAL + r"/\*", resource)
     if match and context.type_of(match["id"]) == "AWS::S3::Bucket":
         return f"Objects of bucket {match['id']}, created in this stack (a CDK bucket grant)."
-    match = re.fullmatch(_ARN_HEAD + r"logs:[^:]+:<AWS::AccountId>:log-group:/aws/codebuild/<(?P<id>\w+)>:\*", resource)
+    match = re.fullmatch(
+        _ARN_HEAD + "logs:" + _REGION + ":" + _ACCOUNT + r":log-group:/aws/codebuild/<(?P<id>\w+)>:\*", resource
+    )
     if match and context.type_of(match["id"]) == "AWS::CodeBuild::Project":
         return f"Log streams of CodeBuild project {match['id']}'s own log group (written by CodeBuild)."
-    match = re.fullmatch(_ARN_HEAD + r"codebuild:[^:]+:<AWS::AccountId>:report-group/<(?P<id>\w+)>-\*", resource)
+    match = re.fullmatch(
+        _ARN_HEAD + "codebuild:" + _REGION + ":" + _ACCOUNT + r":report-group/<(?P<id>\w+)>-\*", resource
+    )
     if match and context.type_of(match["id"]) == "AWS::CodeBuild::Project":
         return f"Test report groups of CodeBuild project {match['id']} (written by CodeBuild)."
-    if re.fullmatch(_ARN_HEAD + r"kms:[^:]+:[^:]+:key/\*", resource):
+    if re.fullmatch(_ARN_HEAD + "kms:" + _REGION + ":" + _ACCOUNT + r":key/\*", resource):
         statements = _statements_with(context, resource=resource)
         if statements and all(any("kms:ResourceAliases" in keys for keys in s.conditions.values()) for s in statements):
             return "A KMS key owned by another stack, narrowed by the kms:ResourceAliases condition to one alias."
@@ -201,7 +207,7 @@ def _resource_reason(resource: str, context: _PolicyContext) -> str | None:
         ids = {ref or angle for ref, angle in references} - {"AWS::AccountId", "AWS::Region", "AWS::Partition"}
         if ids and all(context.type_of(i) == "AWS::StepFunctions::StateMachine" for i in ids):
             return "Executions of one state machine of this stack (to follow the execution it started)."
-    if re.fullmatch(r"arn:\*:iam::<AWS::AccountId>:role/\*", resource):
+    if re.fullmatch(r"arn:\*:iam::" + _ACCOUNT + r":role/\*", resource):
         statements = _statements_with(context, resource=resource)
         if statements and all(
             s.actions == ("sts:AssumeRole",)

@@ -97,10 +97,10 @@ class ResourceNames:
         return f"{self.prefix}-{app_slug(app)}-workflow"
 
     def asset_pipeline(self, app: AppName | str) -> str:
-        return f"{self.prefix}-{app_slug(app)}-assets"
+        return f"{self.prefix}-{app_slug(app)}-asset-pipeline"
 
     def workflow_pipeline(self, app: AppName | str) -> str:
-        return f"{self.prefix}-{app_slug(app)}-workflow"
+        return f"{self.prefix}-{app_slug(app)}-workflow-pipeline"
 
     def workflow_state_machine(self, app: AppName | str) -> str:
         """The Step Functions state machine that the workflow pipeline runs."""

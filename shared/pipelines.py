@@ -278,6 +278,11 @@ class AppToolchainStack(cdk.Stack):
         )
         pipeline.add_stage(stage, post=[start_workflow])
         pipeline.build_pipeline()
+        # CDK Pipelines writes the deploy actions' RoleArn as Fn::Join (valid CloudFormation) and
+        # cfn-lint's E3703 asks for Fn::Sub instead; silenced on this one resource only.
+        cfn_pipeline = pipeline.pipeline.node.default_child
+        assert isinstance(cfn_pipeline, cdk.CfnResource)
+        cfn_pipeline.add_metadata("cfn-lint", {"config": {"ignore_checks": ["E3703"]}})
         return pipeline
 
     # -- triggers and events --------------------------------------------------------------------

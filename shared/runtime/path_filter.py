@@ -7,9 +7,10 @@ globs the connection trigger uses (`training/**`, `**/*.md`).
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -22,14 +23,35 @@ logger = Logger()
 _NO_COMMIT = "0000000000000000000000000000000000000000"
 
 
-def matches(path: str, *, includes: Sequence[str], excludes: Sequence[str] = ()) -> bool:
-    """True when `path` matches an include glob and no exclude glob (excludes win, as in CodePipeline).
+@functools.cache
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Glob with globstar: `**/` is any number of folders (none too), `**` anything, `*` and `?` stay in a folder."""
+    parts = []
+    index = 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            parts.append("(?:.*/)?")
+            index += 3
+        elif pattern.startswith("**", index):
+            parts.append(".*")
+            index += 2
+        elif pattern[index] == "*":
+            parts.append("[^/]*")
+            index += 1
+        elif pattern[index] == "?":
+            parts.append("[^/]")
+            index += 1
+        else:
+            parts.append(re.escape(pattern[index]))
+            index += 1
+    return re.compile("".join(parts))
 
-    `**` and `*` both cross folders here; the globs this project uses end in `/**` or name files.
-    """
-    if any(fnmatch.fnmatchcase(path, pattern) for pattern in excludes):
+
+def matches(path: str, *, includes: Sequence[str], excludes: Sequence[str] = ()) -> bool:
+    """True when `path` matches an include glob and no exclude glob (excludes win, as in CodePipeline)."""
+    if any(_glob_regex(pattern).fullmatch(path) for pattern in excludes):
         return False
-    return any(fnmatch.fnmatchcase(path, pattern) for pattern in includes)
+    return any(_glob_regex(pattern).fullmatch(path) for pattern in includes)
 
 
 def changed_paths(codecommit: Any, *, repository: str, before: str | None, after: str) -> Iterable[str]:

@@ -1,0 +1,39 @@
+"""Settings every test shares: never reach AWS or the internet, and the common fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Fake credentials and a region for boto3/moto: a test can never touch a real account.
+for _name, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+    "AWS_REGION": "eu-west-1",
+}.items():
+    os.environ[_name] = _value
+os.environ.pop("AWS_PROFILE", None)
+os.environ["YOLO_OFFLINE"] = "1"  # Ultralytics: no downloads, no update checks
+os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
+os.environ.pop("CDK_DEFAULT_ACCOUNT", None)
+os.environ.pop("CDK_DEFAULT_REGION", None)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# jsii runs on the Node.js that `make` installs when the system's is older than 22.
+if (REPO_ROOT / "node_modules" / ".bin").is_dir():
+    os.environ["PATH"] = f"{REPO_ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+
+# The cross-app ML fixture (a tiny model trained by the project's own training code).
+pytest_plugins = ["tests.model_fixtures"] if (Path(__file__).parent / "model_fixtures.py").exists() else []
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from shared.config import load_settings
+
+    return load_settings(REPO_ROOT / "config.yaml")

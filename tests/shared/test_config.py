@@ -1,0 +1,154 @@
+"""The configuration file: schema, per-environment overrides and the messages bad values produce."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app import selected_apps
+from shared.config import APP_NAMES, ConfigError, load_settings, parse_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def raw() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+
+
+def _set(document: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    document = copy.deepcopy(document)
+    *parents, leaf = dotted.split(".")
+    node = document
+    for key in parents:
+        node = node[key]
+    if value is _DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return document
+
+
+_DELETE = object()
+
+
+def test_example_configuration_is_valid():
+    settings = load_settings(REPO_ROOT / "config.yaml")
+    assert settings.project.prefix == "tag-inspect"
+    assert settings.project.class_names == ["scratch"]
+    assert settings.environment is None and settings.environment_name is None
+
+
+def test_environment_overrides_merge_without_copying_the_file(raw):
+    prod = parse_settings(raw, environment="prod")
+    base = parse_settings(raw)
+    assert prod.environment is not None
+    assert (prod.environment.account, prod.environment.region) == ("222222222222", "eu-west-1")
+    assert prod.environment_name == "prod"
+    # overridden keys change, their siblings keep the shared values
+    assert prod.training.epochs == 150 and base.training.epochs == 50
+    assert prod.training.training_instance_type == "ml.g5.xlarge"
+    assert prod.training.image_size == base.training.image_size
+    assert prod.labeling == base.labeling
+
+
+def test_unknown_environment_is_named(raw):
+    with pytest.raises(ConfigError, match=r"environments\.staging: no such environment \(known: dev, prod\)"):
+        parse_settings(raw, environment="staging")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("project.prefix", "Tag_Inspect", r"project\.prefix: does not match the expected format"),
+        ("project.prefix", _DELETE, r"project\.prefix: required key is missing"),
+        ("project.class_names", [], r"project\.class_names: List should have at least 1 item"),
+        ("project.class_names", ["scratch", "scratch"], r"project\.class_names: .*repeated: scratch"),
+        ("training.epochs", 0, r"training\.epochs: Input should be greater than or equal to 1 \(got 0\)"),
+        ("training.epochs", "many", r"training\.epochs: Input should be a valid integer"),
+        ("training.image_size", 100, r"training\.image_size: Input should be a multiple of 32"),
+        ("training.epoch", 3, r"training\.epoch: unknown key"),
+        ("training.approval_status", "Rejected", r"training\.approval_status: Input should be"),
+        ("labeling.max_images_per_job", -5, r"labeling\.max_images_per_job: Input should be greater than"),
+        ("labeling.workforce.work_team_arn", _DELETE, r"labeling\.workforce: .*work_team_arn is required"),
+        ("labeling.workforce.type", "public", r"labeling\.workforce: .*public_task_price_usd is required"),
+        ("source.connection_arn", _DELETE, r"source: .*connection_arn is required"),
+        ("source.connection_arn", "arn:aws:s3:::nope", r"source\.connection_arn: does not match"),
+        ("source.provider", "svn", r"source\.provider: Input should be 'codestar_connection' or 'codecommit'"),
+        ("retraining.schedule", "every monday", r"retraining\.schedule: does not match the expected format"),
+        ("notifications.email", "not-an-address", r"notifications\.email: does not match"),
+        ("edge_deployment.uncertainty_band", [0.8, 0.2], r"edge_deployment\.uncertainty_band: .*low < high"),
+        (
+            "edge_deployment.inference_component_name",
+            "aws.greengrass.Nope",
+            r"inference_component_name: does not match",
+        ),
+        ("edge_deployment.thing_group_name", _DELETE, r"edge_deployment\.thing_group_name: required key is missing"),
+        ("toolchain.log_retention_days", 42, r"toolchain\.log_retention_days: Input should be"),
+    ],
+)
+def test_bad_values_fail_with_the_key_and_what_is_expected(raw, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(_set(raw, key, value), source="config.yaml")
+
+
+def test_every_error_is_reported_at_once(raw):
+    document = _set(_set(raw, "training.epochs", 0), "project.prefix", "X")
+    with pytest.raises(ConfigError) as error:
+        parse_settings(document, source="config.yaml")
+    assert "2 invalid configuration value(s)" in str(error.value)
+    assert "training.epochs" in str(error.value) and "project.prefix" in str(error.value)
+
+
+def test_bad_override_names_the_environment(raw):
+    document = _set(raw, "environments.prod.overrides.training.epochs", -1)
+    with pytest.raises(ConfigError, match=r"(?s)\(environment prod\).*training\.epochs"):
+        parse_settings(document, environment="prod", source="config.yaml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("environments.dev.account", "1234", r"environment\.account: does not match"),
+        ("environments.dev.region", "Europe", r"environment\.region: does not match"),
+        ("environments.dev.overrides", {"environments": {}}, r"overrides\.environments: cannot be overridden"),
+    ],
+)
+def test_bad_environment_entries(raw, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(_set(raw, key, value), environment="dev")
+
+
+def test_codecommit_source_needs_no_connection(raw):
+    document = _set(raw, "source", {"provider": "codecommit", "repository": "edge-inspection", "branch": "main"})
+    assert parse_settings(document).source.connection_arn is None
+    with pytest.raises(ConfigError, match="repository must be a CodeCommit repository name"):
+        parse_settings(_set(document, "source.repository", "org/repo"))
+
+
+def test_missing_or_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_settings(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("project: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping of sections"):
+        load_settings(listed)
+
+
+def test_app_selection():
+    assert selected_apps(None) == list(APP_NAMES)
+    assert selected_apps("training") == ["training"]
+    assert selected_apps("edge-deployment") == ["edge_deployment"]
+    assert selected_apps("labeling,training") == ["labeling", "training"]
+    with pytest.raises(
+        ConfigError, match=r"unknown app 'trainin'; expected one of labeling, training, edge_deployment"
+    ):
+        selected_apps("trainin")

@@ -1,0 +1,360 @@
+"""The CI/CD backbone: asset pipeline, workflow pipeline, triggers, chaining, schedule, notifications.
+
+These tests build the toolchain around a minimal stage, so they protect the backbone itself; the
+apps' own stages are covered by their tests and by test_apps.py.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk.assertions import Match
+
+from shared.building_blocks import workflow_state_machine
+from shared.guardrails import apply_guardrails
+from shared.names import resource_names
+from shared.pipelines import AppToolchainStack, WorkflowPipeline, cdk_cli_version
+from tests.helpers.cdk_assembly import SynthesizedStack, new_app, stacks_of
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class _MinimalStage(cdk.Stage):
+    def __init__(self, scope, construct_id, *, settings, app="training", bad_bucket=False, **kwargs):
+        super().__init__(scope, construct_id, **kwargs)
+        stack = cdk.Stack(self, "Workflow", stack_name=f"{settings.project.prefix}-{app.replace('_', '-')}-workflow")
+        names = resource_names(settings, account=stack.account, region=stack.region)
+        machine = workflow_state_machine(
+            stack,
+            "Workflow",
+            state_machine_name=names.workflow_state_machine(app),
+            definition=sfn.Succeed(stack, "Done"),
+            timeout=cdk.Duration.minutes(5),
+        )
+        WorkflowPipeline(stack, "WorkflowPipeline", settings=settings, app=app, state_machine=machine)
+        if bad_bucket:
+            s3.Bucket(stack, "Unencrypted")  # no TLS policy, no logs: cdk-nag must catch it
+
+
+def _toolchain(
+    settings, app: str = "training", *, bad_bucket: bool = False
+) -> tuple[SynthesizedStack, SynthesizedStack]:
+    cdk_app = new_app(outdir=Path(tempfile.mkdtemp(prefix="cdk-toolchain-")))
+
+    def stage_factory(scope, construct_id, *, settings):
+        return _MinimalStage(scope, construct_id, settings=settings, app=app, bad_bucket=bad_bucket)
+
+    AppToolchainStack(cdk_app, "Toolchain", settings=settings, app=app, stage_factory=stage_factory)
+    apply_guardrails(cdk_app)
+    stacks = stacks_of(cdk_app.synth())
+    toolchain = next(s for s in stacks if s.stack_name.endswith("-toolchain"))
+    workflow = next(s for s in stacks if s.stack_name.endswith("-workflow"))
+    return toolchain, workflow
+
+
+@pytest.fixture(scope="module")
+def training(settings):
+    return _toolchain(settings, "training")
+
+
+@pytest.fixture(scope="module")
+def labeling(settings):
+    return _toolchain(settings, "labeling")
+
+
+def _with(settings, **sections: dict[str, Any]):
+    return settings.model_copy(
+        update={name: getattr(settings, name).model_copy(update=values) for name, values in sections.items()}
+    )
+
+
+def _build_specs(stack: SynthesizedStack) -> dict[str, str]:
+    """Project logical id -> buildspec text."""
+    return {
+        logical_id: resource["Properties"]["Source"]["BuildSpec"]
+        for logical_id, resource in stack.resources("AWS::CodeBuild::Project").items()
+    }
+
+
+def _rule_with(stack: SynthesizedStack, predicate) -> list[dict[str, Any]]:
+    return [r["Properties"] for r in stack.resources("AWS::Events::Rule").values() if predicate(r["Properties"])]
+
+
+# -- asset pipeline ---------------------------------------------------------------------------------
+
+
+def test_stack_and_pipeline_names(training):
+    toolchain, workflow = training
+    assert toolchain.stack_name == "tag-inspect-training-toolchain"
+    assert workflow.stack_name == "tag-inspect-training-workflow"
+    toolchain.assertions.has_resource_properties(
+        "AWS::CodePipeline::Pipeline", {"Name": "tag-inspect-training-asset-pipeline", "PipelineType": "V2"}
+    )
+
+
+def test_push_trigger_is_filtered_to_the_app_and_common_code(training):
+    toolchain, _ = training
+    pipeline = toolchain.assertions.find_resources(
+        "AWS::CodePipeline::Pipeline", {"Properties": {"Name": "tag-inspect-training-asset-pipeline"}}
+    )
+    properties = next(iter(pipeline.values()))["Properties"]
+    (trigger,) = properties["Triggers"]
+    assert trigger["ProviderType"] == "CodeStarSourceConnection"
+    (push,) = trigger["GitConfiguration"]["Push"]
+    assert push["Branches"] == {"Includes": ["main"]}
+    assert push["FilePaths"]["Includes"] == ["**"]
+    excludes = push["FilePaths"]["Excludes"]
+    assert {"labeling/**", "edge_deployment/**", "tests/labeling/**", "tests/edge_deployment/**"} <= set(excludes)
+    assert not any(pattern.startswith(("training", "shared", "tests/training")) for pattern in excludes)
+    source = properties["Stages"][0]["Actions"][0]
+    # a filtered trigger replaces the source's own change detection
+    assert source["Configuration"]["DetectChanges"] is False
+    assert source["Configuration"]["FullRepositoryId"] == "example-org/edge-quality-inspection"
+
+
+def test_synth_step_runs_the_apps_tests_then_synthesizes_it(training, settings):
+    toolchain, _ = training
+    synth_specs = [spec for spec in _build_specs(toolchain).values() if "make synth" in spec]
+    assert len(synth_specs) == 1
+    commands = json.loads(synth_specs[0])["phases"]["build"]["commands"]
+    assert commands == ["make test APP=training", "make synth APP=training"]
+    # with an environment, the pipeline synthesizes for that environment
+    prod = settings.model_copy(update={"environment_name": "prod"})
+    toolchain_prod, _ = _toolchain(prod, "training")
+    spec = next(s for s in _build_specs(toolchain_prod).values() if "make synth" in s)
+    assert "make synth APP=training ENV=prod" in json.loads(spec)["phases"]["build"]["commands"]
+
+
+def test_codebuild_runs_node_22_and_the_pinned_cdk_cli(training):
+    toolchain, _ = training
+    specs = [json.loads(spec) for spec in _build_specs(toolchain).values()]
+    assert all(spec["phases"]["install"]["runtime-versions"]["nodejs"] == "22" for spec in specs)
+    version = cdk_cli_version()
+    assert version == json.loads((REPO_ROOT / "package.json").read_text())["devDependencies"]["aws-cdk"]
+    self_mutation = [s for s in specs if "cdk -a . deploy" in json.dumps(s)]
+    assert self_mutation, "the pipeline must mutate itself"
+    assert f"npm install -g aws-cdk@{version}" in json.dumps(self_mutation[0])
+
+
+def test_cli_version_must_be_exact(tmp_path):
+    package = tmp_path / "package.json"
+    package.write_text(json.dumps({"devDependencies": {"aws-cdk": "^2.1148.0"}}))
+    with pytest.raises(ValueError, match="must be an exact version"):
+        cdk_cli_version(package)
+
+
+def test_codebuild_logs_go_to_a_retained_log_group(training):
+    toolchain, _ = training
+    toolchain.assertions.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": 90})
+    for project in toolchain.resources("AWS::CodeBuild::Project").values():
+        logs = project["Properties"]["LogsConfig"]["CloudWatchLogs"]
+        assert logs["Status"] == "ENABLED"
+        assert "Ref" in logs["GroupName"]
+
+
+def test_artifact_buckets_are_kms_encrypted_logged_and_tls_only(training):
+    for stack in training:
+        stack.assertions.has_resource_properties(
+            "AWS::S3::Bucket",
+            {
+                "BucketEncryption": {
+                    "ServerSideEncryptionConfiguration": [
+                        {
+                            "ServerSideEncryptionByDefault": {
+                                "SSEAlgorithm": "aws:kms",
+                                "KMSMasterKeyID": Match.any_value(),
+                            }
+                        }
+                    ]
+                },
+                "LoggingConfiguration": Match.object_like({"DestinationBucketName": Match.any_value()}),
+                "VersioningConfiguration": {"Status": "Enabled"},
+            },
+        )
+        stack.assertions.has_resource_properties(
+            "AWS::S3::BucketPolicy",
+            {
+                "PolicyDocument": {
+                    "Statement": Match.array_with(
+                        [Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})]
+                    )
+                }
+            },
+        )
+        for pipeline in stack.resources("AWS::CodePipeline::Pipeline").values():
+            assert pipeline["Properties"]["ArtifactStore"]["EncryptionKey"]["Type"] == "KMS"
+
+
+def test_asset_pipeline_starts_the_workflow_pipeline_after_deploying(training):
+    toolchain, _ = training
+    start = [spec for spec in _build_specs(toolchain).values() if "start-pipeline-execution" in spec]
+    assert len(start) == 1
+    assert "aws codepipeline start-pipeline-execution --name tag-inspect-training-workflow-pipeline" in start[0]
+    toolchain.assertions.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Action": "codepipeline:StartPipelineExecution",
+                                "Resource": {"Fn::Join": ["", Match.array_with([":tag-inspect-training-workflow-pipeline"])]},
+                            }
+                        )
+                    ]
+                )
+            }
+        },
+    )
+    pipeline = next(iter(toolchain.resources("AWS::CodePipeline::Pipeline").values()))
+    stage_names = [stage["Name"] for stage in pipeline["Properties"]["Stages"]]
+    assert stage_names.index("Deploy") > stage_names.index("Build")
+    deploy_actions = next(s for s in pipeline["Properties"]["Stages"] if s["Name"] == "Deploy")["Actions"]
+    start_action = next(a for a in deploy_actions if a["Name"] == "StartWorkflow")
+    deploy_orders = [a["RunOrder"] for a in deploy_actions if a["Name"] != "StartWorkflow"]
+    assert start_action["RunOrder"] > max(deploy_orders)
+
+
+# -- workflow pipeline ---------------------------------------------------------------------------
+
+
+def test_workflow_pipeline_runs_the_state_machine_and_is_started_only_explicitly(training):
+    _, workflow = training
+    pipeline = next(iter(workflow.resources("AWS::CodePipeline::Pipeline").values()))["Properties"]
+    assert pipeline["Name"] == "tag-inspect-training-workflow-pipeline"
+    source, run = pipeline["Stages"]
+    assert source["Actions"][0]["Configuration"]["DetectChanges"] is False
+    assert "Triggers" not in pipeline
+    action = run["Actions"][0]
+    assert action["ActionTypeId"] == {"Category": "Invoke", "Owner": "AWS", "Provider": "StepFunctions", "Version": "1"}
+    assert action["Configuration"]["StateMachineArn"] == {
+        "Ref": next(iter(workflow.resources("AWS::StepFunctions::StateMachine")))
+    }
+
+
+# -- events ------------------------------------------------------------------------------------------
+
+
+def test_training_is_chained_after_the_labeling_workflow(training):
+    toolchain, _ = training
+    rules = _rule_with(toolchain, lambda p: p.get("EventPattern", {}).get("detail", {}).get("state") == ["SUCCEEDED"])
+    assert len(rules) == 1
+    pattern = rules[0]["EventPattern"]
+    assert pattern["source"] == ["aws.codepipeline"]
+    assert pattern["detail-type"] == ["CodePipeline Pipeline Execution State Change"]
+    assert pattern["detail"]["pipeline"] == ["tag-inspect-labeling-workflow-pipeline"]
+    (target,) = rules[0]["Targets"]
+    asset_pipeline = next(
+        logical_id
+        for logical_id, resource in toolchain.resources("AWS::CodePipeline::Pipeline").items()
+        if resource["Properties"]["Name"] == "tag-inspect-training-asset-pipeline"
+    )
+    assert {"Ref": asset_pipeline} in target["Arn"]["Fn::Join"][1]
+
+
+def test_edge_deployment_is_chained_after_training(settings):
+    toolchain, _ = _toolchain(settings, "edge_deployment")
+    rules = _rule_with(toolchain, lambda p: p.get("EventPattern", {}).get("detail", {}).get("state") == ["SUCCEEDED"])
+    assert [r["EventPattern"]["detail"]["pipeline"] for r in rules] == [["tag-inspect-training-workflow-pipeline"]]
+
+
+def test_labeling_starts_the_chain_on_the_configured_schedule(labeling, training):
+    toolchain, _ = labeling
+    assert not _rule_with(
+        toolchain, lambda p: p.get("EventPattern", {}).get("detail", {}).get("state") == ["SUCCEEDED"]
+    )
+    (schedule,) = _rule_with(toolchain, lambda p: "ScheduleExpression" in p)
+    assert schedule["ScheduleExpression"] == "cron(0 3 ? * MON *)"
+    assert ":tag-inspect-labeling-workflow-pipeline" in json.dumps(schedule["Targets"][0]["Arn"])
+    assert not _rule_with(training[0], lambda p: "ScheduleExpression" in p)
+
+
+def test_schedule_can_be_turned_off(settings):
+    toolchain, _ = _toolchain(_with(settings, retraining={"schedule": None}), "labeling")
+    assert not _rule_with(toolchain, lambda p: "ScheduleExpression" in p)
+
+
+def test_failures_of_both_pipelines_are_notified(training):
+    toolchain, _ = training
+    (rule,) = _rule_with(toolchain, lambda p: p.get("EventPattern", {}).get("detail", {}).get("state") == ["FAILED"])
+    assert rule["EventPattern"]["detail"]["pipeline"] == [
+        "tag-inspect-training-asset-pipeline",
+        "tag-inspect-training-workflow-pipeline",
+    ]
+    topic_id = next(iter(toolchain.resources("AWS::SNS::Topic")))
+    assert rule["Targets"][0]["Arn"] == {"Ref": topic_id}
+    assert "failed" in rule["Targets"][0]["InputTransformer"]["InputTemplate"]
+
+
+def test_notification_topic_is_encrypted_and_subscribes_the_configured_email(training, settings):
+    toolchain, _ = training
+    toolchain.assertions.has_resource_properties(
+        "AWS::SNS::Topic", {"TopicName": "tag-inspect-training-notifications", "KmsMasterKeyId": Match.any_value()}
+    )
+    toolchain.assertions.resource_count_is("AWS::SNS::Subscription", 0)
+    with_email, _ = _toolchain(_with(settings, notifications={"email": "ops@example.com"}), "training")
+    with_email.assertions.has_resource_properties(
+        "AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ops@example.com"}
+    )
+    # EventBridge must be able to use the topic's key
+    with_email.assertions.has_resource_properties(
+        "AWS::KMS::Key",
+        {
+            "KeyPolicy": {
+                "Statement": Match.array_with([Match.object_like({"Principal": {"Service": "events.amazonaws.com"}})])
+            },
+            "EnableKeyRotation": True,
+        },
+    )
+
+
+# -- CodeCommit source ----------------------------------------------------------------------------
+
+
+def test_codecommit_source_filters_paths_with_a_function(settings):
+    codecommit = _with(
+        settings, source={"provider": "codecommit", "repository": "edge-inspection", "connection_arn": None}
+    )
+    toolchain, workflow = _toolchain(codecommit, "labeling")
+    pipeline = next(iter(toolchain.resources("AWS::CodePipeline::Pipeline").values()))["Properties"]
+    assert "Triggers" not in pipeline
+    source = pipeline["Stages"][0]["Actions"][0]
+    assert source["ActionTypeId"]["Provider"] == "CodeCommit"
+    assert source["Configuration"]["PollForSourceChanges"] is False
+    toolchain.assertions.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "path_filter.handler",
+            "Environment": {
+                "Variables": Match.object_like(
+                    {
+                        "PIPELINE_NAME": "tag-inspect-labeling-asset-pipeline",
+                        "TRIGGER_PATHS": Match.string_like_regexp("training/\\*\\*"),
+                    }
+                )
+            },
+        },
+    )
+    (push_rule,) = _rule_with(toolchain, lambda p: p.get("EventPattern", {}).get("source") == ["aws.codecommit"])
+    assert push_rule["EventPattern"]["detail"]["referenceName"] == ["main"]
+    workflow_pipeline = next(iter(workflow.resources("AWS::CodePipeline::Pipeline").values()))["Properties"]
+    assert workflow_pipeline["Stages"][0]["Actions"][0]["Configuration"]["PollForSourceChanges"] is False
+
+
+# -- guardrails ---------------------------------------------------------------------------------
+
+
+def test_cdk_nag_checks_stacks_inside_stages(settings):
+    with pytest.raises(RuntimeError, match="ValidationFailed") as error:
+        _toolchain(settings, "training", bad_bucket=True)
+    assert "Toolchain/Deploy/Workflow/Unencrypted/Resource" in str(error.value)
+    assert "AwsSolutions-S1" in str(error.value)
+    assert "AwsSolutions-S10" in str(error.value)
