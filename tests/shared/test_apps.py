@@ -53,7 +53,9 @@ def test_no_template_of_one_app_references_another_apps_stacks(app):
         for other in others:
             for kind in ("toolchain", "workflow"):
                 other_stack = f"{PREFIX}-{app_slug(other)}-{kind}"
-                assert not re.search(re.escape(other_stack) + r"(?![\w-])", text), f"{stack.stack_name} names {other_stack}"
+                assert not re.search(re.escape(other_stack) + r"(?![\w-])", text), (
+                    f"{stack.stack_name} names {other_stack}"
+                )
             # stack outputs of another app could only be read through a cross-stack reference
             assert not re.search(rf'"{re.escape(app_slug(other))}[A-Za-z]*Stack', text)
 

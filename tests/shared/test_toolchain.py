@@ -206,7 +206,9 @@ def test_asset_pipeline_starts_the_workflow_pipeline_after_deploying(training):
                         Match.object_like(
                             {
                                 "Action": "codepipeline:StartPipelineExecution",
-                                "Resource": {"Fn::Join": ["", Match.array_with([":tag-inspect-training-workflow-pipeline"])]},
+                                "Resource": {
+                                    "Fn::Join": ["", Match.array_with([":tag-inspect-training-workflow-pipeline"])]
+                                },
                             }
                         )
                     ]
