@@ -129,78 +129,246 @@ class ToolchainSettings(_Section):
 # --------------------------------------------------------------------------------------------------
 
 
+# Mechanical Turk rewards Ground Truth accepts for bounding-box tasks, in US dollars (from the SageMaker API
+# reference of PublicWorkforceTaskPrice). The review task uses the same price; its own list contains these.
+PUBLIC_BOUNDING_BOX_PRICES_USD: tuple[float, ...] = (
+    0.036, 0.048, 0.060, 0.072, 0.120, 0.240, 0.360, 0.480, 0.600, 0.720, 0.840, 0.960, 1.080, 1.200,
+)  # fmt: skip
+PUBLIC_MAX_TASK_AVAILABILITY_SECONDS = 43_200
+"""Tasks offered to the public crowd stay available at most 12 hours."""
+WORKFLOW_ACTION_LIMIT_SECONDS = 7 * 86_400
+"""CodePipeline's Step Functions invoke action (the workflow pipeline) gives up after 7 days."""
+ROUND_OVERHEAD_SECONDS = 6 * 3_600
+"""Listing, checking and writing around a round's two Ground Truth jobs, with room to spare."""
+MAX_TASK_AVAILABILITY_SECONDS = (WORKFLOW_ACTION_LIMIT_SECONDS - ROUND_OVERHEAD_SECONDS) // 2
+
+
 class WorkforceSettings(_Section):
     type: Literal["private", "public"] = Field(
         default="private",
         description="Factory images are often confidential: the public crowd is used only when set here.",
     )
-    work_team_arn: Annotated[str, Field(pattern=_WORK_TEAM_ARN)] | None = None
+    work_team_arn: Annotated[str, Field(pattern=_WORK_TEAM_ARN)] | None = Field(
+        default=None, description="The private work team (SageMaker Ground Truth) that does the tasks."
+    )
     public_task_price_usd: float | None = Field(
         default=None, gt=0, description="Reward per task for the public crowd (Mechanical Turk)."
     )
 
     @model_validator(mode="after")
     def _workforce_fields(self) -> WorkforceSettings:
-        if self.type == "private" and self.work_team_arn is None:
-            raise ValueError("work_team_arn is required for a private workforce")
-        if self.type == "public" and self.public_task_price_usd is None:
-            raise ValueError("public_task_price_usd is required for the public workforce")
+        problems = []
+        if self.type == "private":
+            if self.work_team_arn is None:
+                problems.append("work_team_arn is required for a private workforce")
+            if self.public_task_price_usd is not None:
+                problems.append("public_task_price_usd applies to the public workforce only")
+        else:
+            if self.public_task_price_usd is None:
+                problems.append("public_task_price_usd is required for the public workforce")
+            elif not any(abs(self.public_task_price_usd - price) < 1e-9 for price in PUBLIC_BOUNDING_BOX_PRICES_USD):
+                allowed = ", ".join(f"{price:.3f}" for price in PUBLIC_BOUNDING_BOX_PRICES_USD)
+                problems.append(f"public_task_price_usd must be one of the prices Ground Truth accepts: {allowed}")
+            if self.work_team_arn is not None:
+                problems.append("work_team_arn applies to a private workforce only; remove it for the public crowd")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
 class LabelingSettings(_Section):
-    workforce: WorkforceSettings
+    workforce: WorkforceSettings = Field(description="Who draws the boxes.")
+    review_workforce: WorkforceSettings | None = Field(
+        default=None, description="Who verifies (or adjusts) the boxes; the labeling workforce when not set."
+    )
+    review: Literal["verification", "adjustment"] = Field(
+        default="verification",
+        description="verification: reviewers approve or reject each image's boxes (rejected images are labeled "
+        "again next round); adjustment: reviewers correct the boxes, and the corrected boxes are approved.",
+    )
     max_images_per_job: int = Field(default=500, ge=1, le=100_000)
     task_time_limit_seconds: int = Field(default=600, ge=30, le=28_800)
-    task_availability_lifetime_seconds: int = Field(default=864_000, ge=60, le=2_592_000)
+    task_availability_lifetime_seconds: int = Field(
+        default=259_200,
+        ge=60,
+        le=2_592_000,
+        description="How long a task waits for workers. A round runs two jobs one after the other and must end "
+        "within the 7 days the workflow pipeline waits for its state machine: at most 291600 (3.375 days).",
+    )
     workers_per_image: int = Field(default=1, ge=1, le=9)
+    max_concurrent_tasks: int = Field(
+        default=1000, ge=1, le=5000, description="Data objects offered to workers at the same time (per job)."
+    )
+    job_files_retention_days: int = Field(
+        default=180,
+        ge=1,
+        le=3650,
+        description="Ground Truth manifests, templates and outputs under labeling-jobs/ expire after this many days "
+        "(the labels themselves live in the feature group). Raw images never expire.",
+    )
+    adopt_existing_data: bool = Field(
+        default=False,
+        description="Use the data bucket, its KMS key, the label feature group (with its offline-store role) and "
+        "the Glue database that a previous deployment retained, instead of creating them. See labeling/README.md.",
+    )
     seed_labels_file: str | None = Field(
         default=None,
         description="CSV or JSON-lines file (path relative to the repository) imported at deploy time.",
     )
 
+    @field_validator("seed_labels_file")
+    @classmethod
+    def _seed_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError("must be a path inside the repository, relative to its root")
+        if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
+            raise ValueError("must be a .csv or .jsonl (JSON lines) file")
+        return value
+
+    @model_validator(mode="after")
+    def _task_limits(self) -> LabelingSettings:
+        public = [w for w in (self.workforce, self.review_workforce) if w is not None and w.type == "public"]
+        if public and self.task_availability_lifetime_seconds > PUBLIC_MAX_TASK_AVAILABILITY_SECONDS:
+            raise ValueError(
+                "task_availability_lifetime_seconds must be at most "
+                f"{PUBLIC_MAX_TASK_AVAILABILITY_SECONDS} (12 hours) when the public crowd works on the tasks"
+            )
+        if self.task_time_limit_seconds > self.task_availability_lifetime_seconds:
+            raise ValueError("task_time_limit_seconds must not exceed task_availability_lifetime_seconds")
+        if 2 * self.task_availability_lifetime_seconds + ROUND_OVERHEAD_SECONDS > WORKFLOW_ACTION_LIMIT_SECONDS:
+            raise ValueError(
+                f"task_availability_lifetime_seconds must be at most {MAX_TASK_AVAILABILITY_SECONDS}: a round runs "
+                "two Ground Truth jobs and must end within the 7 days CodePipeline waits for the workflow"
+            )
+        return self
+
+    @property
+    def effective_review_workforce(self) -> WorkforceSettings:
+        return self.review_workforce or self.workforce
+
 
 class TrainingSettings(_Section):
-    model_size: Literal["n", "s", "m", "l", "x"] = "n"
+    """Defaults of the SageMaker pipeline's parameters (each run may override them) and fixed choices."""
+
+    # -- pipeline parameters (defaults; tuned per run without a deploy) -------------------------------
+    model_size: Literal["n", "s", "m", "l", "x"] = Field(default="n", description="YOLOv8 variant.")
     epochs: int = Field(default=50, ge=1, le=1000)
-    image_size: int = Field(default=640, ge=32, le=2048, multiple_of=32)
+    image_size: int = Field(default=640, ge=32, le=2048, multiple_of=32, description="Square input side.")
     batch_size: int = Field(default=16, ge=1, le=512)
     training_instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.g4dn.xlarge"
     processing_instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.m5.xlarge"
-    use_spot: bool = True
-    max_runtime_seconds: int = Field(default=86_400, ge=600, le=2_419_200)
-    pretrained_weights_s3_uri: Annotated[str, Field(pattern=_S3_URI)] | None = None
-    min_images: int = Field(default=50, ge=1)
-    map50_95_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    regression_margin: float = Field(default=0.02, ge=0.0, le=1.0)
+    use_spot: bool = Field(default=True, description="Managed spot training (checkpoints in S3).")
+    pretrained_weights_s3_uri: Annotated[str, Field(pattern=_S3_URI)] | None = Field(
+        default=None,
+        description="Ultralytics .pt weights to start from, under s3://<model bucket>/pretrained/; "
+        "null trains from scratch. Nothing is ever downloaded from the internet.",
+    )
+    map50_95_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Quality gate: minimum test mAP50-95.")
+    regression_margin: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="Quality gate: allowed drop below the approved model's mAP50-95."
+    )
     confidence_threshold: float = Field(default=0.25, gt=0.0, lt=1.0)
     iou_threshold: float = Field(default=0.45, gt=0.0, lt=1.0)
     approval_status: Literal["PendingManualApproval", "Approved"] = "PendingManualApproval"
+    min_images: int = Field(default=50, ge=1, description="Fewer usable images after QA fail the export step.")
+
+    # -- fixed per deployment ---------------------------------------------------------------------------
+    max_runtime_seconds: int = Field(default=86_400, ge=600, le=2_419_200, description="Training job limit.")
     onnx_opset: int = Field(default=17, ge=11, le=21)
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    # ECR image URIs; `{region}` is replaced by the deployment region (AWS Deep Learning Containers are
+    # published per region, under the same account in most regions: check yours).
+    training_image: Annotated[
+        str, Field(pattern=r"^\d{12}\.dkr\.ecr\.(\{region\}|[a-z0-9-]+)\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+:[\w.-]+$")
+    ] = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.6.0-gpu-py312-cu126-ubuntu22.04-sagemaker"
+    processing_image: Annotated[
+        str, Field(pattern=r"^\d{12}\.dkr\.ecr\.(\{region\}|[a-z0-9-]+)\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+:[\w.-]+$")
+    ] = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.6.0-cpu-py312-ubuntu22.04-sagemaker"
+    volume_size_gb: int = Field(default=50, ge=5, le=16_384, description="Disk of each processing/training job.")
+    cache_days: int = Field(default=30, ge=1, le=3650, description="How long successful steps are reused.")
+    status_poll_seconds: int = Field(default=300, ge=30, le=3600, description="Workflow's pipeline status polling.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> TrainingSettings:
+        if self.validation_fraction + self.test_fraction >= 0.5:
+            raise ValueError("validation_fraction + test_fraction must leave at least half of the images for training")
+        return self
 
 
 class RolloutSettings(_Section):
-    base_rate_per_minute: int = Field(default=5, ge=1, le=1000)
-    increment_factor: float = Field(default=2.0, ge=1.1, le=5.0)
-    notified_things_per_step: int = Field(default=10, ge=1)
-    abort_failure_percentage: float = Field(default=10.0, gt=0.0, le=100.0)
-    abort_min_executed_things: int = Field(default=3, ge=1)
-    job_timeout_minutes: int = Field(default=60, ge=1, le=10_080)
+    """How a deployment reaches the thing group: the IoT job's staged rollout, abort rule and timeouts."""
+
+    base_rate_per_minute: int = Field(default=5, ge=1, le=1000, description="Devices notified per minute at first.")
+    increment_factor: float = Field(default=2.0, ge=1.1, le=5.0, description="Rate multiplier per rollout step.")
+    notified_things_per_step: int = Field(
+        default=10, ge=1, description="Devices notified before the rate grows by increment_factor."
+    )
+    maximum_per_minute: int = Field(default=100, ge=1, le=1000, description="Upper bound of the rollout rate.")
+    abort_failure_percentage: float = Field(
+        default=10.0, gt=0.0, le=100.0, description="Cancel the rollout when this share of devices failed ..."
+    )
+    abort_min_executed_things: int = Field(default=3, ge=1, description="... once at least this many finished.")
+    job_timeout_minutes: int = Field(
+        default=60, ge=1, le=10_080, description="A device that has not finished by then counts as timed out."
+    )
+    component_update_timeout_seconds: int = Field(
+        default=60, ge=1, le=3600, description="How long running components may defer an update (NOTIFY_COMPONENTS)."
+    )
+    poll_interval_seconds: int = Field(
+        default=30, ge=5, le=3600, description="How often the workflow looks at the rollout's IoT job."
+    )
+    max_wait_minutes: int = Field(
+        default=180,
+        ge=1,
+        le=10_080,
+        description="How long the workflow waits for every device; devices still pending then are reported.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RolloutSettings:
+        if self.maximum_per_minute < self.base_rate_per_minute:
+            raise ValueError("maximum_per_minute must be at least base_rate_per_minute")
+        if self.max_wait_minutes < self.job_timeout_minutes:
+            raise ValueError("max_wait_minutes must be at least job_timeout_minutes (a device may take that long)")
+        return self
 
 
 class EdgeDeploymentSettings(_Section):
+    """The IoT team's app: thing group, components, what the device does and how a model rolls out."""
+
     thing_group_name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9:_-]{1,128}$")]
     inference_component_name: Annotated[str, Field(pattern=_COMPONENT_NAME)]
     model_component_name: Annotated[str, Field(pattern=_COMPONENT_NAME)]
+    deployment_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:-]{0,255}$")] | None = Field(
+        default=None, description="Name of the Greengrass deployment to the thing group; default: the group's name."
+    )
     results_topic: Annotated[str, Field(pattern=_MQTT_TOPIC)] = "inspection/{thing}/results"
     heartbeat_topic: Annotated[str, Field(pattern=_MQTT_TOPIC)] = "inspection/{thing}/heartbeat"
+    heartbeat_interval_seconds: int = Field(default=60, ge=5, le=3600)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
-    max_model_archive_mb: int = Field(default=200, ge=1, le=2048)
+    max_model_archive_mb: int = Field(
+        default=200, ge=1, le=2048, description="Larger model archives are refused before anything is created."
+    )
     uncertainty_band: tuple[float, float] = (0.3, 0.7)
     confident_sample_rate: float = Field(default=0.02, ge=0.0, le=1.0)
     offline_queue_mb: int = Field(default=512, ge=1)
+    frames_directory: Annotated[str, Field(pattern=r"^[^\s]+$")] = Field(
+        default="frames",
+        description="Where the line camera drops frames on the device; relative: inside the component's work folder.",
+    )
     frame_interval_seconds: float = Field(default=1.0, gt=0.0)
+    confidence_threshold: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="Overrides the model's own threshold (model.json) on the device."
+    )
+    iou_threshold: float | None = Field(default=None, gt=0.0, lt=1.0, description="Overrides model.json's NMS IoU.")
     simulated_device: bool = Field(default=False, description="Adds an EC2 instance that runs Greengrass.")
+    simulated_device_instance_type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*g[a-z0-9]*\.[a-z0-9]+$")] = Field(
+        default="t4g.medium", description="Graviton (arm64) instance type of the simulated device."
+    )
 
     @field_validator("uncertainty_band")
     @classmethod
@@ -209,6 +377,10 @@ class EdgeDeploymentSettings(_Section):
         if not 0.0 <= low < high <= 1.0:
             raise ValueError("must be [low, high] with 0 <= low < high <= 1")
         return value
+
+    @property
+    def effective_deployment_name(self) -> str:
+        return self.deployment_name or self.thing_group_name
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,37 +1,81 @@
-"""The stacks of the training app that its asset pipeline deploys."""
+"""The stacks of the training app that its asset pipeline deploys.
+
+* `<prefix>-training-registry`: the model bucket, its key and the model package group (retained;
+  the edge deployment app reads them by name).
+* `<prefix>-training-workflow`: the SageMaker pipeline (definition, step code, roles, baseline
+  Lambda), the workflow state machine that runs it, and the workflow pipeline that runs the state
+  machine. It reaches the registry stack's resources by name and alias, not by reference.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import aws_cdk as cdk
-from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from shared.building_blocks import workflow_state_machine
 from shared.config import AppName, Settings
 from shared.names import resource_names
 from shared.pipelines import WorkflowPipeline
+from training.model_registry import ModelRegistry
+from training.pipeline_definition import MAX_WAIT_LIMIT_SECONDS, PROCESSING_MAX_RUNTIME_SECONDS
+from training.training_pipeline import TrainingPipeline
+from training.workflow import TrainingWorkflow
 
 APP: AppName = "training"
+
+
+def workflow_timeout(settings: Settings) -> cdk.Duration:
+    """Longest a pipeline execution can take: three processing steps, the training wait, some slack."""
+    training = min(2 * settings.training.max_runtime_seconds, MAX_WAIT_LIMIT_SECONDS)
+    return cdk.Duration.seconds(3 * PROCESSING_MAX_RUNTIME_SECONDS + training + 6 * 3600)
+
+
+class ModelRegistryStack(cdk.Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any) -> None:
+        prefix = settings.project.prefix
+        super().__init__(
+            scope,
+            construct_id,
+            stack_name=f"{prefix}-training-registry",
+            description=f"{prefix}: model bucket, key and model package group of the training app (retained)",
+            **kwargs,
+        )
+        names = resource_names(settings, account=self.account, region=self.region)
+        self.registry = ModelRegistry(self, "ModelRegistry", names=names, cache_days=settings.training.cache_days)
 
 
 class WorkflowStack(cdk.Stack):
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any) -> None:
         names = resource_names(settings, account=cdk.Aws.ACCOUNT_ID, region=cdk.Aws.REGION)
-        super().__init__(scope, construct_id, stack_name=names.workflow_stack(APP), **kwargs)
+        super().__init__(
+            scope,
+            construct_id,
+            stack_name=names.workflow_stack(APP),
+            description=f"{settings.project.prefix}: SageMaker training pipeline, its workflow and workflow pipeline",
+            **kwargs,
+        )
         names = resource_names(settings, account=self.account, region=self.region)
-        state_machine = workflow_state_machine(
+        self.training_pipeline = TrainingPipeline(self, "TrainingPipeline", settings=settings, names=names)
+        self.workflow = TrainingWorkflow(
             self,
             "Workflow",
-            state_machine_name=names.workflow_state_machine(APP),
-            definition=sfn.Succeed(self, "Done"),
-            timeout=cdk.Duration.hours(1),
+            names=names,
+            pipeline_name=names.training_pipeline,
+            pipeline_arn=self.training_pipeline.pipeline_arn,
+            poll_interval=cdk.Duration.seconds(settings.training.status_poll_seconds),
+            timeout=workflow_timeout(settings),
         )
-        WorkflowPipeline(self, "WorkflowPipeline", settings=settings, app=APP, state_machine=state_machine)
+        WorkflowPipeline(
+            self, "WorkflowPipeline", settings=settings, app=APP, state_machine=self.workflow.state_machine
+        )
 
 
 class TrainingStage(cdk.Stage):
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        self.registry = ModelRegistryStack(self, "Registry", settings=settings)
         self.workflow = WorkflowStack(self, "Workflow", settings=settings)
+        self.workflow.add_stack_dependency(
+            self.registry, "the pipeline writes to the model bucket and registers in the group"
+        )

@@ -1,0 +1,517 @@
+"""The YOLOv8 ONNX detector: image decoding, letterbox, inference and class-aware NMS.
+
+Runs with onnxruntime, numpy and Pillow only. Every step reproduces Ultralytics' own prediction
+path for ONNX models, so the boxes match `YOLO("model.onnx").predict(...)` on the same files:
+
+- decoding: Pillow, EXIF orientation applied, any colour mode turned into 8-bit RGB the way
+  OpenCV's `IMREAD_COLOR` does (alpha dropped, 16-bit samples keep their high byte);
+- letterbox: the same scale, rounding and centred padding (value 114) as `LetterBox`, and a resize
+  that is bit-exact with OpenCV's `INTER_LINEAR` (fixed-point coefficients, and the 2x2 averaging
+  OpenCV switches to for an exact 2x reduction);
+- post-processing: the float32 arithmetic of `non_max_suppression` (best class per box, strict
+  thresholds, class offsets of 7680 px, greedy NMS ordered by score) and of `scale_boxes`.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import logging
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+LOG = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "model.json"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_CONFIDENCE = 0.25  # Ultralytics' predict defaults
+DEFAULT_IOU = 0.7
+MAX_DETECTIONS = 300
+_MAX_NMS_CANDIDATES = 30000
+_CLASS_OFFSET = np.float32(7680)  # max_wh: keeps boxes of different classes apart in one NMS pass
+_PAD_VALUE = 114
+_COEF_BITS = 11  # OpenCV INTER_RESIZE_COEF_BITS
+_COEF_SCALE = np.float32(1 << _COEF_BITS)
+
+
+class DetectorError(Exception):
+    """Base class of the detector's errors; the message says what is wrong and where."""
+
+
+class ImageError(DetectorError):
+    """A frame that cannot be read as an image (corrupt, truncated, not an image, unsupported mode)."""
+
+
+class ModelError(DetectorError):
+    """A model that cannot be served (unreadable, or not a YOLOv8 detection export)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------------
+
+
+def load_image(source: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
+    """Decode a file or encoded bytes into an (H, W, 3) uint8 RGB array; raise ImageError if it is not one."""
+    label = name or (str(source) if not isinstance(source, bytes) else "frame")
+    try:
+        handle: Any = io.BytesIO(source) if isinstance(source, bytes) else source
+        with Image.open(handle) as image:
+            image.load()  # decode now: truncated and corrupt data fail here, not later
+            upright = ImageOps.exif_transpose(image)
+            return to_rgb_array(upright if upright is not None else image)
+    except FileNotFoundError:
+        raise ImageError(f"{label}: file not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{label}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image (unknown or unsupported file format)") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{label}: image too large ({error})") from None
+    except ImageError as error:
+        raise ImageError(f"{label}: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        # Pillow raises OSError for truncated data ("image file is truncated"), SyntaxError and
+        # ValueError for broken headers, EOFError for cut-off multi-frame files.
+        raise ImageError(f"{label}: corrupt or truncated image ({type(error).__name__}: {error})") from None
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8 RGB, the way OpenCV's IMREAD_COLOR reads the same file."""
+    mode = image.mode
+    if mode == "RGB":
+        array = np.asarray(image)
+    elif mode.startswith("I;16") or mode == "I":
+        # 16-bit (or 32-bit integer) grey: keep the high byte of 16-bit samples, like OpenCV.
+        values = np.asarray(image).astype(np.int64, copy=False)
+        grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        array = np.repeat(grey[..., None], 3, axis=2)
+    elif mode == "F":
+        grey = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+        array = np.repeat(grey[..., None], 3, axis=2)
+    else:
+        try:
+            array = np.asarray(image.convert("RGB"))
+        except (ValueError, OSError) as error:
+            raise ImageError(f"colour mode {mode} cannot be converted to RGB ({error})") from None
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ImageError(f"colour mode {mode} decoded to an unexpected array {array.dtype}{array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageError("image has no pixels")
+    return array
+
+
+def encode_jpeg(image: np.ndarray, *, quality: int = 95) -> bytes:
+    """An RGB array as JPEG bytes (for uploading frames that did not arrive as JPEG)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Letterbox
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a source image lands in the model input: resized to (width, height) at (left, top)."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+    gain_x: float
+    gain_y: float
+
+
+def letterbox_geometry(source_height: int, source_width: int, input_height: int, input_width: int) -> Letterbox:
+    """Ultralytics' LetterBox (centred, no auto-stride, scale-up allowed) and scale_boxes, as numbers."""
+    ratio = min(input_height / source_height, input_width / source_width)
+    width = max(round(source_width * ratio), 1)
+    height = max(round(source_height * ratio), 1)
+    left = round((input_width - width) / 2 - 0.1)
+    top = round((input_height - height) / 2 - 0.1)
+    return Letterbox(
+        width=width, height=height, left=left, top=top, gain_x=width / source_width, gain_y=height / source_height
+    )
+
+
+@lru_cache(maxsize=32)
+def _linear_taps(source: int, target: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV INTER_LINEAR source indices and 11-bit fixed-point weights along one axis."""
+    scale = 1.0 / (target / source)
+    position = ((np.arange(target, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    index = np.floor(position)
+    fraction = (position - index).astype(np.float32)
+    index = index.astype(np.int64)
+    if clamp:  # OpenCV clamps the horizontal taps at the borders; vertical rows are clamped below
+        low, high = index < 0, index >= source - 1
+        fraction[low | high] = 0
+        index[low] = 0
+        index[high] = source - 1
+    weight0 = np.rint((np.float32(1) - fraction) * _COEF_SCALE).astype(np.int32)
+    weight1 = np.rint(fraction * _COEF_SCALE).astype(np.int32)
+    first = np.clip(index, 0, source - 1)
+    second = np.clip(index + 1, 0, source - 1)
+    for array in (first, second, weight0, weight1):
+        array.setflags(write=False)
+    return first, second, weight0, weight1
+
+
+def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize (H, W, C) uint8 like cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)."""
+    source_height, source_width = image.shape[:2]
+    if (source_width, source_height) == (width, height):
+        return image
+    if source_width == 2 * width and source_height == 2 * height:
+        # OpenCV takes its INTER_AREA path for an exact 2x reduction: the rounded mean of 2x2 blocks.
+        pixels = image.astype(np.uint16)
+        total = pixels[0::2, 0::2] + pixels[0::2, 1::2]
+        total += pixels[1::2, 0::2]
+        total += pixels[1::2, 1::2]
+        total += 2
+        total >>= 2
+        return total.astype(np.uint8)
+    x0, x1, wx0, wx1 = _linear_taps(source_width, width, True)
+    y0, y1, wy0, wy1 = _linear_taps(source_height, height, False)
+    wx0, wx1 = wx0[None, :, None], wx1[None, :, None]
+
+    def horizontal(rows: np.ndarray) -> np.ndarray:
+        out = np.multiply(rows[:, x0], wx0, dtype=np.int32)
+        out += np.multiply(rows[:, x1], wx1, dtype=np.int32)
+        out >>= 4  # OpenCV's vertical pass works on (value >> 4) in 16 bits
+        return out
+
+    top = horizontal(image[y0])
+    top *= wy0[:, None, None]
+    top >>= 16
+    bottom = horizontal(image[y1])
+    bottom *= wy1[:, None, None]
+    bottom >>= 16
+    top += bottom
+    top += 2
+    top >>= 2
+    np.clip(top, 0, 255, out=top)
+    return top.astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Post-processing
+# --------------------------------------------------------------------------------------------------
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS in float32 like torchvision.ops.nms: indices kept, highest score first."""
+    if not len(boxes):
+        return np.empty(0, dtype=np.int64)
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        width = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        height = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = width * height
+        overlap = inter / (areas[i] + areas[rest] - inter)
+        # torchvision compares the float IoU with the double threshold; NaN (empty boxes) never suppresses.
+        order = rest[~(overlap.astype(np.float64) > iou_threshold)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source-image pixels
+    class_id: int
+    class_name: str
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "box": [round(value, 2) for value in self.box],
+            "class_id": self.class_id,
+            "class_name": self.class_name,
+            "score": round(self.score, 5),
+        }
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    detections: tuple[Detection, ...]
+    top_score: float  # the highest class score of any candidate box, before thresholds and NMS
+    width: int  # source image size
+    height: int
+    latency_ms: float  # letterbox + inference + post-processing
+
+
+# --------------------------------------------------------------------------------------------------
+# The detector
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What model.json (beside model.onnx) and the ONNX metadata say about a model."""
+
+    class_names: tuple[str, ...] | None = None
+    input_size: int | None = None
+    confidence_threshold: float | None = None
+    iou_threshold: float | None = None
+
+
+def read_manifest(path: Path) -> ModelInfo:
+    """model.json (CONTRACTS.md): class names, input size and thresholds; ModelError when malformed."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: cannot read the model manifest ({error})") from None
+    if not isinstance(raw, Mapping):
+        raise ModelError(f"{path}: the model manifest must be a JSON object")
+    try:
+        names = tuple(str(name) for name in raw["class_names"])
+        info = ModelInfo(
+            class_names=names,
+            input_size=int(raw["input_size"]),
+            confidence_threshold=float(raw["confidence_threshold"]),
+            iou_threshold=float(raw["iou_threshold"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{path}: missing or invalid field ({type(error).__name__}: {error})") from None
+    if not names:
+        raise ModelError(f"{path}: class_names is empty")
+    return info
+
+
+def _metadata_names(metadata: Mapping[str, str]) -> tuple[str, ...] | None:
+    """Class names from an Ultralytics export's ONNX metadata (`names`: a dict literal)."""
+    raw = metadata.get("names")
+    if not raw:
+        return None
+    try:
+        names = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(names, dict) and names and all(isinstance(key, int) for key in names):
+        if sorted(names) != list(range(len(names))):
+            return None
+        return tuple(str(names[index]) for index in range(len(names)))
+    if isinstance(names, (list, tuple)) and names:
+        return tuple(str(name) for name in names)
+    return None
+
+
+def _check_threshold(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    return float(value)
+
+
+class Detector:
+    """A loaded YOLOv8 ONNX model that turns RGB images into detections in source pixels.
+
+    Not thread-safe (it reuses its input buffers): use one per thread.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        class_names: Sequence[str] | None = None,
+        confidence_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        input_size: int | None = None,
+        threads: int = 0,
+        max_detections: int = MAX_DETECTIONS,
+    ) -> None:
+        import onnxruntime  # noqa: PLC0415 - keep `import detector` cheap for tools that only decode images
+
+        self.model_path = Path(model_path)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only; our own log says what happened
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own (pybind) exception types
+            raise ModelError(f"{self.model_path}: cannot load the ONNX model ({error})") from None
+        metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        if metadata.get("task", "detect") != "detect":
+            raise ModelError(f"{self.model_path}: a {metadata['task']!r} model, expected a detection model")
+        if str(metadata.get("end2end", "False")).lower() == "true":
+            raise ModelError(f"{self.model_path}: an end-to-end export with NMS inside; expected raw YOLOv8 output")
+        self.input_name, self.input_height, self.input_width = self._input_shape(input_size)
+        outputs = self.session.get_outputs()
+        self.output_name = outputs[0].name
+        self.max_detections = max_detections
+        self.confidence_threshold = _check_threshold(
+            "confidence threshold", DEFAULT_CONFIDENCE if confidence_threshold is None else confidence_threshold
+        )
+        self.iou_threshold = _check_threshold("IoU threshold", DEFAULT_IOU if iou_threshold is None else iou_threshold)
+        self._canvas = np.full((self.input_height, self.input_width, 3), _PAD_VALUE, dtype=np.uint8)
+        self._tensor = np.zeros((1, 3, self.input_height, self.input_width), dtype=np.float32)
+        # One warm-up run: checks the real output shape and takes the first-run cost out of frame one.
+        output = self._run(self._tensor)
+        self.num_classes = self._check_output(output, class_names)
+        names = tuple(class_names) if class_names else _metadata_names(metadata)
+        if names is not None and len(names) != self.num_classes:
+            names = None  # metadata that does not fit the output is ignored (a manifest mismatch raised above)
+        self.class_names: tuple[str, ...] = names or tuple(f"class_{index}" for index in range(self.num_classes))
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    def _input_shape(self, input_size: int | None) -> tuple[str, int, int]:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.model_path}: expected one input (images), found {len(inputs)}")
+        shape = list(inputs[0].shape)
+        if len(shape) != 4 or shape[1] not in (3, "3"):
+            raise ModelError(f"{self.model_path}: input shape {shape} is not [batch, 3, height, width]")
+        if "float" not in inputs[0].type:
+            raise ModelError(f"{self.model_path}: input type {inputs[0].type}, expected float32")
+        height, width = shape[2], shape[3]
+        if not (isinstance(height, int) and isinstance(width, int)):
+            if input_size is None:
+                raise ModelError(
+                    f"{self.model_path}: the model's input size is dynamic ({shape}); give the input size "
+                    f"(model.json input_size) to run it"
+                )
+            height = width = int(input_size)
+        if height < 32 or width < 32:
+            raise ModelError(f"{self.model_path}: input size {height}x{width} is too small")
+        return inputs[0].name, height, width
+
+    def _check_output(self, output: np.ndarray, class_names: Sequence[str] | None) -> int:
+        expected = "[1, 4 + number of classes, number of boxes] (a YOLOv8 detection export without NMS)"
+        if output.ndim != 3 or output.shape[0] != 1 or output.shape[1] < 5 or output.shape[2] < 1:
+            raise ModelError(f"{self.model_path}: unexpected output shape {list(output.shape)}; expected {expected}")
+        num_classes = int(output.shape[1]) - 4
+        if class_names is not None and len(class_names) != num_classes:
+            raise ModelError(
+                f"{self.model_path}: output shape {list(output.shape)} has {num_classes} class scores but "
+                f"{len(class_names)} class names were given; expected {expected}"
+            )
+        return num_classes
+
+    # -- inference ----------------------------------------------------------------------------------
+
+    def _run(self, tensor: np.ndarray) -> np.ndarray:
+        try:
+            outputs = self.session.run([self.output_name], {self.input_name: tensor})
+        except Exception as error:  # onnxruntime's pybind exceptions
+            raise ModelError(f"{self.model_path}: inference failed ({error})") from None
+        return np.asarray(outputs[0])
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """Letterbox an (H, W, 3) uint8 RGB image into the model's input tensor (reused buffer)."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ImageError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype}{list(image.shape)}")
+        geometry = letterbox_geometry(image.shape[0], image.shape[1], self.input_height, self.input_width)
+        resized = resize_linear(image, geometry.width, geometry.height)
+        canvas = self._canvas
+        canvas.fill(_PAD_VALUE)
+        canvas[geometry.top : geometry.top + geometry.height, geometry.left : geometry.left + geometry.width] = resized
+        np.divide(canvas.transpose(2, 0, 1), np.float32(255), out=self._tensor[0])
+        return self._tensor, geometry
+
+    def detect(self, image: np.ndarray) -> DetectionResult:
+        """Detections in an (H, W, 3) uint8 RGB image, boxes in its pixels."""
+        started = time.perf_counter()
+        tensor, geometry = self.prepare(image)
+        output = self._run(tensor)
+        if output.ndim != 3 or output.shape[:2] != (1, 4 + self.num_classes):
+            raise ModelError(f"{self.model_path}: output shape changed to {list(output.shape)}")
+        detections, top_score = self.postprocess(output[0], geometry, image.shape[0], image.shape[1])
+        latency = (time.perf_counter() - started) * 1000.0
+        return DetectionResult(
+            detections=detections, top_score=top_score, width=image.shape[1], height=image.shape[0], latency_ms=latency
+        )
+
+    def detect_file(self, source: str | Path | bytes, *, name: str | None = None) -> DetectionResult:
+        return self.detect(load_image(source, name=name))
+
+    def postprocess(
+        self, prediction: np.ndarray, geometry: Letterbox, height: int, width: int
+    ) -> tuple[tuple[Detection, ...], float]:
+        """(4 + classes, boxes) raw output -> detections in source pixels, and the top candidate score."""
+        scores = prediction[4:]
+        if scores.shape[1] == 0:
+            return (), 0.0
+        if self.num_classes == 1:
+            best, classes = scores[0], np.zeros(scores.shape[1], dtype=np.int64)
+        else:
+            classes = scores.argmax(axis=0)
+            best = np.take_along_axis(scores, classes[None, :], axis=0)[0]
+        top_score = float(best.max())
+        candidates = np.flatnonzero(best > np.float32(self.confidence_threshold))
+        if not candidates.size:
+            return (), top_score
+        if candidates.size > _MAX_NMS_CANDIDATES:
+            candidates = candidates[np.argsort(-best[candidates], kind="stable")[:_MAX_NMS_CANDIDATES]]
+        centre = prediction[0:2, candidates].T
+        half = prediction[2:4, candidates].T / np.float32(2)
+        boxes = np.concatenate([centre - half, centre + half], axis=1)
+        confidences = best[candidates]
+        labels = classes[candidates]
+        offsets = (labels.astype(np.float32) * _CLASS_OFFSET)[:, None]
+        keep = nms(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
+        boxes = boxes[keep]
+        boxes[:, [0, 2]] -= np.float32(geometry.left)
+        boxes[:, [1, 3]] -= np.float32(geometry.top)
+        boxes[:, [0, 2]] /= np.float32(geometry.gain_x)
+        boxes[:, [1, 3]] /= np.float32(geometry.gain_y)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        detections = tuple(
+            Detection(
+                box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                class_id=int(label),
+                class_name=self.class_names[int(label)],
+                score=float(score),
+            )
+            for box, label, score in zip(boxes, labels[keep], confidences[keep], strict=True)
+        )
+        return detections, top_score
+
+
+def load_detector(
+    model_path: str | Path,
+    *,
+    confidence_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    threads: int = 0,
+) -> Detector:
+    """A detector for model.onnx (or a folder holding it), with model.json beside it when there is one.
+
+    Thresholds: the arguments, else model.json's, else Ultralytics' defaults (0.25, 0.7). Class names:
+    model.json's, else the ONNX metadata's, else class_<id>.
+    """
+    path = Path(model_path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    manifest_path = path.with_name(MANIFEST_FILE)
+    info = read_manifest(manifest_path) if manifest_path.is_file() else ModelInfo()
+    return Detector(
+        path,
+        class_names=info.class_names,
+        confidence_threshold=confidence_threshold if confidence_threshold is not None else info.confidence_threshold,
+        iou_threshold=iou_threshold if iou_threshold is not None else info.iou_threshold,
+        input_size=info.input_size,
+        threads=threads,
+    )

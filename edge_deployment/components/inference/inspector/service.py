@@ -1,0 +1,653 @@
+"""The component's main loop: frames in, a result per frame and a periodic heartbeat out over MQTT,
+uncertain frames back to the data bucket, and model versions swapped in without a restart.
+
+`create_service(context)` builds the service from the component's Greengrass configuration;
+`InferenceService.run(stop)` runs until `stop` is set. Nothing here talks to Greengrass directly:
+it goes through `context.greengrass` (`greengrass.GreengrassIpc` on a device, a fake in tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import ComponentConfig, ConfigError
+from .detector import Detector, DetectorError, ImageError, ModelError, encode_jpeg, load_detector, load_image
+from .feedback import (
+    Credentials,
+    CredentialSource,
+    FeedbackUploader,
+    FrameUpload,
+    ObjectStore,
+    S3Uploader,
+    UploadQueue,
+    credentials_from_environment,
+    feedback_reason,
+    upload_key,
+)
+from .greengrass import FixedModelLocator, Greengrass, IpcError, ModelComponentLocator, ModelUnavailable
+
+LOG = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+PROCESSED_DIR = "processed"
+REJECTED_DIR = "rejected"
+_PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Frame:
+    name: str
+    captured_at: datetime
+    path: Path | None = None  # a file in the watched directory
+    image: np.ndarray | None = None  # an RGB camera frame
+
+
+class FrameSource(Protocol):
+    def poll(self) -> list[Frame]: ...
+
+    def done(self, frame: Frame) -> None: ...
+
+    def reject(self, frame: Frame) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DirectoryFrames:
+    """Image files that appear in a folder, oldest first, once they stopped changing.
+
+    A camera should write each frame under a temporary name (e.g. `.frame.jpg.tmp`) and rename it
+    when complete; files that are hidden, carry a partial-download suffix, or changed within the
+    last `settle_seconds` are left for a later poll. A processed frame is deleted (or moved to
+    processed/ with keepProcessedFrames); a frame that cannot be read is moved to rejected/.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        keep_processed: bool = False,
+        settle_seconds: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.keep_processed = keep_processed
+        self.settle_seconds = settle_seconds
+        self._clock = clock
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def poll(self) -> list[Frame]:
+        now = self._clock()
+        ready: list[tuple[float, str, Path]] = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError as error:
+            LOG.error("frames directory %s cannot be read: %s", self.directory, error)
+            return []
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or name.endswith(_PARTIAL_SUFFIXES):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                modified = entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue  # vanished meanwhile
+            if now - modified >= self.settle_seconds:
+                ready.append((modified, name, Path(entry.path)))
+        ready.sort()
+        return [Frame(name=name, captured_at=datetime.fromtimestamp(m, UTC), path=path) for m, name, path in ready]
+
+    def _move(self, frame: Frame, folder: str) -> None:
+        if frame.path is None:
+            return
+        target = self.directory / folder
+        target.mkdir(exist_ok=True)
+        destination = target / frame.path.name
+        if destination.exists():  # never overwrite an earlier frame of the same name
+            destination = target / f"{frame.path.stem}-{time.time_ns()}{frame.path.suffix}"
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(frame.path, destination)
+
+    def done(self, frame: Frame) -> None:
+        if self.keep_processed:
+            self._move(frame, PROCESSED_DIR)
+        elif frame.path is not None:
+            frame.path.unlink(missing_ok=True)
+
+    def keep(self, frame: Frame) -> None:
+        self._move(frame, PROCESSED_DIR)
+
+    def reject(self, frame: Frame) -> None:
+        self._move(frame, REJECTED_DIR)
+
+    def close(self) -> None:
+        pass
+
+
+class CameraFrames:
+    """One frame per poll from an OpenCV camera (device index, device path or stream URL).
+
+    OpenCV is optional and not in requirements.txt: install `opencv-python-headless` into the
+    component's environment to use a camera (see README.md).
+    """
+
+    REOPEN_AFTER_FAILURES = 10
+
+    def __init__(self, device: int | str) -> None:
+        try:
+            import cv2  # noqa: PLC0415 - optional dependency, only for frameSource "camera"
+        except ImportError:
+            raise ConfigError(
+                "frameSource 'camera' needs OpenCV, which is not installed: add opencv-python-headless to the "
+                "component's environment (README.md, 'Camera'), or use frameSource 'directory'"
+            ) from None
+        self._cv2 = cv2
+        self.device = device
+        self._sequence = 0
+        self._failures = 0
+        self._capture = self._open()
+
+    def _open(self) -> Any:
+        capture = self._cv2.VideoCapture(self.device)
+        if not capture.isOpened():
+            LOG.error("camera %r cannot be opened; retrying on the next frames", self.device)
+        return capture
+
+    def poll(self) -> list[Frame]:
+        ok, bgr = self._capture.read()
+        if not ok or bgr is None:
+            self._failures += 1
+            if self._failures % self.REOPEN_AFTER_FAILURES == 0:
+                LOG.warning("camera %r gave no frame %d times in a row: reopening", self.device, self._failures)
+                self._capture.release()
+                self._capture = self._open()
+            return []
+        self._failures = 0
+        self._sequence += 1
+        captured = utc_now()
+        if bgr.ndim == 2:
+            rgb = np.repeat(bgr[..., None], 3, axis=2)
+        else:
+            rgb = np.ascontiguousarray(bgr[..., 2::-1])
+        return [Frame(name=f"camera-{captured:%Y%m%dT%H%M%S}-{self._sequence:06d}", captured_at=captured, image=rgb)]
+
+    def done(self, frame: Frame) -> None:
+        pass
+
+    def reject(self, frame: Frame) -> None:
+        pass
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+def make_frame_source(config: ComponentConfig) -> FrameSource:
+    if config.frame_source == "camera":
+        return CameraFrames(config.camera_device)
+    return DirectoryFrames(config.frames_directory, keep_processed=config.keep_processed_frames)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+class ModelLocator(Protocol):
+    def locate(self) -> tuple[str, Path]: ...
+
+
+class ModelManager:
+    """Holds the detector being served and swaps in new model versions between frames.
+
+    `refresh()` (main loop) looks the model up when asked (`request_check()`, e.g. from a
+    configuration-update event) or every `poll_s` seconds. A version that fails to load leaves
+    the previous model serving; the error stays in `error` (heartbeat) until a model loads.
+    """
+
+    def __init__(
+        self,
+        locator: ModelLocator,
+        *,
+        load: Callable[[Path], Detector],
+        poll_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.locator = locator
+        self.load = load
+        self.poll_s = poll_s
+        self._clock = clock
+        self.detector: Detector | None = None
+        self.version: str | None = None
+        self.directory: Path | None = None
+        self.error: str | None = None
+        self._failed: tuple[str, Path] | None = None
+        self._requested = threading.Event()
+        self._next_poll = 0.0
+
+    def request_check(self) -> None:
+        """Thread-safe: look for a new model at the next refresh."""
+        self._requested.set()
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Load a new model version if there is one; True when the served model changed."""
+        now = self._clock()
+        requested = self._requested.is_set()
+        if not (force or requested or now >= self._next_poll):
+            return False
+        self._requested.clear()
+        self._next_poll = now + self.poll_s
+        try:
+            version, directory = self.locator.locate()
+        except ModelUnavailable as error:
+            if self.error != str(error):
+                LOG.warning("%s", error)
+            if self.detector is None:
+                self.error = str(error)
+            return False
+        if (version, directory) == (self.version, self.directory) and not force:
+            return False
+        if (version, directory) == self._failed and not (force or requested):
+            return False  # tried already; again when Greengrass reports a change
+        try:
+            detector = self.load(directory)
+        except (DetectorError, OSError) as error:
+            self._failed = (version, directory)
+            serving = f"; still serving model {self.version}" if self.detector is not None else ""
+            self.error = f"model {version} failed to load: {error}{serving}"
+            LOG.error("%s", self.error)
+            return False
+        previous = self.version
+        self.detector, self.version, self.directory = detector, version, directory
+        self.error, self._failed = None, None
+        LOG.info(
+            "serving model %s from %s (%s; %d classes, input %dx%d)%s",
+            version,
+            directory,
+            ", ".join(detector.class_names),
+            detector.num_classes,
+            detector.input_width,
+            detector.input_height,
+            f", replacing {previous}" if previous and previous != version else "",
+        )
+        return True
+
+
+# --------------------------------------------------------------------------------------------------
+# The service
+# --------------------------------------------------------------------------------------------------
+
+
+class _LazyCredentials:
+    """Looks credentials up when first needed, so a missing token exchange service shows as an upload error."""
+
+    def __init__(self, factory: Callable[[], CredentialSource]) -> None:
+        self._factory = factory
+        self._source: CredentialSource | None = None
+
+    def get(self) -> Credentials:
+        if self._source is None:
+            self._source = self._factory()
+        return self._source.get()
+
+
+@dataclass(frozen=True)
+class DeviceContext:
+    """What the device gives the service: its thing name, Greengrass, folders and AWS access."""
+
+    thing: str
+    greengrass: Greengrass
+    work_dir: Path
+    model_root: Path | None = None  # .../packages/artifacts-unarchived (None: only modelDirectory works)
+    region: str = ""
+    credentials: CredentialSource | None = None  # None: the token exchange service (from the environment)
+    s3_endpoint: str | None = None  # None: the bucket's regional endpoint
+    load_model: Callable[..., Detector] = field(default=load_detector)
+
+    @classmethod
+    def from_environment(cls, greengrass: Greengrass, environ: dict[str, str] | None = None) -> DeviceContext:
+        """The environment Greengrass gives a component (AWS_IOT_THING_NAME, AWS_REGION) + the recipe's Setenv."""
+        env = dict(os.environ if environ is None else environ)
+        thing = env.get("AWS_IOT_THING_NAME", "")
+        if not thing:
+            raise ConfigError("AWS_IOT_THING_NAME is not set: run this as a Greengrass component")
+        decompressed = env.get("INSPECTOR_DECOMPRESSED_PATH")
+        from .greengrass import unarchived_root  # noqa: PLC0415
+
+        return cls(
+            thing=thing,
+            greengrass=greengrass,
+            work_dir=Path(env.get("INSPECTOR_WORK_DIR") or os.getcwd()),
+            model_root=unarchived_root(decompressed) if decompressed else None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION", ""),
+        )
+
+
+class InferenceService:
+    def __init__(
+        self,
+        context: DeviceContext,
+        config: ComponentConfig,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utc_now,
+        store: ObjectStore | None = None,
+    ) -> None:
+        self.context = context
+        self.config = config
+        self.rng = rng or random.Random()
+        self._clock = clock
+        self._now = now
+        self._store_override = store
+        self.models = ModelManager(
+            self._locator(config), load=self._loader(config), poll_s=config.model_poll_s, clock=clock
+        )
+        self.frames = make_frame_source(config)
+        self.queue: UploadQueue | None = None
+        self.uploader: FeedbackUploader | None = None
+        if config.uploads_enabled:
+            self.queue = UploadQueue(context.work_dir / "upload-queue", max_bytes=config.offline_queue_max_bytes)
+            self.uploader = FeedbackUploader(self.queue, self._store(config))
+        else:
+            LOG.warning("uploadBucket is empty: no frames are sent back for labeling")
+        self.frames_processed = 0
+        self.frames_failed = 0
+        self.publish_failures = 0
+        self._window_latency = 0.0
+        self._window_frames = 0
+        self._config_changed = threading.Event()
+        self._next_heartbeat = 0.0
+
+    # -- wiring -------------------------------------------------------------------------------------
+
+    def _locator(self, config: ComponentConfig) -> ModelLocator:
+        if config.model_directory is not None:
+            return FixedModelLocator(config.model_directory)
+        if self.context.model_root is None:
+            raise ConfigError(
+                "modelComponentName is set but the artifacts folder is unknown (INSPECTOR_DECOMPRESSED_PATH, set by "
+                "the recipe); set modelDirectory to run without Greengrass"
+            )
+        return ModelComponentLocator(
+            self.context.greengrass, component=config.model_component_name, root=self.context.model_root
+        )
+
+    def _loader(self, config: ComponentConfig) -> Callable[[Path], Detector]:
+        def load(directory: Path) -> Detector:
+            return self.context.load_model(
+                directory / "model.onnx",
+                confidence_threshold=config.confidence_threshold,
+                iou_threshold=config.iou_threshold,
+                threads=config.inference_threads,
+            )
+
+        return load
+
+    def _store(self, config: ComponentConfig) -> ObjectStore:
+        if self._store_override is not None:
+            return self._store_override
+        credentials = self.context.credentials or _LazyCredentials(credentials_from_environment)
+        return S3Uploader(
+            bucket=config.upload_bucket,
+            region=self.context.region,
+            credentials=credentials,
+            endpoint_url=self.context.s3_endpoint,
+        )
+
+    def watch(self) -> None:
+        """Subscribe to configuration updates of this component and of the model component."""
+        greengrass = self.context.greengrass
+        try:
+            greengrass.watch_configuration(None, self._config_changed.set)
+        except IpcError as error:
+            LOG.warning("configuration updates of this component will not be seen: %s", error)
+        if self.config.model_directory is None:
+            try:
+                greengrass.watch_configuration(self.config.model_component_name, self.models.request_check)
+            except IpcError as error:
+                LOG.warning("model updates are found by polling every %.0f s: %s", self.config.model_poll_s, error)
+
+    def apply_configuration(self, config: ComponentConfig) -> None:
+        """Take a changed configuration into use without restarting."""
+        old, self.config = self.config, config
+        frames_keys = ("frame_source", "frames_directory", "keep_processed_frames", "camera_device")
+        if any(getattr(old, key) != getattr(config, key) for key in frames_keys):
+            self.frames.close()
+            self.frames = make_frame_source(config)
+        model_keys = (
+            "model_component_name",
+            "model_directory",
+            "confidence_threshold",
+            "iou_threshold",
+            "inference_threads",
+        )
+        if any(getattr(old, key) != getattr(config, key) for key in model_keys):
+            self.models.locator = self._locator(config)
+            self.models.load = self._loader(config)
+            self.models.refresh(force=True)
+        self.models.poll_s = config.model_poll_s
+        if self.queue is not None:
+            self.queue.max_bytes = config.offline_queue_max_bytes
+        if self.uploader is not None and old.upload_bucket != config.upload_bucket and config.upload_bucket:
+            self.uploader.store = self._store(config)
+        if not config.upload_bucket and self.queue is not None:
+            LOG.warning("uploadBucket is now empty: queued frames wait until a bucket is configured again")
+        self._next_heartbeat = min(self._next_heartbeat, self._clock() + config.heartbeat_interval_s)
+        LOG.info("configuration updated")
+
+    def _reload_configuration(self) -> None:
+        self._config_changed.clear()
+        try:
+            raw = self.context.greengrass.configuration(None)
+            config = ComponentConfig.from_mapping(raw, thing=self.context.thing, work_dir=self.context.work_dir)
+        except (IpcError, ConfigError) as error:
+            LOG.error("configuration update not applied, keeping the previous one: %s", error)
+            return
+        if config != self.config:
+            self.apply_configuration(config)
+
+    # -- frames ---------------------------------------------------------------------------------------
+
+    def process(self, frame: Frame) -> dict[str, Any] | None:
+        """Detect, publish the result, queue the frame for labeling if selected; None if the frame was bad."""
+        detector = self.models.detector
+        if detector is None:
+            return None
+        started = time.perf_counter()
+        data: bytes | None = None
+        try:
+            if frame.image is not None:
+                image = frame.image
+            else:
+                assert frame.path is not None
+                size = frame.path.stat().st_size
+                if size > MAX_FRAME_BYTES:
+                    raise ImageError(f"{frame.name}: {size} bytes, larger than the {MAX_FRAME_BYTES} byte limit")
+                data = frame.path.read_bytes()
+                image = load_image(data, name=frame.name)
+            result = detector.detect(image)
+        except (ImageError, ModelError, OSError) as error:
+            self.frames_failed += 1
+            kind = "model error on" if isinstance(error, ModelError) else "bad frame"
+            LOG.error("%s %s (kept in %s/): %s", kind, frame.name, REJECTED_DIR, error)
+            self.frames.reject(frame)
+            return None
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        payload: dict[str, Any] = {
+            "thing": self.context.thing,
+            "image": frame.name,
+            "timestamp": iso(frame.captured_at),
+            "model_version": self.models.version,
+            "latency_ms": round(latency_ms, 2),
+            "detections": [detection.to_json() for detection in result.detections],
+        }
+        key, kept = self._queue_feedback(frame, data, image, result.top_score)
+        if key:
+            payload["upload_key"] = key
+        self._publish(self.config.results_topic, payload)
+        self.frames_processed += 1
+        self._window_frames += 1
+        self._window_latency += latency_ms
+        if kept and isinstance(self.frames, DirectoryFrames):
+            self.frames.keep(frame)  # its upload could not be queued: keep the file instead
+        else:
+            self.frames.done(frame)
+        return payload
+
+    def _queue_feedback(
+        self, frame: Frame, data: bytes | None, image: np.ndarray, top_score: float
+    ) -> tuple[str | None, bool]:
+        """(upload key, keep the frame file) for a frame selected for labeling; (None, False) otherwise."""
+        if self.queue is None:
+            return None, False
+        config = self.config
+        reason = feedback_reason(top_score, config.uncertainty_band, config.confident_sample_rate, self.rng)
+        if reason is None:
+            return None, False
+        key = upload_key(config.upload_prefix, self.context.thing, frame.captured_at)
+        body = data if data is not None and data.startswith(_JPEG_MAGIC) else encode_jpeg(image)
+        upload = FrameUpload(
+            key=key,
+            body=body,
+            metadata={
+                "reason": reason,
+                "top-score": f"{top_score:.4f}",
+                "model-version": self.models.version or "",
+                "source-frame": frame.name.encode("ascii", "replace").decode("ascii")[:200],
+            },
+        )
+        try:
+            queued = self.queue.put(upload)
+        except OSError as error:
+            LOG.error("frame %s could not be queued for upload (%s); the file is kept in processed/", frame.name, error)
+            return None, True
+        if queued and self.uploader is not None:
+            self.uploader.wake()
+        return (key if queued else None), False
+
+    def _publish(self, topic: str, payload: dict[str, Any]) -> bool:
+        try:
+            self.context.greengrass.publish(topic, payload)
+            return True
+        except (IpcError, ValueError) as error:
+            self.publish_failures += 1
+            LOG.warning("publish failed (%d so far): %s", self.publish_failures, error)
+            return False
+
+    def poll_frames(self, stop: threading.Event | None = None) -> int:
+        """Process every frame that is ready now; the number processed."""
+        if self.models.detector is None:
+            return 0
+        count = 0
+        for frame in self.frames.poll():
+            if stop is not None and stop.is_set():
+                break
+            if self.process(frame) is not None:
+                count += 1
+            self._heartbeat_if_due()
+        return count
+
+    # -- health ---------------------------------------------------------------------------------------
+
+    def heartbeat_payload(self) -> dict[str, Any]:
+        mean = self._window_latency / self._window_frames if self._window_frames else None
+        payload: dict[str, Any] = {
+            "thing": self.context.thing,
+            "timestamp": iso(self._now()),
+            "status": "serving" if self.models.detector is not None else "waiting for a model",
+            "model_version": self.models.version,
+            "model_error": self.models.error,
+            "frames_processed": self.frames_processed,
+            "frames_failed": self.frames_failed,
+            "frames_since_last_heartbeat": self._window_frames,
+            "mean_latency_ms": round(mean, 2) if mean is not None else None,
+            "publish_failures": self.publish_failures,
+            "uploads_enabled": self.uploader is not None,
+            "uploads_pending": 0,
+            "uploads_dropped": 0,
+            "uploads_done": 0,
+            "upload_error": None,
+        }
+        if self.uploader is not None:
+            payload.update(self.uploader.status())
+        return payload
+
+    def publish_heartbeat(self) -> dict[str, Any]:
+        payload = self.heartbeat_payload()
+        self._publish(self.config.heartbeat_topic, payload)
+        self._window_latency, self._window_frames = 0.0, 0
+        self._next_heartbeat = self._clock() + self.config.heartbeat_interval_s
+        return payload
+
+    def _heartbeat_if_due(self) -> None:
+        if self._clock() >= self._next_heartbeat:
+            self.publish_heartbeat()
+
+    # -- loop -----------------------------------------------------------------------------------------
+
+    def step(self, stop: threading.Event | None = None) -> int:
+        """One pass of the loop: configuration and model updates, frames, heartbeat."""
+        if self._config_changed.is_set():
+            self._reload_configuration()
+        self.models.refresh()
+        processed = self.poll_frames(stop)
+        self._heartbeat_if_due()
+        return processed
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set (SIGTERM from Greengrass)."""
+        self.watch()
+        self.models.refresh(force=True)
+        if self.uploader is not None:
+            self.uploader.start()
+        self._next_heartbeat = self._clock()
+        try:
+            while not stop.is_set():
+                started = self._clock()
+                try:
+                    self.step(stop)
+                except Exception:  # a bug must not take the line down: log it and go on with the next frames
+                    LOG.exception("unexpected error in the inference loop")
+                stop.wait(max(0.0, self.config.frame_interval_s - (self._clock() - started)))
+        finally:
+            if self.uploader is not None:
+                self.uploader.stop()
+            self.frames.close()
+            LOG.info("stopped after %d frames", self.frames_processed)
+
+
+def create_service(context: DeviceContext, **options: Any) -> InferenceService:
+    """Read and validate this component's configuration from Greengrass, and build the service."""
+    raw = context.greengrass.configuration(None)
+    unknown = ComponentConfig.unknown_keys(raw)
+    if unknown:
+        LOG.warning("ignoring unknown configuration keys: %s", ", ".join(unknown))
+    config = ComponentConfig.from_mapping(raw, thing=context.thing, work_dir=context.work_dir)
+    return InferenceService(context, config, **options)

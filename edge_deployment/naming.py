@@ -1,0 +1,56 @@
+"""Names the edge deployment app gives its own resources, shared by the stacks and the device scripts.
+
+Everything other apps own is named by `shared.names`; these are the edge app's own names that a
+person or a script needs outside CloudFormation (registering a device needs the role alias and the
+IoT policy by name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.config import Settings
+from shared.names import resource_names
+
+
+@dataclass(frozen=True)
+class EdgeNames:
+    prefix: str
+    account: str
+    region: str
+    thing_group: str
+    deployment_name: str
+    inference_component: str
+    model_component: str
+
+    @property
+    def role_alias(self) -> str:
+        """IoT role alias of the Greengrass token exchange role (the installer's iotRoleAlias)."""
+        return f"{self.prefix}-edge-token-exchange"
+
+    @property
+    def iot_policy(self) -> str:
+        """The IoT policy attached to every device certificate."""
+        return f"{self.prefix}-edge-core-device"
+
+    @property
+    def component_key_alias(self) -> str:
+        return f"alias/{self.prefix}-edge-components"
+
+
+def edge_names(settings: Settings, *, account: str, region: str) -> EdgeNames:
+    edge = settings.edge_deployment
+    return EdgeNames(
+        prefix=resource_names(settings, account=account, region=region).prefix,
+        account=account,
+        region=region,
+        thing_group=edge.thing_group_name,
+        deployment_name=edge.effective_deployment_name,
+        inference_component=edge.inference_component_name,
+        model_component=edge.model_component_name,
+    )
+
+
+def device_topic(template: str, thing: str) -> str:
+    """A configured topic for one device (`{thing}` is the device's thing name)."""
+    return template.replace("{thing}", thing)

@@ -1,0 +1,387 @@
+"""Steps 3 and 4: the Greengrass deployment to the thing group, and following its rollout.
+
+A thing-group deployment is carried out by a continuous IoT job. The workflow polls it (a Wait
+state between polls, no idling function) until every device of the group has finished, the job
+was cancelled (the abort rule, or a newer deployment), or the configured wait runs out; then it
+publishes what happened, device by device for the ones that failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from edge_deployment.runtime.aws import error_code, transient_errors
+
+ROLLBACK = "ROLLBACK"
+NOTIFY_COMPONENTS = "NOTIFY_COMPONENTS"
+SUCCEEDED, NO_DEVICES, FAILED, ABORTED, CANCELED, INCOMPLETE = (
+    "SUCCEEDED",
+    "NO_DEVICES",
+    "FAILED",
+    "ABORTED",
+    "CANCELED",
+    "INCOMPLETE",
+)
+GOOD_OUTCOMES = frozenset({SUCCEEDED, NO_DEVICES})
+FAILURE_STATUSES = ("FAILED", "REJECTED", "TIMED_OUT")
+PENDING_STATUSES = ("QUEUED", "IN_PROGRESS")
+_COUNTERS = {
+    "succeeded": "numberOfSucceededThings",
+    "failed": "numberOfFailedThings",
+    "rejected": "numberOfRejectedThings",
+    "timedOut": "numberOfTimedOutThings",
+    "canceled": "numberOfCanceledThings",
+    "removed": "numberOfRemovedThings",
+    "queued": "numberOfQueuedThings",
+    "inProgress": "numberOfInProgressThings",
+}
+MAX_REPORTED_DEVICES = 25
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """edge_deployment.rollout of the configuration, as the deployment needs it."""
+
+    base_rate_per_minute: int
+    increment_factor: float
+    notified_things_per_step: int
+    maximum_per_minute: int
+    abort_failure_percentage: float
+    abort_min_executed_things: int
+    job_timeout_minutes: int
+    component_update_timeout_seconds: int
+    max_wait_minutes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RolloutPolicy:
+        return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
+
+
+def deployment_request(
+    *,
+    thing_group_arn: str,
+    deployment_name: str,
+    components: Mapping[str, str],
+    rollout: RolloutPolicy,
+    client_token: str | None = None,
+) -> dict[str, Any]:
+    """The CreateDeployment request: exactly these component versions, safe rollout, rollback on failure.
+
+    Each component's configuration is reset to its recipe's defaults, so the device runs the
+    configuration of the version it runs (a model component's defaults name its package).
+    """
+    request: dict[str, Any] = {
+        "targetArn": thing_group_arn,
+        "deploymentName": deployment_name,
+        "components": {
+            name: {"componentVersion": version, "configurationUpdate": {"reset": [""]}}
+            for name, version in sorted(components.items())
+        },
+        "deploymentPolicies": {
+            "failureHandlingPolicy": ROLLBACK,
+            "componentUpdatePolicy": {
+                "action": NOTIFY_COMPONENTS,
+                "timeoutInSeconds": rollout.component_update_timeout_seconds,
+            },
+            "configurationValidationPolicy": {"timeoutInSeconds": rollout.component_update_timeout_seconds},
+        },
+        "iotJobConfiguration": {
+            "jobExecutionsRolloutConfig": {
+                "exponentialRate": {
+                    "baseRatePerMinute": rollout.base_rate_per_minute,
+                    "incrementFactor": rollout.increment_factor,
+                    "rateIncreaseCriteria": {"numberOfNotifiedThings": rollout.notified_things_per_step},
+                },
+                "maximumPerMinute": rollout.maximum_per_minute,
+            },
+            "abortConfig": {
+                "criteriaList": [
+                    {
+                        "failureType": "ALL",
+                        "action": "CANCEL",
+                        "thresholdPercentage": float(rollout.abort_failure_percentage),
+                        "minNumberOfExecutedThings": rollout.abort_min_executed_things,
+                    }
+                ]
+            },
+            "timeoutConfig": {"inProgressTimeoutInMinutes": rollout.job_timeout_minutes},
+        },
+    }
+    if client_token:
+        request["clientToken"] = client_token
+    return request
+
+
+def client_token(*parts: str) -> str:
+    """An idempotency token: a retried call of one workflow run creates one deployment, not two."""
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:64]
+
+
+def _versions(components: Mapping[str, Any]) -> dict[str, str]:
+    return {name: str(spec.get("componentVersion")) for name, spec in components.items()}
+
+
+def _job_counts(job: Mapping[str, Any]) -> dict[str, int]:
+    details = job.get("jobProcessDetails") or {}
+    return {name: int(details.get(field) or 0) for name, field in _COUNTERS.items()}
+
+
+def latest_reusable_deployment(greengrass: Any, iot: Any, request: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The group's current deployment when it already deploys exactly these versions and has not failed."""
+    with transient_errors():
+        listed = greengrass.list_deployments(targetArn=request["targetArn"], historyFilter="LATEST_ONLY")
+    for summary in listed.get("deployments", []):
+        if summary.get("deploymentStatus") != "ACTIVE" or not summary.get("isLatestForTarget", True):
+            continue
+        with transient_errors():
+            current = greengrass.get_deployment(deploymentId=summary["deploymentId"])
+        if _versions(current.get("components") or {}) != _versions(request["components"]):
+            continue
+        job_id = current.get("iotJobId")
+        if job_id:
+            with transient_errors():
+                job = iot.describe_job(jobId=job_id)["job"]
+            counts = _job_counts(job)
+            failures = counts["failed"] + counts["rejected"] + counts["timedOut"]
+            if job.get("status") in ("CANCELED", "DELETION_IN_PROGRESS") or failures:
+                return None  # a failed or cancelled rollout of these versions: roll out again
+        return {"deploymentId": current["deploymentId"], "iotJobId": job_id}
+    return None
+
+
+def create_or_reuse_deployment(
+    greengrass: Any, iot: Any, request: Mapping[str, Any], *, now: datetime
+) -> dict[str, Any]:
+    """Step 3: create the deployment, or reuse the group's current one when it already deploys these versions."""
+    reusable = latest_reusable_deployment(greengrass, iot, request)
+    started = now.astimezone(UTC).isoformat()
+    if reusable is not None:
+        return {**reusable, "reused": True, "startedAt": started, "components": _versions(request["components"])}
+    with transient_errors():
+        created = greengrass.create_deployment(**request)
+    return {
+        "deploymentId": created["deploymentId"],
+        "iotJobId": created.get("iotJobId"),
+        "reused": False,
+        "startedAt": started,
+        "components": _versions(request["components"]),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Following the rollout
+# --------------------------------------------------------------------------------------------------
+
+
+def classify(
+    status: str, counts: Mapping[str, int], *, rolling_out: bool, policy: RolloutPolicy, waited_minutes: float
+) -> str | None:
+    """The rollout's outcome, or None while devices are still pending (and the wait has not run out)."""
+    failures = counts["failed"] + counts["rejected"] + counts["timedOut"]
+    executed = failures + counts["succeeded"]
+    if status in ("CANCELED", "DELETION_IN_PROGRESS"):
+        abort_rule_met = (
+            executed >= policy.abort_min_executed_things
+            and executed > 0
+            and 100.0 * failures / executed >= policy.abort_failure_percentage
+        )
+        return ABORTED if abort_rule_met else CANCELED
+    pending = counts["queued"] + counts["inProgress"]
+    if status == "SCHEDULED" or (status != "COMPLETED" and (pending or rolling_out)):
+        return INCOMPLETE if waited_minutes >= policy.max_wait_minutes else None
+    if failures:
+        return FAILED
+    if executed == 0:
+        return NO_DEVICES
+    return SUCCEEDED
+
+
+def group_has_members(iot: Any, thing_group: str) -> bool:
+    with transient_errors():
+        page = iot.list_things_in_thing_group(thingGroupName=thing_group, maxResults=1)
+    return bool(page.get("things"))
+
+
+def _thing_name(thing_arn: str) -> str:
+    return thing_arn.rsplit("/", 1)[-1]
+
+
+def executions_with_status(iot: Any, job_id: str, statuses: Iterable[str], *, limit: int) -> list[tuple[str, str]]:
+    """(thing name, status) of the job's executions in `statuses`, at most `limit` of them."""
+    found: list[tuple[str, str]] = []
+    for status in statuses:
+        token: str | None = None
+        while len(found) < limit:
+            request: dict[str, Any] = {"jobId": job_id, "status": status, "maxResults": min(100, limit)}
+            if token:
+                request["nextToken"] = token
+            with transient_errors():
+                page = iot.list_job_executions_for_job(**request)
+            for summary in page.get("executionSummaries", []):
+                found.append((_thing_name(summary["thingArn"]), status))
+            token = page.get("nextToken")
+            if not token:
+                break
+    return found[:limit]
+
+
+def device_reason(greengrass: Any, thing_name: str, *, deployment_id: str, job_id: str) -> str:
+    """Why the deployment failed on one device, as Greengrass recorded it (ListEffectiveDeployments)."""
+    token: str | None = None
+    for _ in range(3):  # newest first; our deployment is on the first page unless the device had many since
+        request: dict[str, Any] = {"coreDeviceThingName": thing_name, "maxResults": 50}
+        if token:
+            request["nextToken"] = token
+        try:
+            with transient_errors():
+                page = greengrass.list_effective_deployments(**request)
+        except ClientError as error:
+            if error_code(error) in ("ResourceNotFoundException", "AccessDeniedException"):
+                return f"no Greengrass record for this device ({error_code(error)})"
+            raise
+        for effective in page.get("effectiveDeployments", []):
+            if effective.get("deploymentId") != deployment_id and effective.get("iotJobId") != job_id:
+                continue
+            status = effective.get("coreDeviceExecutionStatus", "?")
+            parts = [status]
+            if effective.get("reason"):
+                parts.append(str(effective["reason"]))
+            details = effective.get("statusDetails") or {}
+            if details.get("errorTypes"):
+                parts.append("error types: " + ", ".join(details["errorTypes"]))
+            if details.get("errorStack"):
+                parts.append("error stack: " + " > ".join(details["errorStack"]))
+            return "; ".join(parts)
+        token = page.get("nextToken")
+        if not token:
+            break
+    return "the device reported no details for this deployment"
+
+
+def rollout_status(
+    greengrass: Any,
+    iot: Any,
+    *,
+    deployment: Mapping[str, Any],
+    policy: RolloutPolicy,
+    now: datetime,
+    thing_group: str | None = None,
+    max_reported_devices: int = MAX_REPORTED_DEVICES,
+) -> dict[str, Any]:
+    """Step 4, one poll: `{"finished": bool, "outcome", "counts", "devices": [...], "jobId", "jobStatus"}`.
+
+    With `thing_group`, "no devices" is reported only when the group really has no members.
+    """
+    deployment_id = str(deployment["deploymentId"])
+    job_id = deployment.get("iotJobId")
+    if not job_id:
+        with transient_errors():
+            job_id = greengrass.get_deployment(deploymentId=deployment_id).get("iotJobId")
+    started = datetime.fromisoformat(str(deployment["startedAt"]))
+    waited = (now - started).total_seconds() / 60.0
+    if not job_id:  # Greengrass has not created the IoT job yet
+        finished = waited >= policy.max_wait_minutes
+        return {
+            "finished": finished,
+            "outcome": INCOMPLETE if finished else None,
+            "jobId": None,
+            "jobStatus": None,
+            "counts": dict.fromkeys(_COUNTERS, 0),
+            "devices": [],
+            "waitedMinutes": round(waited, 1),
+        }
+    with transient_errors():
+        job = iot.describe_job(jobId=job_id)["job"]
+    counts = _job_counts(job)
+    status = str(job.get("status"))
+    rolling_out = bool((job.get("jobProcessDetails") or {}).get("processingTargets"))
+    outcome = classify(status, counts, rolling_out=rolling_out, policy=policy, waited_minutes=waited)
+    if outcome == NO_DEVICES and thing_group and group_has_members(iot, thing_group):
+        # Devices are in the group, but the rollout has not reached any of them yet.
+        outcome = INCOMPLETE if waited >= policy.max_wait_minutes else None
+    devices: list[dict[str, str]] = []
+    if outcome in (FAILED, ABORTED, CANCELED, INCOMPLETE):
+        statuses = FAILURE_STATUSES if outcome != INCOMPLETE else (*FAILURE_STATUSES, *PENDING_STATUSES)
+        for thing, execution_status in executions_with_status(iot, job_id, statuses, limit=max_reported_devices):
+            if execution_status in PENDING_STATUSES:
+                reason = f"still {execution_status} after {waited:.0f} minutes (offline, or still updating)"
+            else:
+                reason = device_reason(greengrass, thing, deployment_id=deployment_id, job_id=job_id)
+            devices.append({"thing": thing, "status": execution_status, "reason": reason})
+    return {
+        "finished": outcome is not None,
+        "outcome": outcome,
+        "jobId": job_id,
+        "jobStatus": status,
+        "counts": counts,
+        "devices": devices,
+        "waitedMinutes": round(waited, 1),
+        "jobComment": job.get("comment") or job.get("reasonCode"),
+    }
+
+
+def report(
+    status: Mapping[str, Any],
+    *,
+    deployment: Mapping[str, Any],
+    package: Mapping[str, Any],
+    thing_group: str,
+    deployment_name: str,
+) -> dict[str, str]:
+    """The SNS subject and message of a finished rollout."""
+    outcome = str(status["outcome"])
+    counts = status["counts"]
+    components = deployment.get("components") or {}
+    headline = {
+        SUCCEEDED: "every device of the group runs the new model",
+        NO_DEVICES: "deployed, but the thing group has no devices yet (devices get it when they join)",
+        FAILED: "failed on some devices; those devices rolled back to their previous components",
+        ABORTED: "aborted by the abort rule (too many failures); devices not yet updated keep the previous model",
+        CANCELED: "cancelled before it finished (a newer deployment to the group, or a person)",
+        INCOMPLETE: "not finished within the wait; the deployment stays active for the devices still pending",
+    }[outcome]
+    lines = [
+        f"Edge deployment '{deployment_name}' to thing group {thing_group}: {outcome} - {headline}.",
+        "",
+        f"Model package: {package.get('arn')} (version {package.get('version')})",
+        "Components: " + ", ".join(f"{name} {version}" for name, version in sorted(components.items())),
+        f"Greengrass deployment: {deployment.get('deploymentId')}"
+        + (" (reused: these versions were already deployed)" if deployment.get("reused") else ""),
+        f"IoT job: {status.get('jobId')} ({status.get('jobStatus')})"
+        + (f" - {status['jobComment']}" if status.get("jobComment") else ""),
+        "Devices: "
+        + ", ".join(
+            f"{counts[key]} {label}"
+            for key, label in (
+                ("succeeded", "succeeded"),
+                ("failed", "failed"),
+                ("rejected", "rejected"),
+                ("timedOut", "timed out"),
+                ("canceled", "cancelled"),
+                ("removed", "removed"),
+                ("queued", "queued"),
+                ("inProgress", "in progress"),
+            )
+        ),
+    ]
+    devices = status.get("devices") or []
+    if devices:
+        lines += ["", "Devices that did not succeed:"]
+        lines += [f"  - {d['thing']}: {d['status']} - {d['reason']}" for d in devices]
+        shown = len(devices)
+        total = sum(counts[k] for k in ("failed", "rejected", "timedOut"))
+        if outcome == INCOMPLETE:
+            total += counts["queued"] + counts["inProgress"]
+        if total > shown:
+            lines.append(f"  ... and {total - shown} more (see the IoT job's executions)")
+    subject = f"Edge rollout {outcome}: model package v{package.get('version')} to {thing_group}"
+    return {"subject": subject[:100], "message": "\n".join(lines)}

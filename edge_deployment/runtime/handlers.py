@@ -1,0 +1,197 @@
+"""Lambda entry points of the edge deployment workflow: thin wrappers over the plain functions.
+
+Each handler reads its settings from the environment, builds its clients (with backoff), calls one
+plain function and returns JSON for the state machine. Errors keep their type name, which the
+state machine sees as the error name: `TransientError` is retried, input errors are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from edge_deployment.runtime.aws import DeploymentInputError, account_of, client, component_arn, thing_group_arn
+from edge_deployment.runtime.components import (
+    VERSION_PLACEHOLDER,
+    ModelComponentSettings,
+    inference_component_version,
+    prepare_model_component,
+    publish_inference_component,
+    render_recipe_template,
+)
+from edge_deployment.runtime.deployment import (
+    RolloutPolicy,
+    client_token,
+    create_or_reuse_deployment,
+    deployment_request,
+    report,
+    rollout_status,
+)
+from edge_deployment.runtime.model_package import ModelPackage, WrongModelPackageGroup, resolve_model_package
+
+logger = Logger()
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(f"environment variable {name} is not set")
+    return value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@logger.inject_lambda_context(log_event=True)
+def resolve(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Step 1. Input: the state machine input (`modelPackageArn` from the approval event, or nothing)."""
+    group = _env("MODEL_PACKAGE_GROUP")
+    detail = event.get("detail") or {}
+    arn = event.get("modelPackageArn") or detail.get("ModelPackageArn")
+    named_group = event.get("modelPackageGroupName") or detail.get("ModelPackageGroupName")
+    if named_group and named_group != group:
+        raise WrongModelPackageGroup(
+            f"the event is for model package group {named_group!r}, but this app deploys group {group!r}; "
+            "nothing was created"
+        )
+    result = resolve_model_package(client("sagemaker"), group_name=group, model_package_arn=arn)
+    logger.info(result["message"])
+    return result
+
+
+@logger.inject_lambda_context(log_event=True)
+def prepare_model(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Step 2. Input: `{"package": {...}}` from step 1. Output: the model component version."""
+    partition, region, account = account_of(context.invoked_function_arn)
+    settings = ModelComponentSettings(
+        component_name=_env("MODEL_COMPONENT_NAME"),
+        bucket=_env("COMPONENT_BUCKET"),
+        model_bucket=_env("MODEL_BUCKET"),
+        max_archive_bytes=int(_env("MAX_ARCHIVE_BYTES")),
+        class_names=json.loads(_env("CLASS_NAMES")),
+        partition=partition,
+        region=region,
+        account=account,
+    )
+    package = ModelPackage.from_json(event["package"])
+    return prepare_model_component(
+        s3=client("s3"), greengrass=client("greengrassv2"), package=package, settings=settings
+    )
+
+
+@logger.inject_lambda_context(log_event=True)
+def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Step 3. Input: the model and inference component versions. Output: the deployment to follow."""
+    partition, region, account = account_of(context.invoked_function_arn)
+    group = _env("THING_GROUP_NAME")
+    model, inference = event["modelComponent"], event["inferenceComponent"]
+    components = {model["name"]: model["version"], inference["name"]: inference["version"]}
+    request = deployment_request(
+        thing_group_arn=thing_group_arn(partition=partition, region=region, account=account, name=group),
+        deployment_name=_env("DEPLOYMENT_NAME"),
+        components=components,
+        rollout=RolloutPolicy.from_json(json.loads(_env("ROLLOUT"))),
+        client_token=client_token(
+            str(event.get("executionId", "")), *sorted(f"{k}={v}" for k, v in components.items())
+        ),
+    )
+    deployment = create_or_reuse_deployment(client("greengrassv2"), client("iot"), request, now=_now())
+    logger.info("deployment", extra={"deployment": deployment})
+    return deployment
+
+
+@logger.inject_lambda_context(log_event=True)
+def check_rollout(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Step 4, one poll. Input: `{"deployment": {...}, "package": {...}}`. Output: finished? and the report."""
+    policy = RolloutPolicy.from_json(json.loads(_env("ROLLOUT")))
+    status = rollout_status(
+        client("greengrassv2"),
+        client("iot"),
+        deployment=event["deployment"],
+        policy=policy,
+        now=_now(),
+        thing_group=_env("THING_GROUP_NAME"),
+    )
+    if status["finished"]:
+        status.update(
+            report(
+                status,
+                deployment=event["deployment"],
+                package=event.get("package") or {},
+                thing_group=_env("THING_GROUP_NAME"),
+                deployment_name=_env("DEPLOYMENT_NAME"),
+            )
+        )
+        logger.info(status["subject"], extra={"rollout": status})
+    return status
+
+
+# --------------------------------------------------------------------------------------------------
+# CloudFormation custom resource: the inference component version built by the asset pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+def _send_cfn_response(
+    event: dict[str, Any], status: str, *, physical_id: str, reason: str = "", data: Any = None
+) -> None:
+    body = json.dumps(
+        {
+            "Status": status,
+            "Reason": reason[:3000] or status,
+            "PhysicalResourceId": physical_id,
+            "StackId": event["StackId"],
+            "RequestId": event["RequestId"],
+            "LogicalResourceId": event["LogicalResourceId"],
+            "Data": data or {},
+        }
+    ).encode("utf-8")
+    request = urllib.request.Request(  # noqa: S310 - the pre-signed https URL CloudFormation sent
+        event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+        answer.read()
+
+
+@logger.inject_lambda_context(log_event=False)  # the event holds CloudFormation's pre-signed response URL
+def inference_component(event: dict[str, Any], context: Any) -> None:
+    """Create (or find) the inference component version; Delete keeps it (devices may still run it)."""
+    physical_id = event.get("PhysicalResourceId") or f"{event['LogicalResourceId']}-not-created"
+    try:
+        if event["RequestType"] == "Delete":
+            _send_cfn_response(event, "SUCCESS", physical_id=physical_id, reason="component versions are kept")
+            return
+        properties = event["ResourceProperties"]
+        version = inference_component_version(
+            artifact_hash=properties["ArtifactHash"], recipe_template=properties["RecipeTemplate"]
+        )
+        recipe = render_recipe_template(properties["RecipeTemplate"], version)
+        partition, region, account = account_of(context.invoked_function_arn)
+        arn = component_arn(
+            partition=partition, region=region, account=account, name=recipe["ComponentName"], version=version
+        )
+        published = publish_inference_component(
+            s3=client("s3"),
+            greengrass=client("greengrassv2"),
+            recipe=recipe,
+            arn=arn,
+            source_bucket=properties["SourceBucket"],
+            source_key=properties["SourceKey"],
+            bucket=properties["Bucket"],
+            key=properties["KeyTemplate"].replace(VERSION_PLACEHOLDER, version),
+        )
+        _send_cfn_response(
+            event,
+            "SUCCESS",
+            physical_id=published.arn,
+            data={"ComponentVersion": published.version, "ComponentArn": published.arn},
+        )
+    except Exception as error:
+        logger.exception("inference component version failed")
+        kind = "bad input" if isinstance(error, DeploymentInputError) else type(error).__name__
+        _send_cfn_response(event, "FAILED", physical_id=physical_id, reason=f"{kind}: {error}")

@@ -1,0 +1,585 @@
+"""The edge deployment workflow: approved model package -> Greengrass components -> rollout -> report.
+
+    ResolveModelPackage -> (none approved yet: NothingToDeploy, succeed)
+      -> PrepareModelComponent -> DescribeModelComponent <-> WaitForModelComponent (until DEPLOYABLE)
+      -> CreateDeployment -> WaitForRollout <-> CheckRollout (until every device finished)
+      -> NotifySuccess | NotifyRolloutFailure (per-device reasons) ; any error -> NotifyFailure
+
+Started by the model package group's "SageMaker Model Package State Change" event when a package
+is Approved (the event's package), and by the workflow pipeline (the newest approved package).
+Every task retries transient errors with backoff and has a catch; logging ALL and tracing are set
+by `workflow_state_machine`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aws_cdk as cdk
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+from edge_deployment.fleet import DeviceFleet, resource_finding
+from edge_deployment.naming import EdgeNames
+from edge_deployment.runtime.deployment import GOOD_OUTCOMES, RolloutPolicy
+from shared.building_blocks import (
+    grant_key_by_alias,
+    grant_publish_by_name,
+    log_retention,
+    python_function,
+    workflow_state_machine,
+)
+from shared.config import AppName, Settings
+from shared.guardrails import IAM5, acknowledge
+from shared.names import ResourceNames
+
+if TYPE_CHECKING:  # the inference component's construct module uses runtime_bundle() from here
+    from edge_deployment.inference_component import InferenceComponent
+
+APP: AppName = "edge_deployment"
+PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+HANDLERS = ("resolve", "prepare_model", "create_deployment", "check_rollout", "inference_component")
+# Errors worth another try: Lambda service faults, a function timeout, AWS calls still throttled.
+TRANSIENT_ERRORS = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+    "Lambda.ClientExecutionTimeoutException",
+    "Sandbox.Timedout",
+    "TransientError",
+]
+COMPONENT_POLL_SECONDS = 5
+
+
+def runtime_bundle() -> Path:
+    """The functions' code: `edge_deployment/runtime` + `shared/contracts.py`, importable as in the repo.
+
+    Staged in a folder named by its content hash, so synth is repeatable and the asset hash changes
+    only when the code does.
+    """
+    files: dict[str, bytes] = {
+        "index.py": (
+            "from edge_deployment.runtime.handlers import " + ", ".join(HANDLERS) + "\n\n"
+            f"__all__ = {list(HANDLERS)!r}\n"
+        ).encode(),
+        "edge_deployment/__init__.py": b"",
+        "shared/__init__.py": b"",
+        "shared/contracts.py": (REPO_ROOT / "shared" / "contracts.py").read_bytes(),
+    }
+    for path in sorted(RUNTIME_DIR.glob("*.py")):
+        files[f"edge_deployment/runtime/{path.name}"] = path.read_bytes()
+    digest = hashlib.sha256()
+    for name, content in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
+    target = Path(tempfile.gettempdir()) / f"edge-deployment-runtime-{digest.hexdigest()[:20]}"
+    if not target.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix="edge-deployment-runtime-"))
+        for name, content in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(content)
+        try:
+            os.rename(staging, target)
+        except OSError:  # staged meanwhile by another synth: the same content
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def rollout_policy(settings: Settings) -> RolloutPolicy:
+    rollout = settings.edge_deployment.rollout
+    return RolloutPolicy(
+        base_rate_per_minute=rollout.base_rate_per_minute,
+        increment_factor=rollout.increment_factor,
+        notified_things_per_step=rollout.notified_things_per_step,
+        maximum_per_minute=rollout.maximum_per_minute,
+        abort_failure_percentage=rollout.abort_failure_percentage,
+        abort_min_executed_things=rollout.abort_min_executed_things,
+        job_timeout_minutes=rollout.job_timeout_minutes,
+        component_update_timeout_seconds=rollout.component_update_timeout_seconds,
+        max_wait_minutes=rollout.max_wait_minutes,
+    )
+
+
+def model_approved_pattern(*, group_name: str) -> events.EventPattern:
+    """Approved packages of this group only: a merely registered (pending) package does not match."""
+    return events.EventPattern(
+        source=["aws.sagemaker"],
+        detail_type=[PACKAGE_STATE_CHANGE],
+        detail={"ModelPackageGroupName": [group_name], "ModelApprovalStatus": ["Approved"]},
+    )
+
+
+class DeploymentWorkflow(Construct):
+    """Functions, state machine and approval rule of the edge deployment workflow."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: Settings,
+        names: EdgeNames,
+        shared_names: ResourceNames,
+        fleet: DeviceFleet,
+        inference: InferenceComponent,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self._stack = stack = cdk.Stack.of(self)
+        edge = settings.edge_deployment
+        retention = log_retention(settings.toolchain.log_retention_days)
+        code = runtime_bundle()
+        rollout_json = json.dumps(rollout_policy(settings).to_json(), sort_keys=True)
+
+        self.resolve_function = python_function(
+            self,
+            "ResolveFunction",
+            code_dir=code,
+            handler="index.resolve",
+            description="Edge workflow step 1: the model package to deploy",
+            environment={"MODEL_PACKAGE_GROUP": shared_names.model_package_group},
+            log_retention=retention,
+        )
+        max_archive_bytes = edge.max_model_archive_mb * 1024 * 1024
+        self.prepare_function = python_function(
+            self,
+            "PrepareModelFunction",
+            code_dir=code,
+            handler="index.prepare_model",
+            description="Edge workflow step 2: validate the model archive, create the model component version",
+            environment={
+                "MODEL_COMPONENT_NAME": edge.model_component_name,
+                "COMPONENT_BUCKET": fleet.bucket.bucket_name,
+                "MODEL_BUCKET": shared_names.model_bucket,
+                "MAX_ARCHIVE_BYTES": str(max_archive_bytes),
+                "CLASS_NAMES": json.dumps(list(settings.project.class_names)),
+            },
+            timeout=cdk.Duration.minutes(15),
+            memory_size=1024,
+            log_retention=retention,
+        )
+        # The archive and its repackaged ZIP both sit in /tmp.
+        prepare_cfn = self.prepare_function.node.default_child
+        assert isinstance(prepare_cfn, lambda_.CfnFunction)
+        prepare_cfn.ephemeral_storage = lambda_.CfnFunction.EphemeralStorageProperty(
+            size=min(10_240, max(512, 3 * edge.max_model_archive_mb + 256))
+        )
+        self.create_function = python_function(
+            self,
+            "CreateDeploymentFunction",
+            code_dir=code,
+            handler="index.create_deployment",
+            description="Edge workflow step 3: the Greengrass deployment to the thing group",
+            environment={
+                "THING_GROUP_NAME": edge.thing_group_name,
+                "DEPLOYMENT_NAME": names.deployment_name,
+                "ROLLOUT": rollout_json,
+            },
+            timeout=cdk.Duration.minutes(2),
+            log_retention=retention,
+        )
+        self.check_function = python_function(
+            self,
+            "CheckRolloutFunction",
+            code_dir=code,
+            handler="index.check_rollout",
+            description="Edge workflow step 4: one look at the rollout's IoT job (the state machine waits between)",
+            environment={
+                "THING_GROUP_NAME": edge.thing_group_name,
+                "DEPLOYMENT_NAME": names.deployment_name,
+                "ROLLOUT": rollout_json,
+            },
+            timeout=cdk.Duration.minutes(2),
+            log_retention=retention,
+        )
+        self._grant_functions(settings=settings, shared_names=shared_names, fleet=fleet)
+
+        self.state_machine = workflow_state_machine(
+            self,
+            "StateMachine",
+            state_machine_name=shared_names.workflow_state_machine(APP),
+            definition=self._definition(settings=settings, shared_names=shared_names, inference=inference),
+            timeout=cdk.Duration.minutes(edge.rollout.max_wait_minutes + 60),
+            log_retention=retention,
+        )
+        grant_publish_by_name(
+            self.state_machine,
+            topic_name=shared_names.notification_topic(APP),
+            key_alias=shared_names.notification_key_alias(APP),
+            stack=stack,
+        )
+        self._acknowledge_state_machine_role()
+
+        self.approval_rule = events.Rule(
+            self,
+            "ModelApprovedRule",
+            description=f"Deploys approved model packages of {shared_names.model_package_group} to the devices",
+            event_pattern=model_approved_pattern(group_name=shared_names.model_package_group),
+            targets=[
+                targets.SfnStateMachine(
+                    self.state_machine,
+                    input=events.RuleTargetInput.from_object(
+                        {
+                            "trigger": "model-package-approved",
+                            "modelPackageArn": events.EventField.from_path("$.detail.ModelPackageArn"),
+                            "modelPackageGroupName": events.EventField.from_path("$.detail.ModelPackageGroupName"),
+                            "eventId": events.EventField.event_id,
+                        }
+                    ),
+                    retry_attempts=8,
+                    max_event_age=cdk.Duration.hours(6),
+                )
+            ],
+        )
+
+    # -- permissions ----------------------------------------------------------------------------
+    def _arn(self, service: str, resource: str, name: str, *, colon: bool = False) -> str:
+        return self._stack.format_arn(
+            service=service,
+            resource=resource,
+            resource_name=name,
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME if colon else cdk.ArnFormat.SLASH_RESOURCE_NAME,
+        )
+
+    def _allow(self, function: lambda_.Function, sid: str, actions: list[str], resources: list[str]) -> None:
+        function.add_to_role_policy(iam.PolicyStatement(sid=sid, actions=actions, resources=resources))
+
+    def _acknowledge(self, function: lambda_.Function, reason: str, *, resource: str | None = None) -> None:
+        finding = resource_finding(self._stack, resource) if resource else None
+        assert function.role is not None
+        acknowledge(function.role, IAM5, reason, finding=finding)
+
+    def _grant_functions(self, *, settings: Settings, shared_names: ResourceNames, fleet: DeviceFleet) -> None:
+        edge = settings.edge_deployment
+        stack = self._stack
+        # Step 1: read the model registry of this app's group.
+        package_arns = self._arn("sagemaker", "model-package", f"{shared_names.model_package_group.lower()}/*")
+        self._allow(self.resolve_function, "DescribeGroupPackages", ["sagemaker:DescribeModelPackage"], [package_arns])
+        self._allow(self.resolve_function, "ListGroupPackages", ["sagemaker:ListModelPackages"], ["*"])
+        self._acknowledge(
+            self.resolve_function,
+            "Any version of this app's model package group (versions are created by training).",
+            resource=package_arns,
+        )
+        self._acknowledge(
+            self.resolve_function,
+            "sagemaker:ListModelPackages supports no resource-level permission; the function lists only "
+            "the group named in its environment.",
+            resource="*",
+        )
+
+        # Step 2: read the model archive, write model.zip, create the model component version.
+        archives = f"arn:{stack.partition}:s3:::{shared_names.model_bucket}/*"
+        self._allow(self.prepare_function, "ReadModelArchives", ["s3:GetObject"], [archives])
+        grant_key_by_alias(self.prepare_function, alias=shared_names.model_key_alias, stack=stack)
+        self._acknowledge(
+            self.prepare_function,
+            "Model archives of training's model bucket: the package names the key, unknown in advance.",
+            resource=archives,
+        )
+        fleet.grant_artifact_publishing(self.prepare_function, component_name=edge.model_component_name)
+        model_component = self._arn("greengrass", "components", edge.model_component_name, colon=True)
+        self._allow(
+            self.prepare_function,
+            "CreateModelComponentVersions",
+            ["greengrass:CreateComponentVersion"],
+            [model_component],
+        )
+        self._allow(
+            self.prepare_function,
+            "ReadModelComponentVersions",
+            ["greengrass:DescribeComponent", "greengrass:GetComponent"],
+            [f"{model_component}:versions:*"],
+        )
+        self._acknowledge(
+            self.prepare_function,
+            "Versions of the model component (one per model package version).",
+            resource=f"{model_component}:versions:*",
+        )
+
+        # Step 3: the deployment, and the IoT job Greengrass creates with the caller's permissions.
+        group_arn = fleet.thing_group_arn
+        deployments = self._arn("greengrass", "deployments", "*", colon=True)
+        jobs = self._arn("iot", "job", "*")
+        self._allow(
+            self.create_function,
+            "CreateAndListDeployments",
+            ["greengrass:CreateDeployment", "greengrass:ListDeployments"],
+            ["*"],
+        )
+        self._allow(self.create_function, "ReadDeployments", ["greengrass:GetDeployment"], [deployments])
+        self._allow(
+            self.create_function,
+            "DeploymentJobs",
+            ["iot:CreateJob", "iot:CancelJob", "iot:UpdateJob", "iot:DescribeJob"],
+            [jobs],
+        )
+        self._allow(self.create_function, "TargetThingGroup", ["iot:CreateJob", "iot:DescribeThingGroup"], [group_arn])
+        self._acknowledge(
+            self.create_function,
+            "greengrass:CreateDeployment and ListDeployments take no resource ARN in IAM; the function deploys "
+            "only to the thing group named in its environment.",
+            resource="*",
+        )
+        for function in (self.create_function, self.check_function):
+            self._acknowledge(
+                function, "Deployments are created at run time; ids unknown in advance.", resource=deployments
+            )
+            self._acknowledge(
+                function, "Greengrass names the rollout's IoT job itself (a generated id).", resource=jobs
+            )
+
+        # Step 4: follow the job, and ask Greengrass why a device failed.
+        core_devices = self._arn("greengrass", "coreDevices", "*", colon=True)
+        self._allow(self.check_function, "ReadDeployments", ["greengrass:GetDeployment"], [deployments])
+        self._allow(
+            self.check_function, "FollowDeploymentJobs", ["iot:DescribeJob", "iot:ListJobExecutionsForJob"], [jobs]
+        )
+        self._allow(self.check_function, "DeviceResults", ["greengrass:ListEffectiveDeployments"], [core_devices])
+        self._allow(self.check_function, "GroupMembers", ["iot:ListThingsInThingGroup"], [group_arn])
+        self._acknowledge(
+            self.check_function,
+            "Any core device may have failed; the function only reads the deployments in effect on it.",
+            resource=core_devices,
+        )
+
+    def _acknowledge_state_machine_role(self) -> None:
+        role = self.state_machine.role
+        for function in (self.resolve_function, self.prepare_function, self.create_function, self.check_function):
+            acknowledge(
+                role,
+                IAM5,
+                "Step Functions invokes the workflow's own function; CDK grants its versions and aliases too.",
+                finding=f"Resource::<{self._stack.get_logical_id(function.node.default_child)}.Arn>:*",  # type: ignore[arg-type]
+            )
+        acknowledge(
+            role,
+            IAM5,
+            "Versions of the model component (one per model package version) whose state the workflow polls.",
+            finding=resource_finding(self._stack, self._model_component_versions),
+        )
+
+    # -- definition -----------------------------------------------------------------------------
+    def _lambda_step(
+        self, state_id: str, function: lambda_.IFunction, payload: dict[str, object] | None, result_path: str
+    ) -> tasks.LambdaInvoke:
+        """A function call (its whole state input when `payload` is None) with retries of transient errors."""
+        task = tasks.LambdaInvoke(
+            self,
+            state_id,
+            lambda_function=function,
+            payload=sfn.TaskInput.from_object(payload) if payload is not None else None,
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path=result_path,
+        )
+        task.add_retry(
+            errors=TRANSIENT_ERRORS,
+            interval=cdk.Duration.seconds(2),
+            max_attempts=5,
+            backoff_rate=2.0,
+            max_delay=cdk.Duration.seconds(60),
+            jitter_strategy=sfn.JitterType.FULL,
+        )
+        return task
+
+    def _definition(
+        self, *, settings: Settings, shared_names: ResourceNames, inference: InferenceComponent
+    ) -> sfn.IChainable:
+        edge = settings.edge_deployment
+        stack = self._stack
+        topic = sns.Topic.from_topic_arn(
+            self, "NotificationTopic", stack.format_arn(service="sns", resource=shared_names.notification_topic(APP))
+        )
+        prefix = settings.project.prefix
+
+        deployment_failed = sfn.Fail(
+            self, "DeploymentFailed", comment="A step failed", error_path="$.error.Error", cause_path="$.error.Cause"
+        )
+        notify_failure = tasks.SnsPublish(
+            self,
+            "NotifyFailure",
+            topic=topic,
+            subject=f"[{prefix}] Edge deployment failed",
+            message=sfn.TaskInput.from_json_path_at(
+                "States.Format('Edge deployment workflow execution {} failed and deployed nothing new.\\n\\n"
+                "Error: {}\\nCause: {}', $$.Execution.Id, $.error.Error, $.error.Cause)"
+            ),
+            result_path=sfn.JsonPath.DISCARD,
+        )
+        notify_failure.add_retry(errors=["States.TaskFailed"], interval=cdk.Duration.seconds(2), max_attempts=3)
+        notify_failure.add_catch(deployment_failed, errors=["States.ALL"], result_path="$.notificationError")
+        notify_failure.next(deployment_failed)
+
+        def guarded(task: sfn.TaskStateBase) -> sfn.TaskStateBase:
+            task.add_catch(notify_failure, errors=["States.ALL"], result_path="$.error")
+            return task
+
+        resolve = guarded(self._lambda_step("ResolveModelPackage", self.resolve_function, None, "$.resolution"))
+        nothing_to_deploy = sfn.Pass(
+            self,
+            "NothingToDeploy",
+            parameters={"deployed": False, "message.$": "$.resolution.message"},
+        ).next(sfn.Succeed(self, "NoApprovedModelYet", comment="No approved model package: nothing to deploy"))
+
+        prepare = guarded(
+            self._lambda_step(
+                "PrepareModelComponent",
+                self.prepare_function,
+                {"package.$": "$.resolution.package"},
+                "$.modelComponent",
+            )
+        )
+        model_component = stack.format_arn(
+            service="greengrass",
+            resource="components",
+            resource_name=edge.model_component_name,
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self._model_component_versions = f"{model_component}:versions:*"
+        describe_component = tasks.CallAwsService(
+            self,
+            "DescribeModelComponent",
+            service="greengrassv2",
+            action="describeComponent",
+            iam_action="greengrass:DescribeComponent",
+            iam_resources=[self._model_component_versions],
+            parameters={"Arn": sfn.JsonPath.string_at("$.modelComponent.arn")},
+            result_selector={"status": sfn.JsonPath.object_at("$.Status")},
+            result_path="$.modelComponentState",
+        )
+        describe_component.add_retry(
+            errors=["States.TaskFailed"],
+            interval=cdk.Duration.seconds(2),
+            max_attempts=4,
+            backoff_rate=2.0,
+            jitter_strategy=sfn.JitterType.FULL,
+        )
+        guarded(describe_component)
+        wait_for_component = sfn.Wait(
+            self,
+            "WaitForModelComponent",
+            time=sfn.WaitTime.duration(cdk.Duration.seconds(COMPONENT_POLL_SECONDS)),
+        )
+        component_rejected = sfn.Pass(
+            self,
+            "ModelComponentRejected",
+            parameters={
+                "Error": "ModelComponentRejected",
+                "Cause.$": "States.Format('Greengrass marked the model component version {} as {}: {}', "
+                "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
+                "States.JsonToString($.modelComponentState.status))",
+            },
+            result_path="$.error",
+        ).next(notify_failure)
+
+        create_deployment = guarded(
+            self._lambda_step(
+                "CreateDeployment",
+                self.create_function,
+                {
+                    "package.$": "$.resolution.package",
+                    "modelComponent.$": "$.modelComponent",
+                    "inferenceComponent": {"name": edge.inference_component_name, "version": inference.version},
+                    "executionId.$": "$$.Execution.Id",
+                },
+                "$.deployment",
+            )
+        )
+        wait_for_rollout = sfn.Wait(
+            self,
+            "WaitForRollout",
+            time=sfn.WaitTime.duration(cdk.Duration.seconds(edge.rollout.poll_interval_seconds)),
+        )
+        check_rollout = guarded(
+            self._lambda_step(
+                "CheckRollout",
+                self.check_function,
+                {"deployment.$": "$.deployment", "package.$": "$.resolution.package"},
+                "$.rollout",
+            )
+        )
+        deployed = sfn.Succeed(self, "Deployed", comment="Every device runs the new model (or none is registered yet)")
+        notify_success = tasks.SnsPublish(
+            self,
+            "NotifySuccess",
+            topic=topic,
+            subject=sfn.JsonPath.string_at("$.rollout.subject"),
+            message=sfn.TaskInput.from_json_path_at("$.rollout.message"),
+            result_path=sfn.JsonPath.DISCARD,
+        )
+        rollout_failed = sfn.Fail(
+            self,
+            "RolloutFailed",
+            comment="Devices failed (and rolled back), the rollout was aborted or cancelled, or devices are missing",
+            error_path="$.rollout.outcome",
+            cause_path="$.rollout.subject",
+        )
+        notify_rollout_failure = tasks.SnsPublish(
+            self,
+            "NotifyRolloutFailure",
+            topic=topic,
+            subject=sfn.JsonPath.string_at("$.rollout.subject"),
+            message=sfn.TaskInput.from_json_path_at("$.rollout.message"),
+            result_path=sfn.JsonPath.DISCARD,
+        )
+        notification_failed = sfn.Fail(
+            self,
+            "NotificationFailed",
+            comment="The rollout finished but its report could not be published",
+            error="NotificationFailed",
+            cause="Publishing the rollout report to the notification topic failed",
+        )
+        for notify in (notify_success, notify_rollout_failure):
+            notify.add_retry(
+                errors=["States.TaskFailed"],
+                interval=cdk.Duration.seconds(2),
+                max_attempts=4,
+                backoff_rate=2.0,
+                jitter_strategy=sfn.JitterType.FULL,
+            )
+        notify_success.add_catch(notification_failed, errors=["States.ALL"], result_path="$.notificationError")
+        notify_rollout_failure.add_catch(rollout_failed, errors=["States.ALL"], result_path="$.notificationError")
+
+        good = [sfn.Condition.string_equals("$.rollout.outcome", outcome) for outcome in sorted(GOOD_OUTCOMES)]
+        return resolve.next(
+            sfn.Choice(self, "ModelPackageFound")
+            .when(sfn.Condition.boolean_equals("$.resolution.found", False), nothing_to_deploy)
+            .otherwise(
+                prepare.next(describe_component).next(
+                    sfn.Choice(self, "ModelComponentDeployable")
+                    .when(
+                        sfn.Condition.string_equals("$.modelComponentState.status.ComponentState", "DEPLOYABLE"),
+                        create_deployment.next(wait_for_rollout)
+                        .next(check_rollout)
+                        .next(
+                            sfn.Choice(self, "RolloutFinished")
+                            .when(sfn.Condition.boolean_equals("$.rollout.finished", False), wait_for_rollout)
+                            .when(sfn.Condition.or_(*good), notify_success.next(deployed))
+                            .otherwise(notify_rollout_failure.next(rollout_failed))
+                        ),
+                    )
+                    .when(
+                        sfn.Condition.or_(
+                            sfn.Condition.string_equals("$.modelComponentState.status.ComponentState", "FAILED"),
+                            sfn.Condition.string_equals("$.modelComponentState.status.ComponentState", "DEPRECATED"),
+                        ),
+                        component_rejected,
+                    )
+                    .otherwise(wait_for_component.next(describe_component))
+                )
+            )
+        )

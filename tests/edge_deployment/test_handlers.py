@@ -1,0 +1,242 @@
+"""The Lambda handlers: settings from the environment, clients in, JSON out, errors by name."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+
+from edge_deployment.runtime import handlers
+from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version
+from edge_deployment.runtime.model_package import WrongModelPackageGroup
+from edge_deployment.workflow import rollout_policy
+from tests.edge_deployment.conftest import ACCOUNT, GROUP, REGION
+
+FUNCTION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:tag-inspect-edge-step"
+
+
+@dataclass
+class Context:
+    invoked_function_arn: str = FUNCTION_ARN
+    function_name: str = "tag-inspect-edge-step"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 256
+    aws_request_id: str = "req-1"
+
+
+@pytest.fixture
+def clients(monkeypatch):
+    made: dict[str, object] = {}
+
+    def client(service, region=None):
+        if service not in made:
+            made[service] = boto3.client(service, region_name=REGION)
+        return made[service]
+
+    monkeypatch.setattr(handlers, "client", client)
+    return client
+
+
+@pytest.fixture
+def environment(monkeypatch, settings):
+    values = {
+        "MODEL_PACKAGE_GROUP": GROUP,
+        "THING_GROUP_NAME": "tag-inspection-line-1",
+        "DEPLOYMENT_NAME": "tag-inspection-line-1",
+        "ROLLOUT": json.dumps(rollout_policy(settings).to_json()),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def test_an_event_for_another_group_fails_before_any_call(clients, environment):
+    with Stubber(clients("sagemaker")), pytest.raises(WrongModelPackageGroup, match="group 'other-group'"):
+        handlers.resolve({"modelPackageGroupName": "other-group", "modelPackageArn": "arn:x"}, Context())
+
+
+def test_the_pipeline_trigger_resolves_the_newest_approved_package(clients, environment):
+    with Stubber(clients("sagemaker")) as stub:
+        stub.add_response("list_model_packages", {"ModelPackageSummaryList": []})
+        assert handlers.resolve({"trigger": "workflow-pipeline"}, Context())["found"] is False
+
+
+def test_create_deployment_targets_the_configured_group_in_the_function_s_own_account(clients, environment, settings):
+    greengrass = clients("greengrassv2")
+    sent = []
+    greengrass.meta.events.register(
+        "provide-client-params.greengrassv2.CreateDeployment", lambda params, **_: sent.append(params)
+    )
+    event = {
+        "modelComponent": {"name": "com.example.tag-inspection.ScratchModel", "version": "1.0.7"},
+        "inferenceComponent": {"name": "com.example.tag-inspection.ScratchDetector", "version": "1.0.99"},
+        "executionId": "arn:aws:states:eu-west-1:123456789012:execution:tag-inspect-edge-deployment:run-1",
+    }
+    with Stubber(greengrass) as stub:
+        stub.add_response("list_deployments", {"deployments": []})
+        stub.add_response(
+            "create_deployment",
+            {"deploymentId": "d-1", "iotJobId": "job-1"},
+            {
+                **dict.fromkeys(
+                    (
+                        "targetArn",
+                        "deploymentName",
+                        "components",
+                        "deploymentPolicies",
+                        "iotJobConfiguration",
+                        "clientToken",
+                    ),
+                    ANY,
+                )
+            },
+        )
+        result = handlers.create_deployment(event, Context())
+        again = sent[0]["clientToken"]
+        stub.add_response("list_deployments", {"deployments": []})
+        stub.add_response("create_deployment", {"deploymentId": "d-1", "iotJobId": "job-1"})
+        handlers.create_deployment(event, Context())
+    assert result["deploymentId"] == "d-1"
+    assert sent[0]["targetArn"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/tag-inspection-line-1"
+    assert sent[0]["components"]["com.example.tag-inspection.ScratchDetector"]["componentVersion"] == "1.0.99"
+    assert sent[1]["clientToken"] == again  # a retried call of one run is the same request to Greengrass
+
+
+def test_check_rollout_adds_the_report_when_finished(clients, environment):
+    deployment = {
+        "deploymentId": "d-1",
+        "iotJobId": "job-1",
+        "startedAt": datetime.now(UTC).isoformat(),
+        "components": {"m": "1.0.7"},
+    }
+    with Stubber(clients("iot")) as stub:
+        stub.add_response(
+            "describe_job",
+            {"job": {"jobId": "job-1", "status": "IN_PROGRESS", "jobProcessDetails": {"numberOfSucceededThings": 3}}},
+        )
+        result = handlers.check_rollout({"deployment": deployment, "package": {"arn": "p", "version": 7}}, Context())
+    assert result["finished"] is True and result["outcome"] == "SUCCEEDED"
+    assert result["subject"] == "Edge rollout SUCCEEDED: model package v7 to tag-inspection-line-1"
+    assert "3 succeeded" in result["message"]
+
+
+def test_check_rollout_without_report_while_devices_are_pending(clients, environment):
+    deployment = {"deploymentId": "d-1", "iotJobId": "job-1", "startedAt": datetime.now(UTC).isoformat()}
+    with Stubber(clients("iot")) as stub:
+        stub.add_response(
+            "describe_job",
+            {"job": {"jobId": "job-1", "status": "IN_PROGRESS", "jobProcessDetails": {"numberOfInProgressThings": 1}}},
+        )
+        result = handlers.check_rollout({"deployment": deployment}, Context())
+    assert result["finished"] is False and "message" not in result
+
+
+# -- the custom resource --------------------------------------------------------------------------
+
+TEMPLATE = json.dumps(
+    {
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": "com.example.Inference",
+        "ComponentVersion": VERSION_PLACEHOLDER,
+        "Manifests": [
+            {
+                "Platform": {"os": "linux"},
+                "Artifacts": [
+                    {
+                        "Uri": f"s3://components/artifacts/com.example.Inference/{VERSION_PLACEHOLDER}/inference.zip",
+                        "Unarchive": "ZIP",
+                    }
+                ],
+            }
+        ],
+    }
+)
+
+
+def _cfn_event(request_type: str, **extra) -> dict:
+    return {
+        "RequestType": request_type,
+        "ResponseURL": "https://cloudformation-custom-resource-response.example/presigned",
+        "StackId": "arn:aws:cloudformation:eu-west-1:123456789012:stack/s/1",
+        "RequestId": "r-1",
+        "LogicalResourceId": "InferenceComponentVersion",
+        "ResourceProperties": {
+            "ArtifactHash": "f" * 64,
+            "SourceBucket": "cdk-assets",
+            "SourceKey": "f.zip",
+            "Bucket": "components",
+            "KeyTemplate": f"artifacts/com.example.Inference/{VERSION_PLACEHOLDER}/inference.zip",
+            "RecipeTemplate": TEMPLATE,
+        },
+        **extra,
+    }
+
+
+@pytest.fixture
+def responses(monkeypatch):
+    sent: list[dict] = []
+
+    class Answer:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            return False
+
+        def read(self):
+            return b""
+
+    def urlopen(request, timeout):
+        assert request.get_method() == "PUT"
+        assert request.full_url.startswith("https://")
+        sent.append(json.loads(request.data))
+        return Answer()
+
+    monkeypatch.setattr(handlers.urllib.request, "urlopen", urlopen)
+    return sent
+
+
+def test_the_custom_resource_publishes_and_returns_the_content_derived_version(clients, responses, monkeypatch):
+    version = inference_component_version(artifact_hash="f" * 64, recipe_template=TEMPLATE)
+    calls = {}
+
+    def publish(**kwargs):
+        calls.update(kwargs)
+        from edge_deployment.runtime.components import PublishedComponent
+
+        return PublishedComponent(
+            name="com.example.Inference", version=version, arn=kwargs["arn"], created=True, state="DEPLOYABLE"
+        )
+
+    monkeypatch.setattr(handlers, "publish_inference_component", publish)
+    handlers.inference_component(_cfn_event("Create"), Context())
+    (answer,) = responses
+    assert answer["Status"] == "SUCCESS"
+    assert answer["Data"]["ComponentVersion"] == version
+    assert (
+        answer["PhysicalResourceId"]
+        == f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:com.example.Inference:versions:{version}"
+    )
+    assert calls["key"] == f"artifacts/com.example.Inference/{version}/inference.zip"
+    assert calls["recipe"]["ComponentVersion"] == version
+
+
+def test_deleting_the_custom_resource_keeps_the_component_version(clients, responses):
+    with Stubber(clients("greengrassv2")), Stubber(clients("s3")):  # no call allowed
+        handlers.inference_component(_cfn_event("Delete", PhysicalResourceId="arn:old"), Context())
+    assert responses == [responses[0]] and responses[0]["Status"] == "SUCCESS"
+    assert responses[0]["PhysicalResourceId"] == "arn:old"
+
+
+def test_a_failure_is_reported_to_cloudformation_with_its_reason(clients, responses):
+    with Stubber(clients("greengrassv2")) as stub:
+        stub.add_client_error("describe_component", "AccessDeniedException", "not allowed", http_status_code=403)
+        handlers.inference_component(_cfn_event("Create"), Context())
+    (answer,) = responses
+    assert answer["Status"] == "FAILED"
+    assert "AccessDeniedException" in answer["Reason"]
+    assert answer["PhysicalResourceId"] == "InferenceComponentVersion-not-created"

@@ -1,0 +1,150 @@
+"""Registering a device: thing, certificate, exclusive attachment, policy, group; installer settings."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from edge_deployment.naming import edge_names
+from edge_deployment.register_device import RegistrationError, main, register_device
+from tests.edge_deployment.conftest import ACCOUNT, REGION
+
+POLICY_DOCUMENT = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]}
+)
+
+
+@pytest.fixture
+def names(settings):
+    return edge_names(settings, account=ACCOUNT, region=REGION)
+
+
+@pytest.fixture
+def iot(names):
+    """An account where the edge_deployment app is deployed (its thing group, role alias, device policy)."""
+    with mock_aws():
+        client = boto3.client("iot", region_name=REGION)
+        client.create_thing_group(thingGroupName=names.thing_group)
+        client.create_policy(policyName=names.iot_policy, policyDocument=POLICY_DOCUMENT)
+        client.create_role_alias(roleAlias=names.role_alias, roleArn=f"arn:aws:iam::{ACCOUNT}:role/token-exchange")
+        yield client
+
+
+def _sent(client, operation: str) -> list[dict]:
+    calls: list[dict] = []
+    client.meta.events.register(f"provide-client-params.iot.{operation}", lambda params, **_: calls.append(params))
+    return calls
+
+
+def test_a_device_is_registered_in_the_group_with_its_own_exclusive_certificate(iot, names, tmp_path):
+    attachments = _sent(iot, "AttachThingPrincipal")
+    registration = register_device(
+        iot, names=names, thing_name="line-1-cam-1", output_dir=tmp_path / "cam1", region=REGION
+    )
+
+    assert iot.describe_thing(thingName="line-1-cam-1")["thingArn"] == registration.thing_arn
+    (principal,) = iot.list_thing_principals(thingName="line-1-cam-1")["principals"]
+    assert principal == registration.certificate_arn
+    assert attachments == [
+        {"thingName": "line-1-cam-1", "principal": principal, "thingPrincipalType": "EXCLUSIVE_THING"}
+    ]
+    certificate = iot.describe_certificate(certificateId=registration.certificate_id)["certificateDescription"]
+    assert certificate["status"] == "ACTIVE"
+    assert [p["policyName"] for p in iot.list_attached_policies(target=principal)["policies"]] == [names.iot_policy]
+    members = iot.list_things_in_thing_group(thingGroupName=names.thing_group)["things"]
+    assert members == ["line-1-cam-1"]
+
+    key_file = tmp_path / "cam1" / "private.pem.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().startswith("-----BEGIN RSA PRIVATE KEY-----")
+    assert (tmp_path / "cam1" / "device.pem.crt").read_text() == certificate["certificatePem"]
+    config = (tmp_path / "cam1" / "greengrass-config.yaml").read_text()
+    assert 'thingName: "line-1-cam-1"' in config
+    assert f'iotRoleAlias: "{names.role_alias}"' in config
+    assert f'iotDataEndpoint: "{registration.iot_data_endpoint}"' in config
+    assert f'iotCredEndpoint: "{registration.iot_credentials_endpoint}"' in config
+    assert registration.iot_data_endpoint.endswith(f"-ats.iot.{REGION}.amazonaws.com")
+    assert ".credentials.iot." in registration.iot_credentials_endpoint
+
+
+def test_registration_refuses_to_run_before_the_app_is_deployed(tmp_path, names):
+    with mock_aws():
+        client = boto3.client("iot", region_name=REGION)
+        with pytest.raises(
+            RegistrationError, match="thing group 'tag-inspection-line-1' not found: deploy the edge_deployment app"
+        ):
+            register_device(client, names=names, thing_name="cam", output_dir=tmp_path, region=REGION)
+        assert client.list_things()["things"] == []
+
+
+def test_a_thing_that_already_has_a_certificate_is_not_registered_twice(iot, names, tmp_path):
+    register_device(iot, names=names, thing_name="cam", output_dir=tmp_path / "first", region=REGION)
+    with pytest.raises(RegistrationError, match="exists already with certificate"):
+        register_device(iot, names=names, thing_name="cam", output_dir=tmp_path / "second", region=REGION)
+    assert len(iot.list_certificates()["certificates"]) == 1
+
+
+@pytest.mark.parametrize("name", ["", "cam 1", "cam/1", "cam+1", "cam#1", "x" * 129, "line:1"])
+def test_thing_names_that_would_break_topics_or_upload_paths_are_refused(iot, names, tmp_path, name):
+    with pytest.raises(RegistrationError, match="thing name"):
+        register_device(iot, names=names, thing_name=name, output_dir=tmp_path, region=REGION)
+
+
+def test_a_failure_half_way_undoes_everything_it_created(iot, names, tmp_path, monkeypatch):
+    def refuse(**kwargs):
+        raise ClientError(
+            {"Error": {"Code": "LimitExceededException", "Message": "too many things"}}, "AddThingToThingGroup"
+        )
+
+    monkeypatch.setattr(iot, "add_thing_to_thing_group", refuse)
+    with pytest.raises(RegistrationError, match=r"failed and was undone: .*too many things"):
+        register_device(iot, names=names, thing_name="cam", output_dir=tmp_path / "cam", region=REGION)
+    assert iot.list_things()["things"] == []
+    assert iot.list_certificates()["certificates"] == []
+    assert list((tmp_path / "cam").iterdir()) == []
+
+
+def test_existing_key_files_are_never_overwritten(iot, names, tmp_path):
+    (tmp_path / "private.pem.key").write_text("someone's key")
+    with pytest.raises(RegistrationError, match="nothing is overwritten"):
+        register_device(iot, names=names, thing_name="cam", output_dir=tmp_path, region=REGION)
+    assert (tmp_path / "private.pem.key").read_text() == "someone's key"
+    assert iot.list_certificates()["certificates"] == []
+
+
+def test_the_command_line_prints_what_the_installer_needs(tmp_path, capsys, settings):
+    names = edge_names(settings, account=ACCOUNT, region=REGION)
+    with mock_aws():
+        client = boto3.client("iot", region_name=REGION)
+        client.create_thing_group(thingGroupName=names.thing_group)
+        client.create_policy(policyName=names.iot_policy, policyDocument=POLICY_DOCUMENT)
+        client.create_role_alias(roleAlias=names.role_alias, roleArn=f"arn:aws:iam::{ACCOUNT}:role/token-exchange")
+        assert main(["--thing-name", "line-1-cam-2", "--region", REGION, "--output-dir", str(tmp_path / "d")]) == 0
+        text = capsys.readouterr().out
+        assert (
+            main(["--thing-name", "line-1-cam-3", "--region", REGION, "--output-dir", str(tmp_path / "e"), "--json"])
+            == 0
+        )
+        as_json = json.loads(capsys.readouterr().out)
+    for expected in (
+        "line-1-cam-2",
+        names.role_alias,
+        "-ats.iot.",
+        ".credentials.iot.",
+        "private.pem.key",
+        "--init-config",
+        "AmazonRootCA1.pem",
+    ):
+        assert expected in text
+    assert as_json["thing_group"] == names.thing_group and as_json["region"] == REGION
+
+
+def test_the_command_line_explains_a_missing_app(tmp_path, capsys):
+    with mock_aws():
+        assert main(["--thing-name", "cam", "--region", REGION, "--output-dir", str(tmp_path)]) == 1
+    assert "deploy the edge_deployment app" in capsys.readouterr().err

@@ -1,0 +1,403 @@
+"""The workflow stack as synthesized: devices' permissions, bucket, component version, workflow, rule.
+
+Synthesis runs cdk-nag over every stack (a finding fails `edge_stacks`); cfn-lint runs below.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import boto3
+import pytest
+from cfnlint.api import ManualArgs, lint_file
+from moto import mock_aws
+
+from edge_deployment.fleet import GREENGRASS_DATA_PLANE_ACTIONS
+from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version, render_recipe_template
+from tests.edge_deployment.conftest import GROUP, REGION
+from tests.edge_deployment.recipes import recipe_problems
+from tests.helpers.asl import SdkTask, check_sdk_task, iam_actions, render_token, role_allows, sdk_tasks, state_machines
+
+
+def _only(template: dict[str, Any], resource_type: str) -> tuple[str, dict[str, Any]]:
+    found = [(lid, r) for lid, r in template["Resources"].items() if r["Type"] == resource_type]
+    assert len(found) == 1, [lid for lid, _ in found]
+    return found[0]
+
+
+def _by_prefix(template: dict[str, Any], resource_type: str, prefix: str) -> tuple[str, dict[str, Any]]:
+    found = [
+        (lid, r) for lid, r in template["Resources"].items() if r["Type"] == resource_type and lid.startswith(prefix)
+    ]
+    assert len(found) == 1, (prefix, [lid for lid, _ in found])
+    return found[0]
+
+
+def _text(value: Any) -> str:
+    return render_token(value, {}) if not isinstance(value, str) else value
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# -- devices ------------------------------------------------------------------------------------
+
+
+def test_the_thing_group_is_named_from_the_configuration(workflow_stack, settings):
+    _, group = _only(workflow_stack.template, "AWS::IoT::ThingGroup")
+    assert group["Properties"]["ThingGroupName"] == settings.edge_deployment.thing_group_name
+
+
+def test_the_device_policy_is_scoped_to_the_device_s_own_identity_and_topics(workflow_stack):
+    _, policy = _only(workflow_stack.template, "AWS::IoT::Policy")
+    assert policy["Properties"]["PolicyName"] == "tag-inspect-edge-core-device"
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    actions = [action for s in statements for action in _as_list(s["Action"])]
+    assert not any(action.endswith(":*") or action == "*" for action in actions), actions
+    for statement in statements:
+        resources = [_text(r) for r in _as_list(statement["Resource"])]
+        assert statement["Effect"] == "Allow"
+        if resources == ["*"]:
+            # the one documented wildcard: Greengrass data-plane calls carry no thing policy variables
+            assert sorted(_as_list(statement["Action"])) == sorted(GREENGRASS_DATA_PLANE_ACTIONS)
+            continue
+        for resource in resources:
+            if ":rolealias/" in resource or resource.startswith("${FleetRoleAlias"):
+                continue
+            assert "${iot:Connection.Thing.ThingName}" in resource, resource
+    by_sid = {s["Sid"]: s for s in statements}
+    connect = by_sid["ConnectAsItself"]
+    assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
+    assert [_text(r).split(":client/")[1] for r in connect["Resource"]] == [
+        "${iot:Connection.Thing.ThingName}",
+        "${iot:Connection.Thing.ThingName}#*",
+    ]
+    published = sorted(_text(r).split(":topic/")[1] for r in by_sid["OwnResultsAndHeartbeat"]["Resource"])
+    assert published == [
+        "inspection/${iot:Connection.Thing.ThingName}/heartbeat",
+        "inspection/${iot:Connection.Thing.ThingName}/results",
+    ]
+    assert by_sid["TokenExchange"]["Resource"] == {
+        "Fn::GetAtt": [_only(workflow_stack.template, "AWS::IoT::RoleAlias")[0], "RoleAliasArn"]
+    }
+
+
+def test_the_token_exchange_role_reads_artifacts_and_writes_the_device_s_own_frames_only(workflow_stack):
+    template = workflow_stack.template
+    role_id, role = _by_prefix(template, "AWS::IAM::Role", "FleetTokenExchangeRole")
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"] == [
+        {"Action": "sts:AssumeRole", "Effect": "Allow", "Principal": {"Service": "credentials.iot.amazonaws.com"}}
+    ]
+    assert "ManagedPolicyArns" not in role["Properties"]
+    _, alias = _only(template, "AWS::IoT::RoleAlias")
+    assert alias["Properties"] == {
+        "CredentialDurationSeconds": 3600,
+        "RoleAlias": "tag-inspect-edge-token-exchange",
+        "RoleArn": {"Fn::GetAtt": [role_id, "Arn"]},
+    }
+    granted = {}
+    policies = [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Policy" and {"Ref": role_id} in r["Properties"]["Roles"]
+    ]
+    for policy in policies:
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            for action in _as_list(statement["Action"]):
+                granted[action] = [_text(r) for r in _as_list(statement["Resource"])]
+    bucket_id, _ = _by_prefix(template, "AWS::S3::Bucket", "FleetComponentBucket")
+    key_id, _ = _by_prefix(template, "AWS::KMS::Key", "FleetComponentKey")
+    assert granted == {
+        "s3:GetObject": [f"${{{bucket_id}.Arn}}/artifacts/*"],
+        "s3:GetBucketLocation": [f"${{{bucket_id}.Arn}}"],
+        "kms:Decrypt": [f"${{{key_id}.Arn}}"],
+        "s3:PutObject": [
+            "arn:aws:s3:::tag-inspect-data-123456789012-eu-west-1/raw-images/edge/${credentials-iot:ThingName}/*"
+        ],
+        "kms:GenerateDataKey": ["arn:aws:kms:eu-west-1:123456789012:key/*"],
+    }
+
+
+def test_the_component_bucket_is_encrypted_versioned_private_and_tls_only(workflow_stack):
+    template = workflow_stack.template
+    _bucket_id, bucket = _by_prefix(template, "AWS::S3::Bucket", "FleetComponentBucket")
+    key_id, _ = _by_prefix(template, "AWS::KMS::Key", "FleetComponentKey")
+    properties = bucket["Properties"]
+    rule = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert rule["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": {"Fn::GetAtt": [key_id, "Arn"]},
+    }
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert properties["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+    assert "LoggingConfiguration" in properties
+    assert bucket["DeletionPolicy"] == "Retain"
+    _, bucket_policy = _by_prefix(template, "AWS::S3::BucketPolicy", "FleetComponentBucket")
+    (deny,) = [s for s in bucket_policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+# -- the inference component version --------------------------------------------------------------
+
+
+def test_the_inference_component_version_is_published_from_the_repo_s_recipe(workflow_stack, settings):
+    template = workflow_stack.template
+    _, resource = _only(template, "Custom::GreengrassComponentVersion")
+    properties = resource["Properties"]
+    bucket_id, _ = _by_prefix(template, "AWS::S3::Bucket", "FleetComponentBucket")
+    function_id, _ = _by_prefix(template, "AWS::Lambda::Function", "InferenceComponentPublishFunction")
+    assert properties["ServiceToken"] == {"Fn::GetAtt": [function_id, "Arn"]}
+    assert properties["Bucket"] == {"Ref": bucket_id}
+    assert properties["SourceKey"] == f"{properties['ArtifactHash']}.zip"  # the asset the pipeline uploads
+    assert (
+        properties["KeyTemplate"]
+        == f"artifacts/{settings.edge_deployment.inference_component_name}/{VERSION_PLACEHOLDER}/inference.zip"
+    )
+    recipe_template = render_token(properties["RecipeTemplate"], {bucket_id: "component-bucket"})
+    version = inference_component_version(artifact_hash=properties["ArtifactHash"], recipe_template=recipe_template)
+    recipe = render_recipe_template(recipe_template, version)
+    assert recipe_problems(recipe) == []
+    assert recipe["ComponentName"] == settings.edge_deployment.inference_component_name
+    assert {a["Uri"] for m in recipe["Manifests"] for a in m["Artifacts"]} == {
+        f"s3://component-bucket/artifacts/{recipe['ComponentName']}/{version}/inference.zip"
+    }
+    configuration = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    edge = settings.edge_deployment
+    assert configuration["uploadBucket"] == "tag-inspect-data-123456789012-eu-west-1"
+    assert configuration["uploadPrefix"] == "raw-images/edge/"
+    assert configuration["resultsTopic"] == edge.results_topic
+    assert configuration["heartbeatTopic"] == edge.heartbeat_topic
+    assert configuration["modelComponentName"] == edge.model_component_name
+    assert configuration["uncertaintyBand"] == list(edge.uncertainty_band)
+    assert configuration["offlineQueueMaxMB"] == edge.offline_queue_mb
+    model_dependency = recipe["ComponentDependencies"][edge.model_component_name]
+    assert model_dependency["DependencyType"] == "SOFT"  # a new model must not restart the inference
+
+
+def test_the_publishing_function_may_write_only_its_component_s_artifacts(workflow_stack):
+    template = workflow_stack.template
+    _function_id, function = _by_prefix(template, "AWS::Lambda::Function", "InferenceComponentPublishFunction")
+    role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    for action in (
+        "greengrass:CreateComponentVersion",
+        "greengrass:DescribeComponent",
+        "greengrass:GetComponent",
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:ListBucket",
+        "kms:GenerateDataKey",
+    ):
+        assert role_allows(template, role_id, action), action
+    assert not role_allows(template, role_id, "s3:DeleteObject")
+    assert not role_allows(template, role_id, "greengrass:CreateDeployment")
+
+
+# -- the workflow ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def machine(workflow_stack):
+    (found,) = state_machines(workflow_stack.template).values()
+    return found
+
+
+def test_the_state_machine_logs_everything_and_is_traced(machine):
+    properties = machine.properties
+    assert properties["StateMachineName"] == "tag-inspect-edge-deployment"
+    assert properties["LoggingConfiguration"]["Level"] == "ALL"
+    assert properties["LoggingConfiguration"]["IncludeExecutionData"] is True
+    assert properties["TracingConfiguration"] == {"Enabled": True}
+
+
+def test_every_task_retries_with_backoff_and_has_a_catch(machine):
+    tasks = {name: state for name, state in machine.definition["States"].items() if state["Type"] == "Task"}
+    assert len(tasks) == 8
+    for name, state in tasks.items():
+        assert state.get("Retry"), f"{name} has no retry"
+        assert all(retry.get("IntervalSeconds", 1) >= 1 for retry in state["Retry"]), name
+        assert any(retry.get("BackoffRate", 2.0) > 1 for retry in state["Retry"]), name
+        assert state.get("Catch"), f"{name} has no catch"
+
+
+def test_every_sdk_task_exists_in_botocore_and_its_role_grants_the_real_iam_action(workflow_stack, machine):
+    tasks = sdk_tasks(machine.definition)
+    assert [task.state_name for task in tasks] == ["DescribeModelComponent"]
+    for task in tasks:
+        assert check_sdk_task(task) == []
+        for action in iam_actions(task):
+            assert action.startswith("greengrass:")  # greengrassv2 signs as greengrass
+            assert role_allows(workflow_stack.template, machine.role_logical_id, action), action
+
+
+def test_no_policy_of_the_stack_names_the_greengrassv2_prefix(workflow_stack):
+    actions = [
+        action
+        for resource in workflow_stack.template["Resources"].values()
+        if resource["Type"] in ("AWS::IAM::Policy", "AWS::IoT::Policy")
+        for statement in resource["Properties"]["PolicyDocument"]["Statement"]
+        for action in _as_list(statement["Action"])
+    ]
+    assert any(action.startswith("greengrass:") for action in actions)
+    assert not [action for action in actions if action.startswith("greengrassv2:")]
+
+
+# Every AWS call of each function (the ones the Stubber and moto tests make), with its role.
+FUNCTION_CALLS = {
+    "WorkflowResolveFunction": [("sagemaker", "DescribeModelPackage"), ("sagemaker", "ListModelPackages")],
+    "WorkflowPrepareModelFunction": [
+        ("greengrassv2", "DescribeComponent"),
+        ("greengrassv2", "GetComponent"),
+        ("greengrassv2", "CreateComponentVersion"),
+        ("s3", "HeadObject"),
+        ("s3", "GetObject"),
+        ("s3", "PutObject"),
+    ],
+    "WorkflowCreateDeploymentFunction": [
+        ("greengrassv2", "ListDeployments"),
+        ("greengrassv2", "GetDeployment"),
+        ("greengrassv2", "CreateDeployment"),
+        ("iot", "DescribeJob"),
+        ("iot", "CreateJob"),
+        ("iot", "DescribeThingGroup"),
+    ],
+    "WorkflowCheckRolloutFunction": [
+        ("greengrassv2", "GetDeployment"),
+        ("iot", "DescribeJob"),
+        ("iot", "ListJobExecutionsForJob"),
+        ("greengrassv2", "ListEffectiveDeployments"),
+        ("iot", "ListThingsInThingGroup"),
+    ],
+    "InferenceComponentPublishFunction": [
+        ("greengrassv2", "DescribeComponent"),
+        ("greengrassv2", "GetComponent"),
+        ("greengrassv2", "CreateComponentVersion"),
+        ("s3", "HeadObject"),
+        ("s3", "CopyObject"),
+    ],
+}
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTION_CALLS))
+def test_each_function_s_role_grants_the_iam_actions_of_its_calls(workflow_stack, function):
+    template = workflow_stack.template
+    _, resource = _by_prefix(template, "AWS::Lambda::Function", function)
+    role_id = resource["Properties"]["Role"]["Fn::GetAtt"][0]
+    for service, operation in FUNCTION_CALLS[function]:
+        call = SdkTask("call", service, operation[0].lower() + operation[1:], {}, "")
+        for action in iam_actions(call):
+            assert role_allows(template, role_id, action), f"{function}: {service}.{operation} needs {action}"
+
+
+def test_the_functions_get_their_settings_from_the_configuration(workflow_stack, settings):
+    template = workflow_stack.template
+    edge = settings.edge_deployment
+    environment = {
+        prefix: _by_prefix(template, "AWS::Lambda::Function", prefix)[1]["Properties"]["Environment"]["Variables"]
+        for prefix in FUNCTION_CALLS
+        if prefix.startswith("Workflow")
+    }
+    assert environment["WorkflowResolveFunction"]["MODEL_PACKAGE_GROUP"] == GROUP
+    prepare = environment["WorkflowPrepareModelFunction"]
+    assert prepare["MODEL_COMPONENT_NAME"] == edge.model_component_name
+    assert prepare["MAX_ARCHIVE_BYTES"] == str(edge.max_model_archive_mb * 1024 * 1024)
+    assert json.loads(prepare["CLASS_NAMES"]) == settings.project.class_names
+    rollout = json.loads(environment["WorkflowCreateDeploymentFunction"]["ROLLOUT"])
+    assert rollout["abort_failure_percentage"] == edge.rollout.abort_failure_percentage
+    assert environment["WorkflowCreateDeploymentFunction"]["DEPLOYMENT_NAME"] == edge.effective_deployment_name
+    _, prepare_function = _by_prefix(template, "AWS::Lambda::Function", "WorkflowPrepareModelFunction")
+    assert prepare_function["Properties"]["EphemeralStorage"]["Size"] >= 2 * edge.max_model_archive_mb
+
+
+def test_the_workflow_pipeline_runs_the_state_machine_for_the_newest_approved_package(workflow_stack):
+    _, pipeline = _only(workflow_stack.template, "AWS::CodePipeline::Pipeline")
+    actions = [a for stage in pipeline["Properties"]["Stages"] for a in stage["Actions"]]
+    (invoke,) = [a for a in actions if a["ActionTypeId"]["Provider"] == "StepFunctions"]
+    assert json.loads(invoke["Configuration"]["Input"]) == {"trigger": "workflow-pipeline"}  # no package named
+
+
+# -- the approval rule ----------------------------------------------------------------------------
+
+
+def _package_event(group: str, status: str) -> dict[str, Any]:
+    return {
+        "Source": "aws.sagemaker",
+        "DetailType": "SageMaker Model Package State Change",
+        "Detail": json.dumps(
+            {
+                "ModelPackageGroupName": group,
+                "ModelPackageVersion": 7,
+                "ModelPackageArn": f"arn:aws:sagemaker:{REGION}:123456789012:model-package/{group}/7",
+                "ModelApprovalStatus": status,
+            }
+        ),
+    }
+
+
+def test_only_an_approved_package_of_this_group_starts_the_workflow(workflow_stack):
+    _, rule = _only(workflow_stack.template, "AWS::Events::Rule")
+    pattern = rule["Properties"]["EventPattern"]
+    assert pattern == {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Model Package State Change"],
+        "detail": {"ModelPackageGroupName": [GROUP], "ModelApprovalStatus": ["Approved"]},
+    }
+    with mock_aws():
+        events = boto3.client("events", region_name=REGION)
+        sqs = boto3.client("sqs", region_name=REGION)
+        queue = sqs.create_queue(QueueName="started")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        events.put_rule(Name="approved", EventPattern=json.dumps(pattern))
+        events.put_targets(Rule="approved", Targets=[{"Id": "q", "Arn": queue_arn}])
+        cases = {
+            "approved": _package_event(GROUP, "Approved"),
+            "merely-registered": _package_event(GROUP, "PendingManualApproval"),
+            "rejected": _package_event(GROUP, "Rejected"),
+            "other-group": _package_event("someone-elses-models", "Approved"),
+        }
+        started = []
+        for name, event in cases.items():
+            events.put_events(Entries=[event])
+            received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+            if received:
+                started.append(name)
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=received[0]["ReceiptHandle"])
+    assert started == ["approved"]
+
+
+def test_the_rule_passes_that_package_s_arn_to_the_workflow(workflow_stack):
+    _, rule = _only(workflow_stack.template, "AWS::Events::Rule")
+    (target,) = rule["Properties"]["Targets"]
+    transformer = target["InputTransformer"]
+    assert transformer["InputPathsMap"]["detail-ModelPackageArn"] == "$.detail.ModelPackageArn"
+    assert '"modelPackageArn":<detail-ModelPackageArn>' in transformer["InputTemplate"]
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] > 0
+
+
+# -- the whole stack ------------------------------------------------------------------------------
+
+
+def test_nothing_is_tied_to_one_account_region_or_device(workflow_stack, settings):
+    # the configured source connection (read by the workflow pipeline) is the only ARN from the configuration
+    text = json.dumps(workflow_stack.template).replace(str(settings.source.connection_arn), "<connection>")
+    assert not re.search(r"(?<![\w-])\d{12}(?![\w-])", text), "an account id is written into the template"
+    assert "eu-west-1" not in text and "us-east-1" not in text
+    assert "thing/" not in text.replace("thing/${", "")  # no IoT thing is named
+
+
+def test_the_workflow_template_passes_cfn_lint(workflow_stack):
+    config = ManualArgs(regions=["eu-west-1", "us-east-1"], ignore_checks=["W3005"])
+    assert [str(match) for match in lint_file(workflow_stack.template_file, config=config)] == []
+
+
+def test_an_environment_with_a_fixed_account_and_region_synthesizes_clean():
+    """-c env=prod: the toolchain stack's ARNs hold literal account and region; cdk-nag still passes."""
+    from tests.helpers.cdk_assembly import stack_named, synthesized
+
+    stacks = synthesized("edge_deployment", "prod")  # raises on any cdk-nag finding
+    assert stack_named(stacks, "tag-inspect-edge-deployment-toolchain").environment == "aws://222222222222/eu-west-1"
+    workflow = stack_named(stacks, "tag-inspect-edge-deployment-workflow")
+    config = ManualArgs(regions=["eu-west-1"], ignore_checks=["W3005"])
+    assert [str(match) for match in lint_file(workflow.template_file, config=config)] == []

@@ -1,0 +1,79 @@
+"""The cross-app ML fixture: a tiny YOLOv8 model trained once per test session by the project's own
+training code (`training.local.run_local`), fully offline, on synthetic tags with drawn scratches.
+
+Registered as a pytest plugin by tests/conftest.py. Apps that need a real model archive (device
+parity, end-to-end) use `tiny_model`; nothing here is specific to the training app's own tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shared.contracts import ModelManifest
+from shared.synthetic import Sample, write_dataset
+
+TINY_IMAGE_SIZE = 96
+TINY_EPOCHS = 2
+TINY_TRAINING_IMAGES = 64
+TINY_HELD_OUT_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    archive: Path  # model.tar.gz: model.onnx + model.json at the root (CONTRACTS.md)
+    onnx_path: Path  # the same ONNX model, unpacked
+    manifest: ModelManifest  # model.json as read back from the archive
+    images_dir: Path  # held-out synthetic images (never trained on) + labels.jsonl
+    samples: list[Sample]  # their exact boxes
+    run: object  # training.local.LocalRunResult: the reports and folders of the run
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.class_names
+
+    @property
+    def input_size(self) -> int:
+        return self.manifest.input_size
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Train, export, evaluate and package a tiny model (about half a minute on two cores), once."""
+    from shared.config import DEFAULT_CONFIG_FILE, load_settings
+    from training.local import LocalRunOptions, run_local, write_synthetic_source
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    settings = load_settings(DEFAULT_CONFIG_FILE)
+    source = write_synthetic_source(
+        root / "source", TINY_TRAINING_IMAGES, num_classes=len(settings.project.class_names), seed=7
+    )
+    options = LocalRunOptions.from_settings(
+        settings,
+        epochs=TINY_EPOCHS,
+        image_size=TINY_IMAGE_SIZE,
+        batch_size=16,
+        min_images=20,
+        device="cpu",
+        workers=0,
+    )
+    result = run_local(
+        offline_store=source.offline_store,
+        images=source.images,
+        output=root / "run",
+        options=options,
+        log=lambda _: None,
+    )
+    held_out = write_dataset(
+        root / "held-out", TINY_HELD_OUT_IMAGES, seed=4242, num_classes=len(settings.project.class_names)
+    )
+    return TinyModel(
+        archive=result.archive,
+        onnx_path=result.onnx_path,
+        manifest=result.manifest,
+        images_dir=root / "held-out",
+        samples=held_out,
+        run=result,
+    )

@@ -1,0 +1,141 @@
+"""The SageMaker jobs' entry points (`python -m training.steps.cli ...`) on the folders and S3 layout they get."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from training.steps import cli
+from training.steps.dataset import write_offline_store
+from training.steps.evaluate import read_model_archive
+from training.steps.prepare import PreparedDataset
+from training.steps.train import TrainingError
+
+
+@mock_aws
+def test_prepare_recreates_the_dataset_from_s3_at_the_recorded_versions(source, tmp_path):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="data-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_bucket_versioning(Bucket="data-bucket", VersioningConfiguration={"Status": "Enabled"})
+    records = []
+    for sample, record in zip(source.samples, source.records, strict=True):
+        key = f"raw-images/{sample.path.name}"
+        s3.put_object(Bucket="data-bucket", Key=key, Body=sample.path.read_bytes())
+        records.append(type(record)(**{**record.__dict__, "image_uri": f"s3://data-bucket/{key}"}))
+    parquet = write_offline_store(records, tmp_path / "store")
+    s3.put_object(Bucket="data-bucket", Key="feature-store/data/labels.parquet", Body=parquet.read_bytes())
+
+    export = ["export", "--offline-store", "s3://data-bucket/feature-store/data", "--class-names", "scratch"]
+    assert cli.main([*export, "--min-images", "10", "--output", str(tmp_path / "export")]) == 0
+    # A newer version of one image appears later: the dataset still recreates the one it recorded.
+    changed = source.samples[0]
+    s3.put_object(Bucket="data-bucket", Key=f"raw-images/{changed.path.name}", Body=source.samples[1].path.read_bytes())
+
+    prepare = ["prepare", "--manifest", str(tmp_path / "export"), "--output", str(tmp_path / "dataset")]
+    assert cli.main([*prepare, "--validation-fraction", "0.15", "--test-fraction", "0.15"]) == 0
+    prepared = PreparedDataset.load(tmp_path / "dataset")
+    assert sum(prepared.counts.values()) == 24
+    uri = f"s3://data-bucket/raw-images/{changed.path.name}"
+    split = prepared.splits[uri]
+    (restored,) = (tmp_path / "dataset" / "images" / split).glob(f"{changed.path.stem}-*")
+    assert restored.read_bytes() == changed.path.read_bytes()
+
+
+@mock_aws
+def test_train_reads_sagemaker_hyperparameters_and_downloads_pretrained_weights(tiny_model, tmp_path):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="model-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket="model-bucket", Key="pretrained/tiny.pt", Body=tiny_model.run.weights.read_bytes())
+    hyperparameters = tmp_path / "config" / "hyperparameters.json"
+    hyperparameters.parent.mkdir()
+    hyperparameters.write_text(  # SageMaker writes every value as a string
+        json.dumps(
+            {
+                "model_size": "n",
+                "epochs": "1",
+                "image_size": "64",
+                "batch_size": "16",
+                "onnx_opset": "17",
+                "pretrained_weights": "s3://model-bucket/pretrained/tiny.pt",
+                "seed": "0",
+            }
+        )
+    )
+    arguments = ["train", "--hyperparameters", str(hyperparameters), "--dataset", str(tiny_model.run.prepared.root)]
+    arguments += ["--model-dir", str(tmp_path / "model"), "--checkpoints", str(tmp_path / "ckpt")]
+    assert cli.main([*arguments, "--work", str(tmp_path / "work"), "--workers", "0"]) == 0
+    summary = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert summary["config"]["epochs"] == 1 and summary["config"]["image_size"] == 64
+    assert summary["config"]["pretrained_weights"] == str(tmp_path / "work" / "pretrained.pt")
+    assert (tmp_path / "model" / "model.onnx").is_file() and (tmp_path / "model" / "model.pt").is_file()
+
+    with pytest.raises(TrainingError, match=r"cannot read the pretrained weights s3://model-bucket/pretrained/no\.pt"):
+        cli.download_weights(s3, "s3://model-bucket/pretrained/no.pt", tmp_path / "w.pt")
+
+
+def test_evaluate_unpacks_the_training_output_and_writes_report_and_archive(tiny_model, tmp_path):
+    model_dir = tiny_model.run.output / "work" / "model"
+    training_output = tmp_path / "model"
+    training_output.mkdir()
+    with tarfile.open(training_output / "model.tar.gz", "w:gz") as archive:  # as SageMaker packs /opt/ml/model
+        for name in ("model.onnx", "model.pt", "training.json"):
+            archive.add(model_dir / name, arcname=name)
+    arguments = ["evaluate", "--model", str(training_output), "--dataset", str(tiny_model.run.prepared.root)]
+    arguments += ["--evaluation-output", str(tmp_path / "evaluation"), "--package-output", str(tmp_path / "package")]
+    arguments += ["--confidence-threshold", "0.3", "--iou-threshold", "0.5", "--work", str(tmp_path / "work")]
+    assert cli.main(arguments) == 0
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert report["input_size"] == 96  # what the model was trained and exported at (training.json)
+    assert (report["confidence_threshold"], report["iou_threshold"]) == (0.3, 0.5)
+    manifest, _, names = read_model_archive(tmp_path / "package" / "model.tar.gz")
+    assert (manifest.confidence_threshold, manifest.iou_threshold, manifest.input_size) == (0.3, 0.5, 96)
+    assert {"evaluation.json", "training.json"} <= set(names)
+
+
+def test_evaluate_without_a_trained_model_fails_with_the_reason(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    arguments = ["evaluate", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path)]
+    assert (
+        cli.main([*arguments, "--confidence-threshold", "0.3", "--iou-threshold", "0.5", "--work", str(tmp_path)]) == 1
+    )
+    assert "no model.tar.gz from the training step" in capsys.readouterr().err
+
+
+def test_every_step_the_pipeline_runs_exists_in_the_command_line():
+    parser = cli.parser()
+    for step in ("export", "prepare", "train", "evaluate"):
+        assert parser.parse_args([step, *_required(step)]).step == step
+
+
+def _required(step: str) -> list[str]:
+    return {
+        "export": ["--feature-group", "g", "--class-names", "a", "--min-images", "1"],
+        "prepare": ["--validation-fraction", "0.1", "--test-fraction", "0.1"],
+        "train": [],
+        "evaluate": ["--confidence-threshold", "0.25", "--iou-threshold", "0.45"],
+    }[step]
+
+
+def test_failure_files_are_written_only_inside_a_sagemaker_container(tmp_path, monkeypatch):
+    inside, outside = tmp_path / "output" / "failure", tmp_path / "missing" / "message"
+    (tmp_path / "output").mkdir()
+    monkeypatch.setattr(cli, "FAILURE_FILES", (inside, outside))
+    cli.report_failure("train: " + "x" * 2000)
+    assert inside.read_text().startswith("train: x") and len(inside.read_text()) == 1000
+    assert not outside.parent.exists()
+
+
+def test_the_step_code_imports_nothing_the_container_lacks():
+    """The container gets training/steps and shared/contracts.py only (and requirements.txt)."""
+    steps = Path(cli.__file__).parent
+    allowed = {"training.steps", "shared.contracts"}
+    for module in steps.glob("*.py"):
+        for line in module.read_text().splitlines():
+            words = line.strip().split()
+            if len(words) >= 2 and words[0] in ("from", "import") and words[1].split(".")[0] in ("training", "shared"):
+                assert any(words[1].startswith(prefix) for prefix in allowed), f"{module.name}: {line.strip()}"

@@ -1,0 +1,296 @@
+"""The SageMaker pipeline as infrastructure: its definition, step code, roles and the baseline Lambda.
+
+* The step code (`training/steps/` plus `shared/contracts.py`) is a CDK asset: a zip whose hash
+  changes with the code, referenced from the definition, so `cdk diff` shows every change and nothing
+  is uploaded from a build script.
+* Two roles, no SageMakerFullAccess: the **pipeline role** only starts, watches and tags this
+  pipeline's jobs, passes the job role, invokes the baseline function, registers packages in the
+  group and reads the property files; the **job role** is what the processing and training
+  containers run as (model bucket prefixes, raw images and the offline store read-only, the label
+  feature group's description, the two container images, their logs and metrics).
+* Other apps' resources (data bucket, its key, the feature group) are reached by name and alias.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+import jsii
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_sagemaker as sagemaker
+from constructs import Construct
+
+from shared.building_blocks import grant_key_by_alias, python_function
+from shared.config import Settings
+from shared.guardrails import IAM5, acknowledge, render
+from shared.names import OFFLINE_STORE_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
+from training.pipeline_definition import PipelineResources, pipeline_definition
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STEPS_DIR = REPO_ROOT / "training" / "steps"
+CONTRACTS_FILE = REPO_ROOT / "shared" / "contracts.py"
+SAGEMAKER = iam.ServicePrincipal("sagemaker.amazonaws.com")
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+@jsii.implements(cdk.ILocalBundling)
+class _StepCodeBundling:
+    """Lay out the step code as it is imported: `training/steps/...` and `shared/contracts.py`."""
+
+    def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_: object) -> bool:
+        out = Path(output_dir)
+        shutil.copytree(STEPS_DIR, out / "training" / "steps", dirs_exist_ok=True, ignore=_IGNORED)
+        (out / "training" / "__init__.py").write_text("", encoding="utf-8")
+        (out / "shared").mkdir(exist_ok=True)
+        (out / "shared" / "__init__.py").write_text("", encoding="utf-8")
+        shutil.copyfile(CONTRACTS_FILE, out / "shared" / "contracts.py")
+        return True
+
+
+def step_code_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
+    return s3_assets.Asset(
+        scope,
+        construct_id,
+        path=str(STEPS_DIR),
+        bundling=cdk.BundlingOptions(
+            # Never pulled: local bundling always succeeds (no Docker needed). CDK requires an image.
+            image=cdk.DockerImage.from_registry("public.ecr.aws/docker/library/python:3.12-slim"),
+            local=_StepCodeBundling(),
+        ),
+        asset_hash_type=cdk.AssetHashType.OUTPUT,  # shared/contracts.py changes the hash too
+    )
+
+
+def image_repository_arn(stack: cdk.Stack, image_uri: str) -> str:
+    """`<account>.dkr.ecr.<region or {region}>.amazonaws.com/<repo>:<tag>` (the configured form) -> its ARN."""
+    host, _, path = image_uri.partition("/")
+    account, _, _, region = host.split(".")[:4]
+    repository = path.rsplit(":", 1)[0]
+    region = stack.region if region == "{region}" else region
+    return f"arn:{stack.partition}:ecr:{region}:{account}:repository/{repository}"
+
+
+class _Policy:
+    """Adds statements to a role and acknowledges, one by one and with the reason, the wildcards they need."""
+
+    def __init__(self, role: iam.Role) -> None:
+        self.role = role
+        self.stack = cdk.Stack.of(role)
+
+    def allow(
+        self,
+        actions: Sequence[str],
+        resources: Sequence[str],
+        *,
+        why: str | None = None,
+        conditions: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`why` explains the wildcards the statement needs; a wildcard without one is a bug."""
+        self.role.add_to_policy(
+            iam.PolicyStatement(actions=list(actions), resources=list(resources), conditions=dict(conditions or {}))
+        )
+        for kind, values in (("Action", actions), ("Resource", resources)):
+            for value in values:
+                rendered = render(self.stack.resolve(value))
+                if "*" not in rendered:
+                    continue
+                if why is None:
+                    raise ValueError(f"{kind} {rendered} is a wildcard: say why it is needed")
+                acknowledge(self.role, IAM5, why, finding=f"{kind}::{rendered}")
+
+
+class TrainingPipeline(Construct):
+    """`AWS::SageMaker::Pipeline` with its roles, step code and baseline Lambda function."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, names: ResourceNames) -> None:
+        super().__init__(scope, construct_id)
+        stack = cdk.Stack.of(self)
+        training = settings.training
+        region = stack.region
+        training_image = training.training_image.replace("{region}", region)
+        processing_image = training.processing_image.replace("{region}", region)
+        model_bucket_arn = f"arn:{stack.partition}:s3:::{names.model_bucket}"
+        data_bucket_arn = f"arn:{stack.partition}:s3:::{names.data_bucket}"
+        group_arn = stack.format_arn(
+            service="sagemaker", resource="model-package-group", resource_name=names.model_package_group
+        )
+        packages_arn = stack.format_arn(
+            service="sagemaker", resource="model-package", resource_name=f"{names.model_package_group}/*"
+        )
+        self.code = step_code_asset(self, "StepCode")
+
+        # -- the role the jobs run as -----------------------------------------------------------------
+        self.job_role = iam.Role(
+            self, "JobRole", assumed_by=SAGEMAKER, description="Processing and training jobs of the training pipeline"
+        )
+        jobs = _Policy(self.job_role)
+        jobs.allow(
+            ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+            [
+                f"{model_bucket_arn}/{prefix}*"
+                for prefix in ("datasets/", "prepared/", "training-jobs/", "checkpoints/", "pipeline-runs/")
+            ],
+            why="Steps read and write only their own prefixes of the model bucket (outputs named per run or dataset).",
+        )
+        jobs.allow(
+            ["s3:GetObject"],
+            [f"{model_bucket_arn}/pretrained/*"],
+            why="Pretrained weights the team uploads under pretrained/ (the PretrainedWeightsS3Uri parameter).",
+        )
+        jobs.allow(["s3:ListBucket"], [model_bucket_arn], why="SageMaker lists S3Prefix inputs and syncs checkpoints.")
+        grant_key_by_alias(
+            self.job_role,
+            alias=names.model_key_alias,
+            stack=stack,
+            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
+        )
+        jobs.allow(
+            ["s3:GetObject", "s3:GetObjectVersion"],
+            [f"{data_bucket_arn}/{RAW_IMAGE_PREFIX}*", f"{data_bucket_arn}/{OFFLINE_STORE_PREFIX}*"],
+            why="Export and prepare read raw images (any labeled one) and the label feature group's offline store",
+        )
+        # Listing (names only) lets export find the offline store's files, and S3 answer "no such key"
+        # for a deleted image instead of "access denied" (the image is then reported and left out).
+        jobs.allow(["s3:ListBucket"], [data_bucket_arn])
+        grant_key_by_alias(self.job_role, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt"])
+        jobs.allow(
+            ["sagemaker:DescribeFeatureGroup"],
+            [stack.format_arn(service="sagemaker", resource="feature-group", resource_name=names.label_feature_group)],
+        )
+        code_bucket_arn = f"arn:{stack.partition}:s3:::{self.code.s3_bucket_name}"
+        jobs.allow(["s3:GetObject"], [f"{code_bucket_arn}/{self.code.s3_object_key}"])
+        jobs.allow(
+            ["s3:ListBucket"],
+            [code_bucket_arn],
+            conditions={"StringEquals": {"s3:prefix": [self.code.s3_object_key]}},
+        )
+        jobs.allow(
+            ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            sorted(
+                {image_repository_arn(stack, image) for image in (training.training_image, training.processing_image)}
+            ),
+        )
+        jobs.allow(
+            ["ecr:GetAuthorizationToken"],
+            ["*"],
+            why="ecr:GetAuthorizationToken has no resource-level permissions; the statement above limits the images.",
+        )
+        log_groups = [
+            stack.format_arn(
+                service="logs",
+                resource="log-group",
+                resource_name=f"/aws/sagemaker/{kind}:*",
+                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+            )
+            for kind in ("ProcessingJobs", "TrainingJobs")
+        ]
+        jobs.allow(
+            ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            log_groups,
+            why="Log streams of SageMaker processing and training jobs (one per job, named by SageMaker).",
+        )
+        jobs.allow(
+            ["cloudwatch:PutMetricData"],
+            ["*"],
+            why="cloudwatch:PutMetricData has no resource-level permissions; the condition keeps SageMaker namespaces.",
+            conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*"]}},
+        )
+
+        # -- the baseline lookup (Lambda step) --------------------------------------------------------
+        self.baseline_function = python_function(
+            self,
+            "RegressionBaseline",
+            code_dir=STEPS_DIR,
+            handler="gate.handler",
+            description="Training pipeline: mAP50-95 of the approved model package (quality gate baseline)",
+            timeout=cdk.Duration.seconds(60),
+            powertools=False,
+        )
+        baseline_role = self.baseline_function.role
+        assert isinstance(baseline_role, iam.Role)
+        baseline = _Policy(baseline_role)
+        baseline.allow(
+            ["sagemaker:ListModelPackages"],
+            ["*"],
+            why="sagemaker:ListModelPackages has no resource-level permissions (the group is a request parameter).",
+        )
+        baseline.allow(
+            ["sagemaker:DescribeModelPackage"],
+            [packages_arn],
+            why="Versions of the one model package group this app owns (the newest approved one is read).",
+        )
+        baseline.allow(
+            ["s3:GetObject"],
+            [f"{model_bucket_arn}/pipeline-runs/*"],
+            why="Evaluation reports attached to model packages as model-quality statistics.",
+        )
+        grant_key_by_alias(baseline_role, alias=names.model_key_alias, stack=stack, actions=["kms:Decrypt"])
+
+        # -- the pipeline's own role ------------------------------------------------------------------
+        self.pipeline_role = iam.Role(
+            self, "PipelineRole", assumed_by=SAGEMAKER, description="Runs the training pipeline (starts its jobs)"
+        )
+        pipeline = _Policy(self.pipeline_role)
+        for resource, actions in (
+            ("processing-job", ("CreateProcessingJob", "DescribeProcessingJob", "StopProcessingJob", "AddTags")),
+            ("training-job", ("CreateTrainingJob", "DescribeTrainingJob", "StopTrainingJob", "AddTags")),
+        ):
+            pipeline.allow(
+                [f"sagemaker:{action}" for action in actions],
+                [stack.format_arn(service="sagemaker", resource=resource, resource_name="pipelines-*")],
+                why=f"Pipelines name their {resource}s pipelines-<execution>-<step>-<suffix>: only those.",
+            )
+        pipeline.allow(
+            ["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage", "sagemaker:AddTags"],
+            [group_arn, packages_arn],
+            why="Registering versions in the one model package group this app owns.",
+        )
+        pipeline.allow(
+            ["iam:PassRole"],
+            [self.job_role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+        )
+        pipeline.allow(["lambda:InvokeFunction"], [self.baseline_function.function_arn])
+        pipeline.allow(
+            ["s3:GetObject"],
+            [f"{model_bucket_arn}/pipeline-runs/*"],
+            why="The pipeline reads its steps' property files (dataset and evaluation reports) of each run.",
+        )
+        grant_key_by_alias(self.pipeline_role, alias=names.model_key_alias, stack=stack, actions=["kms:Decrypt"])
+
+        # -- the pipeline -----------------------------------------------------------------------------
+        resources = PipelineResources(
+            role_arn=self.job_role.role_arn,
+            model_bucket=names.model_bucket,
+            model_key_arn=stack.format_arn(
+                service="kms", resource="alias", resource_name=names.model_key_alias.removeprefix("alias/")
+            ),
+            code_uri=self.code.s3_object_url,
+            code_version=self.code.asset_hash[:16],
+            feature_group=names.label_feature_group,
+            model_package_group=names.model_package_group,
+            baseline_function_arn=self.baseline_function.function_arn,
+            region=region,
+            training_image=training_image,
+            processing_image=processing_image,
+        )
+        self.definition = pipeline_definition(resources, training, settings.project.class_names)
+        self.pipeline = sagemaker.CfnPipeline(
+            self,
+            "Pipeline",
+            pipeline_name=names.training_pipeline,
+            pipeline_display_name=names.training_pipeline,
+            pipeline_description="Labels -> checked dataset -> YOLOv8 -> ONNX -> test metrics -> gate -> registry",
+            role_arn=self.pipeline_role.role_arn,
+            pipeline_definition={"PipelineDefinitionBody": stack.to_json_string(self.definition)},
+        )
+        # CloudFormation creates the pipeline only once its role may start the jobs.
+        self.pipeline.node.add_dependency(self.pipeline_role.node.find_child("DefaultPolicy"))
+        self.pipeline_arn = stack.format_arn(
+            service="sagemaker", resource="pipeline", resource_name=names.training_pipeline
+        )
