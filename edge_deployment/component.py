@@ -13,12 +13,11 @@ from typing import Any
 import aws_cdk as cdk
 from constructs import Construct
 
-from edge_deployment.fleet import DeviceFleet, resource_finding
+from edge_deployment.fleet import DeviceFleet
 from edge_deployment.inference_component import InferenceComponent
 from edge_deployment.naming import edge_names
 from edge_deployment.workflow import APP, DeploymentWorkflow
 from shared.config import Settings
-from shared.guardrails import IAM5, acknowledge
 from shared.names import resource_names
 from shared.pipelines import WorkflowPipeline
 
@@ -77,30 +76,3 @@ class EdgeDeploymentStage(cdk.Stage):
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.workflow = WorkflowStack(self, "Workflow", settings=settings)
-        _acknowledge_asset_publishing(scope)
-
-
-def _acknowledge_asset_publishing(toolchain: Construct) -> None:
-    """The asset publishing role CDK Pipelines adds to the toolchain stack because this stage has assets.
-
-    Its wildcards are CDK's own (per-asset CodeBuild projects with generated names). Acknowledged here,
-    on the asset pipeline only, until shared/guardrails.py recognizes the shape for every app.
-    """
-    pipeline = toolchain.node.try_find_child("AssetPipeline")
-    if pipeline is None:
-        return
-    stack = cdk.Stack.of(toolchain)
-    logs = stack.format_arn(
-        service="logs",
-        resource="log-group",
-        resource_name="/aws/codebuild/*",
-        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-    )
-    reports = stack.format_arn(service="codebuild", resource="report-group", resource_name="*")
-    reasons = {
-        logs: "CDK Pipelines asset publishing: log groups of its per-asset CodeBuild projects (generated names).",
-        reports: "CDK Pipelines asset publishing: report groups of its per-asset CodeBuild projects (generated names).",
-        "*": "CDK Pipelines asset publishing role: codebuild:StartBuild/StopBuild/BatchGetBuilds as CDK writes them.",
-    }
-    for resource, reason in reasons.items():
-        acknowledge(pipeline, IAM5, reason, finding=resource_finding(stack, resource))

@@ -17,7 +17,6 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from labeling.data_store import LabelDataStore, LabelSeeding
-from labeling.functions import acknowledge_resource
 from labeling.workflow import APP, LabelingWorkflow
 from shared.config import Settings
 from shared.names import resource_names
@@ -81,30 +80,3 @@ class LabelingStage(cdk.Stage):
             self.workflow.add_stack_dependency(
                 self.data, "the workflow uses the data bucket, key and feature group by name"
             )
-        _acknowledge_asset_publishing(scope)
-
-
-def _acknowledge_asset_publishing(toolchain: Construct) -> None:
-    """The asset publishing role CDK Pipelines adds to the toolchain's asset pipeline because this stage has
-    file assets (the functions' code, the seed file).
-
-    Its three wildcards are CDK's own (per-asset CodeBuild projects with generated names), acknowledged on
-    the asset pipeline only, finding by finding, until shared/guardrails.py recognizes the shape for every app.
-    """
-    pipeline = toolchain.node.try_find_child("AssetPipeline")
-    if pipeline is None:  # the stage synthesized outside a toolchain stack (tests)
-        return
-    stack = cdk.Stack.of(toolchain)
-    logs = stack.format_arn(
-        service="logs",
-        resource="log-group",
-        resource_name="/aws/codebuild/*",
-        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
-    )
-    reports = stack.format_arn(service="codebuild", resource="report-group", resource_name="*")
-    for resource, reason in {
-        logs: "CDK Pipelines asset publishing: log groups of its per-asset CodeBuild projects (generated names).",
-        reports: "CDK Pipelines asset publishing: report groups of its per-asset CodeBuild projects (generated names).",
-        "*": "CDK Pipelines asset publishing: codebuild:StartBuild/StopBuild/BatchGetBuilds as CDK writes them.",
-    }.items():
-        acknowledge_resource(pipeline, resource, reason)

@@ -43,6 +43,7 @@ from shared.building_blocks import (
     secure_bucket,
 )
 from shared.config import APP_NAMES, AppName, Settings
+from shared.guardrails import IAM5, acknowledge, render
 from shared.names import ResourceNames, app_slug, resource_names, upstream_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +71,29 @@ def cdk_cli_version(package_json: Path = REPO_ROOT / "package.json") -> str:
     if not version or not version[0].isdigit():
         raise ValueError(f"{package_json}: devDependencies.aws-cdk must be an exact version, got {version!r}")
     return str(version)
+
+
+def acknowledge_asset_publishing(pipeline: pipelines.CodePipeline) -> None:
+    """Acknowledge the three wildcards of the asset publishing role CDK Pipelines adds when a stage has
+    file assets (Lambda code, step code, component artifacts), finding by finding, on this pipeline only.
+
+    They are CDK's own: its per-asset CodeBuild projects get generated names, so their log groups and
+    report groups cannot be named in advance, and it writes codebuild:StartBuild/BatchGetBuilds on `*`.
+    """
+    stack = cdk.Stack.of(pipeline)
+    log_groups = stack.format_arn(
+        service="logs",
+        resource="log-group",
+        resource_name="/aws/codebuild/*",
+        arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+    )
+    report_groups = stack.format_arn(service="codebuild", resource="report-group", resource_name="*")
+    for resource, reason in {
+        log_groups: "CDK Pipelines asset publishing: log groups of its per-asset CodeBuild projects (generated names).",
+        report_groups: "CDK Pipelines asset publishing: report groups of its per-asset CodeBuild projects.",
+        "*": "CDK Pipelines asset publishing: codebuild:StartBuild/StopBuild/BatchGetBuilds as CDK writes them.",
+    }.items():
+        acknowledge(pipeline, IAM5, reason, finding="Resource::" + render(stack.resolve(resource)))
 
 
 def _source_action(
@@ -278,6 +302,7 @@ class AppToolchainStack(cdk.Stack):
         )
         pipeline.add_stage(stage, post=[start_workflow])
         pipeline.build_pipeline()
+        acknowledge_asset_publishing(pipeline)
         # CDK Pipelines writes the deploy actions' RoleArn as Fn::Join (valid CloudFormation) and
         # cfn-lint's E3703 asks for Fn::Sub instead; silenced on this one resource only.
         cfn_pipeline = pipeline.pipeline.node.default_child
