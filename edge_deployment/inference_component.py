@@ -41,7 +41,7 @@ UPLOAD_BUCKET_PLACEHOLDER = "edge-upload-bucket-placeholder"
 
 
 def inference_configuration(settings: Settings, *, upload_bucket: str) -> dict[str, Any]:
-    """The inference component's configuration (CONTRACTS.md keys), every value from the settings."""
+    """The inference component's configuration (the keys the device component reads), every value from the settings."""
     edge = settings.edge_deployment
     values: dict[str, Any] = {
         "resultsTopic": edge.results_topic,

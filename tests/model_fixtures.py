@@ -23,7 +23,7 @@ TINY_HELD_OUT_IMAGES = 8
 
 @dataclass(frozen=True)
 class TinyModel:
-    archive: Path  # model.tar.gz: model.onnx + model.json at the root (CONTRACTS.md)
+    archive: Path  # model.tar.gz: model.onnx + model.json at the root (shared/contracts.py)
     onnx_path: Path  # the same ONNX model, unpacked
     manifest: ModelManifest  # model.json as read back from the archive
     images_dir: Path  # held-out synthetic images (never trained on) + labels.jsonl

@@ -56,7 +56,7 @@ class ComponentVersionFailed(Exception):
 
 
 def model_component_version(package_version: int) -> str:
-    """Model package version 7 -> component version 1.0.7 (CONTRACTS.md)."""
+    """Model package version 7 -> component version 1.0.7 (shared/contracts.py)."""
     if isinstance(package_version, bool) or int(package_version) < 1:
         raise ValueError(f"model package version must be a positive integer, got {package_version!r}")
     return f"{MODEL_COMPONENT_MAJOR_MINOR}.{int(package_version)}"

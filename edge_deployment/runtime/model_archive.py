@@ -2,7 +2,7 @@
 
 The archive must be a gzip tar with `model.onnx` and a valid `model.json` (shared.contracts.
 ModelManifest) at its root and be no larger than the configured limit. The ZIP holds exactly those
-two files at its root (CONTRACTS.md: the device finds them under `.../model/`), written with fixed
+two files at its root (shared/contracts.py; the device finds them under `.../model/`), written with fixed
 timestamps so the same archive always gives the same bytes.
 """
 

@@ -1,0 +1,820 @@
+"""The whole loop on this machine: raw images -> labels -> model -> registry -> edge -> device -> raw images.
+
+Every app runs its own code; AWS is replaced only at the service boundary:
+
+* S3, SageMaker (feature group description, model registry), EventBridge pattern matching: moto.
+* Step Functions: the labeling state machine runs in moto's executor (tests/labeling/workflow_harness);
+  the edge state machine is walked state by state here (moto cannot run its Greengrass task).
+* Ground Truth: `FakeGroundTruth` writes output manifests exactly as a job does, here with the boxes
+  drawn into the synthetic images (rounded to whole pixels, as workers' boxes are).
+* Feature Store runtime: `FakeFeatureStore` (requests validated against botocore's model); its
+  recorded PutRecord calls become offline-store parquet files where Feature Store would write them.
+* SageMaker Pipelines: `tests/e2e/pipeline.py` runs the deployed definition with the step code.
+* Greengrass v2 and IoT jobs: `botocore.stub.Stubber`; the device's IPC: `FakeGreengrass`; the
+  device's uploads go to a moto server on 127.0.0.1 through the component's own signed PUT.
+
+Every name comes from the owner's synthesized stack and from each reader's own configuration, so
+a name computed differently by two sides breaks the loop with a `LoopBroken` naming the stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import http.server
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore import xform_name
+from botocore.exceptions import ClientError
+from botocore.stub import ANY, Stubber
+from moto import mock_aws
+from moto.events.models import EventPattern
+
+from labeling.runtime.config import LabelingConfig
+from labeling.runtime.ground_truth import load_task_ui
+from shared.contracts import LabelRecord
+from shared.names import RAW_IMAGE_PREFIX
+from shared.synthetic import Sample, write_dataset
+from tests.e2e.pipeline import PipelineRun, Trainer
+from tests.e2e.templates import ACCOUNT, PARTITION, REGION, Apps
+from tests.helpers import asl
+from tests.labeling.fakes import FakeFeatureStore, FakeGroundTruth
+from tests.labeling.workflow_harness import Workflow
+
+THING = "line-1-camera-1"
+PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
+INFERENCE_VERSION_RESOURCE = "Custom::GreengrassComponentVersion"
+LABELING_HANDLERS = ("start_round", "find_unlabeled", "prepare_labeling", "prepare_review", "write_labels")
+EDGE_HANDLERS = ("resolve", "prepare_model", "create_deployment", "check_rollout")
+# A real run of the pipeline with these run parameters (any execution may override them): a tiny model.
+TINY_TRAINING = {"Epochs": 2, "ImageSize": 96, "BatchSize": 16, "MinMap50to95": 0.0}
+
+
+class LoopBroken(Exception):
+    """The loop does not close; the message names the stage and what did not fit."""
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    try:
+        yield
+    except LoopBroken:
+        raise
+    except Exception as error:
+        raise LoopBroken(f"{name}: {type(error).__name__}: {error}") from error
+
+
+# --------------------------------------------------------------------------------------------------
+# What each side computed (from the synthesized stacks)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """The names and settings each app's code ended up with; drift checks replace one of them."""
+
+    apps: Apps
+    labeling: LabelingConfig  # the labeling functions' LABELING_CONFIG
+    pipeline: dict[str, Any]  # the training pipeline's definition as deployed
+    edge_environment: dict[str, dict[str, str]]  # edge handler -> its environment variables
+    inference_recipe: dict[str, Any]  # the inference component version's recipe (the device's configuration)
+    archive_drops: tuple[str, ...] = ()  # files the training packaging would leave out of model.tar.gz
+
+
+def wiring(apps: Apps) -> Wiring:
+    from edge_deployment.runtime.components import inference_component_version, render_recipe_template
+
+    workflow = apps.labeling_workflow
+    configs = {workflow.environment(f"labeling_lambda.{h}")["LABELING_CONFIG"] for h in LABELING_HANDLERS}
+    if len(configs) != 1:
+        raise LoopBroken(f"the labeling functions run with {len(configs)} different configurations")
+    (pipeline,) = apps.training_workflow.of_type("AWS::SageMaker::Pipeline").values()
+    definition = json.loads(
+        apps.training_workflow.render(pipeline["Properties"]["PipelineDefinition"])["PipelineDefinitionBody"]
+    )
+    edge = apps.edge_workflow
+    ((resource_id, resource),) = edge.of_type(INFERENCE_VERSION_RESOURCE).items()
+    properties = edge.render(resource["Properties"])
+    # What the custom resource's function computes at deploy time (edge_deployment.runtime.handlers).
+    version = inference_component_version(
+        artifact_hash=properties["ArtifactHash"], recipe_template=properties["RecipeTemplate"]
+    )
+    edge.attributes[f"{resource_id}.ComponentVersion"] = version
+    return Wiring(
+        apps=apps,
+        labeling=LabelingConfig.from_json(configs.pop()),
+        pipeline=definition,
+        edge_environment={h: edge.environment(f"index.{h}") for h in EDGE_HANDLERS},
+        inference_recipe=render_recipe_template(properties["RecipeTemplate"], version),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Doubles
+# --------------------------------------------------------------------------------------------------
+
+
+class FeatureGroupNotFound(Exception):
+    pass
+
+
+class LabelFeatureGroup(FakeFeatureStore):
+    """The online store of the feature group the data stack created: another name is not found."""
+
+    def _check(self, name: str) -> None:
+        if name != self.feature_group:
+            raise FeatureGroupNotFound(
+                f"feature group {name!r} does not exist (the data stack created {self.feature_group!r})"
+            )
+
+    def batch_get_record(self, **params: Any) -> dict[str, Any]:
+        for identifier in params.get("Identifiers", []):
+            self._check(identifier.get("FeatureGroupName", ""))
+        return super().batch_get_record(**params)
+
+    def put_record(self, **params: Any) -> dict[str, Any]:
+        self._check(params.get("FeatureGroupName", ""))
+        return super().put_record(**params)
+
+
+@dataclass
+class FakeGreengrass:
+    """The device's Greengrass IPC (inspector.greengrass.Greengrass): configurations of the deployed components."""
+
+    configurations: dict[str | None, dict[str, Any]]
+    published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def publish(self, topic: str, payload: Mapping[str, Any]) -> None:
+        self.published.append((topic, json.loads(json.dumps(dict(payload)))))
+
+    def configuration(self, component: str | None = None) -> dict[str, Any]:
+        from edge_deployment.components.inference.inspector.greengrass import IpcError
+
+        if component not in self.configurations:
+            raise IpcError(f"component {component} is not deployed")
+        return json.loads(json.dumps(self.configurations[component]))
+
+    def watch_configuration(self, component: str | None, on_change: Callable[[], None]) -> None:
+        pass
+
+
+@dataclass
+class LambdaContext:
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int = 1024
+    aws_request_id: str = "e2e-request"
+    function_version: str = "$LATEST"
+
+
+# --------------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopResult:
+    raw_images: dict[str, Sample] = field(default_factory=dict)  # image URI -> the synthetic sample
+    first_round: dict[str, Any] = field(default_factory=dict)
+    label_records: list[LabelRecord] = field(default_factory=list)
+    offline_store_files: list[str] = field(default_factory=list)
+    pipeline_steps: list[str] = field(default_factory=list)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    registered_package: dict[str, Any] = field(default_factory=dict)  # as the pipeline registered it
+    model_package: dict[str, Any] = field(default_factory=dict)  # once approved
+    edge_input: dict[str, Any] = field(default_factory=dict)
+    edge_output: dict[str, Any] = field(default_factory=dict)
+    deployment_request: dict[str, Any] = field(default_factory=dict)
+    model_recipe: dict[str, Any] = field(default_factory=dict)
+    model_files: list[str] = field(default_factory=list)
+    results: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    frames: int = 0
+    uploads: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> its S3 metadata
+    second_round_images: list[str] = field(default_factory=list)
+    trained_model: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+class S3Endpoint:
+    """An S3 endpoint on 127.0.0.1 for the device's own signed PUTs, stored in moto's S3.
+
+    The device signs with SigV4 for its region and sends `If-None-Match: *`; the request is checked
+    for both and handed to moto's PutObject (a 412 when the key exists, a 404 NoSuchBucket ...).
+    """
+
+    def __init__(self, s3: Any) -> None:
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                status, body = endpoint.put(
+                    self.path, dict(self.headers.items()), self.rfile.read(int(self.headers["Content-Length"]))
+                )
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.s3 = s3
+        self.requests: list[dict[str, str]] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def put(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        from urllib.parse import unquote
+
+        self.requests.append(headers)
+        bucket, _, key = unquote(path).lstrip("/").partition("/")
+        authorization = headers.get("Authorization", "")
+        if not re.match(rf"AWS4-HMAC-SHA256 Credential=[^/]+/\d{{8}}/{REGION}/s3/aws4_request", authorization):
+            return 403, f"<Error><Code>SignatureDoesNotMatch</Code><Message>{authorization}</Message></Error>".encode()
+        if headers.get("If-None-Match") != "*":
+            return 400, b"<Error><Code>InvalidRequest</Code><Message>raw images are never overwritten</Message></Error>"
+        try:
+            self.s3.head_object(Bucket=bucket, Key=key)
+            return 412, b"<Error><Code>PreconditionFailed</Code></Error>"
+        except ClientError as error:
+            code = error.response["Error"]["Code"]
+            if code == "NoSuchBucket":
+                return 404, f"<Error><Code>NoSuchBucket</Code><BucketName>{bucket}</BucketName></Error>".encode()
+            if code not in ("404", "NoSuchKey", "NotFound"):
+                return 500, f"<Error><Code>{code}</Code></Error>".encode()
+        metadata = {
+            k.lower().removeprefix("x-amz-meta-"): v for k, v in headers.items() if k.lower().startswith("x-amz-meta-")
+        }
+        try:
+            self.s3.put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType=headers.get("Content-Type", ""), Metadata=metadata
+            )
+        except ClientError as error:
+            code = error.response["Error"]["Code"]
+            return (
+                404 if code == "NoSuchBucket" else 400,
+                f"<Error><Code>{code}</Code><BucketName>{bucket}</BucketName></Error>".encode(),
+            )
+        return 200, b""
+
+    def __enter__(self) -> S3Endpoint:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def whole_pixels(sample: Sample) -> list[tuple[int, int, int, int, int]]:
+    """A worker's boxes for a sample: (class, left, top, width, height) in whole pixels around each defect."""
+    boxes = []
+    for box in sample.boxes:
+        left, top = math.floor(box.x1), math.floor(box.y1)
+        right, bottom = min(sample.width, math.ceil(box.x2)), min(sample.height, math.ceil(box.y2))
+        boxes.append((box.class_id, left, top, right - left, bottom - top))
+    return boxes
+
+
+@dataclass
+class Loop:
+    wiring: Wiring
+    work: Path
+    trainer: Trainer | None = None  # None: the pipeline's own training command (a real training)
+    images: int = 60
+    frames: int = 12
+    seed: int = 11
+
+    def __post_init__(self) -> None:
+        self.result = LoopResult()
+        self.apps = self.wiring.apps
+
+    # -- set-up: what the stacks would create ----------------------------------------------------------
+    def _create_resources(self) -> None:
+        for template in vars(self.apps).values():
+            for logical_id in template.of_type("AWS::S3::Bucket"):
+                self.s3.create_bucket(
+                    Bucket=template.physical_name(logical_id),
+                    CreateBucketConfiguration={"LocationConstraint": REGION},
+                )
+        group = self.apps.labeling_data.render(
+            self.apps.labeling_data.one("AWS::SageMaker::FeatureGroup")["Properties"]
+        )
+        self.feature_group = group["FeatureGroupName"]
+        self.sagemaker.create_feature_group(**group)
+        package_group = self.apps.training_registry.render(
+            self.apps.training_registry.one("AWS::SageMaker::ModelPackageGroup")["Properties"]
+        )
+        self.sagemaker.create_model_package_group(**package_group)
+        self.data_bucket = self.apps.labeling_data.physical_name(
+            next(
+                lid
+                for lid, r in self.apps.labeling_data.of_type("AWS::S3::Bucket").items()
+                if "BucketName" in r["Properties"]
+            )
+        )
+
+    # -- 1. labeling ---------------------------------------------------------------------------------
+    def _raw_images(self) -> None:
+        """Cameras drop tags under the raw-image prefix (the shared contract, not labeling's setting)."""
+        for sample in write_dataset(self.work / "raw", self.images, seed=self.seed):
+            key = f"{RAW_IMAGE_PREFIX}line-1/{sample.path.name}"
+            self.s3.upload_file(str(sample.path), self.data_bucket, key)
+            self.result.raw_images[f"s3://{self.data_bucket}/{key}"] = sample
+
+    def _labeling_round(self, name: str) -> dict[str, Any]:
+        described = self.workflow.run(name)
+        if described["status"] != "SUCCEEDED":
+            raise LoopBroken(
+                f"labeling round {name}: {described['status']}: {described.get('cause', described.get('error'))}"
+            )
+        return dict(json.loads(described["output"]))
+
+    def _offline_store(self) -> None:
+        """Feature Store's offline store receives every written record: parquet under the resolved URI."""
+        from training.steps.dataset import write_offline_store
+
+        records = [LabelRecord.from_values(values) for values in self.featurestore.puts]
+        self.result.label_records = records
+        described = self.sagemaker.describe_feature_group(FeatureGroupName=self.feature_group)
+        uri = described["OfflineStoreConfig"]["S3StorageConfig"]["ResolvedOutputS3Uri"]
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        folder = self.work / "offline-store"
+        moment = datetime.now(UTC)
+        path = write_offline_store(
+            records, folder, written_at=moment, file_name=f"{moment:%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:16]}.parquet"
+        )
+        key = f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}"
+        self.s3.upload_file(str(path), bucket, key)
+        self.result.offline_store_files.append(f"s3://{bucket}/{key}")
+
+    # -- 2. training ---------------------------------------------------------------------------------
+    def _drop_from_archive(self, step: str, run: PipelineRun) -> None:
+        if not step.startswith("Evaluate") or not self.wiring.archive_drops:
+            return
+        uri = run.outputs[step]["ProcessingOutputConfig.Outputs['package'].S3Output.S3Uri"] + "/model.tar.gz"
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        original, rebuilt = self.work / "original.tar.gz", self.work / "rebuilt.tar.gz"
+        self.s3.download_file(bucket, key, str(original))
+        with tarfile.open(original, "r:gz") as source, tarfile.open(rebuilt, "w:gz") as target:
+            for member in source.getmembers():
+                if member.name.lstrip("./") not in self.wiring.archive_drops:
+                    target.addfile(member, source.extractfile(member))
+        self.s3.upload_file(str(rebuilt), bucket, key)
+
+    def _training(self) -> str:
+        run = PipelineRun(
+            definition=self.wiring.pipeline,
+            template=self.apps.training_workflow,
+            s3=self.s3,
+            sagemaker=self.sagemaker,
+            work=self.work / "pipeline",
+            parameters={**TINY_TRAINING, "MinImages": self.images // 2},
+            after_step=self._drop_from_archive,
+            trainer=self.trainer,
+        )
+        try:
+            run.run()
+        finally:
+            self.result.pipeline_steps = run.steps_run
+        if len(run.registered) != 1:
+            raise LoopBroken(f"training pipeline: registered {len(run.registered)} model packages, expected one")
+        export = next(name for name in run.property_files if "DatasetProperties" in run.property_files[name])
+        self.result.dataset = json.loads(run.property_files[export]["DatasetProperties"].read_text(encoding="utf-8"))
+        trained = next(p for p in (self.work / "pipeline").glob("Train*/opt/ml/model") if p.is_dir())
+        keep = self.work / "trained-model"
+        shutil.copytree(trained, keep)
+        self.result.trained_model = keep
+        return run.registered[0]
+
+    # -- 3. approval and edge deployment -----------------------------------------------------------------
+    def _approval_event(self, package_arn: str) -> dict[str, Any]:
+        """A person approves the package; EventBridge matches the edge rule and builds the workflow's input."""
+        # As registered (moto's UpdateModelPackage drops the customer metadata; SageMaker keeps it).
+        self.result.registered_package = self.sagemaker.describe_model_package(ModelPackageName=package_arn)
+        self.sagemaker.update_model_package(ModelPackageArn=package_arn, ModelApprovalStatus="Approved")
+        package = self.sagemaker.describe_model_package(ModelPackageName=package_arn)
+        self.result.model_package = package
+        event: dict[str, Any] = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": PACKAGE_STATE_CHANGE,
+            "source": "aws.sagemaker",
+            "account": ACCOUNT,
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": REGION,
+            "resources": [package_arn],
+            "detail": {
+                "ModelPackageGroupName": package["ModelPackageGroupName"],
+                "ModelPackageVersion": package["ModelPackageVersion"],
+                "ModelPackageArn": package_arn,
+                "ModelApprovalStatus": package["ModelApprovalStatus"],
+                "ModelPackageStatus": package["ModelPackageStatus"],
+            },
+        }
+        rule = self.apps.edge_workflow.one("AWS::Events::Rule")["Properties"]
+        pattern = self.apps.edge_workflow.render(rule["EventPattern"])
+        # moto's TestEventPattern answers nothing; its rule matcher (what PutEvents uses) decides instead.
+        if not EventPattern.load(json.dumps(pattern)).matches_event(event):
+            raise LoopBroken(f"approval: the event of {package_arn} does not match the edge rule's pattern {pattern}")
+        (target,) = rule["Targets"]
+        transformer = target["InputTransformer"]
+        text = transformer["InputTemplate"]
+        for name, path in transformer["InputPathsMap"].items():
+            value: Any = event
+            for part in path.removeprefix("$.").split("."):
+                value = value[part]
+            text = text.replace(f"<{name}>", json.dumps(value))
+        return dict(json.loads(text))
+
+    def _edge_workflow(self, state_input: dict[str, Any]) -> dict[str, Any]:
+        from edge_deployment.runtime import handlers
+        from edge_deployment.runtime.aws import component_arn
+        from edge_deployment.runtime.components import model_component_version
+
+        edge = self.apps.edge_workflow
+        functions = {
+            lid: props["Handler"].removeprefix("index.")
+            for lid, props in ((lid, r["Properties"]) for lid, r in edge.of_type("AWS::Lambda::Function").items())
+        }
+        substitutions = {f"{lid}.Arn": edge.arn(lid) for lid in functions} | dict(edge.attributes)
+        (machine,) = asl.state_machines(edge.body, substitutions).values()
+        by_arn = {edge.arn(lid): handler for lid, handler in functions.items()}
+
+        greengrass = boto3.client("greengrassv2", region_name=REGION)
+        iot = boto3.client("iot", region_name=REGION)
+        environment = self.wiring.edge_environment
+        component = environment["prepare_model"]["MODEL_COMPONENT_NAME"]
+        version = model_component_version(int(self.result.model_package["ModelPackageVersion"]))
+        arn = component_arn(partition=PARTITION, region=REGION, account=ACCOUNT, name=component, version=version)
+        now = datetime.now(UTC)
+        sent: dict[str, dict[str, Any]] = {}
+        for operation in ("CreateComponentVersion", "CreateDeployment"):
+            greengrass.meta.events.register(
+                f"provide-client-params.greengrassv2.{operation}",
+                lambda params, _op=operation, **_: sent.__setitem__(_op, dict(params)),
+            )
+        gg, jobs = Stubber(greengrass), Stubber(iot)
+        gg.add_client_error("describe_component", "ResourceNotFoundException", http_status_code=404)
+        gg.add_response(
+            "create_component_version",
+            {
+                "arn": arn,
+                "componentName": component,
+                "componentVersion": version,
+                "creationTimestamp": now,
+                "status": {"componentState": "REQUESTED", "message": "NONE", "errors": {}},
+            },
+            {"inlineRecipe": ANY, "clientToken": ANY},
+        )
+        gg.add_response(
+            "describe_component",
+            {
+                "arn": arn,
+                "componentName": component,
+                "componentVersion": version,
+                "creationTimestamp": now,
+                "publisher": "edge deployment workflow",
+                "status": {"componentState": "DEPLOYABLE", "message": "NONE", "errors": {}},
+            },
+            {"arn": arn},
+        )
+        gg.add_response("list_deployments", {"deployments": []})
+        gg.add_response("create_deployment", {"deploymentId": "e2e-deployment", "iotJobId": "e2e-job"})
+        jobs.add_response(
+            "describe_job",
+            {"job": {"jobId": "e2e-job", "status": "COMPLETED", "jobProcessDetails": {"numberOfSucceededThings": 1}}},
+            {"jobId": "e2e-job"},
+        )
+        clients = {"greengrassv2": greengrass, "iot": iot, "s3": self.s3, "sagemaker": self.sagemaker}
+
+        def call_lambda(resource: str, payload: dict[str, Any]) -> Any:
+            handler = by_arn[resource]
+            with pytest.MonkeyPatch.context() as patch:
+                for name, value in environment[handler].items():
+                    patch.setenv(name, value)
+                patch.setattr(handlers, "client", lambda service, region=None: clients[service])
+                return getattr(handlers, handler)(payload, LambdaContext(handler, resource))
+
+        def call_sdk(service: str, action: str, parameters: dict[str, Any]) -> Any:
+            method = getattr(clients[service], xform_name(action))
+            response = method(**{k[:1].lower() + k[1:]: v for k, v in parameters.items()})
+            response.pop("ResponseMetadata", None)
+            return _pascal(json.loads(json.dumps(response, default=str)))
+
+        with gg, jobs:
+            output = walk(machine.definition, state_input, call_lambda=call_lambda, call_sdk=call_sdk)
+        self.result.deployment_request = sent.get("CreateDeployment", {})
+        self.result.model_recipe = json.loads(sent["CreateComponentVersion"]["inlineRecipe"])
+        return output
+
+    # -- 4. the device --------------------------------------------------------------------------------
+    def _device(self, endpoint: str) -> None:
+        from edge_deployment.components.inference.inspector.feedback import Credentials, StaticCredentials
+        from edge_deployment.components.inference.inspector.service import DeviceContext, create_service
+
+        deployed = self.result.deployment_request["components"]
+        model_recipe, inference_recipe = self.result.model_recipe, self.wiring.inference_recipe
+        for recipe in (model_recipe, inference_recipe):
+            if deployed.get(recipe["ComponentName"], {}).get("componentVersion") != recipe["ComponentVersion"]:
+                raise LoopBroken(
+                    f"device: the deployment does not carry {recipe['ComponentName']} "
+                    f"{recipe['ComponentVersion']} ({deployed})"
+                )
+        root = self.work / "greengrass"
+        unarchived = root / "packages" / "artifacts-unarchived"
+
+        def decompressed(recipe: dict[str, Any]) -> Path:
+            return unarchived / recipe["ComponentName"] / recipe["ComponentVersion"]
+
+        (manifest,) = [m for m in model_recipe["Manifests"] if m["Platform"]["architecture"] == "amd64"]
+        for artifact in manifest["Artifacts"]:  # what the nucleus does with the model component's artifact
+            bucket, _, key = artifact["Uri"].removeprefix("s3://").partition("/")
+            local = root / "packages" / "artifacts" / Path(key).name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.s3.download_file(bucket, key, str(local))
+            if artifact.get("Unarchive") == "ZIP":
+                with zipfile.ZipFile(local) as archive:
+                    archive.extractall(decompressed(model_recipe) / Path(key).name.removesuffix(".zip"))
+        self.result.model_files = sorted(
+            p.relative_to(decompressed(model_recipe)).as_posix()
+            for p in decompressed(model_recipe).rglob("*")
+            if p.is_file()
+        )
+        lifecycle = {k.lower(): v for k, v in manifest["Lifecycle"].items()}
+        if "install" in lifecycle:  # the model component's own check of its unpacked files
+            script = lifecycle["install"]["Script"].replace(
+                "{artifacts:decompressedPath}", str(decompressed(model_recipe))
+            )
+            checked = subprocess.run(["sh", "-c", script], check=False, capture_output=True, text=True)
+            if checked.returncode:
+                raise LoopBroken(
+                    f"device: the model component's install script failed ({checked.returncode}): {script}"
+                )
+
+        (inference_manifest,) = [m for m in inference_recipe["Manifests"] if m["Platform"]["architecture"] == "amd64"]
+        work_dir = root / "work" / inference_recipe["ComponentName"]
+        work_dir.mkdir(parents=True)
+        placeholders = {
+            "{artifacts:decompressedPath}": str(decompressed(inference_recipe)),
+            "{work:path}": str(work_dir),
+        }
+        environ = {"AWS_IOT_THING_NAME": THING, "AWS_REGION": REGION}
+        for name, value in inference_manifest["Lifecycle"]["Setenv"].items():
+            environ[name] = functools.reduce(lambda text, item: text.replace(*item), placeholders.items(), value)
+        fake = FakeGreengrass(
+            {
+                None: inference_recipe["ComponentConfiguration"]["DefaultConfiguration"],
+                model_recipe["ComponentName"]: model_recipe["ComponentConfiguration"]["DefaultConfiguration"],
+            }
+        )
+        context = dataclasses.replace(
+            DeviceContext.from_environment(fake, environ),
+            credentials=StaticCredentials(Credentials("testing", "testing")),
+            s3_endpoint=endpoint,
+        )
+        service = create_service(context, rng=random.Random(0))
+        frames = write_dataset(self.work / "fresh-frames", self.frames, seed=self.seed + 1000)
+        service.config.frames_directory.mkdir(parents=True, exist_ok=True)
+        settled = time.time() - 5  # the camera finished writing them a while ago
+        for sample in frames:
+            target = service.config.frames_directory / sample.path.name
+            shutil.copy(sample.path, target)
+            os.utime(target, (settled, settled))
+        service.models.refresh(force=True)
+        if service.models.detector is None:
+            raise LoopBroken(f"device: no model to serve: {service.models.error}")
+        self.result.frames = service.poll_frames()
+        self.result.results = list(fake.published)
+        if service.uploader is None:
+            raise LoopBroken("device: uploads are disabled (no uploadBucket in the component's configuration)")
+        if not service.uploader.drain():
+            raise LoopBroken(
+                f"device: uploads failed, {service.queue.pending if service.queue else '?'} frame(s) stay queued: "
+                f"{service.uploader.last_error}"
+            )
+
+    def _uploads(self) -> None:
+        config = self.wiring.inference_recipe["ComponentConfiguration"]["DefaultConfiguration"]
+        keys = [payload["upload_key"] for _, payload in self.result.results if "upload_key" in payload]
+        for key in keys:
+            head = self.s3.head_object(Bucket=config["uploadBucket"], Key=key)
+            self.result.uploads[key] = dict(head["Metadata"])
+
+    def _second_round(self) -> None:
+        requests_before = len(self.ground_truth.requests)
+        output = self._labeling_round("round-2")
+        config = self.wiring.inference_recipe["ComponentConfiguration"]["DefaultConfiguration"]
+        uploaded = {f"s3://{config['uploadBucket']}/{key}" for key in self.result.uploads}
+        if len(self.ground_truth.requests) == requests_before:
+            raise LoopBroken(
+                f"next labeling round: found no image to label ({output.get('find')}), but the device uploaded "
+                f"{len(uploaded)} frame(s): {sorted(uploaded)[:3]}"
+            )
+        request = self.ground_truth.requests[requests_before]
+        bucket, _, key = (
+            request["InputConfig"]["DataSource"]["S3DataSource"]["ManifestS3Uri"].removeprefix("s3://").partition("/")
+        )
+        lines = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
+        self.result.second_round_images = [json.loads(line)["source-ref"] for line in lines if line.strip()]
+        found = set(self.result.second_round_images)
+        if found != uploaded:
+            raise LoopBroken(
+                f"next labeling round: labels {sorted(found - uploaded)[:3]} that the device did not upload "
+                f"and misses {sorted(uploaded - found)[:3]}"
+            )
+
+    # -- all of it --------------------------------------------------------------------------------------
+    def run(self) -> LoopResult:
+        clock = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            self.result.seconds[name] = round(time.monotonic() - clock, 1)
+            clock = time.monotonic()
+
+        config: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+        with mock_aws(config=config), pytest.MonkeyPatch.context() as patch:
+            self.s3 = boto3.client("s3", region_name=REGION)
+            self.sagemaker = boto3.client("sagemaker", region_name=REGION)
+            with stage("resources"):
+                self._create_resources()
+            ui = load_task_ui(self.wiring.labeling.class_names)
+            truth: dict[str, list[tuple[int, int, int, int, int]]] = {}
+            self.featurestore = LabelFeatureGroup(self.feature_group)
+            self.ground_truth = FakeGroundTruth(
+                s3=self.s3,
+                class_names=self.wiring.labeling.class_names,
+                approve=ui.approve,
+                reject=ui.reject,
+                boxes=lambda uri: truth.get(uri, []),  # the device's frames: the worker finds no defect
+            )
+            self.workflow = Workflow(
+                template=self.apps.labeling_workflow.body,
+                s3=self.s3,
+                featurestore=self.featurestore,
+                ground_truth=self.ground_truth,
+            )
+            self.workflow.install(patch, self.wiring.labeling.to_json())
+            with stage("labeling"):
+                self._raw_images()
+                truth.update({uri: whole_pixels(sample) for uri, sample in self.result.raw_images.items()})
+                self.result.first_round = self._labeling_round("round-1")
+                labeled = self.result.first_round.get("labels", {}).get("total", 0)
+                if labeled != len(self.result.raw_images):
+                    raise LoopBroken(
+                        f"labeling: round-1 labeled {labeled} of the {len(self.result.raw_images)} raw images under "
+                        f"{RAW_IMAGE_PREFIX} (listing: {self.result.first_round.get('find')})"
+                    )
+                self._offline_store()
+            lap("labeling")
+            with stage("training pipeline"):
+                package_arn = self._training()
+            lap("training")
+            with stage("approval"):
+                state_input = self._approval_event(package_arn)
+                self.result.edge_input = state_input
+            with stage("edge deployment workflow"):
+                self.result.edge_output = self._edge_workflow(state_input)
+            lap("edge deployment")
+            patch.setenv("NO_PROXY", "127.0.0.1")
+            patch.setenv("no_proxy", "127.0.0.1")
+            with S3Endpoint(self.s3) as endpoint, stage("device"):
+                self._device(endpoint.url)
+                self._uploads()
+            lap("device")
+            with stage("next labeling round"):
+                self._second_round()
+            lap("second round")
+        return self.result
+
+
+def _pascal(value: Any) -> Any:
+    """An AWS SDK response as Step Functions' aws-sdk integration returns it (member names capitalized)."""
+    if isinstance(value, list):
+        return [_pascal(item) for item in value]
+    if isinstance(value, dict):
+        return {k[:1].upper() + k[1:]: _pascal(v) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Walking a state machine definition (the parts the edge workflow uses)
+# --------------------------------------------------------------------------------------------------
+
+
+def _path(path: str, data: Any, context: Mapping[str, Any]) -> Any:
+    if path.startswith("$$."):
+        data, path = context, "$." + path[3:]
+    if path == "$":
+        return data
+    for part in path.removeprefix("$.").split("."):
+        data = data[part]
+    return data
+
+
+def _parameters(template: Any, data: Any, context: Mapping[str, Any]) -> Any:
+    if isinstance(template, dict):
+        result = {}
+        for key, value in template.items():
+            if key.endswith(".$"):
+                result[key[:-2]] = _path(value, data, context) if value.startswith("$") else value
+            else:
+                result[key] = _parameters(value, data, context)
+        return result
+    if isinstance(template, list):
+        return [_parameters(item, data, context) for item in template]
+    return template
+
+
+def _result_path(data: dict[str, Any], path: str | None, result: Any) -> dict[str, Any]:
+    if path is None:
+        return data
+    if path == "$":
+        return dict(result)
+    updated = json.loads(json.dumps(data))
+    target = updated
+    parts = path.removeprefix("$.").split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+    target[parts[-1]] = result
+    return dict(updated)
+
+
+def _choice(rule: Mapping[str, Any], data: Any) -> bool:
+    if "Or" in rule:
+        return any(_choice(r, data) for r in rule["Or"])
+    if "And" in rule:
+        return all(_choice(r, data) for r in rule["And"])
+    value = _path(rule["Variable"], data, {})
+    if "BooleanEquals" in rule:
+        return bool(value is rule["BooleanEquals"])
+    if "StringEquals" in rule:
+        return bool(value == rule["StringEquals"])
+    raise LoopBroken(f"choice rule {rule} is not supported by the walker")
+
+
+def walk(
+    definition: Mapping[str, Any],
+    state_input: dict[str, Any],
+    *,
+    call_lambda: Callable[[str, dict[str, Any]], Any],
+    call_sdk: Callable[[str, str, dict[str, Any]], Any],
+    max_transitions: int = 50,
+) -> dict[str, Any]:
+    """Run the definition's states in order (Task, Choice, Pass, Wait, Succeed, Fail); errors propagate."""
+    context = {"Execution": {"Id": f"arn:aws:states:{REGION}:{ACCOUNT}:execution:e2e:run-1"}}
+    states, name, data = definition["States"], definition["StartAt"], dict(state_input)
+    for _ in range(max_transitions):
+        state = states[name]
+        kind = state["Type"]
+        if kind == "Succeed":
+            return data
+        if kind == "Fail":
+            error = _path(state["ErrorPath"], data, context) if "ErrorPath" in state else state.get("Error")
+            cause = _path(state["CausePath"], data, context) if "CausePath" in state else state.get("Cause")
+            raise LoopBroken(f"state {name}: {error}: {cause}")
+        if kind == "Choice":
+            name = next((c["Next"] for c in state["Choices"] if _choice(c, data)), state.get("Default"))
+            continue
+        if kind in ("Task", "Pass"):
+            payload = _parameters(state["Parameters"], data, context) if "Parameters" in state else data
+            if kind == "Pass":
+                result = payload
+            elif state["Resource"].startswith("arn:aws:lambda:"):
+                result = call_lambda(state["Resource"], payload)
+            elif state["Resource"].startswith("arn:aws:states:::aws-sdk:"):
+                service, action = state["Resource"].removeprefix("arn:aws:states:::aws-sdk:").split(":")
+                result = call_sdk(service, action[:1].upper() + action[1:], payload)
+            else:
+                result = {}  # notifications (sns:publish)
+            if "ResultSelector" in state:
+                result = _parameters(state["ResultSelector"], result, context)
+            data = _result_path(data, state.get("ResultPath", "$"), result)
+        name = state["Next"]
+    raise LoopBroken(f"the state machine did not finish within {max_transitions} transitions")

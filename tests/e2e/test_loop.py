@@ -1,0 +1,207 @@
+"""The whole loop on one machine: raw images -> labels -> a trained, registered, approved model -> a device
+serving it -> uncertain frames back under the raw-image prefix -> found by the next labeling round.
+
+`loop` runs it once with a real (tiny) training; the drift checks run it again with one interface
+computed differently by one side (reusing that training's model) and expect it to break, naming where.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.config import Settings, parse_settings
+from shared.contracts import Annotation
+from shared.names import EDGE_UPLOAD_PREFIX, resource_names
+from tests.e2e.harness import THING, Loop, LoopBroken, LoopResult, Wiring, whole_pixels, wiring
+from tests.e2e.pipeline import copy_trained_model
+from tests.e2e.templates import ACCOUNT, REGION, Apps, synthesize
+from tests.helpers.cdk_assembly import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def e2e_settings() -> Settings:
+    """config.yaml, except that the device sends back every frame a barely trained model is unsure of.
+
+    A two-epoch model scores every candidate box about 0.01: all frames are uncertain, which is what
+    the device should then report (the configured band starts at 0.3 for a model that learned something).
+    """
+    raw = yaml.safe_load((REPO_ROOT / "config.yaml").read_text(encoding="utf-8"))
+    raw["edge_deployment"]["uncertainty_band"] = [0.0, 0.7]
+    raw["edge_deployment"]["confident_sample_rate"] = 0.0
+    return parse_settings(raw)
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return e2e_settings()
+
+
+@pytest.fixture(scope="module")
+def apps(settings: Settings) -> Apps:
+    return synthesize(settings)
+
+
+@pytest.fixture(scope="module")
+def loop(apps: Apps, tmp_path_factory: pytest.TempPathFactory) -> LoopResult:
+    return Loop(wiring(apps), tmp_path_factory.mktemp("loop")).run()
+
+
+@pytest.fixture(scope="module")
+def names(settings: Settings) -> Any:
+    return resource_names(settings, account=ACCOUNT, region=REGION)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop closes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_labeling_writes_every_raw_image_s_verified_boxes_to_the_offline_store(loop, names):
+    assert loop.first_round["labels"]["approved"] == len(loop.raw_images) == 60
+    records = {record.image_uri: record for record in loop.label_records}
+    assert set(records) == set(loop.raw_images)
+    for uri, sample in loop.raw_images.items():
+        expected = tuple(
+            Annotation(class_id=c, x1=left, y1=top, x2=left + w, y2=top + h)
+            for c, left, top, w, h in whole_pixels(sample)
+        )
+        assert records[uri].approved and records[uri].annotations == expected
+    (parquet,) = loop.offline_store_files
+    assert re.fullmatch(
+        rf"s3://{names.data_bucket}/feature-store/.+/{names.label_feature_group}-\d+/data/"
+        r"year=\d{4}/month=\d\d/day=\d\d/hour=\d\d/[^/]+\.parquet",
+        parquet,
+    )
+
+
+def test_training_trains_on_those_labels_and_registers_an_approved_package(loop, names):
+    assert loop.dataset["image_count"] == len(loop.raw_images)
+    assert {"ExportDataset", "PrepareDataset", "TrainSpot", "EvaluateSpot", "RegisterModelSpot"} <= set(
+        loop.pipeline_steps
+    )
+    registered, package = loop.registered_package, loop.model_package
+    assert registered["ModelApprovalStatus"] == "PendingManualApproval"  # config.yaml: a person approves
+    assert registered["CustomerMetadataProperties"]["dataset_version"] == loop.dataset["dataset_version"]
+    assert package["ModelPackageGroupName"] == names.model_package_group
+    assert package["ModelApprovalStatus"] == "Approved"
+    url = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    assert url.startswith(f"s3://{names.model_bucket}/pipeline-runs/") and url.endswith("/model.tar.gz")
+
+
+def test_the_approval_deploys_exactly_that_package_to_the_thing_group(loop, settings):
+    edge = settings.edge_deployment
+    package = loop.model_package
+    assert loop.edge_input["modelPackageArn"] == package["ModelPackageArn"]
+    assert loop.edge_output["rollout"]["outcome"] == "SUCCEEDED"
+    request = loop.deployment_request
+    assert request["targetArn"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{edge.thing_group_name}"
+    model = request["components"][edge.model_component_name]["componentVersion"]
+    assert model == f"1.0.{package['ModelPackageVersion']}" == loop.model_recipe["ComponentVersion"]
+    assert edge.inference_component_name in request["components"]
+    configuration = loop.model_recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    assert configuration["modelPackageArn"] == package["ModelPackageArn"]
+    assert loop.model_files == ["model/model.json", "model/model.onnx"]
+
+
+def test_the_device_serves_the_model_and_sends_uncertain_frames_under_the_raw_image_prefix(loop, names, settings):
+    assert loop.frames == 12
+    results_topic = settings.edge_deployment.results_topic.replace("{thing}", THING)
+    results = [payload for topic, payload in loop.results if topic == results_topic]
+    assert len(results) == loop.frames
+    assert {payload["model_version"] for payload in results} == {loop.model_recipe["ComponentVersion"]}
+    assert len(loop.uploads) == loop.frames  # the tiny model is unsure of every frame (see e2e_settings)
+    for payload in results:
+        key = payload["upload_key"]
+        day = datetime.fromisoformat(payload["timestamp"].replace("Z", "+00:00")).date().isoformat()
+        assert re.fullmatch(rf"{EDGE_UPLOAD_PREFIX}{THING}/{day}/[^/]+\.jpg", key), key
+        assert loop.uploads[key]["reason"] == "uncertain"
+        assert loop.uploads[key]["model-version"] == payload["model_version"]
+
+
+def test_the_next_labeling_round_finds_exactly_the_uploaded_frames(loop, names):
+    uploaded = {f"s3://{names.data_bucket}/{key}" for key in loop.uploads}
+    assert len(loop.second_round_images) == len(uploaded) == loop.frames
+    assert set(loop.second_round_images) == uploaded
+
+
+# --------------------------------------------------------------------------------------------------
+# ... and breaks when one side computes an interface differently
+# --------------------------------------------------------------------------------------------------
+
+
+def _device_configuration(wired: Wiring, **changes: Any) -> Wiring:
+    recipe = copy.deepcopy(wired.inference_recipe)
+    recipe["ComponentConfiguration"]["DefaultConfiguration"].update(changes)
+    return dataclasses.replace(wired, inference_recipe=recipe)
+
+
+def _export_argument(wired: Wiring, option: str, value: str) -> Wiring:
+    pipeline = copy.deepcopy(wired.pipeline)
+    (export,) = [step for step in pipeline["Steps"] if step["Name"] == "ExportDataset"]
+    arguments = export["Arguments"]["AppSpecification"]["ContainerArguments"]
+    arguments[arguments.index(option) + 1] = value
+    return dataclasses.replace(wired, pipeline=pipeline)
+
+
+def _edge_environment(wired: Wiring, handler: str, **changes: str) -> Wiring:
+    environment = copy.deepcopy(wired.edge_environment)
+    environment[handler].update(changes)
+    return dataclasses.replace(wired, edge_environment=environment)
+
+
+DRIFTS: list[Any] = [
+    pytest.param(
+        lambda w: _device_configuration(w, uploadPrefix="raw-images-edge/"),
+        r"next labeling round: found no image to label .* the device uploaded 12 frame\(s\)",
+        id="device-upload-prefix",
+    ),
+    pytest.param(
+        lambda w: _device_configuration(w, uploadBucket=f"tag-inspect-data-{ACCOUNT}"),
+        r"device: uploads failed, 12 frame\(s\) stay queued: .*HTTP 404 .*NoSuchBucket",
+        id="data-bucket-name-on-the-device",
+    ),
+    pytest.param(
+        lambda w: dataclasses.replace(w, labeling=dataclasses.replace(w.labeling, raw_prefix="raw-image/")),
+        r"labeling: round-1 labeled 0 of the 60 raw images under raw-images/",
+        id="raw-image-prefix-in-labeling",
+    ),
+    pytest.param(
+        lambda w: _export_argument(w, "--feature-group", "tag-inspect-label"),
+        r"training pipeline: .*tag-inspect-label\b",
+        id="feature-group-name-in-training",
+    ),
+    pytest.param(
+        lambda w: _edge_environment(w, "resolve", MODEL_PACKAGE_GROUP="tag-inspect-detector"),
+        r"edge deployment workflow: WrongModelPackageGroup: .*'tag-inspect-detector'",
+        id="model-package-group-in-edge",
+    ),
+    pytest.param(
+        lambda w: dataclasses.replace(w, archive_drops=("model.json",)),
+        r"edge deployment workflow: InvalidModelArchive: .*has no model\.json at its root",
+        id="model-archive-without-model-json",
+    ),
+    pytest.param(
+        lambda w: _export_argument(w, "--class-names", '["dent"]'),
+        r"edge deployment workflow: InvalidModelArchive: .*class_names \['dent'\] differ",
+        id="class-names-in-training",
+    ),
+]
+
+
+@pytest.mark.parametrize(("drift", "message"), DRIFTS)
+def test_the_loop_breaks_where_an_interface_drifts(
+    drift: Callable[[Wiring], Wiring], message: str, apps: Apps, loop: LoopResult, tmp_path
+):
+    assert loop.trained_model is not None
+    drifted = Loop(drift(wiring(apps)), tmp_path, trainer=copy_trained_model(loop.trained_model))
+    with pytest.raises(LoopBroken, match=message):
+        drifted.run()
