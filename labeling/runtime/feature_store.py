@@ -21,13 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
+from labeling.runtime.errors import ConfigurationError
 from shared.contracts import LABEL_FEATURES, LabelRecord, parse_event_time
 
 BATCH_GET_LIMIT = 100
 WRITE_BATCH_DEFAULT = 500  # records per idempotent write batch (one read-back, then the writes)
 DEFAULT_WORKERS = 8
 UNPROCESSED_RETRIES = 6
+# Answers that the same request will always get (no such group, no permission): not worth a retry.
+PERMANENT_ERRORS = frozenset({"ValidationError", "AccessForbidden", "ResourceNotFound"})
 
 
 def client_config(max_workers: int = DEFAULT_WORKERS) -> Config:
@@ -62,7 +66,16 @@ def _batch_get(
         identifier: dict[str, Any] = {"FeatureGroupName": feature_group, "RecordIdentifiersValueAsString": pending}
         if feature_names:
             identifier["FeatureNames"] = list(feature_names)
-        response = featurestore.batch_get_record(Identifiers=[identifier])
+        try:
+            response = featurestore.batch_get_record(Identifiers=[identifier])
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in PERMANENT_ERRORS:
+                raise ConfigurationError(
+                    f"feature group {feature_group} refused BatchGetRecord ({code}: {error}); check that it "
+                    "exists in this account and region and that the function's role may read it"
+                ) from error
+            raise
         for item in response.get("Records", []):
             found[item["RecordIdentifierValueAsString"]] = {
                 feature["FeatureName"]: feature["ValueAsString"] for feature in item["Record"]

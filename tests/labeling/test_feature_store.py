@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
+from labeling.runtime.errors import NON_RETRYABLE_ERRORS, ConfigurationError
 from labeling.runtime.feature_store import (
     FeatureStoreError,
     approved_images,
@@ -178,3 +180,20 @@ def test_a_failed_write_fails_the_call_after_the_others_and_a_retry_completes(fe
 def test_one_record_per_image_per_call():
     with pytest.raises(ValueError, match="at most one record per image"):
         write_records(None, FEATURE_GROUP, [record("s3://b/1.jpg"), record("s3://b/1.jpg")])
+
+
+@pytest.mark.parametrize("code", ["ValidationError", "AccessForbidden", "ResourceNotFound"])
+def test_a_missing_or_forbidden_feature_group_stops_at_once_naming_it(client, code):
+    """Retrying cannot create the group or grant access: a ConfigurationError (not retried) says which group."""
+    with Stubber(client) as stubber:
+        stubber.add_client_error("batch_get_record", service_error_code=code, service_message="no such feature group")
+        with pytest.raises(ConfigurationError, match=rf"feature group {FEATURE_GROUP} refused BatchGetRecord \({code}"):
+            write_records(client, FEATURE_GROUP, [record("s3://b/raw-images/1.jpg")], workers=1)
+    assert "ConfigurationError" in NON_RETRYABLE_ERRORS
+
+
+def test_a_transient_feature_store_error_is_left_to_the_retries(client):
+    with Stubber(client) as stubber:
+        stubber.add_client_error("batch_get_record", service_error_code="ServiceUnavailable", http_status_code=503)
+        with pytest.raises(ClientError, match="ServiceUnavailable"):
+            approved_images(client, FEATURE_GROUP, ["s3://b/raw-images/1.jpg"])
