@@ -292,3 +292,19 @@ def test_an_s3_error_other_than_a_missing_image_stops_the_export_with_its_reason
         stub.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
         with pytest.raises(DatasetError, match=r"cannot read s3://data-bucket/raw-images/a\.jpg \(AccessDenied\)"):
             S3ImageStore(s3).fetch("s3://data-bucket/raw-images/a.jpg")
+
+
+def test_ultralytics_leaves_pillow_s_own_error_for_a_file_that_is_not_an_image(tmp_path):
+    """Importing Ultralytics would make Image.open pip-install a HEIF plugin on unknown files (and fail
+    offline with ModuleNotFoundError); after offline_ultralytics() a non-image still gets Pillow's error."""
+    from PIL import Image, UnidentifiedImageError
+
+    from training.steps.train import offline_ultralytics
+
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("not an image", encoding="utf-8")
+    offline_ultralytics()
+    import ultralytics  # noqa: F401 - imported after the call, as the training steps do
+
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(not_an_image)

@@ -35,9 +35,18 @@ TRAINING_SUMMARY_FILE = "training.json"
 
 
 def offline_ultralytics() -> None:
-    """Settings that keep Ultralytics off the network; call before importing it."""
+    """Keep Ultralytics off the network and out of Pillow; call before using it.
+
+    Importing Ultralytics replaces `PIL.Image.open` for the whole process with an opener that, on any file
+    Pillow cannot identify, tries to pip-install a HEIF plugin (and raises ModuleNotFoundError offline).
+    The dataset checks and the device code must see Pillow's own error, so Pillow's opener is put back.
+    """
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "false"
+    from PIL import Image  # noqa: PLC0415
+    from ultralytics.utils import patches  # noqa: PLC0415
+
+    Image.open = getattr(patches, "_image_open", Image.open)
 
 
 class TrainingError(Exception):

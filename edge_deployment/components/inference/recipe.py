@@ -32,7 +32,7 @@ DEVICE_PACKAGE = "inspector"
 REQUIREMENTS_FILE = "requirements.txt"
 RECIPE_FORMAT_VERSION = "2020-01-25"
 PLATFORMS = ("amd64", "aarch64")  # Linux; onnxruntime, numpy, Pillow and awscrt publish wheels for both
-TOKEN_EXCHANGE_SERVICE = "aws.greengrass.TokenExchangeService"
+TOKEN_EXCHANGE_SERVICE = "aws.greengrass.TokenExchangeService"  # noqa: S105 - a component name
 NUCLEUS = "aws.greengrass.Nucleus"
 NUCLEUS_REQUIREMENT = ">=2.6.0 <3.0.0"  # MQTT wildcards in IPC authorization policies
 MINIMUM_PYTHON = (3, 11)  # numpy 2.4 needs Python 3.11+

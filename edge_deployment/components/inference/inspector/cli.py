@@ -26,9 +26,7 @@ LOG = logging.getLogger("inspector.cli")
 
 def image_files(directory: Path) -> list[Path]:
     """The image files directly in `directory` (by suffix), sorted by name."""
-    return sorted(
-        path for path in directory.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return sorted(path for path in directory.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def detect_folder(detector: Detector, images: Iterable[Path], output: TextIO) -> tuple[int, int]:

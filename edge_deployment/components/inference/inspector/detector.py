@@ -273,7 +273,7 @@ class ModelInfo:
 
 
 def read_manifest(path: Path) -> ModelInfo:
-    """model.json (CONTRACTS.md): class names, input size and thresholds; ModelError when malformed."""
+    """model.json (shared/contracts.py): class names, input size and thresholds; ModelError when malformed."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -58,7 +58,7 @@ def feedback_reason(top_score: float, band: tuple[float, float], sample_rate: fl
 
 
 def upload_key(prefix: str, thing: str, captured_at: datetime, token: str | None = None) -> str:
-    """raw-images/edge/<thing>/<yyyy-mm-dd>/<utc timestamp>-<random>.jpg (CONTRACTS.md)."""
+    """raw-images/edge/<thing>/<yyyy-mm-dd>/<utc timestamp>-<random>.jpg (shared/contracts.py)."""
     moment = captured_at.astimezone(UTC)
     stamp = moment.strftime("%Y%m%dT%H%M%S") + f".{moment.microsecond // 1000:03d}Z"
     prefix = prefix if prefix.endswith("/") else prefix + "/"
@@ -239,23 +239,33 @@ class UploadQueue:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise QueueError(f"{item.path.name}: unreadable queued frame ({error})") from None
 
+    def _forget(self, item: QueuedFrame) -> bool:
+        """Take `item` out of the queue (lock held); False when it is no longer there.
+
+        The producer may have dropped it (over the cap) while the uploader was sending it: then
+        its bytes were subtracted already and must not be subtracted twice.
+        """
+        if self._items and self._items[0].sequence == item.sequence:
+            self._items.popleft()
+        else:
+            try:
+                self._items.remove(item)
+            except ValueError:
+                return False
+        self._bytes -= item.size
+        return True
+
     def remove(self, item: QueuedFrame) -> None:
         """Forget an item that was uploaded."""
         with self._lock:
-            if self._items and self._items[0].sequence == item.sequence:
-                self._items.popleft()
-            else:
-                with contextlib.suppress(ValueError):
-                    self._items.remove(item)
-            self._bytes = max(0, self._bytes - item.size)
-            item.path.unlink(missing_ok=True)
+            if self._forget(item):
+                item.path.unlink(missing_ok=True)
 
     def set_aside(self, item: QueuedFrame) -> None:
         """Move an unreadable item to corrupt/ (kept for a person to look at) and out of the queue."""
         with self._lock:
-            with contextlib.suppress(ValueError):
-                self._items.remove(item)
-            self._bytes = max(0, self._bytes - item.size)
+            if not self._forget(item):
+                return  # dropped meanwhile: its file is gone already
             target = self.directory / CORRUPT_DIR
             target.mkdir(exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
@@ -317,7 +327,8 @@ class ContainerCredentials:
             return self._cached
 
     def _fetch(self) -> Credentials:
-        request = urllib.request.Request(self.uri, headers={"Authorization": self.token} if self.token else {})
+        headers = {"Authorization": self.token} if self.token else {}
+        request = urllib.request.Request(self.uri, headers=headers)  # noqa: S310 - the URI Greengrass gives
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - URI from Greengrass
                 raw = json.loads(response.read())
@@ -420,7 +431,7 @@ class S3Uploader:
             signed_body_header_type=auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
         )
         signed = auth.aws_sign_request(request, config).result(timeout=self.timeout)
-        return urllib.request.Request(
+        return urllib.request.Request(  # noqa: S310 - https, or the endpoint given in the configuration
             f"{self._scheme}://{self._host}{path}",
             data=upload.body,
             method="PUT",
@@ -440,7 +451,7 @@ class S3Uploader:
         except urllib.error.HTTPError as error:
             if error.code == 412:
                 return ALREADY_THERE
-            detail = error.read(500).decode("utf-8", "replace")
+            detail = " ".join(error.read(500).decode("utf-8", "replace").split())  # S3's XML, on one log line
             raise UploadError(f"s3://{self.bucket}/{upload.key}: HTTP {error.code} {error.reason} {detail}") from None
         except (urllib.error.URLError, OSError, TimeoutError) as error:
             raise UploadError(f"s3://{self.bucket}/{upload.key}: {error}") from None

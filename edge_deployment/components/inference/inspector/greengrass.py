@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 LOG = logging.getLogger(__name__)
 
-MODEL_SUBDIRECTORY = "model"  # model.zip unpacks to {artifacts:decompressedPath}/model/ (CONTRACTS.md)
+MODEL_SUBDIRECTORY = "model"  # model.zip unpacks to {artifacts:decompressedPath}/model/ (shared/contracts.py)
 MODEL_VERSION_KEY = "modelVersion"
 
 
@@ -50,7 +50,13 @@ class GreengrassIpc:
         """Connect over the nucleus' IPC socket (SVCUID and socket path come from Greengrass' environment)."""
         from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2  # noqa: PLC0415
 
-        return cls(GreengrassCoreIPCClientV2())
+        try:
+            return cls(GreengrassCoreIPCClientV2())
+        except Exception as error:  # missing SVCUID / socket path, or the nucleus refused the connection
+            raise IpcError(
+                f"cannot connect to the Greengrass nucleus over IPC ({type(error).__name__}: {error}); "
+                "run this as a Greengrass component, or use `python -m inspector.cli` without Greengrass"
+            ) from None
 
     def publish(self, topic: str, payload: Mapping[str, Any]) -> None:
         """PublishToIoTCore, QoS 1 (the nucleus spools messages while the device is offline)."""

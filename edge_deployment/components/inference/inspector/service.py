@@ -192,10 +192,8 @@ class CameraFrames:
         self._failures = 0
         self._sequence += 1
         captured = utc_now()
-        if bgr.ndim == 2:
-            rgb = np.repeat(bgr[..., None], 3, axis=2)
-        else:
-            rgb = np.ascontiguousarray(bgr[..., 2::-1])
+        # Grey cameras give 2-D frames; colour ones BGR (or BGRA): reversed to RGB, alpha left out.
+        rgb = np.repeat(bgr[..., None], 3, axis=2) if bgr.ndim == 2 else np.ascontiguousarray(bgr[..., 2::-1])
         return [Frame(name=f"camera-{captured:%Y%m%dT%H%M%S}-{self._sequence:06d}", captured_at=captured, image=rgb)]
 
     def done(self, frame: Frame) -> None:
@@ -223,6 +221,18 @@ class ModelLocator(Protocol):
     def locate(self) -> tuple[str, Path]: ...
 
 
+def _model_files_state(directory: Path) -> tuple[tuple[int, int] | None, ...]:
+    """(size, mtime) of model.onnx and model.json, None for a missing file: tells whether a retry can help."""
+    state: list[tuple[int, int] | None] = []
+    for name in ("model.onnx", "model.json"):
+        try:
+            stat = (directory / name).stat()
+            state.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            state.append(None)
+    return tuple(state)
+
+
 class ModelManager:
     """Holds the detector being served and swaps in new model versions between frames.
 
@@ -247,7 +257,7 @@ class ModelManager:
         self.version: str | None = None
         self.directory: Path | None = None
         self.error: str | None = None
-        self._failed: tuple[str, Path] | None = None
+        self._failed: tuple[str, Path, tuple[tuple[int, int] | None, ...]] | None = None
         self._requested = threading.Event()
         self._next_poll = 0.0
 
@@ -273,12 +283,15 @@ class ModelManager:
             return False
         if (version, directory) == (self.version, self.directory) and not force:
             return False
-        if (version, directory) == self._failed and not (force or requested):
-            return False  # tried already; again when Greengrass reports a change
+        attempt = (version, directory, _model_files_state(directory))
+        if attempt == self._failed and not (force or requested):
+            # Tried already and the files are unchanged: again when Greengrass reports a change or the
+            # files change (a version whose files were still being unpacked is retried once they are there).
+            return False
         try:
             detector = self.load(directory)
         except (DetectorError, OSError) as error:
-            self._failed = (version, directory)
+            self._failed = attempt
             serving = f"; still serving model {self.version}" if self.detector is not None else ""
             self.error = f"model {version} failed to load: {error}{serving}"
             LOG.error("%s", self.error)
