@@ -1,7 +1,8 @@
 """The edge deployment workflow: approved model package -> Greengrass components -> rollout -> report.
 
     ResolveModelPackage -> (none approved yet: NothingToDeploy, succeed)
-      -> PrepareModelComponent -> DescribeModelComponent <-> WaitForModelComponent (until DEPLOYABLE)
+      -> PrepareModelComponent -> DescribeModelComponent <-> WaitForModelComponent (until DEPLOYABLE;
+         FAILED/DEPRECATED, or not DEPLOYABLE after MODEL_COMPONENT_MAX_POLLS looks: NotifyFailure)
       -> CreateDeployment -> WaitForRollout <-> CheckRollout (until every device finished)
       -> NotifySuccess | NotifyRolloutFailure (per-device reasons) ; any error -> NotifyFailure
 
@@ -64,6 +65,9 @@ TRANSIENT_ERRORS = [
     "TransientError",
 ]
 COMPONENT_POLL_SECONDS = 5
+# Greengrass makes a component version DEPLOYABLE (or FAILED) within seconds; one still neither after
+# this many looks is reported, instead of polling until the execution times out without a word.
+MODEL_COMPONENT_MAX_POLLS = 60
 
 
 def runtime_bundle() -> Path:
@@ -474,6 +478,27 @@ class DeploymentWorkflow(Construct):
             "WaitForModelComponent",
             time=sfn.WaitTime.duration(cdk.Duration.seconds(COMPONENT_POLL_SECONDS)),
         )
+        start_component_polls = sfn.Pass(
+            self, "StartModelComponentPolls", parameters={"count": 0}, result_path="$.modelComponentPolls"
+        )
+        count_component_poll = sfn.Pass(
+            self,
+            "CountModelComponentPoll",
+            parameters={"count.$": "States.MathAdd($.modelComponentPolls.count, 1)"},
+            result_path="$.modelComponentPolls",
+        )
+        component_not_deployable = sfn.Pass(
+            self,
+            "ModelComponentNotDeployable",
+            parameters={
+                "Error": "ModelComponentNotDeployable",
+                "Cause.$": "States.Format('Greengrass did not make the model component version {} deployable "
+                f"within {MODEL_COMPONENT_MAX_POLLS * COMPONENT_POLL_SECONDS} seconds (still {{}}): {{}}', "
+                "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
+                "States.JsonToString($.modelComponentState.status))",
+            },
+            result_path="$.error",
+        ).next(notify_failure)
         component_rejected = sfn.Pass(
             self,
             "ModelComponentRejected",
@@ -559,7 +584,9 @@ class DeploymentWorkflow(Construct):
             sfn.Choice(self, "ModelPackageFound")
             .when(sfn.Condition.boolean_equals("$.resolution.found", False), nothing_to_deploy)
             .otherwise(
-                prepare.next(describe_component).next(
+                prepare.next(start_component_polls)
+                .next(describe_component)
+                .next(
                     sfn.Choice(self, "ModelComponentDeployable")
                     .when(
                         sfn.Condition.string_equals("$.modelComponentState.status.ComponentState", "DEPLOYABLE"),
@@ -579,7 +606,13 @@ class DeploymentWorkflow(Construct):
                         ),
                         component_rejected,
                     )
-                    .otherwise(wait_for_component.next(describe_component))
+                    .when(
+                        sfn.Condition.number_greater_than_equals(
+                            "$.modelComponentPolls.count", MODEL_COMPONENT_MAX_POLLS
+                        ),
+                        component_not_deployable,
+                    )
+                    .otherwise(count_component_poll.next(wait_for_component).next(describe_component))
                 )
             )
         )

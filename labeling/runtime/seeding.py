@@ -10,8 +10,9 @@ image_height       pixels (alias `height`)
 annotations        JSON list of boxes {"class_id", "x1", "y1", "x2", "y2"} in source pixels
                    (alias `boxes`; in CSV a JSON string); an empty list means "no defect"
 review_status      approved (default) or rejected
-event_time         ISO-8601 time of the label (default 2000-01-01T00:00:00.000Z, so any label
-                   made later by a labeling round wins)
+event_time         ISO-8601 time of the label with a time zone (default 2000-01-01T00:00:00.000Z,
+                   so any label made later by a labeling round wins); stored in UTC as Feature
+                   Store takes it (yyyy-MM-ddTHH:mm:ss[.SSS]Z), to the millisecond
 labeling_job       where the label comes from (default `seed`)
 =================  ========================================================================
 
@@ -25,17 +26,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
 from labeling.runtime.errors import SeedFileError
 from labeling.runtime.feature_store import WRITE_BATCH_DEFAULT, WriteReport, write_records
-from shared.contracts import Annotation, ContractError, LabelRecord
+from shared.contracts import Annotation, ContractError, LabelRecord, format_event_time
 
 SEED_EVENT_TIME = "2000-01-01T00:00:00.000Z"
 SEED_JOB = "seed"
+# The only String event times Feature Store's PutRecord takes: yyyy-MM-dd'T'HH:mm:ssZ, yyyy-MM-dd'T'HH:mm:ss.SSSZ.
+FEATURE_STORE_EVENT_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z")
 _ALIASES = {"width": "image_width", "height": "image_height", "boxes": "annotations"}
 _KEYS = (
     "image_uri",
@@ -107,6 +112,22 @@ BaseUri = str | Callable[[], str] | None
 """Prefix of relative `image` names: a URI, or a function asked once, when a row first needs it."""
 
 
+def _event_time(value: Any) -> str:
+    """A row's event time as Feature Store takes it; other ISO-8601 forms with a time zone become UTC."""
+    text = str(value).strip()
+    if FEATURE_STORE_EVENT_TIME.fullmatch(text):
+        return text  # kept as given, so that re-importing the file finds the record unchanged
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ContractError(
+            f"event_time {text!r} is not an ISO-8601 timestamp (e.g. 2025-12-01T08:00:00.000Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise ContractError(f"event_time {text!r} has no time zone; end it with Z for UTC (or give an offset)")
+    return format_event_time(moment.astimezone(UTC))
+
+
 def _record(
     raw: Mapping[str, Any], *, base_uri: Callable[[], str | None], class_names: Sequence[str], default_job: str
 ) -> LabelRecord:
@@ -147,7 +168,7 @@ def _record(
         annotations.append(annotation)
     return LabelRecord(
         image_uri=uri,
-        event_time=str(row.get("event_time") or SEED_EVENT_TIME),
+        event_time=_event_time(row.get("event_time") or SEED_EVENT_TIME),
         image_width=width,
         image_height=height,
         annotations=tuple(annotations),

@@ -590,7 +590,9 @@ def test_run_serves_frames_until_stopped(tmp_path: Path) -> None:
         device.drop("a.jpg", jpeg(tag()))
         assert wait_for(lambda: len(device.greengrass.messages(RESULTS)) == 1, timeout=30)
         assert wait_for(lambda: len(device.store.uploads) == 1, timeout=30), "the uploader thread runs"
-        assert device.greengrass.messages(HEARTBEAT), "a heartbeat goes out when serving starts"
+        assert wait_for(lambda: bool(device.greengrass.messages(HEARTBEAT)), timeout=30), (
+            "a heartbeat goes out when serving starts"
+        )
     finally:
         stop.set()
         thread.join(timeout=30)

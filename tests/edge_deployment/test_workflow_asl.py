@@ -190,8 +190,10 @@ def test_first_model_creates_component_deploys_both_components_and_reports_succe
         "ResolveModelPackage",
         "ModelPackageFound",
         "PrepareModelComponent",
+        "StartModelComponentPolls",
         "DescribeModelComponent",
         "ModelComponentDeployable",
+        "CountModelComponentPoll",
         "WaitForModelComponent",
         "DescribeModelComponent",
         "ModelComponentDeployable",
@@ -392,3 +394,31 @@ def test_transient_errors_are_retried_then_the_workflow_goes_on(definition, monk
     )
     assert described["status"] == "SUCCEEDED"
     assert visited.count("ResolveModelPackage") == 1  # a retry is not a new visit of the state
+
+
+def test_a_component_version_that_never_becomes_deployable_is_reported_not_polled_forever(definition, monkeypatch):
+    from edge_deployment.workflow import COMPONENT_POLL_SECONDS, MODEL_COMPONENT_MAX_POLLS
+
+    described, visited, messages, _ = run(
+        definition,
+        APPROVAL_EVENT_INPUT,
+        {
+            "ResolveModelPackage": [{"found": True, "package": PACKAGE, "message": "deploying v7"}],
+            "PrepareModelComponent": [MODEL_COMPONENT],
+            "DescribeModelComponent": [{"Status": {"ComponentState": "INITIATED"}}] * (MODEL_COMPONENT_MAX_POLLS + 1),
+        },
+        monkeypatch,
+    )
+    assert described["status"] == "FAILED"
+    assert described["error"] == "ModelComponentNotDeployable"
+    assert visited.count("DescribeModelComponent") == MODEL_COMPONENT_MAX_POLLS + 1
+    assert visited.count("WaitForModelComponent") == MODEL_COMPONENT_MAX_POLLS
+    assert "CreateDeployment" not in visited
+    assert visited[-3:] == ["ModelComponentNotDeployable", "NotifyFailure", "DeploymentFailed"]
+    (notification,) = messages
+    assert MODEL_COMPONENT_MAX_POLLS * COMPONENT_POLL_SECONDS > 60  # Greengrass takes seconds, not minutes
+    assert (
+        f"within {MODEL_COMPONENT_MAX_POLLS * COMPONENT_POLL_SECONDS} seconds (still INITIATED)"
+        in (notification["message"])
+    )
+    assert MODEL_COMPONENT["arn"] in notification["message"]

@@ -4,7 +4,8 @@ Both validate every request against botocore's real service models (a wrong para
 fails the test, as with `botocore.stub.Stubber`), and answer with the shapes the real services return.
 
 * `FakeFeatureStore` keeps an online store in memory: one record per image, the one with the newest
-  event time (an older PutRecord does not replace a newer record), and counts the calls.
+  event time (an older PutRecord does not replace a newer record), and counts the calls. Like the
+  service, it refuses a String event time in any other form than `yyyy-MM-ddTHH:mm:ss[.SSS]Z`.
 * `FakeGroundTruth` plays a labeling job: it takes the CreateLabelingJob request through a Stubber
   (validated against the model), reads the input manifest from (moto) S3, and writes the output
   manifest exactly in Ground Truth's formats (bounding box, verification, adjustment; failed tasks with
@@ -14,6 +15,7 @@ fails the test, as with `botocore.stub.Stubber`), and answer with the shapes the
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from typing import Any
 
 import boto3
 import botocore.session
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from botocore.validate import validate_parameters
 
@@ -29,6 +32,8 @@ from labeling.runtime import ground_truth as gt
 from shared.contracts import parse_event_time
 
 _FEATURESTORE = botocore.session.get_session().get_service_model("sagemaker-featurestore-runtime")
+# A String event time must be yyyy-MM-dd'T'HH:mm:ssZ or yyyy-MM-dd'T'HH:mm:ss.SSSZ ('T' and 'Z' constants).
+EVENT_TIME_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z")
 
 
 class FakeFeatureStore:
@@ -82,6 +87,11 @@ class FakeFeatureStore:
         assert params["FeatureGroupName"] == self.feature_group
         values = {item["FeatureName"]: item["ValueAsString"] for item in params["Record"]}
         uri = values["image_uri"]
+        if not EVENT_TIME_FORMAT.fullmatch(values["event_time"]):
+            raise ClientError(
+                {"Error": {"Code": "ValidationError", "Message": f"Invalid EventTime {values['event_time']!r}"}},
+                "PutRecord",
+            )
         if uri in self.fail_puts_for:
             raise RuntimeError(f"simulated PutRecord failure for {uri}")
         with self._lock:

@@ -197,3 +197,15 @@ def test_a_transient_feature_store_error_is_left_to_the_retries(client):
         stubber.add_client_error("batch_get_record", service_error_code="ServiceUnavailable", http_status_code=503)
         with pytest.raises(ClientError, match="ServiceUnavailable"):
             approved_images(client, FEATURE_GROUP, ["s3://b/raw-images/1.jpg"])
+
+
+@pytest.mark.parametrize("service", ["sagemaker-featurestore-runtime", "s3"])
+def test_the_functions_and_the_command_line_absorb_throttling(monkeypatch, service):
+    """Their clients retry throttled calls with adaptive (client-side rate limited) backoff and share a pool."""
+    from labeling import seed
+    from labeling.runtime import handlers
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    for client in (handlers._client.__wrapped__(service), seed._boto3_clients(service)):
+        assert client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 11}
+        assert client.meta.config.max_pool_connections >= 16  # one connection per writer thread, and more

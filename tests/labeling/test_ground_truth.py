@@ -149,6 +149,25 @@ def test_requests_for_a_private_team_are_valid_create_labeling_job_calls(kind):
     assert request["OutputConfig"]["KmsKeyId"] == "arn:aws:kms:eu-west-1:123456789012:alias/tag-inspect-data"
 
 
+@pytest.mark.parametrize("kind", gt.JOB_KINDS)
+def test_task_limits_and_worker_counts_come_from_the_configuration(kind):
+    request = _request(
+        kind,
+        task_time_limit_seconds=1_200,
+        task_availability_lifetime_seconds=7_200,
+        workers_per_image=3,
+        max_concurrent_tasks=50,
+    )
+    _stubbed_create(request)
+    human = request["HumanTaskConfig"]
+    assert (
+        human["TaskTimeLimitInSeconds"],
+        human["TaskAvailabilityLifetimeInSeconds"],
+        human["NumberOfHumanWorkersPerDataObject"],
+        human["MaxConcurrentTaskCount"],
+    ) == (1_200, 7_200, 3, 50)
+
+
 def test_the_public_crowd_is_used_only_when_configured_and_then_paid_and_declared():
     public = Workforce(type="public", price_usd=0.036)
     request = _request(gt.BOXES, workforce=public, task_availability_lifetime_seconds=43_200)

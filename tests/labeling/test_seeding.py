@@ -90,6 +90,54 @@ def test_malformed_rows_are_reported_with_line_numbers_and_valid_rows_kept():
     )
 
 
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("2025-05-01T10:00:00Z", "2025-05-01T10:00:00Z"),  # already as Feature Store takes it: kept as given
+        ("2025-05-01T10:00:00.250Z", "2025-05-01T10:00:00.250Z"),
+        ("2025-05-01T10:00:00+00:00", "2025-05-01T10:00:00.000Z"),  # Python's isoformat()
+        ("2025-05-01T12:00:00.123456+02:00", "2025-05-01T10:00:00.123Z"),
+        ("2025-05-01 10:00:00Z", "2025-05-01T10:00:00.000Z"),
+    ],
+)
+def test_event_times_are_stored_as_feature_store_takes_them(featurestore: FakeFeatureStore, given, stored):
+    """Feature Store refuses any other String event time than yyyy-MM-ddTHH:mm:ss[.SSS]Z (PutRecord fails)."""
+    row = {"image_uri": f"{BASE}a.jpg", "image_width": 320, "image_height": 240, "event_time": given}
+    seed = parse_seed_file(json.dumps(row), filename="labels.jsonl", class_names=["scratch"])
+    assert seed.errors == [] and seed.records[0].event_time == stored
+    report, _ = import_seed_records(featurestore, FEATURE_GROUP, seed.records)
+    assert report.written == 1 and featurestore.records[f"{BASE}a.jpg"]["event_time"] == stored
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            "2025-05-01T10:00:00",
+            "event_time '2025-05-01T10:00:00' has no time zone; end it with Z for UTC (or give an offset)",
+        ),
+        ("2025-05-01", "event_time '2025-05-01' has no time zone; end it with Z for UTC (or give an offset)"),
+        ("yesterday", "event_time 'yesterday' is not an ISO-8601 timestamp (e.g. 2025-12-01T08:00:00.000Z)"),
+    ],
+)
+def test_an_event_time_feature_store_cannot_take_is_a_malformed_row(featurestore: FakeFeatureStore, given, message):
+    rows = [
+        {"image_uri": f"{BASE}a.jpg", "image_width": 320, "image_height": 240, "event_time": given},
+        {"image_uri": f"{BASE}b.jpg", "image_width": 320, "image_height": 240},
+    ]
+    seed = parse_seed_file("\n".join(json.dumps(row) for row in rows), filename="labels.jsonl", class_names=["scratch"])
+    assert [(e.line, e.message) for e in seed.errors] == [(1, message)]
+    report, _ = import_seed_records(featurestore, FEATURE_GROUP, seed.records)  # the valid row still loads
+    assert report.written == 1 and set(featurestore.records) == {f"{BASE}b.jpg"}
+
+
+@pytest.mark.parametrize("example", ["seed-labels.example.csv", "seed-labels.example.jsonl"])
+def test_the_documented_example_files_are_valid_seed_files(example):
+    text = (REPO_ROOT / "labeling" / "examples" / example).read_text()
+    seed = parse_seed_file(text, filename=example, class_names=["scratch"], base_uri=BASE)
+    assert seed.errors == [] and len(seed.records) == seed.rows > 0
+
+
 def test_csv_rows_carry_annotations_as_json():
     text = (
         "image_uri,image_width,image_height,annotations,review_status\n"

@@ -347,6 +347,10 @@ def test_public_crowd_and_adjustment_reviews_synthesize():
         },
         review="adjustment",
         task_availability_lifetime_seconds=43_200,
+        task_time_limit_seconds=900,
+        max_images_per_job=250,
+        workers_per_image=3,
+        max_concurrent_tasks=200,
     )
     _, function = functions(variant)["prepare_review"]
     text = rendered(
@@ -356,6 +360,14 @@ def test_public_crowd_and_adjustment_reviews_synthesize():
     config = LabelingConfig.from_json(text)
     assert (config.workforce.type, config.workforce.price_usd, config.review_mode) == ("public", 0.036, "adjustment")
     assert config.review_workforce.work_team_arn.endswith("private-crowd/reviewers")
+    # the task limits and the batch size reach the functions from config.yaml
+    assert (
+        config.task_availability_lifetime_seconds,
+        config.task_time_limit_seconds,
+        config.max_images_per_job,
+        config.workers_per_image,
+        config.max_concurrent_tasks,
+    ) == (43_200, 900, 250, 3, 200)
 
 
 # --------------------------------------------------------------------------------------------------

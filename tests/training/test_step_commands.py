@@ -130,6 +130,24 @@ def test_failure_files_are_written_only_inside_a_sagemaker_container(tmp_path, m
     assert not outside.parent.exists()
 
 
+def test_the_containers_get_ultralytics_and_onnx_pinned_at_the_versions_the_tests_ran_with():
+    """requirements.txt is what the bootstrap installs in every job: exact pins, the versions tested here."""
+    import re
+    from importlib import metadata
+
+    pins = {}
+    for raw in (Path(cli.__file__).parent / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([0-9][A-Za-z0-9.]*)", line)
+            assert match, f"training/steps/requirements.txt: {line!r} is not pinned as name==version"
+            pins[match[1].lower()] = match[2]
+    assert {"ultralytics", "onnx", "onnxruntime", "onnxslim", "pyarrow"} <= set(pins)
+    assert "torch" not in pins and "torchvision" not in pins  # the container image brings its own build
+    for name, version in pins.items():
+        assert metadata.version(name) == version, f"{name}: tests ran with {metadata.version(name)}, jobs get {version}"
+
+
 def test_the_step_code_imports_nothing_the_container_lacks():
     """The container gets training/steps and shared/contracts.py only (and requirements.txt)."""
     steps = Path(cli.__file__).parent

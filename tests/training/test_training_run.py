@@ -71,6 +71,15 @@ def test_the_onnx_model_runs_in_onnxruntime_with_the_contracts_shapes(tiny_model
         check_onnx_model(tiny_model.onnx_path, image_size=96, num_classes=3)
 
 
+def test_the_archived_onnx_model_has_the_fixed_opset_its_manifest_declares(tiny_model, settings):
+    import onnx
+
+    manifest, onnx_bytes, _ = read_model_archive(tiny_model.archive)
+    model = onnx.load_from_string(onnx_bytes)
+    (default_domain,) = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    assert default_domain == manifest.onnx_opset == settings.training.onnx_opset
+
+
 def test_the_report_has_every_metric_measured_on_the_held_out_test_split(tiny_model):
     run = tiny_model.run
     report = EvaluationReport.from_json(json.loads(run.evaluation_path.read_text()))

@@ -1,0 +1,61 @@
+"""The IoT team's guide (edge_deployment/README.md) names what the synthesized app really creates."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.edge_deployment.conftest import GROUP, TOOLCHAIN_STACK, WORKFLOW_STACK
+
+README = (Path(__file__).resolve().parents[2] / "edge_deployment" / "README.md").read_text(encoding="utf-8")
+
+
+def _names(stacks: Any, resource_type: str, name_property: str) -> set[str]:
+    return {
+        resource["Properties"][name_property]
+        for stack in stacks
+        for resource in stack.template["Resources"].values()
+        if resource["Type"] == resource_type and isinstance(resource.get("Properties", {}).get(name_property), str)
+    }
+
+
+def _table_name(what: str) -> str:
+    """The name in the README's name table on the row that starts with `what`."""
+    (name,) = re.findall(rf"^\| {re.escape(what)}[^|]*\| `([^`]+)` \|$", README, flags=re.MULTILINE)
+    return name
+
+
+@pytest.mark.parametrize(
+    ("what", "resource_type", "name_property"),
+    [
+        ("workflow state machine", "AWS::StepFunctions::StateMachine", "StateMachineName"),
+        ("workflow pipeline", "AWS::CodePipeline::Pipeline", "Name"),
+        ("notification topic", "AWS::SNS::Topic", "TopicName"),
+        ("IoT role alias", "AWS::IoT::RoleAlias", "RoleAlias"),
+        ("IoT policy", "AWS::IoT::Policy", "PolicyName"),
+    ],
+)
+def test_the_name_table_names_real_resources(edge_stacks, what, resource_type, name_property):
+    assert _table_name(what) in _names(edge_stacks, resource_type, name_property)
+
+
+def test_the_model_package_group_is_the_one_the_approval_rule_listens_to():
+    assert _table_name("model package group") == GROUP
+
+
+def test_every_command_names_a_real_pipeline_and_stack(edge_stacks):
+    pipelines = _names(edge_stacks, "AWS::CodePipeline::Pipeline", "Name")
+    started = re.findall(r"aws codepipeline start-pipeline-execution --name (\S+)", README)
+    assert started, "the guide tells how to run the workflow pipeline"
+    assert set(started) <= pipelines, (started, sorted(pipelines))
+    stacks = re.findall(r"describe-stacks --stack-name\s+(\S+?)`", README)
+    assert stacks and set(stacks) <= {WORKFLOW_STACK, TOOLCHAIN_STACK}
+
+
+def test_the_state_machine_it_points_to_is_the_workflow(edge_stacks):
+    machines = _names(edge_stacks, "AWS::StepFunctions::StateMachine", "StateMachineName")
+    pointed = set(re.findall(r"\*\*Step Functions console\*\* → `([^`]+)`", README))
+    assert pointed and pointed <= machines
