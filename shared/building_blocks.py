@@ -244,7 +244,7 @@ def workflow_state_machine(
 class _CopyWithPowertools:
     """Local bundling (no Docker): the function's folder plus Powertools from this environment.
 
-    Powertools is pure Python and pinned in requirements-dev.txt, so the deployed function runs
+    Powertools is pure Python and pinned in requirements.txt, so the deployed function runs
     the version the tests ran against, and synth needs neither Docker nor a network.
     """
 
