@@ -114,6 +114,30 @@ class RetrainingSettings(_Section):
         description="EventBridge schedule expression that starts the chain; null turns it off.",
     )
 
+    @field_validator("schedule")
+    @classmethod
+    def _eventbridge_rules(cls, value: str | None) -> str | None:
+        """What EventBridge rejects at deploy time although the expression has the right shape."""
+        if value is None:
+            return value
+        if value.startswith("cron("):
+            fields = value[len("cron(") : -1].split()
+            day_of_month, day_of_week = fields[2], fields[4]
+            if (day_of_month == "?") == (day_of_week == "?"):
+                raise ValueError(
+                    "exactly one of day-of-month (3rd field) and day-of-week (5th field) must be '?', "
+                    "e.g. cron(0 3 ? * MON *) or cron(0 3 1 * ? *)"
+                )
+        else:
+            amount, unit = value[len("rate(") : -1].split()
+            if int(amount) == 0:
+                raise ValueError("a rate must be at least 1, e.g. rate(7 days)")
+            if (int(amount) == 1) != (not unit.endswith("s")):
+                raise ValueError(
+                    "a rate of 1 takes a singular unit (rate(1 day)), any other a plural one (rate(7 days))"
+                )
+        return value
+
 
 class ToolchainSettings(_Section):
     build_compute: Literal["SMALL", "MEDIUM", "LARGE", "X2_LARGE"] = Field(
@@ -420,10 +444,13 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def _format_errors(error: ValidationError, source: str) -> str:
+def _format_errors(error: ValidationError, source: str, environment: str | None = None) -> str:
     lines = [f"{source}: {error.error_count()} invalid configuration value(s):"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        loc = tuple(item["loc"])
+        if environment is not None and loc[:1] == ("environment",):
+            loc = ("environments", environment, *loc[1:])  # the key as it is written in the file
+        key = ".".join(str(part) for part in loc) or "(top level)"
         message = item["msg"]
         if item["type"] == "missing":
             message = "required key is missing"
@@ -468,7 +495,7 @@ def parse_settings(raw: Mapping[str, Any], *, environment: str | None = None, so
     except ValidationError as error:
         if environment is not None:
             source = f"{source} (environment {environment})"
-        raise ConfigError(_format_errors(error, source)) from None
+        raise ConfigError(_format_errors(error, source, environment)) from None
 
 
 def load_settings(path: str | Path = DEFAULT_CONFIG_FILE, *, environment: str | None = None) -> Settings:

@@ -79,7 +79,12 @@ def acknowledge_asset_publishing(pipeline: pipelines.CodePipeline) -> None:
 
     They are CDK's own: its per-asset CodeBuild projects get generated names, so their log groups and
     report groups cannot be named in advance, and it writes codebuild:StartBuild/BatchGetBuilds on `*`.
+    Only the asset publishing constructs (`Assets/`, where the publishing role lives) are acknowledged:
+    a wildcard anywhere else in the pipeline still fails synth.
     """
+    assets = pipeline.node.try_find_child("Assets")
+    if assets is None:  # no stage of this pipeline has file assets
+        return
     stack = cdk.Stack.of(pipeline)
     log_groups = stack.format_arn(
         service="logs",
@@ -93,7 +98,27 @@ def acknowledge_asset_publishing(pipeline: pipelines.CodePipeline) -> None:
         report_groups: "CDK Pipelines asset publishing: report groups of its per-asset CodeBuild projects.",
         "*": "CDK Pipelines asset publishing: codebuild:StartBuild/StopBuild/BatchGetBuilds as CDK writes them.",
     }.items():
-        acknowledge(pipeline, IAM5, reason, finding="Resource::" + render(stack.resolve(resource)))
+        acknowledge(assets, IAM5, reason, finding="Resource::" + render(stack.resolve(resource)))
+
+
+def allow_connection_use(pipeline: codepipeline.Pipeline, connection_arn: str) -> None:
+    """Let the source action of `pipeline` use a connection whose ARN has the `codeconnections` prefix.
+
+    CDK grants `codestar-connections:UseConnection` only, and IAM matches the action's service prefix
+    to the resource's: a connection created since July 2024 (`arn:aws:codeconnections:...`) needs
+    `codeconnections:UseConnection`, or the source action fails with insufficient permissions.
+    """
+    if cdk.Token.is_unresolved(connection_arn) or ":codeconnections:" not in connection_arn:
+        return
+    stage = pipeline.stages[0]
+    action_name = stage.actions[0].action_properties.action_name
+    action_scope = pipeline.node.find_child(stage.stage_name).node.find_child(action_name)
+    role = action_scope.node.find_child("CodePipelineActionRole")
+    if not isinstance(role, iam.Role):
+        raise TypeError(f"{role.node.path}: expected the role CodePipeline created for the source action")
+    role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["codeconnections:UseConnection"], resources=[connection_arn])
+    )
 
 
 def _source_action(
@@ -192,6 +217,8 @@ class WorkflowPipeline(Construct):
                 ),
             ],
         )
+        if settings.source.provider == "codestar_connection":
+            allow_connection_use(self.pipeline, str(settings.source.connection_arn))
 
 
 class AppToolchainStack(cdk.Stack):
@@ -288,6 +315,10 @@ class AppToolchainStack(cdk.Stack):
             ),
         )
         stage = stage_factory(self, "Deploy", settings=settings)
+        # Tags are an Aspect, and the App's Aspects stop at Stage boundaries; CDK Pipelines also
+        # synthesizes the stage in add_stage, so its tags must be there before.
+        for key, value in settings.project.tags.items():
+            cdk.Tags.of(stage).add(key, value)
         start_workflow = pipelines.CodeBuildStep(
             "StartWorkflow",
             commands=[
@@ -302,6 +333,8 @@ class AppToolchainStack(cdk.Stack):
         )
         pipeline.add_stage(stage, post=[start_workflow])
         pipeline.build_pipeline()
+        if source.provider == "codestar_connection":
+            allow_connection_use(pipeline.pipeline, str(source.connection_arn))
         acknowledge_asset_publishing(pipeline)
         # CDK Pipelines writes the deploy actions' RoleArn as Fn::Join (valid CloudFormation) and
         # cfn-lint's E3703 asks for Fn::Sub instead; silenced on this one resource only.

@@ -97,6 +97,7 @@ def test_the_token_exchange_role_reads_artifacts_and_writes_the_device_s_own_fra
         "CredentialDurationSeconds": 3600,
         "RoleAlias": "tag-inspect-edge-token-exchange",
         "RoleArn": {"Fn::GetAtt": [role_id, "Arn"]},
+        "Tags": [{"Key": "project", "Value": "edge-quality-inspection"}],  # project.tags in config.yaml
     }
     granted = {}
     policies = [

@@ -43,21 +43,45 @@ def test_each_app_synthesizes_alone(app):
 
 
 @pytest.mark.parametrize("app", APP_NAMES)
-def test_no_template_of_one_app_references_another_apps_stacks(app):
+def test_no_template_of_one_app_references_another_apps_stacks(app, all_stacks):
     others = [other for other in APP_NAMES if other != app]
+    # every stack another app deploys (toolchain, workflow and the others, such as labeling's data stack)
+    other_stacks = sorted(
+        stack.stack_name
+        for stack in all_stacks
+        if any(stack.stack_name.startswith(f"{PREFIX}-{app_slug(other)}-") for other in others)
+    )
+    assert len(other_stacks) >= 2 * len(others)
     for stack in synthesized(app):
         text = json.dumps(stack.template)
         assert "Fn::ImportValue" not in text, f"{stack.stack_name} imports a value"
         exports = [name for name, output in stack.template.get("Outputs", {}).items() if "Export" in output]
         assert not exports, f"{stack.stack_name} exports {exports}"
+        for other_stack in other_stacks:
+            assert not re.search(re.escape(other_stack) + r"(?![\w-])", text), f"{stack.stack_name} names {other_stack}"
         for other in others:
-            for kind in ("toolchain", "workflow"):
-                other_stack = f"{PREFIX}-{app_slug(other)}-{kind}"
-                assert not re.search(re.escape(other_stack) + r"(?![\w-])", text), (
-                    f"{stack.stack_name} names {other_stack}"
-                )
             # stack outputs of another app could only be read through a cross-stack reference
             assert not re.search(rf'"{re.escape(app_slug(other))}[A-Za-z]*Stack', text)
+
+
+def _tags(resource: dict) -> dict | None:
+    tags = resource.get("Properties", {}).get("Tags")
+    if isinstance(tags, list) and all(isinstance(tag, dict) and "Key" in tag for tag in tags):
+        return {tag["Key"]: tag["Value"] for tag in tags}
+    if isinstance(tags, dict):
+        return tags
+    return None
+
+
+def test_project_tags_reach_every_stack_including_those_inside_stages(all_stacks, settings):
+    expected = settings.project.tags
+    assert expected, "config.yaml should set project.tags for this test to mean something"
+    for stack in all_stacks:
+        tagged = {logical_id: _tags(resource) for logical_id, resource in stack.template["Resources"].items()}
+        tagged = {logical_id: tags for logical_id, tags in tagged.items() if tags is not None}
+        assert tagged, f"{stack.stack_name}: no resource carries the project tags"
+        for logical_id, tags in tagged.items():
+            assert expected.items() <= tags.items(), f"{stack.stack_name}/{logical_id}: tags {tags}"
 
 
 def test_every_template_passes_cfn_lint(all_stacks):

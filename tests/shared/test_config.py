@@ -80,6 +80,11 @@ def test_unknown_environment_is_named(raw):
         ("source.connection_arn", "arn:aws:s3:::nope", r"source\.connection_arn: does not match"),
         ("source.provider", "svn", r"source\.provider: Input should be 'codestar_connection' or 'codecommit'"),
         ("retraining.schedule", "every monday", r"retraining\.schedule: does not match the expected format"),
+        ("retraining.schedule", "cron(0 3 * * MON *)", r"retraining\.schedule: .*exactly one of day-of-month"),
+        ("retraining.schedule", "cron(0 3 ? * ? *)", r"retraining\.schedule: .*exactly one of day-of-month"),
+        ("retraining.schedule", "rate(1 days)", r"retraining\.schedule: .*a rate of 1 takes a singular unit"),
+        ("retraining.schedule", "rate(7 day)", r"retraining\.schedule: .*any other a plural one"),
+        ("retraining.schedule", "rate(0 minutes)", r"retraining\.schedule: .*a rate must be at least 1"),
         ("notifications.email", "not-an-address", r"notifications\.email: does not match"),
         ("edge_deployment.uncertainty_band", [0.8, 0.2], r"edge_deployment\.uncertainty_band: .*low < high"),
         (
@@ -113,14 +118,24 @@ def test_bad_override_names_the_environment(raw):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("environments.dev.account", "1234", r"environment\.account: does not match"),
-        ("environments.dev.region", "Europe", r"environment\.region: does not match"),
+        ("environments.dev.account", "1234", r"environments\.dev\.account: does not match"),
+        ("environments.dev.region", "Europe", r"environments\.dev\.region: does not match"),
+        ("environments.dev.region", _DELETE, r"environments\.dev\.region: required key is missing"),
+        ("environments.dev.acount", "111111111111", r"environments\.dev\.acount: unknown key"),
         ("environments.dev.overrides", {"environments": {}}, r"overrides\.environments: cannot be overridden"),
     ],
 )
 def test_bad_environment_entries(raw, key, value, message):
     with pytest.raises(ConfigError, match=message):
         parse_settings(_set(raw, key, value), environment="dev")
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    ["cron(0 3 ? * MON *)", "cron(0 3 1 * ? *)", "cron(0/30 * ? * MON-FRI *)", "rate(1 day)", "rate(7 days)"],
+)
+def test_valid_schedules(raw, schedule):
+    assert parse_settings(_set(raw, "retraining.schedule", schedule)).retraining.schedule == schedule
 
 
 def test_codecommit_source_needs_no_connection(raw):

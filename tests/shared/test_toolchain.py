@@ -13,11 +13,12 @@ from typing import Any
 
 import aws_cdk as cdk
 import pytest
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk.assertions import Match
 
-from shared.building_blocks import workflow_state_machine
+from shared.building_blocks import python_function, workflow_state_machine
 from shared.guardrails import apply_guardrails
 from shared.names import resource_names
 from shared.pipelines import AppToolchainStack, WorkflowPipeline, cdk_cli_version
@@ -27,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _MinimalStage(cdk.Stage):
-    def __init__(self, scope, construct_id, *, settings, app="training", bad_bucket=False, **kwargs):
+    def __init__(self, scope, construct_id, *, settings, app="training", bad_bucket=False, file_asset=False, **kwargs):
         super().__init__(scope, construct_id, **kwargs)
         stack = cdk.Stack(self, "Workflow", stack_name=f"{settings.project.prefix}-{app.replace('_', '-')}-workflow")
         names = resource_names(settings, account=stack.account, region=stack.region)
@@ -41,6 +42,15 @@ class _MinimalStage(cdk.Stage):
         WorkflowPipeline(stack, "WorkflowPipeline", settings=settings, app=app, state_machine=machine)
         if bad_bucket:
             s3.Bucket(stack, "Unencrypted")  # no TLS policy, no logs: cdk-nag must catch it
+        if file_asset:  # makes CDK Pipelines add its asset publishing stage and role
+            python_function(
+                stack,
+                "WithAsset",
+                code_dir=REPO_ROOT / "shared" / "runtime",
+                handler="path_filter.handler",
+                description="A function whose code is a file asset",
+                powertools=False,
+            )
 
 
 def _toolchain(
@@ -360,3 +370,62 @@ def test_cdk_nag_checks_stacks_inside_stages(settings):
     assert "Toolchain/Deploy/Workflow/Unencrypted/Resource" in str(error.value)
     assert "AwsSolutions-S1" in str(error.value)
     assert "AwsSolutions-S10" in str(error.value)
+
+
+# -- connection permissions -------------------------------------------------------------------------
+
+
+def _source_role_actions(stack: SynthesizedStack) -> dict[str, set[str]]:
+    """Connection ARN -> the IAM actions the source action's role has on it."""
+    pipeline = next(iter(stack.resources("AWS::CodePipeline::Pipeline").values()))["Properties"]
+    source = pipeline["Stages"][0]["Actions"][0]
+    role_id = source["RoleArn"]["Fn::GetAtt"][0]
+    granted: dict[str, set[str]] = {}
+    for policy in stack.resources("AWS::IAM::Policy").values():
+        if {"Ref": role_id} not in policy["Properties"]["Roles"]:
+            continue
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            for resource in resources:
+                if isinstance(resource, str) and ":connection/" in resource:
+                    granted.setdefault(resource, set()).update(actions)
+    return granted
+
+
+def test_source_actions_may_use_a_codeconnections_connection(training, settings):
+    # IAM matches the action's service prefix to the ARN's: a codeconnections ARN needs codeconnections:UseConnection
+    arn = str(settings.source.connection_arn)
+    assert ":codeconnections:" in arn
+    for stack in training:  # the asset pipeline (toolchain) and the workflow pipeline (workflow stack)
+        assert "codeconnections:UseConnection" in _source_role_actions(stack)[arn], stack.stack_name
+
+
+def test_source_actions_may_use_a_codestar_connections_connection(settings):
+    arn = "arn:aws:codestar-connections:eu-west-1:111111111111:connection/00000000-0000-0000-0000-000000000000"
+    for stack in _toolchain(_with(settings, source={"connection_arn": arn}), "training"):
+        assert _source_role_actions(stack) == {arn: {"codestar-connections:UseConnection"}}, stack.stack_name
+
+
+def test_asset_publishing_acknowledgements_cover_only_the_publishing_constructs(settings):
+    """The publishing role's wildcards are CDK's; the same wildcard on another pipeline role must still fail."""
+    cdk_app = new_app(outdir=Path(tempfile.mkdtemp(prefix="cdk-toolchain-")))
+
+    def stage_factory(scope, construct_id, *, settings):
+        return _MinimalStage(scope, construct_id, settings=settings, file_asset=True)
+
+    toolchain = AppToolchainStack(cdk_app, "Toolchain", settings=settings, app="training", stage_factory=stage_factory)
+    assert toolchain.pipeline.node.try_find_child("Assets") is not None, "the stage should have a file asset"
+    (start_workflow_role,) = [
+        c for c in toolchain.node.find_all() if isinstance(c, iam.Role) and "/StartWorkflow/" in c.node.path
+    ]
+    start_workflow_role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["codepipeline:ListPipelines"], resources=["*"])
+    )
+    apply_guardrails(cdk_app)
+    with pytest.raises(RuntimeError, match="ValidationFailed") as error:
+        cdk_app.synth()
+    report = str(error.value)
+    assert "AwsSolutions-IAM5" in report and "Resource::*" in report
+    assert "StartWorkflow" in report
+    assert "Assets/FileRole" not in report

@@ -168,14 +168,19 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_pretrained_weights_a
     assert again.resumed_from_epoch is None and [h["epoch"] for h in again.history][:2] == [1.0, 2.0]
 
 
-def test_the_documented_command_trains_from_synthetic_data(tmp_path, capsys):
+def test_the_documented_command_trains_from_synthetic_data(tmp_path, capsys, monkeypatch):
+    # As the README runs it: a relative --output, resolved against the working directory (Ultralytics
+    # would put a relative training folder under its own runs directory instead).
+    monkeypatch.chdir(tmp_path)
     output = tmp_path / "local-run"
     status = local.main(
-        ["--synthetic", "40", "--epochs", "1", "--image-size", "64", "--batch-size", "16", "--output", str(output)]
+        ["--synthetic", "40", "--epochs", "1", "--image-size", "64", "--batch-size", "16", "--output", "local-run"]
     )
     assert status == 0
     printed = capsys.readouterr().out
-    assert f"model archive: {output / 'model.tar.gz'}" in printed
+    assert "model archive: local-run/model.tar.gz" in printed
+    assert (output / "work" / "checkpoints" / "run" / "weights" / "best.pt").is_file()
+    assert (output / "work" / "evaluate" / "test").is_dir(), "evaluation's work folder is under --output"
     manifest, _, _ = read_model_archive(output / "model.tar.gz")
     assert manifest.input_size == 64
     assert json.loads((output / "manifest.json").read_text())["image_count"] == 40

@@ -145,7 +145,7 @@ def evaluate_model(
     offline_ultralytics()
     from ultralytics import YOLO  # noqa: PLC0415
 
-    work = Path(work_dir)
+    work = Path(work_dir).resolve()  # Ultralytics puts a relative `project` under its own runs folder
     data_yaml = write_data_yaml(dataset.root, dataset.class_names, destination=work / "data.yaml")
     results = YOLO(str(onnx_path), task="detect").val(
         validator=_recording_validator(),

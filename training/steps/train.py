@@ -214,7 +214,8 @@ def train_model(
     dataset = PreparedDataset.load(dataset_dir)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    checkpoints = Path(checkpoint_dir)
+    # Absolute: Ultralytics puts a relative `project` under its own runs folder, not the working directory.
+    checkpoints = Path(checkpoint_dir).resolve()
     checkpoints.mkdir(parents=True, exist_ok=True)
     data_yaml = write_data_yaml(
         dataset.root, dataset.class_names, splits=("train", "val"), destination=checkpoints / "data.yaml"
