@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -494,6 +495,21 @@ def test_without_an_upload_bucket_nothing_is_queued(tmp_path: Path) -> None:
     assert service.publish_heartbeat()["uploads_enabled"] is False
 
 
+def test_an_upload_bucket_configured_after_the_start_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    device = Device(tmp_path, uploadBucket="", uncertaintyBand=[0.0, 1.0])
+    device.deploy_model("1.0.1", lambda d: score_model(d, 0.5))
+    service = device.service()
+    assert service.queue is None
+    device.greengrass.update(None, uploadBucket=BUCKET)  # a deployment merges the bucket in
+    device.drop("a.jpg", jpeg(tag()))
+    service.step()
+    (result,) = device.greengrass.messages(RESULTS)
+    assert result["upload_key"].startswith(f"raw-images/edge/{THING}/")
+    assert service.publish_heartbeat()["uploads_enabled"] is True
+    assert service.uploader is not None and service.uploader.drain()
+    assert [upload.key for upload in device.store.uploads] == [result["upload_key"]]
+
+
 # --------------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------------
@@ -662,14 +678,20 @@ def test_the_camera_source_without_opencv_is_a_clear_configuration_error(
 
 
 class FakeIpcClient:
-    def __init__(self, *, fail: bool = False) -> None:
+    def __init__(self, *, fail: bool = False, hang: bool = False) -> None:
         self.fail = fail
+        self.hang = hang
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def publish_to_iot_core(self, **kwargs: Any) -> None:
+    def publish_to_iot_core_async(self, **kwargs: Any) -> Future[None]:
+        """Like the SDK: a future of the nucleus' answer (never answered when `hang`)."""
         self.calls.append(("publish", kwargs))
+        future: Future[None] = Future()
         if self.fail:
-            raise ConnectionError("nucleus went away")
+            future.set_exception(ConnectionError("nucleus went away"))
+        elif not self.hang:
+            future.set_result(None)
+        return future
 
     def get_configuration(self, **kwargs: Any) -> Any:
         self.calls.append(("get", kwargs))
@@ -705,6 +727,23 @@ def test_the_ipc_adapter_publishes_json_at_least_once_and_reads_configuration() 
         broken.configuration()
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         ipc.publish(RESULTS, {"latency_ms": float("nan")})
+
+
+def test_a_publish_the_nucleus_never_answers_times_out_instead_of_stopping_the_loop() -> None:
+    import inspect
+
+    from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+    # The fake's method is the SDK's: same name, same keyword arguments.
+    assert {"topic_name", "qos", "payload"} <= set(
+        inspect.signature(GreengrassCoreIPCClientV2.publish_to_iot_core_async).parameters
+    )
+    assert GreengrassIpc(FakeIpcClient()).timeout > 30  # longer than the nucleus' own MQTT operation timeout
+    hung = GreengrassIpc(FakeIpcClient(hang=True), timeout=0.05)
+    started = time.monotonic()
+    with pytest.raises(IpcError, match=f"publish to {RESULTS}: no answer from the nucleus within 0.05 s"):
+        hung.publish(RESULTS, {"image": "a.jpg", "detections": []})
+    assert time.monotonic() - started < 5
 
 
 def test_the_entry_point_outside_greengrass_exits_with_a_clear_error(tmp_path: Path) -> None:

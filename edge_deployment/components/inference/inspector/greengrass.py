@@ -38,10 +38,15 @@ class ModelUnavailable(Exception):
     """No model can be located right now (model component not deployed yet, or its files missing)."""
 
 
+# The nucleus gives up on a publish after its own MQTT operation timeout (mqtt.operationTimeoutMs, 30 s by
+# default); the component waits a little longer, but never forever (the SDK's blocking calls have no limit).
+PUBLISH_TIMEOUT_S = 40.0
+
+
 class GreengrassIpc:
     """Greengrass IPC through awsiotsdk's GreengrassCoreIPCClientV2."""
 
-    def __init__(self, client: Any, *, timeout: float = 10.0) -> None:
+    def __init__(self, client: Any, *, timeout: float = PUBLISH_TIMEOUT_S) -> None:
         self._client = client
         self.timeout = timeout
 
@@ -64,7 +69,12 @@ class GreengrassIpc:
 
         body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
         try:
-            self._client.publish_to_iot_core(topic_name=topic, qos=QOS.AT_LEAST_ONCE, payload=body)
+            # The SDK's publish_to_iot_core() waits without a limit: a nucleus that never answers would stop the
+            # inference loop. The async call's future is waited on for at most `timeout` seconds.
+            future = self._client.publish_to_iot_core_async(topic_name=topic, qos=QOS.AT_LEAST_ONCE, payload=body)
+            future.result(timeout=self.timeout)
+        except TimeoutError:  # concurrent.futures.TimeoutError is TimeoutError since Python 3.11
+            raise IpcError(f"publish to {topic}: no answer from the nucleus within {self.timeout:g} s") from None
         except Exception as error:  # the SDK raises its own model errors and connection errors
             raise IpcError(f"publish to {topic}: {type(error).__name__}: {error}") from None
 

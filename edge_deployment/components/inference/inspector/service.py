@@ -385,9 +385,9 @@ class InferenceService:
         self.frames = make_frame_source(config)
         self.queue: UploadQueue | None = None
         self.uploader: FeedbackUploader | None = None
+        self._running = False
         if config.uploads_enabled:
-            self.queue = UploadQueue(context.work_dir / "upload-queue", max_bytes=config.offline_queue_max_bytes)
-            self.uploader = FeedbackUploader(self.queue, self._store(config))
+            self._enable_uploads(config)
         else:
             LOG.warning("uploadBucket is empty: no frames are sent back for labeling")
         self.frames_processed = 0
@@ -434,6 +434,13 @@ class InferenceService:
             endpoint_url=self.context.s3_endpoint,
         )
 
+    def _enable_uploads(self, config: ComponentConfig) -> None:
+        """The upload queue (read back from disk) and its uploader; started at once when the loop runs."""
+        self.queue = UploadQueue(self.context.work_dir / "upload-queue", max_bytes=config.offline_queue_max_bytes)
+        self.uploader = FeedbackUploader(self.queue, self._store(config))
+        if self._running:
+            self.uploader.start()
+
     def watch(self) -> None:
         """Subscribe to configuration updates of this component and of the model component."""
         greengrass = self.context.greengrass
@@ -468,7 +475,12 @@ class InferenceService:
         self.models.poll_s = config.model_poll_s
         if self.queue is not None:
             self.queue.max_bytes = config.offline_queue_max_bytes
-        if self.uploader is not None and old.upload_bucket != config.upload_bucket and config.upload_bucket:
+        if config.uploads_enabled and self.uploader is None:
+            # A bucket configured after the start (a deployment's configuration merge does not restart the
+            # component): uploads begin now, not at the next restart.
+            self._enable_uploads(config)
+            LOG.info("uploadBucket is now %s: frames are sent back for labeling", config.upload_bucket)
+        elif self.uploader is not None and old.upload_bucket != config.upload_bucket and config.upload_bucket:
             self.uploader.store = self._store(config)
         if not config.upload_bucket and self.queue is not None:
             LOG.warning("uploadBucket is now empty: queued frames wait until a bucket is configured again")
@@ -638,6 +650,7 @@ class InferenceService:
         """Serve until `stop` is set (SIGTERM from Greengrass)."""
         self.watch()
         self.models.refresh(force=True)
+        self._running = True
         if self.uploader is not None:
             self.uploader.start()
         self._next_heartbeat = self._clock()
@@ -650,6 +663,7 @@ class InferenceService:
                     LOG.exception("unexpected error in the inference loop")
                 stop.wait(max(0.0, self.config.frame_interval_s - (self._clock() - started)))
         finally:
+            self._running = False
             if self.uploader is not None:
                 self.uploader.stop()
             self.frames.close()
