@@ -208,6 +208,9 @@ def test_nms_is_class_aware_and_boxes_come_back_in_source_pixels(tmp_path: Path)
         ((50, 60), (300, 360)),
         ((7, 9), (96, 96)),
         ((479, 641), (96, 128)),
+        ((2, 2), (1, 1)),
+        ((1080, 1920), (540, 960)),
+        ((1080, 1920), (360, 640)),
     ],
 )
 def test_resize_is_bit_exact_with_opencv_inter_linear(source: tuple[int, int], target: tuple[int, int]) -> None:

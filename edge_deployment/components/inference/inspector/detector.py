@@ -170,40 +170,57 @@ def _linear_taps(source: int, target: int, clamp: bool) -> tuple[np.ndarray, np.
 
 
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize (H, W, C) uint8 like cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)."""
+    """Resize (H, W, 3) uint8 like cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)."""
     source_height, source_width = image.shape[:2]
     if (source_width, source_height) == (width, height):
         return image
     if source_width == 2 * width and source_height == 2 * height:
-        # OpenCV takes its INTER_AREA path for an exact 2x reduction: the rounded mean of 2x2 blocks.
-        pixels = image.astype(np.uint16)
-        total = pixels[0::2, 0::2] + pixels[0::2, 1::2]
-        total += pixels[1::2, 0::2]
-        total += pixels[1::2, 1::2]
-        total += 2
-        total >>= 2
-        return total.astype(np.uint8)
-    x0, x1, wx0, wx1 = _linear_taps(source_width, width, True)
+        # OpenCV takes its INTER_AREA path for an exact 2x reduction: the rounded mean of 2x2 blocks,
+        # (sum + 2) >> 2, which is what Pillow's reduce(2) computes too, in C (a third of numpy's time).
+        return np.asarray(Image.fromarray(image).reduce(2))
+    channels = image.shape[2]
+    x0, x1, wx0, wx1 = _channel_taps(source_width, width, channels)
     y0, y1, wy0, wy1 = _linear_taps(source_height, height, False)
-    wx0, wx1 = wx0[None, :, None], wx1[None, :, None]
+    # Rows as flat (W * C) lines: one gather per tap along a contiguous axis is ~3x faster than
+    # indexing the width axis of an (H, W, C) array.
+    lines = image.reshape(source_height, source_width * channels)
 
     def horizontal(rows: np.ndarray) -> np.ndarray:
-        out = np.multiply(rows[:, x0], wx0, dtype=np.int32)
-        out += np.multiply(rows[:, x1], wx1, dtype=np.int32)
+        out = np.take(rows, x0, axis=1).astype(np.int32)
+        out *= wx0
+        second = np.take(rows, x1, axis=1).astype(np.int32)
+        second *= wx1
+        out += second
         out >>= 4  # OpenCV's vertical pass works on (value >> 4) in 16 bits
         return out
 
-    top = horizontal(image[y0])
-    top *= wy0[:, None, None]
+    top = horizontal(lines[y0])
+    top *= wy0[:, None]
     top >>= 16
-    bottom = horizontal(image[y1])
-    bottom *= wy1[:, None, None]
+    bottom = horizontal(lines[y1])
+    bottom *= wy1[:, None]
     bottom >>= 16
     top += bottom
     top += 2
     top >>= 2
     np.clip(top, 0, 255, out=top)
-    return top.astype(np.uint8)
+    return top.astype(np.uint8).reshape(height, width, channels)
+
+
+@lru_cache(maxsize=32)
+def _channel_taps(source: int, target: int, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The horizontal taps of `_linear_taps` as indices and weights into a flat (W * C) row."""
+    first, second, weight0, weight1 = _linear_taps(source, target, True)
+    channel = np.arange(channels)
+    taps = (
+        (first[:, None] * channels + channel).ravel(),
+        (second[:, None] * channels + channel).ravel(),
+        np.repeat(weight0, channels),
+        np.repeat(weight1, channels),
+    )
+    for array in taps:
+        array.setflags(write=False)
+    return taps
 
 
 # --------------------------------------------------------------------------------------------------
