@@ -148,6 +148,46 @@ def test_the_containers_get_ultralytics_and_onnx_pinned_at_the_versions_the_test
         assert metadata.version(name) == version, f"{name}: tests ran with {metadata.version(name)}, jobs get {version}"
 
 
+# What the AWS PyTorch training images (pytorch-training:2.x, the configured training and processing
+# images) install themselves: PyTorch and its dependencies, their conda set (numpy, scipy, Pillow, PyYAML,
+# requests, psutil, packaging, ...), OpenCV (opencv-python with libGL), matplotlib (through fastai and
+# seaborn) and the SageMaker toolkits. Everything else a step needs must come pinned from requirements.txt.
+IMAGE_PACKAGES = {
+    "torch", "torchvision", "pillow", "pyyaml", "requests", "psutil", "packaging", "scipy", "sympy",
+    "typing-extensions", "idna", "certifi", "charset-normalizer", "urllib3", "opencv-python", "matplotlib",
+    "contourpy", "cycler", "fonttools", "kiwisolver", "pyparsing", "python-dateutil", "six",
+}  # fmt: skip
+
+
+def _requirement_name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[\s=<>!~;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_everything_the_steps_install_beyond_the_image_is_pinned():
+    """Transitive dependencies must not float: a new release of one would change the jobs' environment."""
+    from importlib import metadata
+
+    pinned = set()
+    for raw in (Path(cli.__file__).parent / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            pinned.add(_requirement_name(line))
+    needed, pending = set(), sorted(pinned)
+    while pending:
+        name = pending.pop()
+        if name in needed or name in IMAGE_PACKAGES:
+            continue
+        needed.add(name)
+        for requirement in metadata.requires(name) or []:
+            marker = requirement.partition(";")[2]
+            if "extra ==" in marker or "Darwin" in marker or "win32" in marker or 'python_version < "3.11"' in marker:
+                continue  # optional extras, other platforms, Pythons older than the image's 3.12
+            pending.append(_requirement_name(requirement))
+    assert needed - pinned == set(), f"not pinned in training/steps/requirements.txt: {sorted(needed - pinned)}"
+
+
 def test_the_step_code_imports_nothing_the_container_lacks():
     """The container gets training/steps and shared/contracts.py only (and requirements.txt)."""
     steps = Path(cli.__file__).parent
