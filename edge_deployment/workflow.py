@@ -42,7 +42,7 @@ from shared.building_blocks import (
     python_function,
     workflow_state_machine,
 )
-from shared.config import AppName, Settings
+from shared.config import ROLLOUT_OVERHEAD_MINUTES, AppName, Settings
 from shared.guardrails import IAM5, acknowledge
 from shared.names import ResourceNames
 
@@ -216,7 +216,7 @@ class DeploymentWorkflow(Construct):
             "StateMachine",
             state_machine_name=shared_names.workflow_state_machine(APP),
             definition=self._definition(settings=settings, shared_names=shared_names, inference=inference),
-            timeout=cdk.Duration.minutes(edge.rollout.max_wait_minutes + 60),
+            timeout=cdk.Duration.minutes(edge.rollout.max_wait_minutes + ROLLOUT_OVERHEAD_MINUTES),
             log_retention=retention,
         )
         grant_publish_by_name(

@@ -165,6 +165,13 @@ WORKFLOW_ACTION_LIMIT_SECONDS = 7 * 86_400
 ROUND_OVERHEAD_SECONDS = 6 * 3_600
 """Listing, checking and writing around a round's two Ground Truth jobs, with room to spare."""
 MAX_TASK_AVAILABILITY_SECONDS = (WORKFLOW_ACTION_LIMIT_SECONDS - ROUND_OVERHEAD_SECONDS) // 2
+TRAINING_RUN_OVERHEAD_SECONDS = 3 * 4 * 3_600 + 6 * 3_600
+"""Around the training job's wait: three processing steps of at most 4 hours each, and room to spare."""
+MAX_TRAINING_RUNTIME_SECONDS = (WORKFLOW_ACTION_LIMIT_SECONDS - TRAINING_RUN_OVERHEAD_SECONDS) // 2
+"""A spot training job may wait twice its runtime; the whole run must end within the workflow action's 7 days."""
+ROLLOUT_OVERHEAD_MINUTES = 60
+"""Resolving the package and creating the components before the rollout wait, with room to spare."""
+MAX_ROLLOUT_WAIT_MINUTES = WORKFLOW_ACTION_LIMIT_SECONDS // 60 - ROLLOUT_OVERHEAD_MINUTES
 
 
 class WorkforceSettings(_Section):
@@ -320,6 +327,12 @@ class TrainingSettings(_Section):
     def _fractions(self) -> TrainingSettings:
         if self.validation_fraction + self.test_fraction >= 0.5:
             raise ValueError("validation_fraction + test_fraction must leave at least half of the images for training")
+        if self.max_runtime_seconds > MAX_TRAINING_RUNTIME_SECONDS:
+            raise ValueError(
+                f"max_runtime_seconds must be at most {MAX_TRAINING_RUNTIME_SECONDS}: a spot training job may wait "
+                "twice as long, and the whole pipeline run must end within the 7 days CodePipeline waits for the "
+                "workflow (the edge deployment app starts only when it succeeds)"
+            )
         return self
 
 
@@ -358,6 +371,11 @@ class RolloutSettings(_Section):
             raise ValueError("maximum_per_minute must be at least base_rate_per_minute")
         if self.max_wait_minutes < self.job_timeout_minutes:
             raise ValueError("max_wait_minutes must be at least job_timeout_minutes (a device may take that long)")
+        if self.max_wait_minutes > MAX_ROLLOUT_WAIT_MINUTES:
+            raise ValueError(
+                f"max_wait_minutes must be at most {MAX_ROLLOUT_WAIT_MINUTES}: the workflow must end within the "
+                "7 days CodePipeline waits for it"
+            )
         return self
 
 

@@ -167,3 +167,36 @@ def test_app_selection():
         ConfigError, match=r"unknown app 'trainin'; expected one of labeling, training, edge_deployment"
     ):
         selected_apps("trainin")
+
+
+# The workflow pipelines run each app's state machine with CodePipeline's Step Functions action, which
+# gives up after 7 days; the next app's asset pipeline starts only when that action succeeded.
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("training.max_runtime_seconds", 270_001, r"training: .*max_runtime_seconds must be at most 270000"),
+        ("training.max_runtime_seconds", 2_419_200, r"training: .*within the 7 days CodePipeline waits"),
+        (
+            "edge_deployment.rollout.max_wait_minutes",
+            10_021,
+            r"edge_deployment\.rollout: .*max_wait_minutes must be at most 10020",
+        ),
+    ],
+)
+def test_workflows_that_could_outlast_the_workflow_pipeline_are_refused(raw, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(_set(raw, key, value), source="config.yaml")
+
+
+def test_the_longest_accepted_workflows_end_within_the_workflow_action_limit(raw):
+    from shared.config import ROLLOUT_OVERHEAD_MINUTES, WORKFLOW_ACTION_LIMIT_SECONDS
+    from training.component import workflow_timeout
+
+    document = _set(
+        _set(raw, "training.max_runtime_seconds", 270_000), "edge_deployment.rollout.max_wait_minutes", 10_020
+    )
+    settings = parse_settings(document)
+    assert workflow_timeout(settings).to_seconds() <= WORKFLOW_ACTION_LIMIT_SECONDS
+    assert (
+        settings.edge_deployment.rollout.max_wait_minutes + ROLLOUT_OVERHEAD_MINUTES
+    ) * 60 <= WORKFLOW_ACTION_LIMIT_SECONDS
