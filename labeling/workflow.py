@@ -34,9 +34,22 @@ from shared.names import LABELING_JOBS_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 
 APP: AppName = "labeling"
 LABELING_JOB_SYNC = "arn:aws:states:::sagemaker:createLabelingJob.sync"
-# Step Functions manages this EventBridge rule in the account to learn when a labeling job ends (.sync).
-LABELING_JOB_EVENTS_RULE = "StepFunctionsGetEventsForSageMakerLabelingJobsRule"
+# Step Functions manages an EventBridge rule in the account to learn when a labeling job ends (.sync).
+# Its documented siblings are StepFunctionsGetEventsForSageMaker{Training,Transform,...}JobsRule; the
+# labeling one is not documented by name, so the grant covers Step Functions' SageMaker rules only.
+LABELING_JOB_EVENTS_RULES = "StepFunctionsGetEventsForSageMaker*"
 SAGEMAKER_API_ERRORS = ["SageMaker.AmazonSageMakerException"]
+# What the labeling job's execution role needs on the KMS key that encrypts the job's output (key policy of
+# "Encrypt Output Data using KMS" in the Ground Truth guide; GenerateDataKey* and ReEncrypt* spelled out).
+GROUND_TRUTH_KEY_ACTIONS = (
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:DescribeKey",
+)
 FAILURE_ERROR = "LabelingRoundFailed"
 
 
@@ -140,9 +153,10 @@ class LabelingWorkflow(Construct):
             iam.PolicyStatement(actions=["cloudwatch:PutMetricData"], resources=["*"]),
         ):
             role.add_to_policy(statement)
-        grant_key_by_alias(
-            role, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt", "kms:GenerateDataKey"]
-        )
+        # Ground Truth encrypts each job's output with the data key (OutputConfig.KmsKeyId) and needs on it what
+        # "Encrypt Output Data and Storage Volume with AWS KMS" (SageMaker developer guide) lists for the
+        # execution role (Encrypt and DescribeKey included), not only Decrypt and GenerateDataKey.
+        grant_key_by_alias(role, alias=names.data_key_alias, stack=stack, actions=GROUND_TRUTH_KEY_ACTIONS)
         acknowledge_resource(role, raw_objects, "Ground Truth shows workers any raw image of a job's manifest.")
         acknowledge_resource(
             role, job_objects, "Ground Truth reads manifests and templates, writes outputs of its jobs."
@@ -232,11 +246,17 @@ class LabelingWorkflow(Construct):
                 conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
             )
         )
+        managed_rules = stack.format_arn(service="events", resource="rule", resource_name=LABELING_JOB_EVENTS_RULES)
         machine.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[stack.format_arn(service="events", resource="rule", resource_name=LABELING_JOB_EVENTS_RULE)],
+                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"], resources=[managed_rules]
             )
+        )
+        acknowledge_resource(
+            machine.role,
+            managed_rules,
+            "The .sync integration's managed rule for labeling jobs; AWS documents only its siblings' names "
+            "(StepFunctionsGetEventsForSageMaker<Kind>JobsRule), so the prefix of those rules is granted.",
         )
         grant_publish_by_name(
             machine,

@@ -65,18 +65,16 @@ PROCESSING_ROOT = "/opt/ml/processing"
 CODE_CHANNEL = "code"
 DATASET_CHANNEL = "dataset"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
-# The step code arrives as the zip file CDK uploaded; unpack it, install the pinned requirements,
-# run the step. `$1` is the folder SageMaker put the zip in, the rest are the step's arguments.
+# The step code arrives as the zip file CDK uploaded: unpack it and run `training/steps/run.sh` (it
+# installs the pinned requirements, then runs the step). `$1` is the folder SageMaker put the zip in,
+# the rest are the step's arguments. CreateProcessingJob and CreateTrainingJob refuse an entrypoint
+# element over 256 characters, hence the two stages.
 BOOTSTRAP = (
-    "set -euo pipefail; "
-    'code_dir="$1"; shift; '
-    'src="$(mktemp -d)"; '
-    'archive="$(find "$code_dir" -maxdepth 1 -name "*.zip" | head -n 1)"; '
-    'test -n "$archive" || { echo "no step code archive in $code_dir" >&2; exit 1; }; '
-    'python3 -m zipfile -e "$archive" "$src"; '
-    "python3 -m pip install --quiet --no-cache-dir --disable-pip-version-check "
-    '-r "$src/training/steps/requirements.txt"; '
-    'cd "$src"; exec python3 -m training.steps.cli "$@"'
+    "set -eu; "
+    'a="$(find "$1" -maxdepth 1 -name "*.zip" -print -quit)"; '
+    'test -n "$a" || { echo "no step code archive in $1" >&2; exit 1; }; '
+    'shift; cd "$(mktemp -d)"; python3 -m zipfile -e "$a" .; '
+    'exec bash training/steps/run.sh "$@"'
 )
 ENVIRONMENT = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "PYTHONUNBUFFERED": "1"}
 PROCESSING_MAX_RUNTIME_SECONDS = 4 * 3600

@@ -124,6 +124,29 @@ def test_detector_matches_ultralytics_on_the_projects_trained_model(tiny_model: 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("conf", [0.25, 0.1])
+def test_detector_matches_ultralytics_at_device_thresholds_on_a_model_that_detects(
+    trained_model: TinyModel, conf: float, tmp_path: Path
+) -> None:
+    """Parity where it matters on a device: real detections, at the thresholds a device runs with."""
+    detector = load_detector(trained_model.onnx_path, confidence_threshold=conf, iou_threshold=0.7)
+    images = [sample.path for sample in trained_model.samples]
+    images += _variants(images[0], tmp_path / "variants")
+    top_scores = []
+    compared = 0
+    for image in images:
+        result = detector.detect_file(image)
+        top_scores.append(result.top_score)
+        theirs = ultralytics_boxes(
+            trained_model.onnx_path, image, conf=conf, iou_threshold=0.7, size=trained_model.input_size
+        )
+        assert_same_detections(list(result.detections), theirs, image.name)
+        compared += len(theirs)
+    assert max(top_scores) >= 0.25, f"the model should detect scratches by now; top scores {top_scores}"
+    assert compared > 0, f"no box at confidence {conf} to compare; top scores {top_scores}"
+
+
+@pytest.mark.slow
 def test_a_frame_with_nothing_found_is_an_empty_result_like_ultralytics(tiny_model: TinyModel) -> None:
     # At the thresholds it was evaluated with, the barely trained model finds nothing on these tags.
     detector = load_detector(tiny_model.onnx_path, confidence_threshold=0.99)

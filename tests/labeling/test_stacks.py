@@ -284,6 +284,33 @@ def test_ground_truth_role_reads_images_and_writes_only_job_files(default):
     assert kms["Condition"] == {"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/tag-inspect-data"}}
 
 
+@pytest.mark.parametrize(
+    "action",
+    [
+        # the key policy of "Encrypt Output Data using KMS" (Ground Truth guide) for the job's execution role:
+        # Encrypt, Decrypt, ReEncrypt*, GenerateDataKey*, DescribeKey
+        "kms:Encrypt",
+        "kms:Decrypt",
+        "kms:ReEncryptFrom",
+        "kms:ReEncryptTo",
+        "kms:GenerateDataKey",
+        "kms:GenerateDataKeyWithoutPlaintext",
+        "kms:DescribeKey",
+    ],
+)
+def test_ground_truth_role_may_use_the_output_key_as_ground_truth_requires(default, action):
+    template = default.stack("workflow").template
+    role_id = next(lid for lid in default.resources("workflow", "AWS::IAM::Role") if "GroundTruth" in lid)
+    granting = [
+        s
+        for s in asl.role_statements(template, role_id)
+        if action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    ]
+    assert granting, f"the Ground Truth role lacks {action} on the data key"
+    for statement in granting:  # only on the data key, found by its alias
+        assert statement["Condition"] == {"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/tag-inspect-data"}}
+
+
 # --------------------------------------------------------------------------------------------------
 # Configuration variants
 # --------------------------------------------------------------------------------------------------

@@ -136,6 +136,25 @@ def test_the_state_machine_role_may_do_what_its_tasks_do(template, machine, stat
     assert asl.role_allows(template, role, "lambda:InvokeFunction")
 
 
+def test_the_sync_integration_may_manage_only_step_functions_sagemaker_rules(template, machine):
+    """Step Functions creates its own EventBridge rule for .sync labeling jobs; nothing else is granted."""
+    import fnmatch
+
+    statements = [
+        statement
+        for statement in asl.role_statements(template, machine.role_logical_id)
+        if "events:PutRule" in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    ]
+    assert len(statements) == 1
+    (resource,) = (
+        statements[0]["Resource"] if isinstance(statements[0]["Resource"], list) else [statements[0]["Resource"]]
+    )
+    rule_pattern = json.dumps(resource).split(":rule/")[1].split('"')[0]
+    assert rule_pattern == "StepFunctionsGetEventsForSageMaker*"
+    assert fnmatch.fnmatchcase("StepFunctionsGetEventsForSageMakerLabelingJobsRule", rule_pattern)
+    assert not fnmatch.fnmatchcase("tag-inspect-labeling-schedule", rule_pattern)
+
+
 def test_the_payload_carries_cursors_and_requests_never_image_lists(states):
     assert states["FindUnlabeled"]["Parameters"] == {"run.$": "$.run", "cursor.$": "$.find"}
     assert states["FindUnlabeled"]["ResultPath"] == "$.find"

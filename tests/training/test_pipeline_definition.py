@@ -350,6 +350,16 @@ def _scalar_problem(value: Any, shape: Shape) -> str | None:
         return f"{value!r} not one of {enum}"
     if shape.type_name == "integer" and not shape.metadata.get("min", 0) <= value <= shape.metadata.get("max", value):
         return f"{value} out of range"
+    if shape.type_name == "string" and not shape.metadata.get("min", 0) <= len(value) <= shape.metadata.get("max", 1e9):
+        return f"{len(value)} characters, not within [{shape.metadata.get('min', 0)}, {shape.metadata.get('max')}]"
+    # `${...}`: a CDK token, resolved at deploy time (its value is checked where the token is made)
+    if shape.type_name == "string" and "pattern" in shape.metadata and "${" not in value:
+        try:
+            pattern = re.compile(shape.metadata["pattern"])
+        except re.error:  # Java-only syntax (\p{...}): left to the length check
+            return None
+        if not pattern.fullmatch(value):
+            return f"{value!r} does not match {shape.metadata['pattern']}"
     return None
 
 
@@ -391,7 +401,7 @@ def test_job_step_arguments_follow_the_sagemaker_api(definition):
         _check(step["Arguments"], shape, step["Name"], errors)
         missing = set(shape.required_members) - filled_in - set(step["Arguments"])
         assert not missing, f"{step['Name']}: required {missing}"
-        assert errors == []
+        assert errors == [], "\n".join(errors)
         checked += 1
     assert checked == 8  # export, prepare and, per capacity, train, evaluate, register
 
