@@ -28,6 +28,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if (REPO_ROOT / "node_modules" / ".bin").is_dir():
     os.environ["PATH"] = f"{REPO_ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
 
+# Every AWS request a test makes (Stubber, moto or the e2e harness) is checked for what the service
+# would reject although botocore lets it pass: maximum lengths, patterns, enums.
+from tests.helpers.strict_params import install as _check_requests_strictly  # noqa: E402
+
+_check_requests_strictly()
+
 # The cross-app ML fixture (a tiny model trained by the project's own training code).
 pytest_plugins = ["tests.model_fixtures"] if (Path(__file__).parent / "model_fixtures.py").exists() else []
 

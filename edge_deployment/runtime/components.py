@@ -201,7 +201,8 @@ def _create_or_adopt(greengrass: Any, recipe: Mapping[str, Any], *, arn: str) ->
         with transient_errors():
             created = greengrass.create_component_version(
                 inlineRecipe=json.dumps(recipe, sort_keys=True).encode("utf-8"),
-                clientToken=f"{name}-{version}"[-64:],
+                # Idempotent per component version; Greengrass takes [a-zA-Z0-9-]{1,64} only (no dots).
+                clientToken=hashlib.sha256(f"{name}\n{version}".encode()).hexdigest(),
             )
     except ClientError as error:
         if error_code(error) != "ConflictException":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import boto3
@@ -138,6 +139,8 @@ def test_the_first_run_validates_repackages_uploads_and_creates_the_version(s3, 
     recipe = json.loads(request["inlineRecipe"])
     assert recipe_problems(recipe) == []
     assert recipe["ComponentVersion"] == "1.0.7"
+    # Greengrass takes client tokens of [a-zA-Z0-9-]{1,64}: a name with dots must not leak into it.
+    assert re.fullmatch(r"[a-zA-Z0-9-]{1,64}", request["clientToken"]), request["clientToken"]
     assert recipe["Manifests"][0]["Artifacts"][0]["Uri"] == f"s3://{BUCKET}/{ZIP_KEY}"
     assert "classes: scratch" in recipe["ComponentDescription"]
 

@@ -23,6 +23,8 @@ from typing import Any
 import botocore.session
 from botocore.model import ListShape, MapShape, OperationModel, ServiceModel, Shape, StructureShape
 
+from tests.helpers.strict_params import problems as strict_problems
+
 PSEUDO_PARAMETERS = {
     "AWS::Region": "eu-west-1",
     "AWS::AccountId": "123456789012",
@@ -175,23 +177,27 @@ def _is_dynamic(key: str, value: Any) -> bool:
     return key.endswith(".$") or (isinstance(value, str) and value.startswith("{%") and value.endswith("%}"))
 
 
+def _check_structure(value: Any, shape: StructureShape, where: str, errors: list[str]) -> None:
+    if not isinstance(value, dict):
+        return  # a string here is an intrinsic or JSONata expression for the whole structure
+    members = {name[:1].upper() + name[1:]: member for name, member in shape.members.items()}
+    given = set()
+    for key, item in value.items():
+        plain = key.removesuffix(".$")
+        given.add(plain)
+        if plain not in members:
+            errors.append(f"{where}: unknown parameter {plain!r} (expected one of {sorted(members)})")
+        elif not _is_dynamic(key, item):
+            _check_value(item, members[plain], f"{where}.{plain}", errors)
+    for required in shape.required_members:
+        name = required[:1].upper() + required[1:]
+        if name not in given:
+            errors.append(f"{where}: required parameter {name!r} missing")
+
+
 def _check_value(value: Any, shape: Shape, where: str, errors: list[str]) -> None:
     if isinstance(shape, StructureShape):
-        if not isinstance(value, dict):
-            return  # a string here is an intrinsic or JSONata expression for the whole structure
-        members = {name[:1].upper() + name[1:]: member for name, member in shape.members.items()}
-        given = set()
-        for key, item in value.items():
-            plain = key.removesuffix(".$")
-            given.add(plain)
-            if plain not in members:
-                errors.append(f"{where}: unknown parameter {plain!r} (expected one of {sorted(members)})")
-            elif not _is_dynamic(key, item):
-                _check_value(item, members[plain], f"{where}.{plain}", errors)
-        for required in shape.required_members:
-            name = required[:1].upper() + required[1:]
-            if name not in given:
-                errors.append(f"{where}: required parameter {name!r} missing")
+        _check_structure(value, shape, where, errors)
     elif isinstance(shape, ListShape) and isinstance(value, list):
         for index, item in enumerate(value):
             _check_value(item, shape.member, f"{where}[{index}]", errors)
@@ -199,6 +205,8 @@ def _check_value(value: Any, shape: Shape, where: str, errors: list[str]) -> Non
         for key, item in value.items():
             if not _is_dynamic(key, item):
                 _check_value(item, shape.value, f"{where}.{key}", errors)
+    elif isinstance(value, str) and "${" not in value:  # a literal (a `${...}` is a token resolved at deploy)
+        errors.extend(strict_problems(value, shape, where))
 
 
 def check_sdk_task(task: SdkTask) -> list[str]:
