@@ -30,6 +30,7 @@ from botocore.validate import validate_parameters
 
 from labeling.runtime import ground_truth as gt
 from shared.contracts import parse_event_time
+from tests.helpers.strict_params import check_request
 
 _FEATURESTORE = botocore.session.get_session().get_service_model("sagemaker-featurestore-runtime")
 # A String event time must be yyyy-MM-dd'T'HH:mm:ssZ or yyyy-MM-dd'T'HH:mm:ss.SSSZ ('T' and 'Z' constants).
@@ -49,7 +50,9 @@ class FakeFeatureStore:
         self._lock = threading.Lock()
 
     def _validate(self, operation: str, params: Mapping[str, Any]) -> None:
-        validate_parameters(dict(params), _FEATURESTORE.operation_model(operation).input_shape)
+        model = _FEATURESTORE.operation_model(operation)
+        validate_parameters(dict(params), model.input_shape)
+        check_request(params, model)  # what the service rejects beyond botocore's checks
 
     def batch_get_record(self, **params: Any) -> dict[str, Any]:
         self._validate("BatchGetRecord", params)
