@@ -504,9 +504,11 @@ class DeploymentWorkflow(Construct):
             "ModelComponentRejected",
             parameters={
                 "Error": "ModelComponentRejected",
-                "Cause.$": "States.Format('Greengrass marked the model component version {} as {}: {}', "
+                "Cause.$": "States.Format('Greengrass marked the model component version {} as {}: {}. A version "
+                "cannot be created twice: after fixing the cause, delete it (aws greengrassv2 delete-component "
+                "--arn {}) and run the workflow again', "
                 "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
-                "States.JsonToString($.modelComponentState.status))",
+                "States.JsonToString($.modelComponentState.status), $.modelComponent.arn)",
             },
             result_path="$.error",
         ).next(notify_failure)

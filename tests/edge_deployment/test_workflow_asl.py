@@ -374,6 +374,8 @@ def test_a_component_version_greengrass_rejects_is_reported(definition, monkeypa
     assert described["error"] == "ModelComponentRejected"
     assert "CreateDeployment" not in visited
     assert "artifact digest mismatch" in messages[0]["message"]
+    # the version stays FAILED in Greengrass: the message says how to get past it
+    assert f"aws greengrassv2 delete-component --arn {MODEL_COMPONENT['arn']}" in messages[0]["message"]
 
 
 def test_transient_errors_are_retried_then_the_workflow_goes_on(definition, monkeypatch):
