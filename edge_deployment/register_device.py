@@ -248,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         import boto3  # noqa: PLC0415 - keep --help fast
+        from botocore.config import Config  # noqa: PLC0415
 
         settings = load_settings(args.config, environment=args.env)
         session = boto3.Session(profile_name=args.profile)
@@ -261,8 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{settings.environment.account}"
             )
         names = edge_names(settings, account=account, region=region)
+        # Standard retry mode: throttling and transient errors are retried with backoff.
+        retrying = Config(retries={"mode": "standard", "max_attempts": 8})
         registration = register_device(
-            session.client("iot", region_name=region),
+            session.client("iot", region_name=region, config=retrying),
             names=names,
             thing_name=args.thing_name,
             output_dir=args.output_dir or Path.home() / "greengrass-devices" / args.thing_name,
