@@ -61,8 +61,20 @@ def test_an_event_for_another_group_fails_before_any_call(clients, environment):
 
 def test_the_pipeline_trigger_resolves_the_newest_approved_package(clients, environment):
     with Stubber(clients("sagemaker")) as stub:
-        stub.add_response("list_model_packages", {"ModelPackageSummaryList": []})
+        stub.add_response(
+            "list_model_packages",
+            {"ModelPackageSummaryList": []},
+            {
+                "ModelPackageGroupName": GROUP,
+                "ModelApprovalStatus": "Approved",
+                "ModelPackageType": "Versioned",
+                "SortBy": "CreationTime",
+                "SortOrder": "Descending",
+                "MaxResults": 1,
+            },
+        )
         assert handlers.resolve({"trigger": "workflow-pipeline"}, Context())["found"] is False
+        stub.assert_no_pending_responses()
 
 
 def test_create_deployment_targets_the_configured_group_in_the_function_s_own_account(clients, environment, settings):

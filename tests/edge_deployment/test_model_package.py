@@ -127,8 +127,9 @@ def test_the_group_is_checked_again_from_the_description():
             },
             {"ModelPackageName": arn},
         )
-        with pytest.raises(WrongModelPackageGroup):
+        with pytest.raises(WrongModelPackageGroup, match=rf"belongs to group '{GROUP.upper()}'"):
             resolve_model_package(sagemaker, group_name=GROUP, model_package_arn=arn)
+        stub.assert_no_pending_responses()  # refused after the description, not from the ARN
 
 
 def test_a_package_without_model_archive_is_refused():

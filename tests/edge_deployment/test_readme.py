@@ -42,8 +42,10 @@ def test_the_name_table_names_real_resources(edge_stacks, what, resource_type, n
     assert _table_name(what) in _names(edge_stacks, resource_type, name_property)
 
 
-def test_the_model_package_group_is_the_one_the_approval_rule_listens_to():
+def test_the_model_package_group_is_the_one_the_approval_rule_listens_to(workflow_stack):
     assert _table_name("model package group") == GROUP
+    (rule,) = [r for r in workflow_stack.template["Resources"].values() if r["Type"] == "AWS::Events::Rule"]
+    assert rule["Properties"]["EventPattern"]["detail"]["ModelPackageGroupName"] == [_table_name("model package group")]
 
 
 def test_every_command_names_a_real_pipeline_and_stack(edge_stacks):

@@ -93,6 +93,7 @@ def test_a_thing_that_already_has_a_certificate_is_not_registered_twice(iot, nam
 def test_thing_names_that_would_break_topics_or_upload_paths_are_refused(iot, names, tmp_path, name):
     with pytest.raises(RegistrationError, match="thing name"):
         register_device(iot, names=names, thing_name=name, output_dir=tmp_path, region=REGION)
+    assert iot.list_things()["things"] == [] and iot.list_certificates()["certificates"] == []
 
 
 def test_a_failure_half_way_undoes_everything_it_created(iot, names, tmp_path, monkeypatch):

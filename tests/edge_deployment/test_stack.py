@@ -312,10 +312,11 @@ def test_the_functions_get_their_settings_from_the_configuration(workflow_stack,
     assert prepare_function["Properties"]["EphemeralStorage"]["Size"] >= 2 * edge.max_model_archive_mb
 
 
-def test_the_workflow_pipeline_runs_the_state_machine_for_the_newest_approved_package(workflow_stack):
+def test_the_workflow_pipeline_runs_the_state_machine_for_the_newest_approved_package(workflow_stack, machine):
     _, pipeline = _only(workflow_stack.template, "AWS::CodePipeline::Pipeline")
     actions = [a for stage in pipeline["Properties"]["Stages"] for a in stage["Actions"]]
     (invoke,) = [a for a in actions if a["ActionTypeId"]["Provider"] == "StepFunctions"]
+    assert invoke["Configuration"]["StateMachineArn"] == {"Ref": machine.logical_id}
     assert json.loads(invoke["Configuration"]["Input"]) == {"trigger": "workflow-pipeline"}  # no package named
 
 

@@ -112,6 +112,18 @@ def test_an_explicit_acknowledgement_silences_exactly_its_finding():
     apply_guardrails(app)
     app.synth()
 
+    def build_with_another_wildcard(stack):
+        build(stack)
+        role = stack.node.find_child("Worker")
+        role.add_to_policy(iam.PolicyStatement(actions=["sagemaker:List*"], resources=["*"]))
+
+    app = _app_with(build_with_another_wildcard)
+    apply_guardrails(app)
+    with pytest.raises(RuntimeError, match="ValidationFailed") as error:
+        app.synth()
+    assert "AwsSolutions-IAM5[Action::sagemaker:List*]" in str(error.value)
+    assert "AwsSolutions-IAM5[Resource::*]" not in str(error.value)
+
 
 def test_render_writes_intrinsics_like_cdk_nag():
     assert render({"Fn::GetAtt": ["Bucket1", "Arn"]}) == "<Bucket1.Arn>"

@@ -70,6 +70,7 @@ def test_a_push_touching_only_another_app_starts_nothing():
             includes=includes,
             excludes=excludes,
         )
+        cc.assert_no_pending_responses()  # the push's paths were read
         cp.assert_no_pending_responses()
     assert result == {"started": False}
 
@@ -119,7 +120,9 @@ def test_a_new_branch_compares_against_nothing():
             includes=["**"],
             excludes=[],
         )
-    assert result["started"] is True
+        cc.assert_no_pending_responses()
+        cp.assert_no_pending_responses()
+    assert result == {"started": True, "path": "shared/names.py", "executionId": "e-2"}
 
 
 def test_an_event_that_is_not_a_reference_change_is_refused():

@@ -188,7 +188,7 @@ def test_the_gate_registers_only_above_the_threshold_and_the_regression_floor(de
             assert part in message
 
 
-def test_the_gate_reads_a_path_the_evaluation_report_has():
+def test_the_gate_reads_a_path_the_evaluation_report_has(definition):
     report = EvaluationReport(
         metrics={"precision": 0.8, "recall": 0.7, "mAP50": 0.75, "mAP50-95": 0.52},
         split="test",
@@ -200,7 +200,18 @@ def test_the_gate_reads_a_path_the_evaluation_report_has():
         dataset_version="ds-0",
         class_names=("scratch",),
     ).to_json()
-    assert report["gate_metric"]["value"] == 0.52  # Path "gate_metric.value"
+    gates = [
+        s
+        for name, s in steps_by_name(definition).items()
+        if name.startswith("QualityGate") and s["Type"] == "Condition"
+    ]
+    paths = set(re.findall(r'"Path": "([^"]+)"', json.dumps([step["Arguments"]["Conditions"] for step in gates])))
+    assert paths == {"gate_metric.value"}
+    for path in paths:
+        value: Any = report
+        for key in path.split("."):
+            value = value[key]
+        assert value == 0.52
 
 
 def test_the_baseline_lambda_step_matches_the_handler(definition, workflow_stack):

@@ -114,6 +114,10 @@ def test_the_gate_verdict_is_written_with_the_run(tiny_model, settings):
         margin=settings.training.regression_margin,
     )
     assert verdict == expected.to_json()
+    # independently of decide(): the run's own metric against the configured threshold, no baseline
+    metric, threshold = run.evaluation.metrics["mAP50-95"], settings.training.map50_95_threshold
+    assert (verdict["value"], verdict["threshold"]) == (metric, threshold)
+    assert verdict["passed"] is (metric >= threshold) and verdict["baseline_package_arn"] is None
 
 
 def test_precision_and_recall_count_only_detections_above_the_deployment_threshold():
@@ -205,5 +209,7 @@ def test_the_command_explains_bad_input(tmp_path, capsys):
     status = local.main(["--offline-store", store, "--images", images, "--output", str(tmp_path / "out")])
     assert status == 1
     assert "holds no label records" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exited:
         local.main(["--output", str(tmp_path / "out")])  # neither --synthetic nor a data source
+    assert exited.value.code == 2
+    assert "give --synthetic N, or both --offline-store and --images" in capsys.readouterr().err
