@@ -14,6 +14,15 @@ GROUP = "tag-inspect-scratch-detector"
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 MODEL_BUCKET = f"tag-inspect-models-{ACCOUNT}-{REGION}"
+# ListModelPackages as the newest approved package must be asked for: one, by creation time, newest first.
+NEWEST_APPROVED_QUERY = {
+    "ModelPackageGroupName": GROUP,
+    "ModelApprovalStatus": "Approved",
+    "ModelPackageType": "Versioned",
+    "SortBy": "CreationTime",
+    "SortOrder": "Descending",
+    "MaxResults": 1,
+}
 
 
 def onnx_bytes() -> bytes:

@@ -14,7 +14,7 @@ from edge_deployment.runtime import handlers
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version
 from edge_deployment.runtime.model_package import WrongModelPackageGroup
 from edge_deployment.workflow import rollout_policy
-from tests.edge_deployment.conftest import ACCOUNT, GROUP, REGION
+from tests.edge_deployment.conftest import ACCOUNT, GROUP, NEWEST_APPROVED_QUERY, REGION
 
 FUNCTION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:tag-inspect-edge-step"
 
@@ -64,14 +64,7 @@ def test_the_pipeline_trigger_resolves_the_newest_approved_package(clients, envi
         stub.add_response(
             "list_model_packages",
             {"ModelPackageSummaryList": []},
-            {
-                "ModelPackageGroupName": GROUP,
-                "ModelApprovalStatus": "Approved",
-                "ModelPackageType": "Versioned",
-                "SortBy": "CreationTime",
-                "SortOrder": "Descending",
-                "MaxResults": 1,
-            },
+            NEWEST_APPROVED_QUERY,
         )
         assert handlers.resolve({"trigger": "workflow-pipeline"}, Context())["found"] is False
         stub.assert_no_pending_responses()

@@ -14,7 +14,7 @@ from edge_deployment.runtime.model_package import (
     WrongModelPackageGroup,
     resolve_model_package,
 )
-from tests.edge_deployment.conftest import ACCOUNT, GROUP, MODEL_BUCKET, REGION
+from tests.edge_deployment.conftest import ACCOUNT, GROUP, MODEL_BUCKET, NEWEST_APPROVED_QUERY, REGION
 
 OTHER_GROUP = "someone-elses-models"
 
@@ -161,14 +161,7 @@ def test_the_newest_approved_query_is_exactly_creation_time_descending():
         stub.add_response(
             "list_model_packages",
             {"ModelPackageSummaryList": []},
-            {
-                "ModelPackageGroupName": GROUP,
-                "ModelApprovalStatus": "Approved",
-                "ModelPackageType": "Versioned",
-                "SortBy": "CreationTime",
-                "SortOrder": "Descending",
-                "MaxResults": 1,
-            },
+            NEWEST_APPROVED_QUERY,
         )
         assert resolve_model_package(sagemaker, group_name=GROUP)["found"] is False
         stub.assert_no_pending_responses()

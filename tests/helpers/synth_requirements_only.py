@@ -11,40 +11,14 @@ Usage: python -m tests.helpers.synth_requirements_only  (CDK_CONTEXT_JSON and CD
 from __future__ import annotations
 
 import importlib.abc
-import re
 import runpy
 import sys
 from importlib import metadata
 from importlib.machinery import ModuleSpec
-from pathlib import Path
 from types import ModuleType
 
 from tests.helpers.cdk_assembly import REPO_ROOT
-
-
-def _name(requirement: str) -> str:
-    return re.split(r"[\s=<>!~;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
-
-
-def requirements_closure(requirements: Path) -> set[str]:
-    """Distribution names in requirements.txt and everything they require (extras left out)."""
-    pending = [
-        _name(line.split("#", 1)[0])
-        for line in requirements.read_text(encoding="utf-8").splitlines()
-        if line.split("#", 1)[0].strip()
-    ]
-    closure: set[str] = set()
-    while pending:
-        name = pending.pop()
-        if name in closure:
-            continue
-        closure.add(name)
-        try:
-            requires = metadata.requires(name) or []
-        except metadata.PackageNotFoundError:
-            continue
-        pending.extend(_name(r) for r in requires if "extra ==" not in r)
-    return closure
+from tests.helpers.requirements import pinned_names, requirement_name, requirements_closure
 
 
 class RefuseOutsideRequirements(importlib.abc.MetaPathFinder):
@@ -54,7 +28,7 @@ class RefuseOutsideRequirements(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname: str, path: object = None, target: ModuleType | None = None) -> ModuleSpec | None:
         owners = self._owners.get(fullname.split(".", 1)[0])
-        if owners and not any(_name(owner) in self._allowed for owner in owners):
+        if owners and not any(requirement_name(owner) in self._allowed for owner in owners):
             raise ImportError(
                 f"the CDK app imports {fullname!r} (distribution {', '.join(owners)}), "
                 "which requirements.txt does not install"
@@ -63,7 +37,8 @@ class RefuseOutsideRequirements(importlib.abc.MetaPathFinder):
 
 
 def main() -> None:
-    sys.meta_path.insert(0, RefuseOutsideRequirements(requirements_closure(REPO_ROOT / "requirements.txt")))
+    allowed = requirements_closure(pinned_names(REPO_ROOT / "requirements.txt"))
+    sys.meta_path.insert(0, RefuseOutsideRequirements(allowed))
     sys.argv = [str(REPO_ROOT / "app.py")]
     runpy.run_path(str(REPO_ROOT / "app.py"), run_name="__main__")
 

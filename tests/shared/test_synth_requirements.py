@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests.helpers.cdk_assembly import CDK_CONTEXT, REPO_ROOT
-from tests.helpers.synth_requirements_only import requirements_closure
+from tests.helpers.requirements import pinned_names, requirements_closure
 
 
 def _synth_with_requirements_only(tmp_path) -> subprocess.CompletedProcess[str]:
@@ -33,13 +33,15 @@ def test_all_apps_synthesize_with_only_what_requirements_txt_installs(tmp_path):
 
 def test_the_guard_refuses_a_package_outside_requirements_txt():
     """The check above can fail: pytest, installed for the tests only, is outside the closure."""
-    closure = requirements_closure(REPO_ROOT / "requirements.txt")
+    closure = requirements_closure(pinned_names(REPO_ROOT / "requirements.txt"))
     assert {"aws-cdk-lib", "boto3", "botocore", "aws-lambda-powertools"} <= closure
     assert "pytest" not in closure and "torch" not in closure
     script = (
-        "import sys; from tests.helpers.synth_requirements_only import RefuseOutsideRequirements, "
-        "requirements_closure; from tests.helpers.cdk_assembly import REPO_ROOT; "
-        "sys.meta_path.insert(0, RefuseOutsideRequirements(requirements_closure(REPO_ROOT / 'requirements.txt'))); "
+        "import sys; from tests.helpers.synth_requirements_only import RefuseOutsideRequirements; "
+        "from tests.helpers.requirements import pinned_names, requirements_closure; "
+        "from tests.helpers.cdk_assembly import REPO_ROOT; "
+        "allowed = requirements_closure(pinned_names(REPO_ROOT / 'requirements.txt')); "
+        "sys.meta_path.insert(0, RefuseOutsideRequirements(allowed)); "
         "import yaml; import pytest"
     )
     result = subprocess.run(

@@ -159,32 +159,12 @@ IMAGE_PACKAGES = {
 }  # fmt: skip
 
 
-def _requirement_name(requirement: str) -> str:
-    import re
-
-    return re.split(r"[\s=<>!~;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
-
-
 def test_everything_the_steps_install_beyond_the_image_is_pinned():
     """Transitive dependencies must not float: a new release of one would change the jobs' environment."""
-    from importlib import metadata
+    from tests.helpers.requirements import pinned_names, requirements_closure
 
-    pinned = set()
-    for raw in (Path(cli.__file__).parent / "requirements.txt").read_text(encoding="utf-8").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            pinned.add(_requirement_name(line))
-    needed, pending = set(), sorted(pinned)
-    while pending:
-        name = pending.pop()
-        if name in needed or name in IMAGE_PACKAGES:
-            continue
-        needed.add(name)
-        for requirement in metadata.requires(name) or []:
-            marker = requirement.partition(";")[2]
-            if "extra ==" in marker or "Darwin" in marker or "win32" in marker or 'python_version < "3.11"' in marker:
-                continue  # optional extras, other platforms, Pythons older than the image's 3.12
-            pending.append(_requirement_name(requirement))
+    pinned = pinned_names(Path(cli.__file__).parent / "requirements.txt")
+    needed = requirements_closure(pinned, provided=IMAGE_PACKAGES)
     assert needed - pinned == set(), f"not pinned in training/steps/requirements.txt: {sorted(needed - pinned)}"
 
 
