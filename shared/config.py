@@ -207,7 +207,57 @@ class WorkforceSettings(_Section):
         return self
 
 
+class LabelStudioServerSettings(_Section):
+    """Label Studio deployed by the labeling app (ECS Fargate, PostgreSQL, HTTPS load balancer, sign-in).
+
+    Used when `labeling.label_studio.url` is not set. See labeling/README.md, "Label Studio on AWS".
+    """
+
+    domain_name: Annotated[str, Field(pattern=r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")] = (
+        Field(
+            description="The HTTPS name labelers open (e.g. labels.example.com); "
+            "a DNS record points it at the load balancer."
+        )
+    )
+    certificate_arn: Annotated[
+        str, Field(pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$")
+    ] = Field(description="ACM certificate for domain_name, in the deployment region.")
+
+
+class LabelStudioSettings(_Section):
+    """Where the Label Studio backend runs: a server the team already has (`url`), or one the app deploys (`server`)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/$.?#][^\s]*$")] | None = Field(
+        default=None, description="An existing Label Studio server; the labeling app then deploys none."
+    )
+    api_token_secret: Annotated[str, Field(pattern=r"^[A-Za-z0-9/_+=.@:-]{1,2048}$")] | None = Field(
+        default=None,
+        description="Secrets Manager secret (name or ARN) holding the API token of the existing server (with url).",
+    )
+    server: LabelStudioServerSettings | None = Field(
+        default=None, description="The server the labeling app deploys when url is not set."
+    )
+
+    @model_validator(mode="after")
+    def _one_server(self) -> LabelStudioSettings:
+        if (self.url is None) == (self.server is None):
+            raise ValueError("set either url (with api_token_secret) for an existing server, or server to deploy one")
+        if self.url is not None and self.api_token_secret is None:
+            raise ValueError("api_token_secret is required with url: the secret that holds the server's API token")
+        if self.url is None and self.api_token_secret is not None:
+            raise ValueError("api_token_secret applies to an existing server (url); the deployed server makes its own")
+        return self
+
+
 class LabelingSettings(_Section):
+    backend: Literal["ground_truth", "label_studio"] = Field(
+        default="ground_truth",
+        description="Who runs the labeling tasks: SageMaker Ground Truth (accounts that already use it; closed to "
+        "new customers) or Label Studio (an existing server, or one the labeling app deploys).",
+    )
+    label_studio: LabelStudioSettings | None = Field(
+        default=None, description="The Label Studio server; required when backend is label_studio."
+    )
     workforce: WorkforceSettings = Field(description="Who draws the boxes.")
     review_workforce: WorkforceSettings | None = Field(
         default=None, description="Who verifies (or adjusts) the boxes; the labeling workforce when not set."
@@ -258,6 +308,18 @@ class LabelingSettings(_Section):
         if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
             raise ValueError("must be a .csv or .jsonl (JSON lines) file")
         return value
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> LabelingSettings:
+        if self.backend == "label_studio" and self.label_studio is None:
+            raise ValueError(
+                "label_studio (url and api_token_secret, or server) is required when backend is label_studio"
+            )
+        if self.backend == "ground_truth" and self.label_studio is not None:
+            raise ValueError(
+                "label_studio applies to backend label_studio only; remove it or set backend: label_studio"
+            )
+        return self
 
     @model_validator(mode="after")
     def _task_limits(self) -> LabelingSettings:

@@ -200,3 +200,41 @@ def test_the_longest_accepted_workflows_end_within_the_workflow_action_limit(raw
     assert (
         settings.edge_deployment.rollout.max_wait_minutes + ROLLOUT_OVERHEAD_MINUTES
     ) * 60 <= WORKFLOW_ACTION_LIMIT_SECONDS
+
+
+_LS_URL = {"url": "https://labels.example.com", "api_token_secret": "tag-inspect/label-studio-token"}
+_LS_SERVER = {
+    "server": {
+        "domain_name": "labels.example.com",
+        "certificate_arn": "arn:aws:acm:eu-west-1:111111111111:certificate/12345678-1234-1234-1234-123456789012",
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("backend", "label_studio", "message"),
+    [
+        ("ground_truth", None, None),
+        ("label_studio", _LS_URL, None),
+        ("label_studio", _LS_SERVER, None),
+        ("label_studio", None, "label_studio .* is required when backend is label_studio"),
+        ("ground_truth", _LS_URL, "label_studio applies to backend label_studio only"),
+        ("label_studio", {"url": "https://labels.example.com"}, "api_token_secret is required with url"),
+        ("label_studio", {**_LS_URL, **_LS_SERVER}, "set either url .* or server"),
+        ("label_studio", {}, "set either url .* or server"),
+        ("label_studio", {**_LS_SERVER, "api_token_secret": "x"}, "api_token_secret applies to an existing server"),
+        ("label_studio", {"url": "ftp://labels", "api_token_secret": "x"}, r"labeling\.label_studio\.url"),
+        ("label_studio", {"server": {"domain_name": "labels", "certificate_arn": "x"}}, r"server\.domain_name"),
+    ],
+)
+def test_labeling_backend_and_its_label_studio_server(raw, backend, label_studio, message):
+    document = _set(raw, "labeling.backend", backend)
+    if label_studio is not None:
+        document = _set(document, "labeling.label_studio", label_studio)
+    if message is None:
+        settings = parse_settings(document)
+        assert settings.labeling.backend == backend
+        assert (settings.labeling.label_studio is None) == (label_studio is None)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            parse_settings(document)
