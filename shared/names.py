@@ -68,6 +68,15 @@ class ResourceNames:
     def label_catalog_table(self) -> str:
         return f"{self.prefix.replace('-', '_')}_labels"
 
+    @property
+    def label_studio_api_token_secret(self) -> str:
+        """Secrets Manager secret with the API token of the Label Studio server the labeling app deploys.
+
+        The server's service account is created with this token; the labeling round's functions call the
+        API with it. (With an existing server, `labeling.label_studio.api_token_secret` names the secret.)
+        """
+        return f"{self.prefix}/labeling/label-studio-api-token"
+
     # -- owned by training ------------------------------------------------------------------------
     @property
     def model_package_group(self) -> str:

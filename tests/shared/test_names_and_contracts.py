@@ -43,6 +43,8 @@ def test_names_satisfy_the_services_rules_for_the_longest_prefix(settings):
     for glue in (names.label_catalog_database, names.label_catalog_table):  # Glue: lowercase, underscores
         assert re.fullmatch(r"[a-z0-9_]{1,255}", glue), glue
     assert len(names.training_pipeline) <= 256
+    # Secrets Manager: 1-512 of letters, digits and /_+=.@-
+    assert re.fullmatch(r"[A-Za-z0-9/_+=.@-]{1,512}", names.label_studio_api_token_secret)
     for app in ("labeling", "training", "edge_deployment"):
         assert len(names.workflow_state_machine(app)) <= 80  # Step Functions
         assert len(names.asset_pipeline(app)) <= 100  # CodePipeline
