@@ -28,6 +28,7 @@ APP_NAMES: tuple[str, ...] = ("labeling", "training", "edge_deployment")
 """The three apps in chain order: each one's workflow success starts the next one's asset pipeline."""
 
 AppName = Literal["labeling", "training", "edge_deployment"]
+ModelSize = Literal["n", "s", "m", "l", "x"]
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
 
@@ -343,14 +344,89 @@ class LabelingSettings(_Section):
         return self.review_workforce or self.workforce
 
 
+class AugmentationSettings(_Section):
+    """How training images are varied on the fly (Ultralytics' augmentation settings of the same names)."""
+
+    fliplr: float = Field(default=0.5, ge=0.0, le=1.0, description="Probability of a left-right flip.")
+    flipud: float = Field(default=0.5, ge=0.0, le=1.0, description="Probability of an up-down flip.")
+    degrees: float = Field(default=0.0, ge=0.0, le=180.0, description="Random rotation, +/- degrees.")
+    translate: float = Field(default=0.1, ge=0.0, le=0.9, description="Random shift, fraction of the image.")
+    scale: float = Field(default=0.5, ge=0.0, le=0.9, description="Random zoom, +/- fraction.")
+    mosaic: float = Field(default=1.0, ge=0.0, le=1.0, description="Probability of a four-image mosaic.")
+    mixup: float = Field(default=0.0, ge=0.0, le=1.0, description="Probability of blending two images.")
+    hsv_v: float = Field(default=0.4, ge=0.0, le=1.0, description="Brightness jitter, fraction.")
+    close_mosaic: int = Field(default=10, ge=0, le=1000, description="Last epochs trained without mosaic.")
+
+
+class TuningRanges(_Section):
+    """The search space of hyperparameter tuning (each must allow more than one value)."""
+
+    model_size: list[ModelSize] = Field(default_factory=lambda: list[ModelSize](["n", "s"]), min_length=1)
+    epochs: tuple[int, int] = Field(default=(100, 300), description="[min, max] epochs.")
+    learning_rate: tuple[float, float] = Field(
+        default=(0.0005, 0.005), description="[min, max], searched on a log scale."
+    )
+    image_size: list[int] = Field(default_factory=lambda: [448, 640], min_length=1, description="Multiples of 32.")
+
+    @field_validator("model_size", "image_size")
+    @classmethod
+    def _distinct(cls, value: list[Any]) -> list[Any]:
+        if len(set(value)) != len(value):
+            raise ValueError("values must be distinct")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_sizes(cls, value: list[int]) -> list[int]:
+        bad = [size for size in value if size < 32 or size > 2048 or size % 32]
+        if bad:
+            raise ValueError(f"image sizes must be multiples of 32 between 32 and 2048, got {bad}")
+        return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1 <= low < high <= 1000:
+            raise ValueError("must be [min, max] with 1 <= min < max <= 1000")
+        return value
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _learning_rate(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 < low < high < 1.0:
+            raise ValueError("must be [min, max] with 0 < min < max < 1")
+        return value
+
+
+class TuningSettings(_Section):
+    """Hyperparameter tuning of the training step: off by default, on for a run with `Tune=true`."""
+
+    max_jobs: int = Field(default=8, ge=2, le=500, description="Training jobs a tuning job runs at most.")
+    max_parallel_jobs: int = Field(default=2, ge=1, le=100, description="Training jobs running at the same time.")
+    strategy: Literal["Bayesian", "Random"] = "Bayesian"
+    ranges: TuningRanges = Field(default_factory=TuningRanges)
+
+    @model_validator(mode="after")
+    def _parallel(self) -> TuningSettings:
+        if self.max_parallel_jobs > self.max_jobs:
+            raise ValueError("max_parallel_jobs must not exceed max_jobs")
+        return self
+
+
 class TrainingSettings(_Section):
     """Defaults of the SageMaker pipeline's parameters (each run may override them) and fixed choices."""
 
     # -- pipeline parameters (defaults; tuned per run without a deploy) -------------------------------
-    model_size: Literal["n", "s", "m", "l", "x"] = Field(default="n", description="YOLOv8 variant.")
-    epochs: int = Field(default=50, ge=1, le=1000)
+    model_size: ModelSize = Field(default="n", description="YOLOv8 variant.")
+    epochs: int = Field(default=300, ge=1, le=1000)
     image_size: int = Field(default=640, ge=32, le=2048, multiple_of=32, description="Square input side.")
     batch_size: int = Field(default=16, ge=1, le=512)
+    patience: int = Field(
+        default=100, ge=1, le=1000, description="Stop after this many epochs without a better validation score."
+    )
+    learning_rate: float = Field(default=0.002, gt=0.0, lt=1.0, description="Initial learning rate (lr0).")
     training_instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.g4dn.xlarge"
     processing_instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.m5.xlarge"
     use_spot: bool = Field(default=True, description="Managed spot training (checkpoints in S3).")
@@ -359,9 +435,14 @@ class TrainingSettings(_Section):
         description="Ultralytics .pt weights to start from, under s3://<model bucket>/pretrained/; "
         "null trains from scratch. Nothing is ever downloaded from the internet.",
     )
-    map50_95_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Quality gate: minimum test mAP50-95.")
+    map50_95_threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Quality gate of a group's first model: minimum test mAP50-95."
+    )
     regression_margin: float = Field(
-        default=0.02, ge=0.0, le=1.0, description="Quality gate: allowed drop below the approved model's mAP50-95."
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="Quality gate: allowed drop in mAP50-95 below the approved model, both scored on the same images.",
     )
     confidence_threshold: float = Field(default=0.25, gt=0.0, lt=1.0)
     iou_threshold: float = Field(default=0.45, gt=0.0, lt=1.0)
@@ -371,8 +452,16 @@ class TrainingSettings(_Section):
     # -- fixed per deployment ---------------------------------------------------------------------------
     max_runtime_seconds: int = Field(default=86_400, ge=600, le=2_419_200, description="Training job limit.")
     onnx_opset: int = Field(default=17, ge=11, le=21)
+    optimizer: Literal["SGD", "AdamW"] = Field(default="AdamW", description="Optimizer of every training run.")
+    augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    min_validation_images: int = Field(default=15, ge=1, le=10_000, description="Smallest validation split.")
+    min_test_images: int = Field(
+        default=30, ge=1, le=10_000, description="Smallest test split; fewer labeled images fail the run."
+    )
+    min_test_defects: int = Field(default=20, ge=1, le=100_000, description="Fewest labeled boxes in the test split.")
+    tuning: TuningSettings = Field(default_factory=TuningSettings)
     # ECR image URIs; `{region}` is replaced by the deployment region (AWS Deep Learning Containers are
     # published per region, under the same account in most regions: check yours).
     training_image: Annotated[

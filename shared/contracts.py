@@ -203,6 +203,45 @@ REQUIRED_METRICS = ("precision", "recall", "mAP50", "mAP50-95")
 
 
 @dataclass(frozen=True)
+class SplitStatistics:
+    """What the model did on its test split, at its deployment threshold: the baseline that the devices'
+    behaviour on the line is compared with (share of frames flagged, scores in an uncertainty band)."""
+
+    images: int
+    detection_rate: float  # share of test images with at least one detection >= the confidence threshold
+    top_scores: tuple[float, ...]  # highest candidate score of each test image (0.0 when nothing was found)
+
+    def share_between(self, low: float, high: float) -> float:
+        """Share of test images whose top score is in [low, high) (e.g. a device's uncertainty band)."""
+        if not self.top_scores:
+            return 0.0
+        return sum(1 for score in self.top_scores if low <= score < high) / len(self.top_scores)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "detection_rate": self.detection_rate,
+            "top_scores": [round(score, 4) for score in self.top_scores],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> SplitStatistics:
+        try:
+            statistics = cls(
+                images=int(raw["images"]),
+                detection_rate=float(raw["detection_rate"]),
+                top_scores=tuple(float(score) for score in raw["top_scores"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ContractError(f"{MANIFEST_FILE}: test_statistics: missing or invalid field ({error})") from None
+        if statistics.images < 0 or not 0.0 <= statistics.detection_rate <= 1.0:
+            raise ContractError(f"{MANIFEST_FILE}: test_statistics: images >= 0 and detection_rate in [0, 1]")
+        if not all(0.0 <= score <= 1.0 for score in statistics.top_scores):
+            raise ContractError(f"{MANIFEST_FILE}: test_statistics: top_scores must be in [0, 1]")
+        return statistics
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     """`model.json` beside `model.onnx` at the root of the model archive."""
 
@@ -213,10 +252,11 @@ class ModelManifest:
     metrics: dict[str, float] = field(default_factory=dict)
     dataset_version: str = ""
     onnx_opset: int = 17
+    test_statistics: SplitStatistics | None = None  # absent in archives made before it existed
     schema_version: int = MODEL_ARCHIVE_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "schema_version": self.schema_version,
             "model_file": MODEL_FILE,
             "class_names": list(self.class_names),
@@ -227,6 +267,9 @@ class ModelManifest:
             "dataset_version": self.dataset_version,
             "onnx_opset": self.onnx_opset,
         }
+        if self.test_statistics is not None:
+            document["test_statistics"] = self.test_statistics.to_json()
+        return document
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ModelManifest:
@@ -239,6 +282,11 @@ class ModelManifest:
                 metrics={str(k): float(v) for k, v in dict(raw.get("metrics", {})).items()},
                 dataset_version=str(raw.get("dataset_version", "")),
                 onnx_opset=int(raw.get("onnx_opset", 17)),
+                test_statistics=(
+                    SplitStatistics.from_json(raw["test_statistics"])
+                    if raw.get("test_statistics") is not None
+                    else None
+                ),
                 schema_version=int(raw.get("schema_version", MODEL_ARCHIVE_SCHEMA_VERSION)),
             )
         except (KeyError, TypeError, ValueError) as error:

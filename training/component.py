@@ -2,8 +2,8 @@
 
 * `<prefix>-training-registry`: the model bucket, its key and the model package group (retained;
   the edge deployment app reads them by name).
-* `<prefix>-training-workflow`: the SageMaker pipeline (definition, step code, roles, baseline
-  Lambda), the workflow state machine that runs it, and the workflow pipeline that runs the state
+* `<prefix>-training-workflow`: the SageMaker pipeline (definition, step code, roles, champion
+  lookup Lambda), the workflow state machine that runs it, and the workflow pipeline that runs the state
   machine. It reaches the registry stack's resources by name and alias, not by reference.
 """
 

@@ -1,10 +1,11 @@
-"""The SageMaker pipeline as infrastructure: its definition, step code, roles and the baseline Lambda.
+"""The SageMaker pipeline as infrastructure: its definition, step code, roles and the champion lookup Lambda.
 
-* The step code (`training/steps/` plus `shared/contracts.py`) is a CDK asset: a zip whose hash
-  changes with the code, referenced from the definition, so `cdk diff` shows every change and nothing
-  is uploaded from a build script.
+* The step code (`training/steps/` plus `shared/contracts.py`) is a CDK asset, twice: a zip for the
+  processing jobs and a `sourcedir.tar.gz` for the training and tuning jobs (script mode). Both
+  hashes change with the code and are referenced from the definition, so `cdk diff` shows every
+  change and nothing is uploaded from a build script.
 * Two roles, no SageMakerFullAccess: the **pipeline role** only starts, watches and tags this
-  pipeline's jobs, passes the job role, invokes the baseline function, registers packages in the
+  pipeline's jobs, passes the job role, invokes the champion lookup, registers packages in the
   group and reads the property files; the **job role** is what the processing and training
   containers run as (model bucket prefixes, raw images and the offline store read-only, the label
   feature group's description, the two container images, their logs and metrics).
@@ -13,7 +14,10 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import shutil
+import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from typing import Any
 import aws_cdk as cdk
 import jsii
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
@@ -50,6 +55,48 @@ class _StepCodeBundling:
         (out / "shared" / "__init__.py").write_text("", encoding="utf-8")
         shutil.copyfile(CONTRACTS_FILE, out / "shared" / "contracts.py")
         return True
+
+
+@jsii.implements(cdk.ILocalBundling)
+class _TrainingSourceBundling:
+    """The same code as `sourcedir.tar.gz` for script mode: requirements.txt at the root, as the training
+    toolkit installs it; fixed timestamps and order, so the same code always gives the same archive."""
+
+    def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_: object) -> bool:
+        files = {
+            "requirements.txt": STEPS_DIR / "requirements.txt",
+            "training/__init__.py": None,
+            "shared/__init__.py": None,
+            "shared/contracts.py": CONTRACTS_FILE,
+        }
+        for path in sorted(STEPS_DIR.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                files[f"training/steps/{path.relative_to(STEPS_DIR).as_posix()}"] = path
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for name in sorted(files):
+                data = files[name].read_bytes() if files[name] is not None else b""  # type: ignore[union-attr]
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o755 if name.endswith(".sh") else 0o644, 0
+                archive.addfile(info, io.BytesIO(data))
+        with gzip.GzipFile(Path(output_dir) / "sourcedir.tar.gz", "wb", mtime=0) as compressed:
+            compressed.write(buffer.getvalue())
+        return True
+
+
+def training_source_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
+    """The step code for training and tuning jobs (script mode): one `.tar.gz` file, uploaded as it is."""
+    return s3_assets.Asset(
+        scope,
+        construct_id,
+        path=str(STEPS_DIR),
+        bundling=cdk.BundlingOptions(
+            image=cdk.DockerImage.from_registry("public.ecr.aws/docker/library/python:3.12-slim"),
+            local=_TrainingSourceBundling(),
+            output_type=cdk.BundlingOutput.ARCHIVED,
+        ),
+        asset_hash_type=cdk.AssetHashType.OUTPUT,
+    )
 
 
 def step_code_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
@@ -105,7 +152,7 @@ class _Policy:
 
 
 class TrainingPipeline(Construct):
-    """`AWS::SageMaker::Pipeline` with its roles, step code and baseline Lambda function."""
+    """`AWS::SageMaker::Pipeline` with its roles, step code and champion lookup Lambda function."""
 
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, names: ResourceNames) -> None:
         super().__init__(scope, construct_id)
@@ -123,6 +170,7 @@ class TrainingPipeline(Construct):
             service="sagemaker", resource="model-package", resource_name=f"{names.model_package_group}/*"
         )
         self.code = step_code_asset(self, "StepCode")
+        self.source = training_source_asset(self, "TrainingSource")
 
         # -- the role the jobs run as -----------------------------------------------------------------
         self.job_role = iam.Role(
@@ -163,12 +211,9 @@ class TrainingPipeline(Construct):
             [stack.format_arn(service="sagemaker", resource="feature-group", resource_name=names.label_feature_group)],
         )
         code_bucket_arn = f"arn:{stack.partition}:s3:::{self.code.s3_bucket_name}"
-        jobs.allow(["s3:GetObject"], [f"{code_bucket_arn}/{self.code.s3_object_key}"])
-        jobs.allow(
-            ["s3:ListBucket"],
-            [code_bucket_arn],
-            conditions={"StringEquals": {"s3:prefix": [self.code.s3_object_key]}},
-        )
+        code_objects = [self.code.s3_object_key, self.source.s3_object_key]
+        jobs.allow(["s3:GetObject"], [f"{code_bucket_arn}/{key}" for key in code_objects])
+        jobs.allow(["s3:ListBucket"], [code_bucket_arn], conditions={"StringEquals": {"s3:prefix": code_objects}})
         jobs.allow(
             ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
             sorted(
@@ -201,35 +246,7 @@ class TrainingPipeline(Construct):
             conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*"]}},
         )
 
-        # -- the baseline lookup (Lambda step) --------------------------------------------------------
-        self.baseline_function = python_function(
-            self,
-            "RegressionBaseline",
-            code_dir=STEPS_DIR,
-            handler="gate.handler",
-            description="Training pipeline: mAP50-95 of the approved model package (quality gate baseline)",
-            timeout=cdk.Duration.seconds(60),
-            powertools=False,
-        )
-        baseline_role = self.baseline_function.role
-        assert isinstance(baseline_role, iam.Role)
-        baseline = _Policy(baseline_role)
-        baseline.allow(
-            ["sagemaker:ListModelPackages"],
-            ["*"],
-            why="sagemaker:ListModelPackages has no resource-level permissions (the group is a request parameter).",
-        )
-        baseline.allow(
-            ["sagemaker:DescribeModelPackage"],
-            [packages_arn],
-            why="Versions of the one model package group this app owns (the newest approved one is read).",
-        )
-        baseline.allow(
-            ["s3:GetObject"],
-            [f"{model_bucket_arn}/pipeline-runs/*"],
-            why="Evaluation reports attached to model packages as model-quality statistics.",
-        )
-        grant_key_by_alias(baseline_role, alias=names.model_key_alias, stack=stack, actions=["kms:Decrypt"])
+        self.champion_function = self._champion_lookup(packages_arn)
 
         # -- the pipeline's own role ------------------------------------------------------------------
         self.pipeline_role = iam.Role(
@@ -246,6 +263,18 @@ class TrainingPipeline(Construct):
                 why=f"Pipelines name their {resource}s pipelines-<execution>-<step>-<suffix>: only those.",
             )
         pipeline.allow(
+            [
+                "sagemaker:CreateHyperParameterTuningJob",
+                "sagemaker:DescribeHyperParameterTuningJob",
+                "sagemaker:StopHyperParameterTuningJob",
+                "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
+                "sagemaker:AddTags",
+            ],
+            [stack.format_arn(service="sagemaker", resource="hyper-parameter-tuning-job", resource_name="*")],
+            why="The tuning step's job: tuning job names have at most 32 characters and the pipeline generates them "
+            "without a documented prefix, so no narrower name pattern holds.",
+        )
+        pipeline.allow(
             ["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage", "sagemaker:AddTags"],
             [group_arn, packages_arn],
             why="Registering versions in the one model package group this app owns.",
@@ -255,7 +284,7 @@ class TrainingPipeline(Construct):
             [self.job_role.role_arn],
             conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         )
-        pipeline.allow(["lambda:InvokeFunction"], [self.baseline_function.function_arn])
+        pipeline.allow(["lambda:InvokeFunction"], [self.champion_function.function_arn])
         pipeline.allow(
             ["s3:GetObject"],
             [f"{model_bucket_arn}/pipeline-runs/*"],
@@ -271,10 +300,11 @@ class TrainingPipeline(Construct):
                 service="kms", resource="alias", resource_name=names.model_key_alias.removeprefix("alias/")
             ),
             code_uri=self.code.s3_object_url,
+            source_uri=self.source.s3_object_url,
             code_version=self.code.asset_hash[:16],
             feature_group=names.label_feature_group,
             model_package_group=names.model_package_group,
-            baseline_function_arn=self.baseline_function.function_arn,
+            champion_function_arn=self.champion_function.function_arn,
             region=region,
             training_image=training_image,
             processing_image=processing_image,
@@ -294,3 +324,29 @@ class TrainingPipeline(Construct):
         self.pipeline_arn = stack.format_arn(
             service="sagemaker", resource="pipeline", resource_name=names.training_pipeline
         )
+
+    def _champion_lookup(self, packages_arn: str) -> lambda_.Function:
+        """The Lambda step that finds the newest approved model package (the champion) and its archive."""
+        function = python_function(
+            self,
+            "FindChampion",
+            code_dir=STEPS_DIR,
+            handler="gate.handler",
+            description="Training pipeline: the newest approved model package (the champion) and its archive",
+            timeout=cdk.Duration.seconds(60),
+            powertools=False,
+        )
+        role = function.role
+        assert isinstance(role, iam.Role)
+        policy = _Policy(role)
+        policy.allow(
+            ["sagemaker:ListModelPackages"],
+            ["*"],
+            why="sagemaker:ListModelPackages has no resource-level permissions (the group is a request parameter).",
+        )
+        policy.allow(
+            ["sagemaker:DescribeModelPackage"],
+            [packages_arn],
+            why="Versions of the one model package group this app owns (the newest approved one is read).",
+        )
+        return function

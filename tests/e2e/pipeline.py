@@ -4,8 +4,9 @@ The definition is the one the training stack deploys (`PipelineDefinitionBody` o
 template). Its expressions (`Get`, `Std:Join`, `Std:JsonGet`, conditions) are evaluated as SageMaker
 evaluates them; each step runs what SageMaker would start:
 
-* Processing and Training steps run `python -m training.steps.cli <arguments from the definition>`
-  (in process) in a folder laid out like the container (`/opt/ml/...` rebased under a work folder).
+* Processing steps run `python -m training.steps.cli <arguments from the definition>` (in process) in a
+  folder laid out like the container (`/opt/ml/...` rebased under a work folder); Training steps run
+  what their script-mode entry (`sagemaker_program`, training/steps/job.py) runs: the `train` step.
   Inputs are copied from (moto) S3 to their `LocalPath`s; outputs are uploaded from theirs to their
   S3 URIs, a training job's model as `<S3OutputPath><job>/output/model.tar.gz`.
 * The Lambda step runs the handler its function names in the template.
@@ -226,8 +227,11 @@ class PipelineRun:
                 continue
             uri = str(self.value(channel["DataSource"]["S3DataSource"]["S3Uri"]))
             self._download(uri, self._rebase(root, f"/opt/ml/input/data/{channel['ChannelName']}"))
-        command = [str(a) for a in arguments["AlgorithmSpecification"]["ContainerArguments"]]
-        self._container(step, command[0], root, command)
+        from training.pipeline_definition import JOB_ENTRY
+
+        if hyperparameters.get("sagemaker_program") != JOB_ENTRY:  # script mode: the toolkit runs this entry
+            raise PipelineFailed(f"step {name}: runs {hyperparameters.get('sagemaker_program')}, not {JOB_ENTRY}")
+        self._container(step, "train", root, ["train"])  # what the entry runs
         # SageMaker packs /opt/ml/model as <S3OutputPath><job name>/output/model.tar.gz.
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as archive:

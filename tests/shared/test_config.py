@@ -50,8 +50,9 @@ def test_environment_overrides_merge_without_copying_the_file(raw):
     assert (prod.environment.account, prod.environment.region) == ("222222222222", "eu-west-1")
     assert prod.environment_name == "prod"
     # overridden keys change, their siblings keep the shared values
-    assert prod.training.epochs == 150 and base.training.epochs == 50
-    assert prod.training.training_instance_type == "ml.g5.xlarge"
+    assert prod.training.training_instance_type == "ml.g5.xlarge" != base.training.training_instance_type
+    assert prod.training.tuning.max_parallel_jobs == 4 != base.training.tuning.max_parallel_jobs
+    assert prod.training.tuning.ranges == base.training.tuning.ranges  # a nested override keeps its siblings
     assert prod.training.image_size == base.training.image_size
     assert prod.labeling == base.labeling
 
@@ -94,6 +95,23 @@ def test_unknown_environment_is_named(raw):
         ),
         ("edge_deployment.thing_group_name", _DELETE, r"edge_deployment\.thing_group_name: required key is missing"),
         ("toolchain.log_retention_days", 42, r"toolchain\.log_retention_days: Input should be"),
+        ("training.patience", 0, r"training\.patience: Input should be greater than or equal to 1"),
+        ("training.learning_rate", 1.5, r"training\.learning_rate: Input should be less than 1"),
+        ("training.optimizer", "Adam", r"training\.optimizer: Input should be 'SGD' or 'AdamW'"),
+        ("training.augmentation.flipud", 2, r"training\.augmentation\.flipud: Input should be less than or equal to 1"),
+        ("training.augmentation.rotate", 5, r"training\.augmentation\.rotate: unknown key"),
+        ("training.min_test_images", 0, r"training\.min_test_images: Input should be greater than or equal to 1"),
+        ("training.tuning.ranges.model_size", [], r"training\.tuning\.ranges\.model_size: List should have at least 1"),
+        ("training.tuning.ranges.model_size", ["n", "t"], r"training\.tuning\.ranges\.model_size\.1: Input should be"),
+        ("training.tuning.ranges.model_size", ["s", "s"], r"training\.tuning\.ranges\.model_size: .*distinct"),
+        ("training.tuning.ranges.image_size", [], r"training\.tuning\.ranges\.image_size: List should have at least 1"),
+        ("training.tuning.ranges.image_size", [448, 500], r"training\.tuning\.ranges\.image_size: .*multiples of 32"),
+        ("training.tuning.ranges.epochs", [300, 100], r"training\.tuning\.ranges\.epochs: .*1 <= min < max"),
+        ("training.tuning.ranges.epochs", [100], r"training\.tuning\.ranges\.epochs"),
+        ("training.tuning.ranges.learning_rate", [0.0, 0.01], r"training\.tuning\.ranges\.learning_rate: .*0 < min"),
+        ("training.tuning.max_parallel_jobs", 9, r"training\.tuning: .*max_parallel_jobs must not exceed max_jobs"),
+        ("training.tuning.max_jobs", 1, r"training\.tuning\.max_jobs: Input should be greater than or equal to 2"),
+        ("training.tuning.strategy", "Grid", r"training\.tuning\.strategy: Input should be 'Bayesian' or 'Random'"),
     ],
 )
 def test_bad_values_fail_with_the_key_and_what_is_expected(raw, key, value, message):

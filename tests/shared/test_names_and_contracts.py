@@ -166,6 +166,17 @@ def test_model_manifest_round_trip():
     manifest = ModelManifest.from_json(_manifest())
     assert ModelManifest.from_json(manifest.to_json()) == manifest
     assert manifest.to_json()["model_file"] == "model.onnx"
+    assert manifest.test_statistics is None and "test_statistics" not in manifest.to_json()  # older archives
+
+
+def test_the_test_splits_statistics_travel_with_the_model():
+    statistics = {"images": 4, "detection_rate": 0.5, "top_scores": [0.9, 0.55, 0.2, 0.0]}
+    manifest = ModelManifest.from_json(_manifest(test_statistics=statistics))
+    assert ModelManifest.from_json(manifest.to_json()) == manifest
+    held = manifest.test_statistics
+    assert held is not None and held.detection_rate == 0.5
+    assert held.share_between(0.3, 0.7) == 0.25  # one image in a device's uncertainty band
+    assert held.share_between(0.0, 0.3) == 0.5 and held.share_between(0.95, 1.0) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -176,6 +187,9 @@ def test_model_manifest_round_trip():
         ({"confidence_threshold": 1.5}, "confidence_threshold must be between 0 and 1"),
         ({"metrics": {"precision": 1.0}}, "metrics lack recall, mAP50, mAP50-95"),
         ({"input_size": None}, "missing or invalid field"),
+        ({"test_statistics": {"images": 2, "detection_rate": 1.5, "top_scores": []}}, "detection_rate in"),
+        ({"test_statistics": {"images": 1, "detection_rate": 0.5, "top_scores": [2.0]}}, "top_scores must be in"),
+        ({"test_statistics": {"images": 1}}, "test_statistics: missing or invalid field"),
     ],
 )
 def test_bad_model_manifests(changes, message):

@@ -13,7 +13,9 @@ import re
 import stat
 import subprocess
 import sys
+import tarfile
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import botocore.session
@@ -21,9 +23,12 @@ from botocore.model import ListShape, MapShape, Shape, StructureShape
 
 from training import pipeline_definition as pd
 from training.steps import cli, gate
-from training.steps.evaluate import EvaluationReport
+from training.steps.train import BEST_OBJECTIVE, HYPERPARAMETERS
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SPOT, ON_DEMAND = "Spot", "OnDemand"
+CAPACITIES = (SPOT, ON_DEMAND)
+CHAINS = ("Spot", "SpotTuned", "OnDemand", "OnDemandTuned")  # capacity x tuning
 EXPRESSIONS = ("Get", "Std:Join", "Std:JsonGet")
 
 
@@ -61,9 +66,14 @@ def test_every_per_run_tunable_is_a_parameter_with_the_configured_default(defini
         "Epochs": ("Integer", training.epochs),
         "ImageSize": ("Integer", training.image_size),
         "BatchSize": ("Integer", training.batch_size),
+        "Patience": ("Integer", training.patience),
+        "LearningRate": ("Float", training.learning_rate),
         "TrainingInstanceType": ("String", training.training_instance_type),
         "ProcessingInstanceType": ("String", training.processing_instance_type),
         "UseSpotInstances": ("Boolean", training.use_spot),
+        "Tune": ("Boolean", False),  # tuning is off unless a run asks for it
+        "TuningMaxJobs": ("Integer", training.tuning.max_jobs),
+        "TuningMaxParallelJobs": ("Integer", training.tuning.max_parallel_jobs),
         "PretrainedWeightsS3Uri": ("String", ""),
         "MinImages": ("Integer", training.min_images),
         "MinMap50to95": ("Float", training.map50_95_threshold),
@@ -97,18 +107,31 @@ def test_steps_and_branches(definition):
         {"Type": "Equals", "LeftValue": {"Get": "Parameters.UseSpotInstances"}, "RightValue": True}
     ]
     for branch, suffix in (("IfSteps", SPOT), ("ElseSteps", ON_DEMAND)):
-        chain = capacity[branch]
-        assert [(s["Name"], s["Type"]) for s in chain] == [
-            (f"Train{suffix}", "Training"),
-            (f"Evaluate{suffix}", "Processing"),
-            (f"RegressionBaseline{suffix}", "Lambda"),
-            (f"QualityGate{suffix}", "Condition"),
+        (choice,) = capacity[branch]
+        assert (choice["Name"], choice["Type"]) == (f"ChooseTuning{suffix}", "Condition")
+        assert choice["Arguments"]["Conditions"] == [
+            {"Type": "Equals", "LeftValue": {"Get": "Parameters.Tune"}, "RightValue": True}
         ]
-        gate_step = chain[3]["Arguments"]
-        assert [(s["Name"], s["Type"]) for s in gate_step["IfSteps"]] == [(f"RegisterModel{suffix}", "RegisterModel")]
-        assert [(s["Name"], s["Type"]) for s in gate_step["ElseSteps"]] == [(f"QualityGateFailed{suffix}", "Fail")]
+        for tuning_branch, (model_step, kind, chain) in (
+            ("IfSteps", (f"Tune{suffix}", "Tuning", f"{suffix}Tuned")),
+            ("ElseSteps", (f"Train{suffix}", "Training", suffix)),
+        ):
+            steps = choice["Arguments"][tuning_branch]
+            assert [(s["Name"], s["Type"]) for s in steps] == [
+                (model_step, kind),
+                (f"FindChampion{chain}", "Lambda"),
+                (f"Evaluate{chain}", "Processing"),
+                (f"QualityGate{chain}", "Condition"),
+            ]
+            gate_step = steps[3]["Arguments"]
+            assert [(s["Name"], s["Type"]) for s in gate_step["IfSteps"]] == [(f"QualityGateFailed{chain}", "Fail")]
+            (new_model,) = gate_step["ElseSteps"]
+            assert (new_model["Name"], new_model["Type"]) == (f"NewModel{chain}", "Condition")
+            registered = [(s["Name"], s["Type"]) for s in new_model["Arguments"]["IfSteps"]]
+            assert registered == [(f"RegisterModel{chain}", "RegisterModel")]
+            assert new_model["Arguments"]["ElseSteps"] == []  # no change: the run ends, nothing registered
     names = [s["Name"] for s in pd.iter_steps(definition["Steps"])]
-    assert len(names) == len(set(names)) == 15
+    assert len(names) == len(set(names)) == 2 + 1 + 2 + 4 * 7  # export, prepare, capacity, tuning x2, chains
     assert all(re.fullmatch(r"[A-Za-z0-9\-_]{1,64}", name) for name in names)
 
 
@@ -117,18 +140,22 @@ def test_data_dependencies_chain_the_steps(definition):
     depends = {name: step_references(step) for name, step in steps.items()}
     assert depends["ExportDataset"] == set()
     assert depends["PrepareDataset"] == {"ExportDataset"}
-    for suffix in (SPOT, ON_DEMAND):
-        assert depends[f"Train{suffix}"] == {"ExportDataset", "PrepareDataset"}  # dataset version, its files
-        assert depends[f"Evaluate{suffix}"] == {f"Train{suffix}", "PrepareDataset"}
-        assert depends[f"RegressionBaseline{suffix}"] == {f"Evaluate{suffix}"}  # looked up right before the gate
-        assert depends[f"QualityGate{suffix}"] == {f"Evaluate{suffix}", f"RegressionBaseline{suffix}"}
-        assert depends[f"RegisterModel{suffix}"] == {"ExportDataset", f"Evaluate{suffix}"}
-        assert depends[f"QualityGateFailed{suffix}"] == {f"Evaluate{suffix}", f"RegressionBaseline{suffix}"}
-    other = {SPOT: ON_DEMAND, ON_DEMAND: SPOT}
-    for name, needed in depends.items():  # a branch never waits for a step of the branch not taken
-        for suffix in (SPOT, ON_DEMAND):
-            if name.endswith(suffix):
-                assert not any(dep.endswith(other[suffix]) for dep in needed), (name, needed)
+    for capacity in CAPACITIES:
+        for chain, model_step in ((capacity, f"Train{capacity}"), (f"{capacity}Tuned", f"Tune{capacity}")):
+            assert depends[model_step] == {"ExportDataset", "PrepareDataset"}  # dataset version, its files
+            assert depends[f"FindChampion{chain}"] == {model_step}  # looked up right before the evaluation
+            assert depends[f"Evaluate{chain}"] == {model_step, "PrepareDataset", f"FindChampion{chain}"}
+            assert depends[f"QualityGate{chain}"] == {f"Evaluate{chain}"}
+            assert depends[f"NewModel{chain}"] == {f"Evaluate{chain}"}
+            assert depends[f"RegisterModel{chain}"] == {"ExportDataset", f"Evaluate{chain}"}
+            assert depends[f"QualityGateFailed{chain}"] == {f"Evaluate{chain}"}
+    for name, needed in depends.items():  # a chain never waits for a step of a chain not taken
+        own = next((chain for chain in sorted(CHAINS, key=len, reverse=True) if name.endswith(chain)), None)
+        if own is None:
+            continue
+        model_step = f"Tune{own.removesuffix('Tuned')}" if own.endswith("Tuned") else f"Train{own}"
+        for dep in needed - {"ExportDataset", "PrepareDataset", model_step}:
+            assert dep.endswith(own), (name, needed)
 
 
 def test_every_reference_names_an_existing_output_property_file_or_lambda_output(definition):
@@ -146,6 +173,9 @@ def test_every_reference_names_an_existing_output_property_file_or_lambda_output
             assert output in {o["OutputName"] for o in step["Arguments"]["ProcessingOutputConfig"]["Outputs"]}
         elif rest.startswith("OutputParameters["):
             assert re.search(r"\['(\w+)'\]", rest)[1] in {o["OutputName"] for o in step["OutputParameters"]}
+        elif step["Type"] == "Tuning":
+            # ListTrainingJobsForHyperParameterTuningJob's summaries, best first (the SDK's TuningStep reads it so)
+            assert rest == "TrainingJobSummaries[0].TrainingJobName", path
         else:
             assert (step["Type"], rest) == ("Training", "ModelArtifacts.S3ModelArtifacts"), path
     for step in steps.values():
@@ -155,126 +185,154 @@ def test_every_reference_names_an_existing_output_property_file_or_lambda_output
             }
 
 
+def test_the_tuned_chain_evaluates_the_tuning_jobs_best_model(definition):
+    steps = steps_by_name(definition)
+    for capacity in CAPACITIES:
+        (model,) = [
+            i["S3Input"]["S3Uri"]
+            for i in steps[f"Evaluate{capacity}Tuned"]["Arguments"]["ProcessingInputs"]
+            if i["InputName"] == "model"
+        ]
+        assert model == {
+            "Std:Join": {
+                "On": "",
+                "Values": [
+                    "s3://tag-inspect-models-123456789012-eu-west-1/training-jobs/",
+                    {"Get": f"Steps.Tune{capacity}.TrainingJobSummaries[0].TrainingJobName"},
+                    "/output/model.tar.gz",
+                ],
+            }
+        }
+        # where a training job of the tuning job writes its model: <S3OutputPath><job name>/output/model.tar.gz
+        output = steps[f"Tune{capacity}"]["Arguments"]["TrainingJobDefinition"]["OutputDataConfig"]["S3OutputPath"]
+        assert model["Std:Join"]["Values"][0] == output
+
+
 # --------------------------------------------------------------------------------------------------
 # The quality gate
 # --------------------------------------------------------------------------------------------------
 
 
-def test_the_gate_registers_only_above_the_threshold_and_the_regression_floor(definition):
-    steps = steps_by_name(definition)
-    for suffix in (SPOT, ON_DEMAND):
-        metric = {
-            "Std:JsonGet": {
-                "PropertyFile": {"Get": f"Steps.Evaluate{suffix}.PropertyFiles.EvaluationReport"},
-                "Path": "gate_metric.value",
-            }
+def _verdict(chain: str) -> dict[str, Any]:
+    return {
+        "Std:JsonGet": {
+            "PropertyFile": {"Get": f"Steps.Evaluate{chain}.PropertyFiles.EvaluationReport"},
+            "Path": "gate.verdict",
         }
-        assert steps[f"QualityGate{suffix}"]["Arguments"]["Conditions"] == [
-            {"Type": "GreaterThanOrEqualTo", "LeftValue": metric, "RightValue": {"Get": "Parameters.MinMap50to95"}},
-            {
-                "Type": "GreaterThanOrEqualTo",
-                "LeftValue": metric,
-                "RightValue": {"Get": f"Steps.RegressionBaseline{suffix}.OutputParameters['regression_floor']"},
-            },
+    }
+
+
+def test_the_gate_follows_the_evaluations_verdict(definition):
+    steps = steps_by_name(definition)
+    for chain in CHAINS:
+        assert steps[f"QualityGate{chain}"]["Arguments"]["Conditions"] == [
+            {"Type": "Equals", "LeftValue": _verdict(chain), "RightValue": gate.FAIL}
         ]
-        files = {f["PropertyFileName"]: f for f in steps[f"Evaluate{suffix}"]["PropertyFiles"]}
+        assert steps[f"NewModel{chain}"]["Arguments"]["Conditions"] == [
+            {"Type": "Equals", "LeftValue": _verdict(chain), "RightValue": gate.REGISTER}
+        ]
+        files = {f["PropertyFileName"]: f for f in steps[f"Evaluate{chain}"]["PropertyFiles"]}
         assert files["EvaluationReport"] == {
             "PropertyFileName": "EvaluationReport",
             "OutputName": "evaluation",
             "FilePath": "evaluation.json",
         }
-        message = json.dumps(steps[f"QualityGateFailed{suffix}"]["Arguments"]["ErrorMessage"])
-        for part in ("gate_metric.value", "Parameters.MinMap50to95", "regression_floor", "baseline_package_arn"):
-            assert part in message
+        message = json.dumps(steps[f"QualityGateFailed{chain}"]["Arguments"]["ErrorMessage"])
+        assert '"Path": "gate.reason"' in message and "Quality gate failed" in message
 
 
-def test_the_gate_reads_a_path_the_evaluation_report_has(definition):
-    report = EvaluationReport(
-        metrics={"precision": 0.8, "recall": 0.7, "mAP50": 0.75, "mAP50-95": 0.52},
-        split="test",
-        images=10,
-        instances=14,
-        input_size=640,
-        confidence_threshold=0.25,
-        iou_threshold=0.45,
-        dataset_version="ds-0",
-        class_names=("scratch",),
-    ).to_json()
-    gates = [
-        s
-        for name, s in steps_by_name(definition).items()
-        if name.startswith("QualityGate") and s["Type"] == "Condition"
-    ]
-    paths = set(re.findall(r'"Path": "([^"]+)"', json.dumps([step["Arguments"]["Conditions"] for step in gates])))
-    assert paths == {"gate_metric.value"}
-    for path in paths:
-        value: Any = report
-        for key in path.split("."):
-            value = value[key]
-        assert value == 0.52
+def test_the_evaluation_gets_the_gate_settings_and_the_champion(definition):
+    steps = steps_by_name(definition)
+    parser = cli.parser()
+    for chain in CHAINS:
+        arguments = steps[f"Evaluate{chain}"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+        values = dict(zip(arguments[1::2], arguments[2::2], strict=True))
+        assert values["--map50-95-threshold"] == {
+            "Std:Join": {"On": "", "Values": [{"Get": "Parameters.MinMap50to95"}]}
+        }
+        assert values["--regression-margin"] == {
+            "Std:Join": {"On": "", "Values": [{"Get": "Parameters.RegressionMargin"}]}
+        }
+        assert values["--champion-package"] == {
+            "Get": f"Steps.FindChampion{chain}.OutputParameters['champion_package_arn']"
+        }
+        assert values["--champion-model-url"] == {
+            "Get": f"Steps.FindChampion{chain}.OutputParameters['champion_model_url']"
+        }
+        # "none" from the lookup (no approved model yet) is what the step takes as "no champion"
+        parsed = parser.parse_args([str(_sample(a)) if is_expression(a) else a for a in arguments])
+        assert parsed.step == "evaluate"
+        none = parser.parse_args(
+            [
+                gate.NO_CHAMPION if is_expression(a) and "FindChampion" in json.dumps(a) else str(_sample(a))
+                for a in arguments
+            ]
+        )
+        assert none.champion_model_url == gate.NO_CHAMPION == gate.champion_outputs(None)["champion_model_url"]
 
 
-def test_the_baseline_lambda_step_matches_the_handler(definition, workflow_stack):
+def test_the_champion_lambda_step_matches_the_handler(definition, workflow_stack):
     steps = steps_by_name(definition)
     functions = workflow_stack.resources("AWS::Lambda::Function")
-    (baseline_id,) = [i for i, f in functions.items() if f["Properties"]["Handler"] == "gate.handler"]
-    outputs = gate.baseline_outputs(None, 0.02)
+    (function_id,) = [i for i, f in functions.items() if f["Properties"]["Handler"] == "gate.handler"]
+    outputs = gate.champion_outputs(gate.Champion("arn:aws:sagemaker:eu-west-1:1:model-package/g/1", "s3://b/m"))
     types = {float: "Float", str: "String", bool: "Boolean", int: "Integer"}
-    for suffix in (SPOT, ON_DEMAND):
-        step = steps[f"RegressionBaseline{suffix}"]
-        assert step["FunctionArn"] == f"${{{baseline_id}.Arn}}"
+    for chain in CHAINS:
+        step = steps[f"FindChampion{chain}"]
+        assert step["FunctionArn"] == f"${{{function_id}.Arn}}"
         assert {o["OutputName"]: o["OutputType"] for o in step["OutputParameters"]} == {
             name: types[type(value)] for name, value in outputs.items()
         }
-        assert step["Arguments"] == {
-            "model_package_group": "tag-inspect-scratch-detector",
-            "regression_margin": {"Get": "Parameters.RegressionMargin"},
-        }
-        assert step["DependsOn"] == [f"Evaluate{suffix}"]
+        assert step["Arguments"] == {"model_package_group": "tag-inspect-scratch-detector"}
 
 
-def test_registration_points_at_the_archive_metrics_and_dataset_manifest(definition):
-    for suffix in (SPOT, ON_DEMAND):
-        arguments = steps_by_name(definition)[f"RegisterModel{suffix}"]["Arguments"]
+def test_registration_points_at_the_archive_metrics_report_and_dataset_manifest(definition):
+    for chain in CHAINS:
+        arguments = steps_by_name(definition)[f"RegisterModel{chain}"]["Arguments"]
         assert arguments["ModelPackageGroupName"] == "tag-inspect-scratch-detector"
         assert arguments["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
         (container,) = arguments["InferenceSpecification"]["Containers"]
-        package = {"Get": f"Steps.Evaluate{suffix}.ProcessingOutputConfig.Outputs['package'].S3Output.S3Uri"}
+        package = {"Get": f"Steps.Evaluate{chain}.ProcessingOutputConfig.Outputs['package'].S3Output.S3Uri"}
         assert container["ModelDataUrl"] == {"Std:Join": {"On": "", "Values": [package, "/model.tar.gz"]}}
         statistics = arguments["ModelMetrics"]["ModelQuality"]["Statistics"]
-        evaluation = {"Get": f"Steps.Evaluate{suffix}.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"}
+        evaluation = {"Get": f"Steps.Evaluate{chain}.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"}
         assert statistics == {
             "ContentType": "application/json",
             "S3Uri": {"Std:Join": {"On": "", "Values": [evaluation, "/evaluation.json"]}},
         }
         metadata = arguments["CustomerMetadataProperties"]
+        assert metadata["evaluation_report"] == {"Std:Join": {"On": "", "Values": [evaluation, "/report/index.html"]}}
         assert metadata["dataset_manifest"]["Std:JsonGet"]["Path"] == "manifest_uri"
         assert metadata["dataset_version"]["Std:JsonGet"]["Path"] == "dataset_version"
-        assert "gate_metric.value" in json.dumps(metadata["mAP50-95"])
+        for name in set(gate.REGISTRY_METADATA) - {"verdict"}:
+            assert metadata[name]["Std:JsonGet"]["Path"] == f"registry_metadata.{name}"
+        assert metadata["tuned"] == str(chain.endswith("Tuned")).lower()
+        assert len(metadata) <= 50  # CreateModelPackage takes at most 50 metadata properties
 
 
 # --------------------------------------------------------------------------------------------------
-# Caching, retries, spot
+# Caching, retries, spot, tuning
 # --------------------------------------------------------------------------------------------------
 
 
 def test_only_steps_with_content_addressed_inputs_are_cached(definition, settings):
     steps = steps_by_name(definition)
     cached = {name for name, step in steps.items() if step.get("CacheConfig")}
-    assert cached == {"PrepareDataset", "TrainSpot", "TrainOnDemand"}
+    assert cached == {"PrepareDataset", "TrainSpot", "TrainOnDemand", "TuneSpot", "TuneOnDemand"}
     for name in cached:
         assert steps[name]["CacheConfig"] == {"Enabled": True, "ExpireAfter": f"P{settings.training.cache_days}D"}
         # A run id in the arguments would make every run a cache miss.
         assert "Execution.PipelineExecutionId" not in json.dumps(steps[name]["Arguments"])
-    # The export reads live labels, the baseline the live registry: never reused.
-    assert "CacheConfig" not in steps["ExportDataset"] and "CacheConfig" not in steps["RegressionBaselineSpot"]
+    # The export reads live labels, the champion lookup the live registry: never reused.
+    assert "CacheConfig" not in steps["ExportDataset"] and "CacheConfig" not in steps["FindChampionSpot"]
 
 
 def test_every_job_step_retries_transient_failures_with_backoff(definition):
     valid = {"Step.SERVICE_FAULT", "Step.THROTTLING", "SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR"}
     valid |= {"SageMaker.RESOURCE_LIMIT"}
+    retried = 0
     for step in pd.iter_steps(definition["Steps"]):
-        if step["Type"] not in ("Processing", "Training", "RegisterModel"):
+        if step["Type"] not in ("Processing", "Training", "Tuning", "RegisterModel"):
             assert "RetryPolicies" not in step
             continue
         policies = step["RetryPolicies"]
@@ -284,60 +342,110 @@ def test_every_job_step_retries_transient_failures_with_backoff(definition):
             assert {"SageMaker.CAPACITY_ERROR", "SageMaker.JOB_INTERNAL_ERROR"} <= kinds
         for policy in policies:
             assert policy["BackoffRate"] >= 2 and 1 <= policy["MaxAttempts"] <= 20 and policy["IntervalSeconds"] >= 1
+        retried += 1
+    assert retried == 2 + 4 * 3  # export, prepare; per chain: train or tune, evaluate, register
 
 
-def test_spot_and_on_demand_training_differ_only_in_capacity(definition, settings):
+def test_spot_and_on_demand_jobs_differ_only_in_capacity(definition, settings):
     steps = steps_by_name(definition)
-    spot, on_demand = (copy.deepcopy(steps[f"Train{s}"]["Arguments"]) for s in (SPOT, ON_DEMAND))
-    assert spot["EnableManagedSpotTraining"] is True and on_demand["EnableManagedSpotTraining"] is False
-    runtime = settings.training.max_runtime_seconds
-    assert spot["StoppingCondition"] == {"MaxRuntimeInSeconds": runtime, "MaxWaitTimeInSeconds": 2 * runtime}
-    # CreateTrainingJob rejects MaxWaitTimeInSeconds without managed spot training.
-    assert on_demand["StoppingCondition"] == {"MaxRuntimeInSeconds": runtime}
-    assert spot["CheckpointConfig"] == on_demand["CheckpointConfig"]
-    assert spot["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
-    for arguments in (spot, on_demand):
-        del arguments["EnableManagedSpotTraining"], arguments["StoppingCondition"]
-    assert spot == on_demand
+    for kind, jobs in (
+        ("Train", lambda s: s["Arguments"]),
+        ("Tune", lambda s: s["Arguments"]["TrainingJobDefinition"]),
+    ):
+        spot, on_demand = (copy.deepcopy(jobs(steps[f"{kind}{s}"])) for s in (SPOT, ON_DEMAND))
+        assert spot["EnableManagedSpotTraining"] is True and on_demand["EnableManagedSpotTraining"] is False
+        runtime = settings.training.max_runtime_seconds
+        assert spot["StoppingCondition"] == {"MaxRuntimeInSeconds": runtime, "MaxWaitTimeInSeconds": 2 * runtime}
+        # CreateTrainingJob rejects MaxWaitTimeInSeconds without managed spot training.
+        assert on_demand["StoppingCondition"] == {"MaxRuntimeInSeconds": runtime}
+        assert spot["CheckpointConfig"] == on_demand["CheckpointConfig"]
+        assert spot["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+        for arguments in (spot, on_demand):
+            del arguments["EnableManagedSpotTraining"], arguments["StoppingCondition"]
+        assert spot == on_demand
 
 
-def test_training_publishes_its_metrics_and_takes_the_hyperparameters(definition):
+def test_training_publishes_its_metrics_and_takes_every_hyperparameter(definition, settings):
     arguments = steps_by_name(definition)["TrainSpot"]["Arguments"]
     metrics = {m["Name"]: m["Regex"] for m in arguments["AlgorithmSpecification"]["MetricDefinitions"]}
     line = "#metrics epoch=3 train_box_loss=1.25 precision=0.5 recall=0.25 mAP50=0.75 mAP50-95=0.4125"
     assert re.search(metrics["mAP50-95"], line)[1] == "0.4125"
     assert re.search(metrics["mAP50"], line)[1] == "0.75"  # not confused with mAP50-95
     assert re.search(metrics["train_box_loss"], line)[1] == "1.25"
+    best = "#best precision=0.7 recall=0.6 mAP50=0.93 mAP50-95=0.66"
+    assert re.search(metrics[BEST_OBJECTIVE], best)[1] == "0.66" and not re.search(metrics["mAP50-95"], best)
     hyper = arguments["HyperParameters"]
-    assert set(hyper) == {
-        "model_size",
-        "epochs",
-        "image_size",
-        "batch_size",
-        "onnx_opset",
-        "pretrained_weights",
-        "seed",
-    }
+    script_mode = {"sagemaker_program", "sagemaker_submit_directory", "sagemaker_region"}
+    assert set(hyper) == set(HYPERPARAMETERS) | script_mode  # the train step refuses a missing one
     assert hyper["pretrained_weights"] == {"Get": "Parameters.PretrainedWeightsS3Uri"}
+    assert hyper["sagemaker_program"] == pd.JOB_ENTRY
+    assert json.loads(hyper["augmentation"]) == settings.training.augmentation.model_dump()
+    assert hyper["optimizer"] == settings.training.optimizer
     assert all(isinstance(v, str) or is_expression(v) for v in hyper.values())
     assert arguments["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
     channels = {c["ChannelName"]: c for c in arguments["InputDataConfig"]}
-    assert set(channels) == {"code", "dataset"}
+    assert set(channels) == {"dataset"}  # the code comes through sagemaker_submit_directory
+    assert "ContainerEntrypoint" not in arguments["AlgorithmSpecification"]
+
+
+def test_tuning_searches_the_configured_ranges_for_the_best_validation_map(definition, settings):
+    tuning = settings.training.tuning
+    for capacity in CAPACITIES:
+        step = steps_by_name(definition)[f"Tune{capacity}"]
+        config = step["Arguments"]["HyperParameterTuningJobConfig"]
+        assert config["Strategy"] == tuning.strategy
+        assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": BEST_OBJECTIVE}
+        assert config["ResourceLimits"] == {
+            "MaxNumberOfTrainingJobs": {"Get": "Parameters.TuningMaxJobs"},
+            "MaxParallelTrainingJobs": {"Get": "Parameters.TuningMaxParallelJobs"},
+        }
+        ranges = config["ParameterRanges"]
+        assert {r["Name"]: r["Values"] for r in ranges["CategoricalParameterRanges"]} == {
+            "model_size": tuning.ranges.model_size,
+            "image_size": [str(size) for size in tuning.ranges.image_size],
+        }
+        (epochs,) = ranges["IntegerParameterRanges"]
+        assert (epochs["Name"], epochs["MinValue"], epochs["MaxValue"]) == (
+            "epochs",
+            str(tuning.ranges.epochs[0]),
+            str(tuning.ranges.epochs[1]),
+        )
+        (rate,) = ranges["ContinuousParameterRanges"]
+        assert (rate["Name"], float(rate["MinValue"]), float(rate["MaxValue"]), rate["ScalingType"]) == (
+            "learning_rate",
+            *tuning.ranges.learning_rate,
+            "Logarithmic",
+        )
+        job = step["Arguments"]["TrainingJobDefinition"]
+        tuned = {r["Name"] for group in ranges.values() for r in group}
+        # every hyperparameter reaches each training job: tuned ones from the ranges, the rest as static values
+        assert set(job["StaticHyperParameters"]) | tuned == set(
+            steps_by_name(definition)["TrainSpot"]["Arguments"]["HyperParameters"]
+        )
+        assert not tuned & set(job["StaticHyperParameters"])
+        names = {m["Name"] for m in job["AlgorithmSpecification"]["MetricDefinitions"]}
+        assert BEST_OBJECTIVE in names and len(names) <= 20  # a tuning job takes at most 20 metric definitions
 
 
 def test_outputs_are_encrypted_with_the_model_key_and_jobs_run_as_the_job_role(definition, workflow_stack):
     roles = workflow_stack.resources("AWS::IAM::Role")
     (job_role,) = [i for i in roles if i.startswith("TrainingPipelineJobRole")]
     key = "arn:aws:kms:eu-west-1:123456789012:alias/tag-inspect-models"
+    checked = 0
     for step in pd.iter_steps(definition["Steps"]):
         arguments = step.get("Arguments", {})
+        if step["Type"] == "Tuning":
+            arguments = arguments["TrainingJobDefinition"]
         if step["Type"] == "Processing":
             assert arguments["ProcessingOutputConfig"]["KmsKeyId"] == key
             assert arguments["RoleArn"] == f"${{{job_role}.Arn}}"
             assert arguments["AppSpecification"]["ImageUri"].startswith("763104351884.dkr.ecr.eu-west-1.amazonaws.com/")
-        if step["Type"] == "Training":
+            checked += 1
+        if step["Type"] in ("Training", "Tuning"):
             assert arguments["OutputDataConfig"]["KmsKeyId"] == key
             assert arguments["RoleArn"] == f"${{{job_role}.Arn}}"
+            checked += 1
+    assert checked == 2 + 4 * 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,6 +455,7 @@ def test_outputs_are_encrypted_with_the_model_key_and_jobs_run_as_the_job_role(d
 API_OF_STEP = {
     "Processing": ("CreateProcessingJob", {"ProcessingJobName"}),
     "Training": ("CreateTrainingJob", {"TrainingJobName"}),
+    "Tuning": ("CreateHyperParameterTuningJob", {"HyperParameterTuningJobName"}),
     "RegisterModel": ("CreateModelPackage", set()),
 }
 
@@ -414,7 +523,7 @@ def test_job_step_arguments_follow_the_sagemaker_api(definition):
         assert not missing, f"{step['Name']}: required {missing}"
         assert errors == [], "\n".join(errors)
         checked += 1
-    assert checked == 8  # export, prepare and, per capacity, train, evaluate, register
+    assert checked == 2 + 4 * 3  # export, prepare and, per chain, train or tune, evaluate, register
 
 
 def _sample(value: Any) -> Any:
@@ -429,7 +538,7 @@ def test_each_container_command_is_one_the_step_code_accepts(definition):
     seen = set()
     for step in pd.iter_steps(definition["Steps"]):
         arguments = step.get("Arguments", {})
-        spec = arguments.get("AppSpecification") or arguments.get("AlgorithmSpecification")
+        spec = arguments.get("AppSpecification")
         if not spec:
             continue
         entrypoint = spec["ContainerEntrypoint"]
@@ -437,10 +546,7 @@ def test_each_container_command_is_one_the_step_code_accepts(definition):
         parsed = parser.parse_args([str(_sample(a)) for a in spec["ContainerArguments"]])
         seen.add(parsed.step)
         code_dir = entrypoint[4]
-        inputs = arguments.get("ProcessingInputs") or [
-            {"S3Input": {"LocalPath": f"/opt/ml/input/data/{c['ChannelName']}"}} for c in arguments["InputDataConfig"]
-        ]
-        assert code_dir in {i["S3Input"]["LocalPath"] for i in inputs}  # the code input is where bootstrap looks
+        assert code_dir in {i["S3Input"]["LocalPath"] for i in arguments["ProcessingInputs"]}  # where bootstrap looks
         if parsed.step == "export":
             assert parsed.class_names == ["scratch"]
             assert parsed.publish == "s3://tag-inspect-models-123456789012-eu-west-1/datasets/"
@@ -450,7 +556,49 @@ def test_each_container_command_is_one_the_step_code_accepts(definition):
                 o["OutputName"]: o["S3Output"]["LocalPath"] for o in arguments["ProcessingOutputConfig"]["Outputs"]
             }
             assert (parsed.evaluation_output, parsed.package_output) == (local["evaluation"], local["package"])
-    assert seen == {"export", "prepare", "train", "evaluate"}
+    assert seen == {"export", "prepare", "evaluate"}  # training and tuning jobs run the job entry (script mode)
+
+
+def test_training_and_tuning_jobs_run_the_job_entry_from_the_source_archive(definition, workflow_stack, tmp_path):
+    """Script mode as the training toolkit runs it: the archive unpacked, its requirements at the root, the
+    entry started with the code's root on the path and the hyperparameters as arguments."""
+    steps = steps_by_name(definition)
+    sources = set()
+    for step in steps.values():
+        if step["Type"] == "Training":
+            hyper = step["Arguments"]["HyperParameters"]
+        elif step["Type"] == "Tuning":
+            hyper = step["Arguments"]["TrainingJobDefinition"]["StaticHyperParameters"]
+        else:
+            continue
+        assert hyper["sagemaker_program"] == pd.JOB_ENTRY
+        sources.add(hyper["sagemaker_submit_directory"])
+    (source,) = sources
+    # the training toolkit downloads the object and opens it as a gzip tar, whatever its name
+    digest = re.fullmatch(r"s3://cdk-hnb659fds-assets-123456789012-eu-west-1/([0-9a-f]{64})\.gz", source)[1]
+    assembly = workflow_stack.template_file.parent
+    (archive,) = [path for d in (assembly, assembly.parent) for path in d.glob(f"asset.{digest}*") if path.is_file()]
+    code = tmp_path / "code"
+    with tarfile.open(archive) as unpacked:
+        names = unpacked.getnames()
+        assert {m.mtime for m in unpacked.getmembers()} == {0}  # same code, same archive, same asset hash
+        unpacked.extractall(code, filter="data")
+    assert {"requirements.txt", pd.JOB_ENTRY, "shared/contracts.py", "training/steps/cli.py"} <= set(names)
+    assert (code / "requirements.txt").read_text() == (
+        REPO_ROOT / "training" / "steps" / "requirements.txt"
+    ).read_text()
+    result = subprocess.run(
+        [sys.executable, "-s", pd.JOB_ENTRY, "--model_size", "n", "--epochs", "1"],
+        cwd=code,
+        env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    # outside a training container there are no hyperparameters: the train step says so, and nothing else broke
+    assert result.returncode == 1, result.stderr
+    assert "train: no hyperparameters at /opt/ml/input/config/hyperparameters.json" in result.stderr
 
 
 def test_the_bootstrap_unpacks_the_step_code_asset_and_runs_the_step(workflow_stack, tmp_path):

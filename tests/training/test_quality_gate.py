@@ -1,8 +1,7 @@
-"""Step 5: the gate rule, and the real lookup of the approved model's metrics in the model registry (moto)."""
+"""Step 5: the gate's verdict on champion/challenger pairs, and the champion's lookup in the model registry (moto)."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -11,109 +10,107 @@ import pytest
 from moto import mock_aws
 
 from training.steps import gate
-from training.steps.gate import Baseline, GateError, approved_baseline, baseline_outputs, decide
+from training.steps.gate import FAIL, NO_CHANGE, REGISTER, Champion, ChampionResult, approved_champion, decide
 
 GROUP = "tag-inspect-scratch-detector"
-BUCKET = "tag-inspect-models-123456789012-eu-west-1"
+ARN = "arn:aws:sagemaker:eu-west-1:123456789012:model-package/tag-inspect-scratch-detector/3"
+
+
+def _champion(difference: float, interval: tuple[float, float], dataset: str = "ds-old") -> ChampionResult:
+    return ChampionResult(package_arn=ARN, dataset_version=dataset, difference=difference, interval=interval, images=40)
 
 
 @pytest.mark.parametrize(
-    ("metric", "baseline", "passed", "reason"),
+    ("metric", "champion", "verdict", "reason"),
     [
-        (0.55, None, True, r"mAP50-95 0\.5500 >= 0\.5000 \(first model\)"),
-        (0.45, None, False, r"below the threshold 0\.5000"),
-        (0.61, 0.62, True, r"approved model 0\.6200 - margin 0\.0200"),  # within the margin
-        (0.59, 0.62, False, r"regresses from the approved model .* \(0\.6200\) by more than the margin 0\.0200"),
-        (0.45, 0.40, False, r"below the threshold"),  # an approved model below today's threshold
+        # the group's first model: the threshold alone
+        (0.55, None, REGISTER, r"mAP50-95 0\.5500 >= 0\.5000 \(first model\)"),
+        (0.45, None, FAIL, r"mAP50-95 0\.4500 is below the threshold 0\.5000"),
+        # new labels: not worse than the champion beyond the margin (point estimate of the paired difference)
+        (0.61, _champion(-0.01, (-0.05, 0.03)), REGISTER, r"not worse .* margin 0\.0200: mAP50-95 -0\.0100 against"),
+        (0.61, _champion(0.08, (0.02, 0.14)), REGISTER, r"\+0\.0800 against .* same 40 test images"),
+        (0.55, _champion(-0.03, (-0.07, 0.01)), FAIL, r"regression beyond the margin 0\.0200: mAP50-95 -0\.0300"),
+        # with a champion the threshold no longer decides: both were scored on the same images
+        (0.40, _champion(0.0, (-0.02, 0.02)), REGISTER, r"interval -0\.0200 to \+0\.0200"),
+        # the champion's own labels: only a model better beyond doubt is registered
+        (0.70, _champion(0.05, (0.01, 0.09), dataset="ds-new"), REGISTER, r"not worse"),
+        (0.70, _champion(0.02, (-0.01, 0.05), dataset="ds-new"), NO_CHANGE, r"no change: the dataset ds-new is"),
+        (0.70, _champion(0.0, (0.0, 0.0), dataset="ds-new"), NO_CHANGE, r"not better beyond doubt"),
+        (0.50, _champion(-0.2, (-0.3, -0.1), dataset="ds-new"), NO_CHANGE, r"no change"),  # nothing to redeploy
     ],
 )
-def test_threshold_and_no_regression_beyond_the_margin(metric, baseline, passed, reason):
-    approved = Baseline("arn:aws:sagemaker:eu-west-1:123456789012:model-package/g/3", baseline) if baseline else None
-    decision = decide(metric, threshold=0.5, baseline=approved, margin=0.02)
-    assert decision.passed is passed
+def test_the_verdict_on_champion_and_challenger(metric, champion, verdict, reason):
+    decision = decide(metric, dataset_version="ds-new", threshold=0.5, margin=0.02, champion=champion)
+    assert decision.verdict == verdict
+    assert decision.passed is (verdict == REGISTER)
     assert re.search(reason, decision.reason), decision.reason
-    assert decision.to_json()["regression_floor"] == pytest.approx(max(0.0, (baseline or 0.02) - 0.02))
+    written = decision.to_json()
+    assert written["verdict"] == verdict and written["value"] == metric
+    assert written["champion_package_arn"] == (ARN if champion else None)
+    assert written["difference_interval"] == (list(champion.interval) if champion else None)
 
 
-def test_the_floor_never_goes_below_zero_and_a_negative_margin_is_refused():
-    assert gate.regression_floor(Baseline("arn", 0.01), 0.02) == 0.0
+def test_a_negative_margin_is_refused():
     with pytest.raises(ValueError, match="negative"):
-        gate.regression_floor(None, -0.1)
+        decide(0.6, dataset_version="ds", threshold=0.5, margin=-0.1, champion=None)
 
 
 @pytest.fixture
 def registry():
     with mock_aws():
-        sagemaker, s3 = boto3.client("sagemaker"), boto3.client("s3")
-        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        sagemaker = boto3.client("sagemaker")
         sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
-        yield sagemaker, s3
+        yield sagemaker
 
 
-def _register(sagemaker, s3, *, metric: float | None, status: str, metadata: dict | None = None) -> str:
-    arguments = {
-        "ModelPackageGroupName": GROUP,
-        "ModelApprovalStatus": status,
-        "InferenceSpecification": {
-            "Containers": [
-                {"Image": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/x:1", "ModelDataUrl": "s3://b/m.tar.gz"}
-            ],
+def _register(sagemaker, *, status: str, url: str = "s3://models/pipeline-runs/e1/package/model.tar.gz") -> str:
+    arn = sagemaker.create_model_package(
+        ModelPackageGroupName=GROUP,
+        ModelApprovalStatus=status,
+        InferenceSpecification={
+            "Containers": [{"Image": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/x:1", "ModelDataUrl": url}],
             "SupportedContentTypes": ["image/jpeg"],
             "SupportedResponseMIMETypes": ["application/json"],
         },
-    }
-    if metric is not None:
-        key = f"pipeline-runs/{time.monotonic_ns()}/evaluation/evaluation.json"
-        s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps({"metrics": {"mAP50-95": metric}}).encode())
-        arguments["ModelMetrics"] = {
-            "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": f"s3://{BUCKET}/{key}"}}
-        }
-    if metadata:
-        arguments["CustomerMetadataProperties"] = metadata
-    arn = sagemaker.create_model_package(**arguments)["ModelPackageArn"]
+    )["ModelPackageArn"]
     time.sleep(0.01)  # distinct creation times
     return arn
 
 
-def test_no_approved_package_means_threshold_only(registry):
-    sagemaker, s3 = registry
-    _register(sagemaker, s3, metric=0.9, status="PendingManualApproval")
-    _register(sagemaker, s3, metric=0.9, status="Rejected")
-    assert approved_baseline(sagemaker, s3, GROUP) is None
-    assert baseline_outputs(None, 0.02) == {
-        "regression_floor": 0.0,
-        "baseline_metric": -1.0,
-        "baseline_package_arn": "none",
-        "has_baseline": False,
+def test_no_approved_package_means_no_champion(registry):
+    _register(registry, status="PendingManualApproval")
+    _register(registry, status="Rejected")
+    assert approved_champion(registry, GROUP) is None
+    assert gate.champion_outputs(None) == {"champion_package_arn": "none", "champion_model_url": "none"}
+
+
+def test_the_newest_approved_package_is_the_champion_with_its_archive(registry):
+    _register(registry, status="Approved", url="s3://models/pipeline-runs/old/package/model.tar.gz")
+    newest = _register(registry, status="Approved", url="s3://models/pipeline-runs/new/package/model.tar.gz")
+    _register(registry, status="PendingManualApproval", url="s3://models/x.tar.gz")  # not approved: not the champion
+    champion = approved_champion(registry, GROUP)
+    assert champion == Champion(newest, "s3://models/pipeline-runs/new/package/model.tar.gz")
+    assert gate.champion_outputs(champion) == {
+        "champion_package_arn": newest,
+        "champion_model_url": "s3://models/pipeline-runs/new/package/model.tar.gz",
     }
 
 
-def test_the_newest_approved_package_is_the_baseline_and_its_report_gives_the_metric(registry):
-    sagemaker, s3 = registry
-    _register(sagemaker, s3, metric=0.50, status="Approved")
-    newest = _register(sagemaker, s3, metric=0.64, status="Approved")
-    _register(sagemaker, s3, metric=0.99, status="PendingManualApproval")  # not approved: not a baseline
-    baseline = approved_baseline(sagemaker, s3, GROUP)
-    assert baseline == Baseline(newest, 0.64)
-    assert baseline_outputs(baseline, 0.02)["regression_floor"] == pytest.approx(0.62)
+def test_an_approved_package_without_an_archive_fails_the_lookup_naming_it():
+    class Registry:  # moto refuses a package without containers; the real registry holds such (manual) ones
+        def list_model_packages(self, **_):
+            return {"ModelPackageSummaryList": [{"ModelPackageArn": ARN}]}
 
+        def describe_model_package(self, **_):
+            return {"ModelPackageArn": ARN, "InferenceSpecification": {"Containers": [{"Image": "x"}]}}
 
-def test_a_package_without_a_report_falls_back_to_its_metadata_and_without_either_fails(registry):
-    sagemaker, s3 = registry
-    arn = _register(sagemaker, s3, metric=None, status="Approved", metadata={"mAP50-95": "0.58"})
-    assert approved_baseline(sagemaker, s3, GROUP) == Baseline(arn, 0.58)
-    bare = _register(sagemaker, s3, metric=None, status="Approved")
-    with pytest.raises(GateError, match=rf"approved model package {bare} has no mAP50-95"):
-        approved_baseline(sagemaker, s3, GROUP)
+    with pytest.raises(ValueError, match=rf"approved model package {re.escape(ARN)} has no ModelDataUrl"):
+        approved_champion(Registry(), GROUP)
 
 
 def test_the_lambda_handler_returns_the_pipelines_output_parameters(registry):
-    sagemaker, s3 = registry
-    arn = _register(sagemaker, s3, metric=0.7, status="Approved")
-    outputs = gate.handler({"model_package_group": GROUP, "regression_margin": 0.05}, None)
-    assert outputs == {
-        "regression_floor": pytest.approx(0.65),
-        "baseline_metric": 0.7,
-        "baseline_package_arn": arn,
-        "has_baseline": True,
+    arn = _register(registry, status="Approved")
+    assert gate.handler({"model_package_group": GROUP}, None) == {
+        "champion_package_arn": arn,
+        "champion_model_url": "s3://models/pipeline-runs/e1/package/model.tar.gz",
     }

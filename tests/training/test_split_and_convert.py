@@ -22,14 +22,21 @@ from training.steps.dataset import (
 from training.steps.prepare import (
     SPLITS,
     PreparedDataset,
-    assign_split,
+    SplitPlan,
+    assign_splits,
     boxes_from_label_lines,
     file_stem,
     prepare_dataset,
     yolo_label_lines,
 )
 
-FRACTIONS = {"validation_fraction": 0.1, "test_fraction": 0.1}
+# Small minimums: the mechanics on a few dozen synthetic tags (the configured ones are in config.yaml).
+PLAN = SplitPlan(
+    validation_fraction=0.1, test_fraction=0.1, min_validation_images=3, min_test_images=4, min_test_defects=2
+)
+CONFIGURED = SplitPlan(
+    validation_fraction=0.1, test_fraction=0.1, min_validation_images=15, min_test_images=30, min_test_defects=20
+)
 
 
 def _manifest(folder: Path, samples, *, min_images: int = 1):
@@ -42,15 +49,47 @@ def _manifest(folder: Path, samples, *, min_images: int = 1):
     ).manifest
 
 
-def test_the_split_depends_only_on_the_image_so_adding_images_moves_none():
-    uris = [f"s3://data/raw-images/line-1/frame-{i:05d}.jpg" for i in range(3000)]
-    before = {uri: assign_split(uri, **FRACTIONS) for uri in uris[:2000]}
-    after = {uri: assign_split(uri, **FRACTIONS) for uri in uris}  # 1000 images more
+def _uris(count: int, start: int = 0) -> list[str]:
+    return [f"s3://data/raw-images/line-1/frame-{i:05d}.jpg" for i in range(start, start + count)]
+
+
+def test_a_large_dataset_splits_by_the_fractions_and_keeps_every_image_in_its_split_as_images_are_added():
+    before = assign_splits(_uris(2000), CONFIGURED)
+    after = assign_splits(_uris(3000), CONFIGURED)  # 1000 images more
     assert all(after[uri] == split for uri, split in before.items())
     counts = Counter(after.values())
     assert 240 <= counts["test"] <= 360 and 240 <= counts["val"] <= 360  # ~10% each
-    with pytest.raises(ValueError, match="fractions"):
-        assign_split(uris[0], validation_fraction=0.6, test_fraction=0.5)
+
+
+@pytest.mark.parametrize("total", [90, 120, 188, 250])
+def test_a_small_dataset_gets_the_minimum_test_and_validation_splits(total):
+    counts = Counter(assign_splits(_uris(total), CONFIGURED).values())
+    assert counts["test"] >= 30 and counts["val"] >= 15
+    assert counts["train"] >= total / 2
+
+
+def test_as_images_are_added_no_image_ever_enters_the_test_split_from_training():
+    # The test threshold only goes down: yesterday's train and validation images never become test images,
+    # so a champion is never scored on an image it learned from. (Test images may move on to training.)
+    previous = assign_splits(_uris(90), CONFIGURED)
+    for total in range(91, 400, 7):
+        current = assign_splits(_uris(total), CONFIGURED)
+        entered = [uri for uri, split in previous.items() if split != "test" and current[uri] == "test"]
+        assert entered == [], (total, entered)
+        previous = current
+
+
+def test_too_few_labeled_images_to_judge_a_model_fail_with_how_many_are_needed():
+    with pytest.raises(
+        DatasetError,
+        match=r"80 labeled images are too few .* test split needs at least 30 images and the validation split 15, "
+        r"with as many again to train on; label at least 10 more \(90 in all\)",
+    ):
+        assign_splits(_uris(80), CONFIGURED)
+    with pytest.raises(ValueError, match="at least half of the images for training"):
+        SplitPlan(
+            validation_fraction=0.3, test_fraction=0.3, min_validation_images=1, min_test_images=1, min_test_defects=1
+        )
 
 
 def test_label_files_match_the_boxes_to_the_pixel_for_jpg_png_and_other_types(tmp_path):
@@ -64,7 +103,7 @@ def test_label_files_match_the_boxes_to_the_pixel_for_jpg_png_and_other_types(tm
     samples[0] = type(samples[0])(bmp, samples[0].width, samples[0].height, samples[0].boxes)
     samples[1] = type(samples[1])(gif, samples[1].width, samples[1].height, samples[1].boxes)
     manifest = _manifest(tmp_path, samples)
-    prepared = prepare_dataset(manifest, LocalImageStore(tmp_path / "images"), tmp_path / "yolo", **FRACTIONS)
+    prepared = prepare_dataset(manifest, LocalImageStore(tmp_path / "images"), tmp_path / "yolo", plan=PLAN)
 
     assert sum(prepared.counts.values()) == 60 and all(prepared.counts[s] > 0 for s in SPLITS)
     checked_boxes = 0
@@ -104,18 +143,21 @@ def test_an_image_that_changed_since_the_manifest_cannot_recreate_the_dataset(tm
     manifest = _manifest(tmp_path, samples)
     samples[4].path.write_bytes(samples[5].path.read_bytes())
     with pytest.raises(DatasetError, match=rf"cannot recreate the dataset: .*{samples[4].path.name} has content"):
-        prepare_dataset(manifest, LocalImageStore(tmp_path / "images"), tmp_path / "yolo", **FRACTIONS)
+        prepare_dataset(manifest, LocalImageStore(tmp_path / "images"), tmp_path / "yolo", plan=PLAN)
 
 
-def test_a_split_left_empty_fails_with_the_reason(tmp_path):
-    samples = write_dataset(tmp_path / "images", 3, seed=2)
+def test_too_few_images_fail_before_anything_is_written(tmp_path):
+    samples = write_dataset(tmp_path / "images", 12, seed=2)
     manifest = _manifest(tmp_path, samples)
-    with pytest.raises(DatasetError, match=r"split\(s\) of 3 images are empty .* label more images"):
-        prepare_dataset(manifest, LocalImageStore(tmp_path / "images"), tmp_path / "yolo", **FRACTIONS)
+    with pytest.raises(DatasetError, match=r"12 labeled images are too few .* label at least 2 more \(14 in all\)"):
+        prepare_dataset(manifest, LocalImageStore(tmp_path / "images"), tmp_path / "yolo", plan=PLAN)
+    assert not (tmp_path / "yolo").exists()
 
 
-def test_a_test_split_without_any_defect_cannot_measure_the_model(tmp_path):
+def test_a_test_split_without_enough_defects_cannot_measure_the_model(tmp_path):
     samples = write_dataset(tmp_path / "images", 40, seed=9, empty_fraction=1.0)  # no defect anywhere
     manifest = _manifest(tmp_path, samples)
-    with pytest.raises(DatasetError, match=r"test split \(\d+ images\) has no labeled defect"):
-        prepare_dataset(manifest, LocalImageStore(tmp_path / "images"), tmp_path / "yolo", **FRACTIONS)
+    with pytest.raises(
+        DatasetError, match=r"test split \(\d+ images\) holds 0 labeled defect\(s\), fewer than the 2 needed"
+    ):
+        prepare_dataset(manifest, LocalImageStore(tmp_path / "images"), tmp_path / "yolo", plan=PLAN)

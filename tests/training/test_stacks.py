@@ -152,6 +152,10 @@ def test_the_pipeline_role_only_runs_this_pipelines_jobs(workflow_stack):
         "sagemaker:CreateTrainingJob",
         "sagemaker:DescribeTrainingJob",
         "sagemaker:StopTrainingJob",
+        "sagemaker:CreateHyperParameterTuningJob",
+        "sagemaker:DescribeHyperParameterTuningJob",
+        "sagemaker:StopHyperParameterTuningJob",
+        "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
         "sagemaker:AddTags",
         "sagemaker:CreateModelPackage",
         "sagemaker:DescribeModelPackage",
@@ -166,6 +170,9 @@ def test_the_pipeline_role_only_runs_this_pipelines_jobs(workflow_stack):
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
     assert _resources(template, role, "sagemaker:CreateTrainingJob") == [
         "arn:aws:sagemaker:eu-west-1:123456789012:training-job/pipelines-*"
+    ]
+    assert _resources(template, role, "sagemaker:CreateHyperParameterTuningJob") == [
+        "arn:aws:sagemaker:eu-west-1:123456789012:hyper-parameter-tuning-job/*"
     ]
     assert set(_resources(template, role, "sagemaker:CreateModelPackage")) == {
         "arn:aws:sagemaker:eu-west-1:123456789012:model-package-group/tag-inspect-scratch-detector",
@@ -184,9 +191,9 @@ def test_the_job_role_reads_other_apps_data_by_name_and_writes_only_its_prefixes
     reads = _resources(template, role, "s3:GetObject")
     assert "arn:aws:s3:::tag-inspect-data-123456789012-eu-west-1/raw-images/*" in reads
     assert "arn:aws:s3:::tag-inspect-data-123456789012-eu-west-1/feature-store/*" in reads
-    assert any(
-        re.fullmatch(r"arn:aws:s3:::cdk-hnb659fds-assets-123456789012-eu-west-1/[0-9a-f]{64}\.zip", r) for r in reads
-    )
+    assets = [r for r in reads if r.startswith("arn:aws:s3:::cdk-hnb659fds-assets-123456789012-eu-west-1/")]
+    assert len(assets) == 2  # the step code, as a zip (processing jobs) and a tar.gz (training and tuning jobs)
+    assert all(re.fullmatch(r"arn:aws:s3:::[\w-]+/[0-9a-f]{64}\.(zip|gz)", r) for r in assets)
     assert _resources(template, role, "sagemaker:DescribeFeatureGroup") == [
         "arn:aws:sagemaker:eu-west-1:123456789012:feature-group/tag-inspect-labels"
     ]
@@ -198,17 +205,21 @@ def test_the_job_role_reads_other_apps_data_by_name_and_writes_only_its_prefixes
     assert aliases == {"alias/tag-inspect-models", "alias/tag-inspect-data"}
 
 
-def test_the_baseline_function_reads_the_registry_only(workflow_stack):
+def test_the_champion_lookup_reads_the_registry_only(workflow_stack):
     functions = workflow_stack.resources("AWS::Lambda::Function")
     ((function_id, function),) = [(i, f) for i, f in functions.items() if f["Properties"]["Handler"] == "gate.handler"]
     assert function["Properties"]["Runtime"] == "python3.14"
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
     actions = _actions(workflow_stack.template, role)
-    assert {"sagemaker:ListModelPackages", "sagemaker:DescribeModelPackage", "s3:GetObject"} <= actions
+    assert {"sagemaker:ListModelPackages", "sagemaker:DescribeModelPackage"} <= actions
+    assert not any(a.startswith(("s3:", "kms:")) for a in actions)  # the evaluation step reads the archive
     assert not any(
         a.startswith("sagemaker:") and a not in ("sagemaker:ListModelPackages", "sagemaker:DescribeModelPackage")
         for a in actions
     )
+    assert _resources(workflow_stack.template, role, "sagemaker:DescribeModelPackage") == [
+        "arn:aws:sagemaker:eu-west-1:123456789012:model-package/tag-inspect-scratch-detector/*"
+    ]
     assert function_id
 
 

@@ -16,6 +16,10 @@ from training.steps.evaluate import read_model_archive
 from training.steps.prepare import PreparedDataset
 from training.steps.train import TrainingError
 
+GATE = ["--map50-95-threshold", "0.5", "--regression-margin", "0.02"]
+NO_CHAMPION = ["--champion-package", "none", "--champion-model-url", "none"]
+MINIMUMS = ["--min-validation-images", "15", "--min-test-images", "30", "--min-test-defects", "20"]
+
 
 @mock_aws
 def test_prepare_recreates_the_dataset_from_s3_at_the_recorded_versions(source, tmp_path):
@@ -37,6 +41,7 @@ def test_prepare_recreates_the_dataset_from_s3_at_the_recorded_versions(source, 
     s3.put_object(Bucket="data-bucket", Key=f"raw-images/{changed.path.name}", Body=source.samples[1].path.read_bytes())
 
     prepare = ["prepare", "--manifest", str(tmp_path / "export"), "--output", str(tmp_path / "dataset")]
+    prepare += ["--min-validation-images", "3", "--min-test-images", "3", "--min-test-defects", "1"]
     assert cli.main([*prepare, "--validation-fraction", "0.15", "--test-fraction", "0.15"]) == 0
     prepared = PreparedDataset.load(tmp_path / "dataset")
     assert sum(prepared.counts.values()) == 24
@@ -47,32 +52,42 @@ def test_prepare_recreates_the_dataset_from_s3_at_the_recorded_versions(source, 
 
 
 @mock_aws
-def test_train_reads_sagemaker_hyperparameters_and_downloads_pretrained_weights(tiny_model, tmp_path):
+def test_train_reads_sagemaker_hyperparameters_and_downloads_pretrained_weights(tiny_model, tmp_path, capsys):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="model-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     s3.put_object(Bucket="model-bucket", Key="pretrained/tiny.pt", Body=tiny_model.run.weights.read_bytes())
     hyperparameters = tmp_path / "config" / "hyperparameters.json"
     hyperparameters.parent.mkdir()
-    hyperparameters.write_text(  # SageMaker writes every value as a string
-        json.dumps(
-            {
-                "model_size": "n",
-                "epochs": "1",
-                "image_size": "64",
-                "batch_size": "16",
-                "onnx_opset": "17",
-                "pretrained_weights": "s3://model-bucket/pretrained/tiny.pt",
-                "seed": "0",
-            }
-        )
-    )
+    values = {  # SageMaker writes every value as a string
+        "model_size": "n",
+        "epochs": "1",
+        "image_size": "64",
+        "batch_size": "16",
+        "patience": "5",
+        "optimizer": "AdamW",
+        "learning_rate": "0.002",
+        "augmentation": json.dumps({"flipud": 0.5, "mosaic": 1.0, "close_mosaic": 0}),
+        "onnx_opset": "17",
+        "pretrained_weights": "s3://model-bucket/pretrained/tiny.pt",
+        "seed": "0",
+        "sagemaker_program": "training/steps/job.py",  # script mode's own: not the step's business
+    }
+    hyperparameters.write_text(json.dumps(values))
     arguments = ["train", "--hyperparameters", str(hyperparameters), "--dataset", str(tiny_model.run.prepared.root)]
     arguments += ["--model-dir", str(tmp_path / "model"), "--checkpoints", str(tmp_path / "ckpt")]
     assert cli.main([*arguments, "--work", str(tmp_path / "work"), "--workers", "0"]) == 0
     summary = json.loads((tmp_path / "model" / "training.json").read_text())
     assert summary["config"]["epochs"] == 1 and summary["config"]["image_size"] == 64
     assert summary["config"]["pretrained_weights"] == str(tmp_path / "work" / "pretrained.pt")
+    assert summary["config"]["augmentation"] == {"flipud": 0.5, "mosaic": 1.0, "close_mosaic": 0.0}
+    assert (summary["config"]["optimizer"], summary["config"]["learning_rate"]) == ("AdamW", 0.002)
     assert (tmp_path / "model" / "model.onnx").is_file() and (tmp_path / "model" / "model.pt").is_file()
+
+    # A hyperparameter the pipeline forgot is named, never replaced by a guess.
+    del values["patience"], values["augmentation"]
+    hyperparameters.write_text(json.dumps(values))
+    assert cli.main([*arguments, "--work", str(tmp_path / "work"), "--workers", "0"]) == 1
+    assert "hyperparameter(s) missing: patience, augmentation" in capsys.readouterr().err
 
     with pytest.raises(TrainingError, match=r"cannot read the pretrained weights s3://model-bucket/pretrained/no\.pt"):
         cli.download_weights(s3, "s3://model-bucket/pretrained/no.pt", tmp_path / "w.pt")
@@ -88,21 +103,49 @@ def test_evaluate_unpacks_the_training_output_and_writes_report_and_archive(tiny
     arguments = ["evaluate", "--model", str(training_output), "--dataset", str(tiny_model.run.prepared.root)]
     arguments += ["--evaluation-output", str(tmp_path / "evaluation"), "--package-output", str(tmp_path / "package")]
     arguments += ["--confidence-threshold", "0.3", "--iou-threshold", "0.5", "--work", str(tmp_path / "work")]
+    arguments += [*GATE, "--champion-package", "none", "--champion-model-url", "none"]  # as the lookup answers
     assert cli.main(arguments) == 0
     report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert report["input_size"] == 96  # what the model was trained and exported at (training.json)
     assert (report["confidence_threshold"], report["iou_threshold"]) == (0.3, 0.5)
+    assert report["champion"] is None and report["gate"]["verdict"] in ("register", "fail")
+    assert (tmp_path / "evaluation" / "report" / "index.html").is_file()
     manifest, _, names = read_model_archive(tmp_path / "package" / "model.tar.gz")
     assert (manifest.confidence_threshold, manifest.iou_threshold, manifest.input_size) == (0.3, 0.5, 96)
-    assert {"evaluation.json", "training.json"} <= set(names)
+    assert {"evaluation.json", "training.json", "dataset.json"} <= set(names)
+
+
+@mock_aws
+def test_evaluate_fetches_the_champion_from_s3_and_names_it_when_it_cannot(tiny_model, tmp_path, capsys):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="models", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket="models", Key="pipeline-runs/e0/package/model.tar.gz", Body=tiny_model.archive.read_bytes())
+    s3.put_object(Bucket="models", Key="pipeline-runs/e9/package/model.tar.gz", Body=b"not an archive")
+    package = "arn:aws:sagemaker:eu-west-1:123456789012:model-package/tag-inspect-scratch-detector/7"
+    arguments = ["evaluate", "--model", str(tiny_model.run.output / "work" / "model")]
+    arguments += ["--dataset", str(tiny_model.run.prepared.root), "--confidence-threshold", "0.25"]
+    arguments += ["--iou-threshold", "0.45", *GATE, "--champion-package", package]
+    outputs = ["--evaluation-output", str(tmp_path / "evaluation"), "--package-output", str(tmp_path / "package")]
+    good = [*arguments, "--champion-model-url", "s3://models/pipeline-runs/e0/package/model.tar.gz"]
+    assert cli.main([*good, *outputs, "--work", str(tmp_path / "work")]) == 0
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert report["champion"]["package"] == package
+    # the same model on the same labels: nothing to register
+    assert report["gate"]["verdict"] == "no_change" and report["comparison"]["difference"]["mAP50-95"] == 0.0
+
+    for url, problem in (
+        ("s3://models/pipeline-runs/e9/package/model.tar.gz", "cannot be read"),
+        ("s3://models/pipeline-runs/missing/model.tar.gz", "cannot be read from s3://models/pipeline-runs/missing"),
+    ):
+        assert cli.main([*arguments, "--champion-model-url", url, *outputs, "--work", str(tmp_path / "w2")]) == 1
+        assert f"evaluate: the approved model {package} {problem}" in capsys.readouterr().err
 
 
 def test_evaluate_without_a_trained_model_fails_with_the_reason(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     arguments = ["evaluate", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path)]
-    assert (
-        cli.main([*arguments, "--confidence-threshold", "0.3", "--iou-threshold", "0.5", "--work", str(tmp_path)]) == 1
-    )
+    arguments += ["--confidence-threshold", "0.3", "--iou-threshold", "0.5", *GATE, *NO_CHAMPION]
+    assert cli.main([*arguments, "--work", str(tmp_path)]) == 1
     assert "no model.tar.gz from the training step" in capsys.readouterr().err
 
 
@@ -115,9 +158,9 @@ def test_every_step_the_pipeline_runs_exists_in_the_command_line():
 def _required(step: str) -> list[str]:
     return {
         "export": ["--feature-group", "g", "--class-names", "a", "--min-images", "1"],
-        "prepare": ["--validation-fraction", "0.1", "--test-fraction", "0.1"],
+        "prepare": ["--validation-fraction", "0.1", "--test-fraction", "0.1", *MINIMUMS],
         "train": [],
-        "evaluate": ["--confidence-threshold", "0.25", "--iou-threshold", "0.45"],
+        "evaluate": ["--confidence-threshold", "0.25", "--iou-threshold", "0.45", *GATE, *NO_CHAMPION],
     }[step]
 
 

@@ -28,8 +28,9 @@ from training.steps.dataset import (
     parse_s3_uri,
     read_offline_store,
 )
-from training.steps.evaluate import evaluate_and_package
-from training.steps.prepare import prepare_dataset
+from training.steps.evaluate import ChampionModel, EvaluationError, evaluate_and_package, load_champion
+from training.steps.gate import NO_CHAMPION
+from training.steps.prepare import SplitPlan, prepare_dataset
 from training.steps.train import TRAINING_SUMMARY_FILE, TrainConfig, TrainingError, train_model
 
 PROCESSING = Path("/opt/ml/processing")
@@ -89,13 +90,15 @@ def run_prepare(args: argparse.Namespace, *, s3_client: Any = None) -> int:
     if manifest_path.is_dir():
         manifest_path = manifest_path / MANIFEST_OBJECT
     manifest = DatasetManifest.read(manifest_path)
-    prepared = prepare_dataset(
-        manifest,
-        S3ImageStore(s3_client or _boto3_client("s3")),
-        args.output,
+    plan = SplitPlan(
         validation_fraction=args.validation_fraction,
         test_fraction=args.test_fraction,
-        workers=args.workers,
+        min_validation_images=args.min_validation_images,
+        min_test_images=args.min_test_images,
+        min_test_defects=args.min_test_defects,
+    )
+    prepared = prepare_dataset(
+        manifest, S3ImageStore(s3_client or _boto3_client("s3")), args.output, plan=plan, workers=args.workers
     )
     print(json.dumps({"dataset_version": prepared.dataset_version, "counts": prepared.counts, "boxes": prepared.boxes}))
     return 0
@@ -103,7 +106,7 @@ def run_prepare(args: argparse.Namespace, *, s3_client: Any = None) -> int:
 
 def _hyperparameters(path: Path) -> dict[str, str]:
     if not path.is_file():
-        return {}
+        raise TrainingError(f"no hyperparameters at {path}: the training job passes them")
     raw = json.loads(path.read_text(encoding="utf-8"))
     return {str(k): str(v) for k, v in raw.items()}
 
@@ -125,23 +128,10 @@ def download_weights(s3_client: Any, uri: str, destination: Path) -> Path:
 def run_train(args: argparse.Namespace, *, s3_client: Any = None) -> int:
     hyper = _hyperparameters(Path(args.hyperparameters))
 
-    def value(name: str, default: Any) -> str:
-        return hyper.get(name) or str(default)
+    def fetch_weights(uri: str) -> Path:
+        return download_weights(s3_client or _boto3_client("s3"), uri, Path(args.work) / "pretrained.pt")
 
-    weights_uri = value("pretrained_weights", "").strip()
-    weights = None
-    if weights_uri:
-        weights = download_weights(s3_client or _boto3_client("s3"), weights_uri, Path(args.work) / "pretrained.pt")
-    config = TrainConfig(
-        model_size=value("model_size", "n"),
-        epochs=int(value("epochs", 50)),
-        image_size=int(value("image_size", 640)),
-        batch_size=int(value("batch_size", 16)),
-        onnx_opset=int(value("onnx_opset", 17)),
-        seed=int(value("seed", 0)),
-        workers=args.workers,
-        pretrained_weights=weights,
-    )
+    config = TrainConfig.from_hyperparameters(hyper, workers=args.workers, weights=fetch_weights)
     result = train_model(args.dataset, args.model_dir, config, checkpoint_dir=args.checkpoints)
     print(json.dumps({"onnx_output_shape": result.output_shape, "resumed_from_epoch": result.resumed_from_epoch}))
     return 0
@@ -161,12 +151,30 @@ def _unpack_model(model_input: Path, work: Path) -> Path:
     return target
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def fetch_champion(s3_client: Any, package: str, url: str, work: Path) -> ChampionModel:
+    """The approved model's archive from S3, unpacked; one that cannot be read fails, naming the package."""
+    destination = work / "champion.tar.gz"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        bucket, key = parse_s3_uri(url)
+        s3_client.download_file(bucket, key, str(destination))
+    except Exception as error:  # botocore raises ClientError or a transfer error wrapping it
+        raise EvaluationError(f"the approved model {package} cannot be read from {url}: {error}") from None
+    return load_champion(destination, package=package, work_dir=work)
+
+
+def run_evaluate(args: argparse.Namespace, *, s3_client: Any = None) -> int:
     work = Path(args.work)
     model_dir = _unpack_model(Path(args.model), work)
-    summary = json.loads((model_dir / TRAINING_SUMMARY_FILE).read_text(encoding="utf-8"))
+    summary_path = model_dir / TRAINING_SUMMARY_FILE
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
     trained_with = summary["config"]
-    report, archive = evaluate_and_package(
+    champion = None
+    if args.champion_model_url != NO_CHAMPION:
+        champion = fetch_champion(
+            s3_client or _boto3_client("s3"), args.champion_package, args.champion_model_url, work
+        )
+    evaluation, archive = evaluate_and_package(
         model_dir / "model.onnx",
         args.dataset,
         evaluation_dir=args.evaluation_output,
@@ -174,11 +182,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         image_size=int(trained_with["image_size"]),
         confidence_threshold=args.confidence_threshold,
         iou_threshold=args.iou_threshold,
+        map50_95_threshold=args.map50_95_threshold,
+        regression_margin=args.regression_margin,
         onnx_opset=int(trained_with["onnx_opset"]),
         work_dir=work / "evaluate",
-        extra_files=[model_dir / TRAINING_SUMMARY_FILE],
+        champion=champion,
+        training_summary=summary_path,
     )
-    print(json.dumps({"evaluation": report.metrics, "archive": str(archive)}))
+    print(
+        json.dumps({"evaluation": evaluation.report.metrics, "gate": evaluation.report.gate, "archive": str(archive)})
+    )
     return 0
 
 
@@ -214,6 +227,9 @@ def parser() -> argparse.ArgumentParser:
     prepare.add_argument("--output", default=str(PROCESSING / "output" / "dataset"))
     prepare.add_argument("--validation-fraction", type=float, required=True)
     prepare.add_argument("--test-fraction", type=float, required=True)
+    prepare.add_argument("--min-validation-images", type=int, required=True)
+    prepare.add_argument("--min-test-images", type=int, required=True)
+    prepare.add_argument("--min-test-defects", type=int, required=True)
     prepare.add_argument("--workers", type=int, default=workers)
 
     train = steps.add_parser("train", help="train and export ONNX (SageMaker training job layout)")
@@ -231,6 +247,10 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--package-output", default=str(PROCESSING / "output" / "package"))
     evaluate.add_argument("--confidence-threshold", type=float, required=True)
     evaluate.add_argument("--iou-threshold", type=float, required=True)
+    evaluate.add_argument("--map50-95-threshold", type=float, required=True, help="gate for a group's first model")
+    evaluate.add_argument("--regression-margin", type=float, required=True, help="allowed drop below the champion")
+    evaluate.add_argument("--champion-package", required=True, help=f"approved model package ARN, or {NO_CHAMPION}")
+    evaluate.add_argument("--champion-model-url", required=True, help=f"its model.tar.gz (s3://), or {NO_CHAMPION}")
     evaluate.add_argument("--work", default="/tmp/evaluation")  # noqa: S108
     return root
 
@@ -248,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"export": run_export, "prepare": run_prepare, "train": run_train, "evaluate": run_evaluate}
     try:
         return handlers[args.step](args)
-    except (DatasetError, TrainingError, ValueError) as error:
+    except (DatasetError, TrainingError, EvaluationError, ValueError) as error:
         report_failure(f"{args.step}: {error}")
         return 1
 

@@ -1,16 +1,23 @@
-"""Step 4, evaluate, and the model archive the registered model package points to.
+"""Step 4, evaluate: the new model and the approved one on the same test images, the gate's verdict,
+the report, and the model archive the registered model package points to.
 
 The exported ONNX model (the file the devices run, not the PyTorch weights) is evaluated on the
 held-out **test** split, which training never saw (it validates on `val`):
 
 * mAP50 and mAP50-95 are the standard, threshold-free values (Ultralytics' validator, confidence
-  0.001, NMS at the deployment IoU threshold);
+  0.001, NMS at the deployment IoU threshold), each with a 95% bootstrap interval over test images;
 * precision and recall are measured at the deployment confidence threshold, i.e. what the device
   will actually report, with a detection counted correct at IoU >= 0.5.
 
-The report (`evaluation.json`) is the pipeline's property file: the quality gate reads
-`gate_metric.value` from it. `build_model_archive()` writes `model.tar.gz` with `model.onnx` and
-`model.json` (shared.contracts.ModelManifest) at its root, as the edge deployment expects.
+When a **champion** exists (the approved model the devices run, `--champion` archive), it is scored
+in the same run on the same test images, at its own input size and thresholds; test images it was
+trained or validated on (its archive's `dataset.json`) are left out of the comparison. The paired
+difference and its interval go to the gate (`training.steps.gate.decide`), whose verdict is written
+into `evaluation.json` (the pipeline's property file: its condition steps read `gate.verdict`).
+
+`build_model_archive()` writes `model.tar.gz` with `model.onnx` and `model.json`
+(shared.contracts.ModelManifest, with the test split's statistics) at its root, as the edge
+deployment expects, plus the reports and the dataset's split for the next run's comparison.
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ import io
 import json
 import tarfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shared.contracts import MANIFEST_FILE, MODEL_FILE, REQUIRED_METRICS, ModelManifest
+from shared.contracts import MANIFEST_FILE, MODEL_FILE, REQUIRED_METRICS, ContractError, ModelManifest, SplitStatistics
+from training.steps import comparison
+from training.steps.comparison import Comparison, ImageResult, Score
 from training.steps.dataset import DatasetError
-from training.steps.prepare import PreparedDataset, write_data_yaml
-from training.steps.train import check_onnx_model, offline_ultralytics
+from training.steps.gate import REGISTRY_METADATA, ChampionResult, GateDecision, decide
+from training.steps.prepare import PREPARED_FILE, PreparedDataset, file_stem, write_data_yaml
+from training.steps.train import TRAINING_SUMMARY_FILE, TrainingError, check_onnx_model, offline_ultralytics
 
 EVALUATION_FILE = "evaluation.json"
 ARCHIVE_FILE = "model.tar.gz"
@@ -35,112 +45,62 @@ MATCH_IOU = 0.5
 EVALUATION_CONFIDENCE = 0.001  # for mAP: the whole precision-recall curve
 
 
-@dataclass(frozen=True)
-class EvaluationReport:
-    metrics: dict[str, float]
-    split: str
-    images: int
-    instances: int
-    input_size: int
-    confidence_threshold: float
-    iou_threshold: float
-    dataset_version: str
-    class_names: tuple[str, ...]
-    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "metrics": dict(self.metrics),
-            "gate_metric": {"name": GATE_METRIC, "value": self.metrics[GATE_METRIC]},
-            "split": self.split,
-            "images": self.images,
-            "instances": self.instances,
-            "input_size": self.input_size,
-            "confidence_threshold": self.confidence_threshold,
-            "iou_threshold": self.iou_threshold,
-            "match_iou": MATCH_IOU,
-            "dataset_version": self.dataset_version,
-            "class_names": list(self.class_names),
-            "per_class": self.per_class,
-        }
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> EvaluationReport:
-        missing = [name for name in REQUIRED_METRICS if name not in raw.get("metrics", {})]
-        if missing:
-            raise ValueError(f"evaluation report lacks {', '.join(missing)}")
-        return cls(
-            metrics={k: float(v) for k, v in raw["metrics"].items()},
-            split=str(raw["split"]),
-            images=int(raw["images"]),
-            instances=int(raw["instances"]),
-            input_size=int(raw["input_size"]),
-            confidence_threshold=float(raw["confidence_threshold"]),
-            iou_threshold=float(raw["iou_threshold"]),
-            dataset_version=str(raw["dataset_version"]),
-            class_names=tuple(raw["class_names"]),
-            per_class=dict(raw.get("per_class", {})),
-        )
+class EvaluationError(Exception):
+    """A model could not be evaluated (the champion's archive, most often); the message names it."""
 
 
-def precision_recall_at(
-    stats: Mapping[str, Any], confidence: float
-) -> tuple[float, float, dict[int, tuple[float, float]]]:
-    """Mean precision and recall over the classes present in the test labels, keeping detections >= confidence.
-
-    `stats` are Ultralytics' validation statistics: `tp` (N x 10, correct at IoU 0.50:0.95), `conf`,
-    `pred_cls` per detection and `target_cls` per labeled box. A class without detections has
-    precision 0 (nothing right was found).
-    """
-    import numpy as np  # noqa: PLC0415
-
-    tp = np.asarray(stats["tp"], dtype=bool).reshape(-1, 10)[:, 0] if len(stats["tp"]) else np.zeros(0, dtype=bool)
-    conf = np.asarray(stats["conf"], dtype=float)
-    predicted = np.asarray(stats["pred_cls"], dtype=int)
-    targets = np.asarray(stats["target_cls"], dtype=int)
-    per_class: dict[int, tuple[float, float]] = {}
-    for class_id in sorted(set(targets.tolist())):
-        kept = (predicted == class_id) & (conf >= confidence)
-        correct = int(tp[kept].sum())
-        n_predicted, n_labeled = int(kept.sum()), int((targets == class_id).sum())
-        precision = correct / n_predicted if n_predicted else 0.0
-        per_class[class_id] = (precision, correct / n_labeled)
-    if not per_class:
-        return 0.0, 0.0, per_class
-    return (
-        float(np.mean([p for p, _ in per_class.values()])),
-        float(np.mean([r for _, r in per_class.values()])),
-        per_class,
-    )
+# --------------------------------------------------------------------------------------------------
+# Scoring one model on the test split
+# --------------------------------------------------------------------------------------------------
 
 
 def _recording_validator() -> type:
-    """Ultralytics' detection validator that keeps its raw statistics on the metrics it returns."""
+    """Ultralytics' detection validator that also keeps each image's statistics and boxes (batch size 1)."""
     import numpy as np  # noqa: PLC0415
     from ultralytics.models.yolo.detect import DetectionValidator  # noqa: PLC0415
+    from ultralytics.utils import ops  # noqa: PLC0415
 
     class RecordingValidator(DetectionValidator):
-        def get_stats(self) -> dict[str, Any]:
-            recorded = {key: (np.concatenate(v, 0) if v else np.zeros(0)) for key, v in self.metrics.stats.items()}
-            setattr(self.metrics, "recorded_stats", recorded)  # noqa: B010 - read back from the returned metrics
-            return super().get_stats()
+        def update_metrics(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
+            super().update_metrics(preds, batch)
+            recorded = getattr(self.metrics, "image_results", [])
+            stats = self.metrics.stats
+            for si, pred in enumerate(preds):
+                at = len(stats["tp"]) - len(preds) + si  # the entries super() just appended
+                pbatch = self._prepare_batch(si, batch)
+
+                def source_pixels(boxes: Any, pbatch: dict[str, Any] = pbatch) -> np.ndarray:
+                    if not len(boxes):
+                        return np.zeros((0, 4))
+                    scaled = ops.scale_boxes(pbatch["imgsz"], boxes.clone(), pbatch["ori_shape"], pbatch["ratio_pad"])
+                    return np.asarray(scaled.cpu() if hasattr(scaled, "cpu") else scaled, dtype=float)
+
+                recorded.append(
+                    ImageResult(
+                        name=Path(pbatch["im_file"]).name,
+                        tp=np.asarray(stats["tp"][at], dtype=bool).reshape(-1, 10),
+                        conf=np.asarray(stats["conf"][at], dtype=float),
+                        pred_cls=np.asarray(stats["pred_cls"][at], dtype=float),
+                        target_cls=np.asarray(stats["target_cls"][at], dtype=float),
+                        pred_boxes=source_pixels(pred["bboxes"]),
+                        target_boxes=source_pixels(pbatch["bboxes"]),
+                    )
+                )
+            setattr(self.metrics, "image_results", recorded)  # noqa: B010 - read back from the returned metrics
 
     return RecordingValidator
 
 
-def evaluate_model(
+def score_images(
     onnx_path: str | Path,
-    dataset_dir: str | Path,
+    dataset: PreparedDataset,
     *,
     image_size: int,
-    confidence_threshold: float,
     iou_threshold: float,
     work_dir: str | Path,
-) -> EvaluationReport:
-    """Evaluate the ONNX model on the prepared dataset's test split."""
-    dataset = PreparedDataset.load(dataset_dir)
-    if dataset.counts.get("test", 0) == 0 or dataset.boxes.get("test", 0) == 0:
-        raise DatasetError("the test split is empty or has no labeled defect; the model cannot be evaluated")
+    name: str,
+) -> tuple[list[ImageResult], dict[str, float]]:
+    """Each test image's detections and labels (sorted by image), and the validator's own mAP values."""
     check_onnx_model(onnx_path, image_size=image_size, num_classes=len(dataset.class_names))
     offline_ultralytics()
     from ultralytics import YOLO  # noqa: PLC0415
@@ -160,45 +120,393 @@ def evaluate_model(
         plots=False,
         verbose=False,
         project=str(work),
-        name="test",
+        name=name,
         exist_ok=True,
     )
-    stats = results.recorded_stats
-    precision, recall, per_class_pr = precision_recall_at(stats, confidence_threshold)
-    metrics = {
-        "precision": precision,
-        "recall": recall,
-        "mAP50": float(results.box.map50),
-        "mAP50-95": float(results.box.map),
-    }
-    per_class: dict[str, dict[str, float]] = {}
-    for index, class_id in enumerate(results.box.ap_class_index):
-        p, r = per_class_pr.get(int(class_id), (0.0, 0.0))
-        per_class[dataset.class_names[int(class_id)]] = {
-            "precision": p,
-            "recall": r,
-            "mAP50": float(results.box.ap50[index]),
-            "mAP50-95": float(results.box.ap[index]),
+    images = sorted(getattr(results, "image_results", []), key=lambda r: r.name)
+    if len(images) != dataset.counts["test"]:
+        raise EvaluationError(f"{name}: scored {len(images)} test images of {dataset.counts['test']}")
+    return images, {"mAP50": float(results.box.map50), "mAP50-95": float(results.box.map)}
+
+
+# --------------------------------------------------------------------------------------------------
+# The champion: the approved model, unpacked from its archive
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChampionModel:
+    package: str  # the model package ARN (or the archive's path for local runs): named in every message
+    onnx_path: Path
+    manifest: ModelManifest
+    seen: frozenset[str] | None  # image URIs it was trained or validated on; None: its archive does not say
+
+
+def load_champion(archive: str | Path, *, package: str, work_dir: str | Path) -> ChampionModel:
+    """Unpack a champion's `model.tar.gz`; an archive that breaks the contract fails, naming the package."""
+    target = Path(work_dir) / "champion"
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest, onnx_bytes, names = read_model_archive(archive)
+        with tarfile.open(archive, "r:gz") as tar:
+            split_file = tar.extractfile(PREPARED_FILE) if PREPARED_FILE in names else None
+            splits = json.loads(split_file.read())["splits"] if split_file is not None else None
+    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as error:
+        raise EvaluationError(f"the approved model {package} cannot be read: {error}") from None
+    onnx_path = target / MODEL_FILE
+    onnx_path.write_bytes(onnx_bytes)
+    seen = frozenset(uri for uri, split in splits.items() if split != "test") if splits is not None else None
+    return ChampionModel(package=package, onnx_path=onnx_path, manifest=manifest, seen=seen)
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """One model on the test split: what the report shows of it."""
+
+    label: str  # "new model" / "approved model"
+    results: list[ImageResult]
+    score: Score
+    precision: float
+    recall: float
+    confidence_threshold: float
+    input_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "intervals": self.score.to_json()["intervals"],
+            "images": self.score.images,
+            "confidence_threshold": self.confidence_threshold,
+            "input_size": self.input_size,
         }
-    return EvaluationReport(
-        metrics=metrics,
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "mAP50": self.score.map50,
+            "mAP50-95": self.score.map50_95,
+        }
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """`evaluation.json`: the new model's test metrics with intervals, the comparison and the verdict."""
+
+    metrics: dict[str, float]
+    intervals: dict[str, list[float]]
+    split: str
+    images: int
+    instances: int
+    input_size: int
+    confidence_threshold: float
+    iou_threshold: float
+    dataset_version: str
+    class_names: tuple[str, ...]
+    gate: dict[str, Any]
+    test_statistics: dict[str, Any]
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    champion: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    registry_metadata: dict[str, str] = field(default_factory=dict)  # the model package's metadata (strings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metrics": dict(self.metrics),
+            "intervals": dict(self.intervals),
+            "gate_metric": {"name": GATE_METRIC, "value": self.metrics[GATE_METRIC]},
+            "gate": dict(self.gate),
+            "split": self.split,
+            "images": self.images,
+            "instances": self.instances,
+            "input_size": self.input_size,
+            "confidence_threshold": self.confidence_threshold,
+            "iou_threshold": self.iou_threshold,
+            "match_iou": MATCH_IOU,
+            "dataset_version": self.dataset_version,
+            "class_names": list(self.class_names),
+            "per_class": self.per_class,
+            "test_statistics": dict(self.test_statistics),
+            "champion": self.champion,
+            "comparison": self.comparison,
+            "bootstrap": dict(self.bootstrap),
+            "registry_metadata": dict(self.registry_metadata),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> EvaluationReport:
+        missing = [name for name in REQUIRED_METRICS if name not in raw.get("metrics", {})]
+        if missing:
+            raise ValueError(f"evaluation report lacks {', '.join(missing)}")
+        return cls(
+            metrics={k: float(v) for k, v in raw["metrics"].items()},
+            intervals={k: [float(x) for x in v] for k, v in raw.get("intervals", {}).items()},
+            split=str(raw["split"]),
+            images=int(raw["images"]),
+            instances=int(raw["instances"]),
+            input_size=int(raw["input_size"]),
+            confidence_threshold=float(raw["confidence_threshold"]),
+            iou_threshold=float(raw["iou_threshold"]),
+            dataset_version=str(raw["dataset_version"]),
+            class_names=tuple(raw["class_names"]),
+            gate=dict(raw.get("gate", {})),
+            test_statistics=dict(raw.get("test_statistics", {})),
+            per_class=dict(raw.get("per_class", {})),
+            champion=raw.get("champion"),
+            comparison=raw.get("comparison"),
+            bootstrap=dict(raw.get("bootstrap", {})),
+            registry_metadata={str(k): str(v) for k, v in raw.get("registry_metadata", {}).items()},
+        )
+
+    @property
+    def verdict(self) -> str:
+        return str(self.gate["verdict"])
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything the evaluation step found: what the report, the archive and the gate are made of."""
+
+    report: EvaluationReport
+    decision: GateDecision
+    challenger: ModelEvaluation
+    champion: ModelEvaluation | None
+    comparison: Comparison | None
+    compared_images: list[str]  # names of the test images both models were compared on
+    excluded_images: list[str]  # test images the champion was trained or validated on
+    dataset: PreparedDataset
+
+
+def split_statistics(results: Sequence[ImageResult], confidence_threshold: float) -> SplitStatistics:
+    return SplitStatistics(
+        images=len(results),
+        detection_rate=comparison.detection_rate(results, confidence_threshold),
+        top_scores=tuple(r.top_score for r in results),
+    )
+
+
+def _per_class(results: Sequence[ImageResult], class_names: Sequence[str], confidence: float) -> dict[str, Any]:
+    import numpy as np  # noqa: PLC0415
+
+    per_class: dict[str, dict[str, float]] = {}
+    labeled = sorted({int(c) for r in results for c in r.target_cls})
+    for class_id in labeled:
+        only = [
+            ImageResult(
+                name=r.name,
+                tp=r.tp[r.pred_cls == class_id],
+                conf=r.conf[r.pred_cls == class_id],
+                pred_cls=r.pred_cls[r.pred_cls == class_id],
+                target_cls=r.target_cls[r.target_cls == class_id],
+            )
+            for r in results
+        ]
+        map50, map50_95 = comparison.mean_average_precision(only)
+        precision, recall = comparison.precision_recall_at(only, confidence)
+        per_class[class_names[class_id]] = {
+            "precision": precision,
+            "recall": recall,
+            "mAP50": map50,
+            "mAP50-95": map50_95,
+            "instances": float(np.sum([len(r.target_cls) for r in only])),
+        }
+    return per_class
+
+
+def _evaluation(label: str, results: list[ImageResult], *, confidence: float, input_size: int) -> ModelEvaluation:
+    precision, recall = comparison.precision_recall_at(results, confidence)
+    return ModelEvaluation(
+        label=label,
+        results=results,
+        score=comparison.score(results),
+        precision=precision,
+        recall=recall,
+        confidence_threshold=confidence,
+        input_size=input_size,
+    )
+
+
+def evaluate_model(
+    onnx_path: str | Path,
+    dataset_dir: str | Path,
+    *,
+    image_size: int,
+    confidence_threshold: float,
+    iou_threshold: float,
+    map50_95_threshold: float,
+    regression_margin: float,
+    work_dir: str | Path,
+    champion: ChampionModel | None = None,
+) -> Evaluation:
+    """Score the new model (and the champion) on the prepared dataset's test split; the gate's verdict."""
+    dataset = PreparedDataset.load(dataset_dir)
+    if dataset.counts.get("test", 0) == 0 or dataset.boxes.get("test", 0) == 0:
+        raise DatasetError("the test split is empty or has no labeled defect; the model cannot be evaluated")
+    work = Path(work_dir)
+    results, validator = score_images(
+        onnx_path, dataset, image_size=image_size, iou_threshold=iou_threshold, work_dir=work, name="challenger"
+    )
+    challenger = _evaluation("new model", results, confidence=confidence_threshold, input_size=image_size)
+    if abs(challenger.score.map50_95 - validator["mAP50-95"]) > 1e-6:  # one definition of mAP, or a bug
+        raise EvaluationError(f"mAP50-95 {challenger.score.map50_95} differs from the validator's {validator}")
+
+    champion_evaluation: ChampionEvaluation | None = None
+    if champion is not None:
+        champion_evaluation = _score_champion(champion, dataset, challenger=results, work=work)
+    decision = decide(
+        challenger.score.map50_95,
+        dataset_version=dataset.dataset_version,
+        threshold=map50_95_threshold,
+        margin=regression_margin,
+        champion=champion_evaluation.result if champion_evaluation else None,
+    )
+    statistics = split_statistics(results, confidence_threshold)
+    report = EvaluationReport(
+        metrics=challenger.metrics,
+        intervals=challenger.score.to_json()["intervals"],
         split="test",
         images=int(dataset.counts["test"]),
-        instances=len(stats["target_cls"]),
+        instances=sum(len(r.target_cls) for r in results),
         input_size=image_size,
         confidence_threshold=confidence_threshold,
         iou_threshold=iou_threshold,
         dataset_version=dataset.dataset_version,
         class_names=dataset.class_names,
-        per_class=per_class,
+        gate=decision.to_json(),
+        test_statistics=statistics.to_json(),
+        per_class=_per_class(results, dataset.class_names, confidence_threshold),
+        champion=champion_evaluation.to_json() if champion_evaluation else None,
+        comparison=champion_evaluation.comparison.to_json() if champion_evaluation else None,
+        bootstrap={
+            "samples": comparison.BOOTSTRAP_SAMPLES,
+            "confidence": comparison.CONFIDENCE,
+            "seed": comparison.BOOTSTRAP_SEED,
+            "unit": "test image",
+        },
+    )
+    return Evaluation(
+        report=report,
+        decision=decision,
+        challenger=challenger,
+        champion=champion_evaluation.evaluation if champion_evaluation else None,
+        comparison=champion_evaluation.comparison if champion_evaluation else None,
+        compared_images=champion_evaluation.compared if champion_evaluation else [],
+        excluded_images=champion_evaluation.excluded if champion_evaluation else [],
+        dataset=dataset,
     )
 
 
-def write_report(report: EvaluationReport, directory: str | Path) -> Path:
+@dataclass(frozen=True)
+class ChampionEvaluation:
+    model: ChampionModel
+    evaluation: ModelEvaluation
+    comparison: Comparison
+    compared: list[str]
+    excluded: list[str]
+
+    @property
+    def result(self) -> ChampionResult:
+        low, high = self.comparison.map50_95_interval.low, self.comparison.map50_95_interval.high
+        return ChampionResult(
+            package_arn=self.model.package,
+            dataset_version=self.model.manifest.dataset_version,
+            difference=self.comparison.map50_95_difference,
+            interval=(low, high),
+            images=len(self.compared),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "package": self.model.package,
+            "dataset_version": self.model.manifest.dataset_version,
+            **self.evaluation.to_json(),
+            "excluded_images": len(self.excluded),
+            "split_known": self.model.seen is not None,
+        }
+
+
+def _score_champion(
+    champion: ChampionModel, dataset: PreparedDataset, *, challenger: list[ImageResult], work: Path
+) -> ChampionEvaluation:
+    manifest = champion.manifest
+    if tuple(manifest.class_names) != tuple(dataset.class_names):
+        raise EvaluationError(
+            f"the approved model {champion.package} detects {list(manifest.class_names)}, this dataset "
+            f"{list(dataset.class_names)}: they cannot be compared; reject it or keep the class list"
+        )
+    try:
+        results, _ = score_images(
+            champion.onnx_path,
+            dataset,
+            image_size=manifest.input_size,
+            iou_threshold=manifest.iou_threshold,
+            work_dir=work,
+            name="champion",
+        )
+    except (TrainingError, EvaluationError, RuntimeError, ValueError) as error:
+        raise EvaluationError(f"the approved model {champion.package} cannot be scored: {error}") from None
+    by_name = {file_stem(uri): uri for uri, split in dataset.splits.items() if split == "test"}
+    excluded = sorted(
+        r.name for r in results if champion.seen is not None and by_name.get(Path(r.name).stem) in champion.seen
+    )
+    mine = [r for r in challenger if r.name not in excluded]
+    theirs = [r for r in results if r.name not in excluded]
+    if not any(len(r.target_cls) for r in mine):
+        raise EvaluationError(
+            f"the approved model {champion.package} was trained on every labeled test image of this run "
+            f"({len(excluded)} excluded): the two cannot be compared fairly; label new images"
+        )
+    evaluation = _evaluation(
+        "approved model", results, confidence=manifest.confidence_threshold, input_size=manifest.input_size
+    )
+    return ChampionEvaluation(
+        model=champion,
+        evaluation=evaluation,
+        comparison=comparison.compare(mine, theirs),
+        compared=[r.name for r in mine],
+        excluded=excluded,
+    )
+
+
+def registry_metadata(evaluation: Evaluation, trained_with: Mapping[str, Any]) -> dict[str, str]:
+    """What the person who approves sees on the model package, all strings (JsonGet-able by the pipeline)."""
+    score = evaluation.challenger.score
+    comparison_text = "none (first model)"
+    if evaluation.comparison is not None:
+        c = evaluation.comparison
+        comparison_text = (
+            f"{c.map50_95_difference:+.4f} ({c.map50_95_interval.low:+.4f} to {c.map50_95_interval.high:+.4f}) "
+            f"on {len(evaluation.compared_images)} images"
+        )
+    values = {
+        "mAP50-95": f"{score.map50_95:.4f}",
+        "mAP50-95_interval": f"{score.map50_95_interval.low:.4f}-{score.map50_95_interval.high:.4f}",
+        "mAP50": f"{score.map50:.4f}",
+        "verdict": evaluation.decision.verdict,
+        "champion_package": evaluation.decision.champion.package_arn if evaluation.decision.champion else "none",
+        "difference_vs_champion": comparison_text,
+        **{name: str(trained_with.get(name, "")) for name in ("model_size", "image_size", "epochs", "learning_rate")},
+    }
+    return {name: values[name] for name in REGISTRY_METADATA}
+
+
+def write_evaluation(report: EvaluationReport, directory: str | Path) -> Path:
     path = Path(directory) / EVALUATION_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.to_json(), indent=1), encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# The model archive
+# --------------------------------------------------------------------------------------------------
 
 
 def model_manifest(report: EvaluationReport, *, onnx_opset: int) -> ModelManifest:
@@ -211,6 +519,7 @@ def model_manifest(report: EvaluationReport, *, onnx_opset: int) -> ModelManifes
         metrics={name: report.metrics[name] for name in REQUIRED_METRICS},
         dataset_version=report.dataset_version,
         onnx_opset=onnx_opset,
+        test_statistics=SplitStatistics.from_json(report.test_statistics),
     )
 
 
@@ -251,8 +560,16 @@ def read_model_archive(path: str | Path) -> tuple[ModelManifest, bytes, list[str
         model_file = archive.extractfile(members[MODEL_FILE])
         if manifest_file is None or model_file is None:
             raise ValueError(f"{path}: unreadable archive members")
-        manifest = ModelManifest.from_json(json.loads(manifest_file.read()))
+        try:
+            manifest = ModelManifest.from_json(json.loads(manifest_file.read()))
+        except (ContractError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: {error}") from None
         return manifest, model_file.read(), names
+
+
+# --------------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------------
 
 
 def evaluate_and_package(
@@ -264,25 +581,44 @@ def evaluate_and_package(
     image_size: int,
     confidence_threshold: float,
     iou_threshold: float,
+    map50_95_threshold: float,
+    regression_margin: float,
     onnx_opset: int,
     work_dir: str | Path,
-    extra_files: Sequence[str | Path] = (),
-) -> tuple[EvaluationReport, Path]:
-    """The pipeline's Evaluate step: `evaluation.json` in one folder, `model.tar.gz` in the other."""
-    report = evaluate_model(
+    champion: ChampionModel | None = None,
+    training_summary: str | Path | None = None,
+) -> tuple[Evaluation, Path]:
+    """The pipeline's Evaluate step: `evaluation.json` and `report/` in one folder, `model.tar.gz` in the other."""
+    from training.steps.report import write_html_report  # noqa: PLC0415 - plotting only where a report is written
+
+    evaluation = evaluate_model(
         onnx_path,
         dataset_dir,
         image_size=image_size,
         confidence_threshold=confidence_threshold,
         iou_threshold=iou_threshold,
+        map50_95_threshold=map50_95_threshold,
+        regression_margin=regression_margin,
         work_dir=work_dir,
+        champion=champion,
     )
-    report_path = write_report(report, evaluation_dir)
-    extras = {EVALUATION_FILE: report_path, **{Path(p).name: Path(p) for p in extra_files}}
+    summary = Path(training_summary) if training_summary else None
+    trained_with = json.loads(summary.read_text(encoding="utf-8")).get("config", {}) if summary else {}
+    evaluation = replace(
+        evaluation, report=replace(evaluation.report, registry_metadata=registry_metadata(evaluation, trained_with))
+    )
+    report_path = write_evaluation(evaluation.report, evaluation_dir)
+    write_html_report(evaluation, Path(evaluation_dir) / "report", training_summary=summary)
+    extras: dict[str, str | Path] = {
+        EVALUATION_FILE: report_path,
+        PREPARED_FILE: evaluation.dataset.root / PREPARED_FILE,
+    }
+    if summary is not None:
+        extras[TRAINING_SUMMARY_FILE] = summary
     archive = build_model_archive(
         onnx_path,
-        model_manifest(report, onnx_opset=onnx_opset),
+        model_manifest(evaluation.report, onnx_opset=onnx_opset),
         Path(package_dir) / ARCHIVE_FILE,
         extra_files=extras,
     )
-    return report, archive
+    return evaluation, archive

@@ -1,12 +1,18 @@
-"""Step 5, the quality gate: threshold, and no regression against the currently approved model.
+"""Step 5, the quality gate: champion and challenger, judged on the same test images.
 
-A new model passes when its test mAP50-95 is at least the threshold **and** at least the currently
-approved model's mAP50-95 minus the allowed margin (the first model of a group is held to the
-threshold only). In the SageMaker pipeline the comparison itself is the pipeline's Condition step;
-`handler()` is the Lambda step before it that looks the approved model up in the model registry and
-returns the regression floor. `decide()` is the same rule in Python, for local runs and tests.
+The **champion** is the newest Approved model package of the group (the model the devices run); the
+**challenger** is this run's model. The evaluation step scores both on this run's test split and
+hands the paired difference (challenger - champion, with its bootstrap interval) to `decide()`:
 
-Standard library only (boto3 comes with the Lambda runtime): this module is also the Lambda's code.
+* no champion yet (the group's first model): register when test mAP50-95 >= the threshold;
+* same dataset version as the champion (a scheduled run on unchanged labels): register only when the
+  challenger is better beyond doubt (the interval of the difference lies above zero); otherwise the
+  run ends as **no change** and registers nothing, so the fleet is not redeployed for nothing;
+* otherwise: register unless the challenger is worse than the champion by more than the margin
+  (point estimate of the paired difference; its interval is reported for the person who approves).
+
+`handler()` is the Lambda step that looks the champion up in the model registry for the evaluation
+step. Standard library only (boto3 comes with the Lambda runtime): this module is also the Lambda's code.
 """
 
 from __future__ import annotations
@@ -17,89 +23,117 @@ from dataclasses import dataclass
 from typing import Any
 
 GATE_METRIC = "mAP50-95"
-NO_BASELINE = "none"
+NO_CHAMPION = "none"
+REGISTER, NO_CHANGE, FAIL = "register", "no_change", "fail"
+VERDICTS = (REGISTER, NO_CHANGE, FAIL)
+REGISTRY_METADATA = (
+    "mAP50-95",
+    "mAP50-95_interval",
+    "mAP50",
+    "verdict",
+    "champion_package",
+    "difference_vs_champion",
+    "model_size",
+    "image_size",
+    "epochs",
+    "learning_rate",
+)
+"""Keys of `registry_metadata` in evaluation.json: the registered model package's metadata, as strings."""
 
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
 
 
-class GateError(Exception):
-    """The currently approved model cannot be compared with (its metrics cannot be found)."""
+@dataclass(frozen=True)
+class Champion:
+    """The newest approved model package of the group: what the devices run, and what to beat."""
+
+    package_arn: str
+    model_data_url: str
 
 
 @dataclass(frozen=True)
-class Baseline:
-    """The newest approved model package of the group and its gate metric."""
+class ChampionResult:
+    """How the challenger did against the champion on the same test images."""
 
     package_arn: str
-    metric: float
+    dataset_version: str
+    difference: float  # challenger - champion, mAP50-95
+    interval: tuple[float, float]  # 95% paired bootstrap interval of the difference
+    images: int  # test images both were scored on
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    passed: bool
+    verdict: str  # register | no_change | fail
     metric: float
     threshold: float
-    floor: float
-    baseline: Baseline | None
+    margin: float
+    dataset_version: str
+    champion: ChampionResult | None
     reason: str
 
+    @property
+    def passed(self) -> bool:
+        """A model to register (a `no_change` run succeeds too, but registers nothing)."""
+        return self.verdict == REGISTER
+
     def to_json(self) -> dict[str, Any]:
+        champion = self.champion
         return {
+            "verdict": self.verdict,
             "passed": self.passed,
+            "reason": self.reason,
             "metric": GATE_METRIC,
             "value": self.metric,
             "threshold": self.threshold,
-            "regression_floor": self.floor,
-            "baseline_package_arn": self.baseline.package_arn if self.baseline else None,
-            "baseline_value": self.baseline.metric if self.baseline else None,
-            "reason": self.reason,
+            "margin": self.margin,
+            "dataset_version": self.dataset_version,
+            "champion_package_arn": champion.package_arn if champion else None,
+            "champion_dataset_version": champion.dataset_version if champion else None,
+            "difference": champion.difference if champion else None,
+            "difference_interval": list(champion.interval) if champion else None,
+            "compared_images": champion.images if champion else None,
         }
 
 
-def regression_floor(baseline: Baseline | None, margin: float) -> float:
-    """The lowest metric that is not a regression: baseline - margin (0 without a baseline)."""
+def decide(
+    metric: float,
+    *,
+    dataset_version: str,
+    threshold: float,
+    margin: float,
+    champion: ChampionResult | None,
+) -> GateDecision:
+    """The verdict on the challenger (see the module's docstring for the rule)."""
     if margin < 0:
         raise ValueError("the regression margin cannot be negative")
-    return max(0.0, baseline.metric - margin) if baseline else 0.0
 
+    def verdict(kind: str, reason: str) -> GateDecision:
+        return GateDecision(kind, metric, threshold, margin, dataset_version, champion, reason)
 
-def decide(metric: float, *, threshold: float, baseline: Baseline | None, margin: float) -> GateDecision:
-    floor = regression_floor(baseline, margin)
-    if metric < threshold:
-        reason = f"{GATE_METRIC} {metric:.4f} is below the threshold {threshold:.4f}"
-    elif metric < floor and baseline is not None:
-        reason = (
-            f"{GATE_METRIC} {metric:.4f} regresses from the approved model {baseline.package_arn} "
-            f"({baseline.metric:.4f}) by more than the margin {margin:.4f}"
+    if champion is None:
+        if metric >= threshold:
+            return verdict(REGISTER, f"{GATE_METRIC} {metric:.4f} >= {threshold:.4f} (first model)")
+        return verdict(FAIL, f"{GATE_METRIC} {metric:.4f} is below the threshold {threshold:.4f}")
+    low, high = champion.interval
+    versus = (
+        f"{GATE_METRIC} {champion.difference:+.4f} against the approved model {champion.package_arn} on the same "
+        f"{champion.images} test images (95% interval {low:+.4f} to {high:+.4f})"
+    )
+    if champion.dataset_version == dataset_version and low <= 0:
+        return verdict(
+            NO_CHANGE,
+            f"no change: the dataset {dataset_version} is the approved model's and the new model is not "
+            f"better beyond doubt ({versus})",
         )
-    else:
-        versus = f", approved model {baseline.metric:.4f} - margin {margin:.4f}" if baseline else " (first model)"
-        return GateDecision(
-            True, metric, threshold, floor, baseline, f"{GATE_METRIC} {metric:.4f} >= {threshold:.4f}{versus}"
-        )
-    return GateDecision(False, metric, threshold, floor, baseline, reason)
+    if champion.difference < -margin:
+        return verdict(FAIL, f"regression beyond the margin {margin:.4f}: {versus}")
+    return verdict(REGISTER, f"not worse than the approved model beyond the margin {margin:.4f}: {versus}")
 
 
-def _metric_from_report(s3_client: Any, uri: str) -> float | None:
-    if not uri.startswith("s3://"):
-        return None
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    try:
-        report = json.loads(body)
-        return float(report["metrics"][GATE_METRIC])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def approved_baseline(sagemaker_client: Any, s3_client: Any, group_name: str) -> Baseline | None:
-    """The newest Approved package of the group and its mAP50-95, or None when none is approved.
-
-    The metric comes from the package's model-quality statistics (the evaluation report the pipeline
-    attached), else from its customer metadata. An approved package with neither is an error: the
-    gate must not silently skip the regression check.
-    """
+def approved_champion(sagemaker_client: Any, group_name: str) -> Champion | None:
+    """The newest Approved package of the group and its model archive, or None when none is approved."""
     response = sagemaker_client.list_model_packages(
         ModelPackageGroupName=group_name,
         ModelApprovalStatus="Approved",
@@ -113,39 +147,29 @@ def approved_baseline(sagemaker_client: Any, s3_client: Any, group_name: str) ->
         return None
     arn = summaries[0]["ModelPackageArn"]
     package = sagemaker_client.describe_model_package(ModelPackageName=arn)
-    statistics = ((package.get("ModelMetrics") or {}).get("ModelQuality") or {}).get("Statistics") or {}
-    metric = _metric_from_report(s3_client, statistics.get("S3Uri", "")) if statistics else None
-    if metric is None:
-        raw = (package.get("CustomerMetadataProperties") or {}).get(GATE_METRIC)
-        try:
-            metric = float(raw) if raw is not None else None
-        except ValueError:
-            metric = None
-    if metric is None:
-        raise GateError(
-            f"approved model package {arn} has no {GATE_METRIC} (neither a model-quality report nor "
-            "customer metadata); register it with metrics or reject it before training again"
+    containers = (package.get("InferenceSpecification") or {}).get("Containers") or []
+    url = containers[0].get("ModelDataUrl") if containers else None
+    if not url:
+        raise ValueError(
+            f"approved model package {arn} has no ModelDataUrl, so it cannot be compared with; "
+            "reject it or register it with its model archive before training again"
         )
-    return Baseline(package_arn=arn, metric=metric)
+    return Champion(package_arn=arn, model_data_url=url)
 
 
-def baseline_outputs(baseline: Baseline | None, margin: float) -> dict[str, Any]:
+def champion_outputs(champion: Champion | None) -> dict[str, Any]:
     """The Lambda step's output parameters (names and types declared in the pipeline definition)."""
     return {
-        "regression_floor": regression_floor(baseline, margin),
-        "baseline_metric": baseline.metric if baseline else -1.0,
-        "baseline_package_arn": baseline.package_arn if baseline else NO_BASELINE,
-        "has_baseline": baseline is not None,
+        "champion_package_arn": champion.package_arn if champion else NO_CHAMPION,
+        "champion_model_url": champion.model_data_url if champion else NO_CHAMPION,
     }
 
 
 def handler(event: dict[str, Any], _context: Any) -> dict[str, Any]:
-    """Lambda step: `{"model_package_group": ..., "regression_margin": ...}` -> the output parameters."""
+    """Lambda step: `{"model_package_group": ...}` -> the champion's package ARN and model archive."""
     import boto3  # noqa: PLC0415 - provided by the Lambda runtime
 
     group = str(event["model_package_group"])
-    margin = float(event["regression_margin"])
-    baseline = approved_baseline(boto3.client("sagemaker"), boto3.client("s3"), group)
-    outputs = baseline_outputs(baseline, margin)
-    logger.info(json.dumps({"message": "regression floor", "model_package_group": group, **outputs}))
+    outputs = champion_outputs(approved_champion(boto3.client("sagemaker"), group))
+    logger.info(json.dumps({"message": "champion", "model_package_group": group, **outputs}))
     return outputs

@@ -1,8 +1,13 @@
 """Step 2, split and convert: recreate a dataset version from its manifest in the YOLO layout.
 
-* The split of an image depends only on its URI (a hash), so an image keeps its split when images
-  are added or removed: the test split of a later version never holds an image that an earlier model
-  was trained on (unless the fractions change).
+* The split of an image depends on a hash of its URI: a position in [0, 1). Images below the test
+  threshold are `test`, the next ones `val`, the rest `train`. The thresholds are the configured
+  fractions, raised on a small dataset just enough that the test and validation splits reach their
+  minimum sizes (a test split of a dozen images cannot tell a good model from a bad one). As images
+  are added, the test threshold can only go down: an image may leave the test split, but an image an
+  earlier model was trained on never enters it (unless the fractions or minimums change).
+* Too few images, or too few labeled defects in the test split, to judge a model: the step fails
+  and says how many more labeled images are needed.
 * Every image is fetched again by URI (and S3 version when known) and must still have the content
   hash the manifest recorded: the dataset is recreated exactly, or not at all.
 * Any image type Pillow reads works: JPEG, PNG, BMP, WebP and TIFF are copied as they are, anything
@@ -38,16 +43,54 @@ PREPARED_FILE = "dataset.json"
 _KEPT_FORMATS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
 
 
-def assign_split(image_uri: str, *, validation_fraction: float, test_fraction: float) -> str:
-    """`train`, `val` or `test` for an image, from a hash of its URI alone (stable across versions)."""
-    if not (0 < validation_fraction < 1 and 0 < test_fraction < 1 and validation_fraction + test_fraction < 1):
-        raise ValueError("validation and test fractions must be in (0, 1) and leave room for training")
-    position = int.from_bytes(hashlib.sha256(image_uri.encode()).digest()[:8], "big") / 2**64
-    if position < test_fraction:
-        return "test"
-    if position < test_fraction + validation_fraction:
-        return "val"
-    return "train"
+@dataclass(frozen=True)
+class SplitPlan:
+    """How a dataset is split: fractions, and the minimum sizes that make the test split worth reading."""
+
+    validation_fraction: float
+    test_fraction: float
+    min_validation_images: int
+    min_test_images: int
+    min_test_defects: int  # labeled boxes in the test split
+
+    def __post_init__(self) -> None:
+        if not (0 < self.validation_fraction < 1 and 0 < self.test_fraction < 1):
+            raise ValueError("validation and test fractions must be in (0, 1)")
+        if self.validation_fraction + self.test_fraction >= 0.5:
+            raise ValueError("validation and test fractions must leave at least half of the images for training")
+        if min(self.min_validation_images, self.min_test_images, self.min_test_defects) < 1:
+            raise ValueError("the minimum split sizes must be at least 1")
+
+    @property
+    def images_needed(self) -> int:
+        """The fewest labeled images that give both minimum splits and keep half of them for training."""
+        return 2 * (self.min_test_images + self.min_validation_images)
+
+
+def split_position(image_uri: str) -> float:
+    """A position in [0, 1) from a hash of the image URI alone (stable across dataset versions)."""
+    return int.from_bytes(hashlib.sha256(image_uri.encode()).digest()[:8], "big") / 2**64
+
+
+def assign_splits(image_uris: Sequence[str], plan: SplitPlan) -> dict[str, str]:
+    """`train`, `val` or `test` for each image (see the module's docstring); too few images fail."""
+    total = len(set(image_uris))
+    if total < plan.images_needed:
+        raise DatasetError(
+            f"{total} labeled images are too few to train and judge a model: the test split needs at least "
+            f"{plan.min_test_images} images and the validation split {plan.min_validation_images}, with as many "
+            f"again to train on; label at least {plan.images_needed - total} more ({plan.images_needed} in all)"
+        )
+    ordered = sorted(set(image_uris), key=split_position)
+    positions = [split_position(uri) for uri in ordered]
+    # Thresholds: the fraction, or just past the n-th smallest position when that reaches further.
+    test_end = max(plan.test_fraction, positions[plan.min_test_images - 1] + 1e-12)
+    tested = sum(1 for p in positions if p < test_end)
+    val_end = max(test_end + plan.validation_fraction, positions[tested + plan.min_validation_images - 1] + 1e-12)
+    return {
+        uri: "test" if position < test_end else "val" if position < val_end else "train"
+        for uri, position in zip(ordered, positions, strict=True)
+    }
 
 
 def yolo_label_lines(annotations: Sequence[Annotation], width: int, height: int) -> list[str]:
@@ -172,40 +215,28 @@ def prepare_dataset(
     store: ImageStore,
     output_dir: str | Path,
     *,
-    validation_fraction: float,
-    test_fraction: float,
+    plan: SplitPlan,
     workers: int = 8,
 ) -> PreparedDataset:
     """Write `images/<split>/`, `labels/<split>/`, `data.yaml` and `dataset.json` under `output_dir`."""
+    splits = assign_splits([entry.image_uri for entry in manifest.images], plan)
+    boxes = {
+        split: sum(len(e.annotations) for e in manifest.images if splits[e.image_uri] == split) for split in SPLITS
+    }
+    counts = {split: sum(1 for s in splits.values() if s == split) for split in SPLITS}
+    if boxes["test"] < plan.min_test_defects:
+        raise DatasetError(
+            f"the test split ({counts['test']} images) holds {boxes['test']} labeled defect(s), fewer than the "
+            f"{plan.min_test_defects} needed to measure precision, recall and mAP; label more images with defects"
+        )
     root = Path(output_dir)
     for sub in ("images", "labels"):
         shutil.rmtree(root / sub, ignore_errors=True)  # a retried step starts from a clean folder
     for split in SPLITS:
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-    splits = {
-        entry.image_uri: assign_split(
-            entry.image_uri, validation_fraction=validation_fraction, test_fraction=test_fraction
-        )
-        for entry in manifest.images
-    }
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(lambda e: _restore(e, store, root, splits[e.image_uri]), manifest.images))
-    counts = {split: sum(1 for s in splits.values() if s == split) for split in SPLITS}
-    boxes = {
-        split: sum(len(e.annotations) for e in manifest.images if splits[e.image_uri] == split) for split in SPLITS
-    }
-    empty = [split for split in SPLITS if counts[split] == 0]
-    if empty:
-        raise DatasetError(
-            f"the {' and '.join(empty)} split(s) of {len(manifest.images)} images are empty "
-            f"(fractions: validation {validation_fraction}, test {test_fraction}); label more images"
-        )
-    if boxes["test"] == 0:
-        raise DatasetError(
-            f"the test split ({counts['test']} images) has no labeled defect, so precision, recall and mAP "
-            "cannot be measured; label more images with defects"
-        )
     prepared = PreparedDataset(
         root=root,
         dataset_version=manifest.dataset_version,
