@@ -12,6 +12,7 @@ from typing import Any
 
 import aws_cdk as cdk
 import pytest
+import yaml
 from cfnlint.api import ManualArgs, lint_file
 
 from labeling.label_studio_server import (
@@ -24,7 +25,7 @@ from labeling.label_studio_server import (
 from shared.config import LABEL_STUDIO_IMAGE, ConfigError
 from shared.names import resource_names
 from tests.helpers import asl
-from tests.helpers.cdk_assembly import SynthesizedStack
+from tests.helpers.cdk_assembly import REPO_ROOT, SynthesizedStack, stack_named, stacks_of, synth
 from tests.labeling.stage import Stage, settings_with, stage
 
 CERTIFICATE = "arn:aws:acm:eu-west-1:111111111111:certificate/12345678-1234-1234-1234-123456789012"
@@ -701,3 +702,30 @@ def test_a_project_prefix_cognito_reserves_needs_a_domain_prefix_of_its_own():
 def test_the_service_account_is_named_under_the_servers_domain():
     server = deployed_server(settings_with(backend="label_studio", label_studio={"server": SERVER}).labeling)
     assert server is not None and service_account_email(server) == "labeling-round@labels.example.com"
+
+
+def test_the_asset_pipeline_deploys_the_server_between_the_data_and_the_workflow(tmp_path):
+    """`cdk synth -c app=labeling` as app.py builds it (cdk-nag over every stack), with a deployed server."""
+    raw = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    raw["labeling"].update(backend="label_studio", label_studio={"server": SERVER})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    stacks = stacks_of(synth(app="labeling", config=config))
+    toolchain = stack_named(stacks, "tag-inspect-labeling-toolchain")
+    (pipeline,) = [
+        r["Properties"]
+        for r in toolchain.resources("AWS::CodePipeline::Pipeline").values()
+        if any(s["Name"] == "Deploy" for s in r["Properties"]["Stages"])
+    ]
+    (deploy,) = [s for s in pipeline["Stages"] if s["Name"] == "Deploy"]
+    change_sets = sorted(
+        (a["RunOrder"], a["Configuration"]["StackName"], a["Configuration"]["Capabilities"])
+        for a in deploy["Actions"]
+        if a["Name"].endswith(".Prepare")
+    )
+    # the server's template uses CloudFormation's language extensions: the change set must allow the transform
+    assert [(stack, capabilities) for _, stack, capabilities in change_sets] == [
+        (f"tag-inspect-labeling-{suffix}", "CAPABILITY_NAMED_IAM,CAPABILITY_AUTO_EXPAND")
+        for suffix in ("data", "label-studio", "workflow")
+    ]
+    assert stack_named(stacks, "tag-inspect-labeling-label-studio").template["Transform"] == "AWS::LanguageExtensions"
