@@ -137,7 +137,7 @@ class LabelStudioServer(Construct):
         self.key = encryption_key(
             self,
             "Key",
-            alias=f"alias/{names.prefix}-label-studio",
+            alias=names.label_studio_key_alias,  # readers of the API token secret grant themselves the key by it
             description=f"{names.prefix}: Label Studio's database, secrets and logs",
             retain=True,  # snapshots of the database outlive the stack and need the key
         )

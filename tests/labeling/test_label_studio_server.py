@@ -283,6 +283,13 @@ def test_the_api_token_secret_is_generated_encrypted_and_named_for_the_labeling_
     assert account["GenerateSecretString"]["GenerateStringKey"] == "password"
     for secret in secrets.values():
         assert secret["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [key_id, "Arn"]}
+    # the labeling round decrypts the token with this key, found by its alias
+    _, alias = only(stack.resources("AWS::KMS::Alias"))
+    assert alias["Properties"] == {
+        "AliasName": NAMES.label_studio_key_alias,
+        "TargetKeyId": {"Fn::GetAtt": [key_id, "Arn"]},
+    }
+    assert NAMES.label_studio_key_alias == "alias/tag-inspect-label-studio"
     outputs = {output["Description"]: output["Value"] for output in template["Outputs"].values()}
     assert outputs["API token of the labeling round"] == NAMES.label_studio_api_token_secret
 
