@@ -9,6 +9,7 @@ plainly instead of at deploy time.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -208,21 +209,238 @@ class WorkforceSettings(_Section):
         return self
 
 
+LABEL_STUDIO_IMAGE = (
+    "heartexlabs/label-studio:1.23.0@sha256:aa461572e8f9d86a1bf9520c1db620204e86160fd2f80dd7e9d40ac84a8828ea"
+)
+"""The official Label Studio 1.23.0 image (Docker Hub), pinned by the digest of its multi-architecture index.
+
+Update: `docker buildx imagetools inspect heartexlabs/label-studio:<version>` prints the index digest (`Digest:`).
+"""
+# repository[:tag]@sha256:<digest>: a tag alone can be moved to another image, a digest cannot.
+_PINNED_IMAGE = (
+    r"^(?P<repository>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:\.[a-z0-9-]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$"
+)
+_ECR_IMAGE = (
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?/(?P<name>[^@]+)"
+    r"@sha256:[0-9a-f]{64}$"
+)
+_SECRETS_MANAGER_ID = r"^[A-Za-z0-9/_+=.@:-]{1,2048}$"  # a Secrets Manager secret name or ARN
+_HTTPS_URL = r"^https://[A-Za-z0-9.-]+(:\d+)?(/[^\s]*)?$"
+_DOMAIN_NAME = r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+_IPV4_CIDR = r"^((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)/(3[0-2]|[12]?\d)$"
+# Fargate's CPU units and the memory (MiB) each allows.
+FARGATE_MEMORY_MIB: dict[int, range] = {
+    512: range(1024, 4097, 1024),
+    1024: range(2048, 8193, 1024),
+    2048: range(4096, 16385, 1024),
+    4096: range(8192, 30721, 1024),
+}
+LABEL_STUDIO_MIN_MEMORY_MIB = 2048
+"""Below this, Label Studio (Django, the data manager, exports) runs out of memory on real projects."""
+_COGNITO_RESERVED = ("aws", "amazon", "cognito")
+COGNITO_SCOPES = ("openid", "email", "profile")
+"""The OAuth scopes the stack's Cognito app client allows (the load balancer asks for `sign_in.scope`)."""
+_OIDC_KEYS = (
+    "issuer",
+    "authorization_endpoint",
+    "token_endpoint",
+    "user_info_endpoint",
+    "client_id",
+    "client_secret_secret",
+)
+
+
+class LabelStudioSignInSettings(_Section):
+    """Who may open the deployed Label Studio: the load balancer signs every browser in before Label Studio sees it.
+
+    `cognito`: a user pool the stack creates (MFA required, no self sign-up; administrators add the labelers).
+    `oidc`: the organisation's own identity provider (Entra ID, Okta, Google, Keycloak, ...) as an OpenID Connect app.
+    """
+
+    provider: Literal["cognito", "oidc"] = Field(
+        default="cognito", description="cognito (a user pool created by the stack) or oidc (your identity provider)."
+    )
+    cognito_domain_prefix: Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")] | None = Field(
+        default=None,
+        description="Prefix of the Cognito sign-in domain (<prefix>.auth.<region>.amazoncognito.com), unique in the "
+        "region; default <project prefix>-labeling-<account>.",
+    )
+    issuer: Annotated[str, Field(pattern=_HTTPS_URL)] | None = Field(default=None, description="OIDC issuer URL.")
+    authorization_endpoint: Annotated[str, Field(pattern=_HTTPS_URL)] | None = None
+    token_endpoint: Annotated[str, Field(pattern=_HTTPS_URL)] | None = None
+    user_info_endpoint: Annotated[str, Field(pattern=_HTTPS_URL)] | None = None
+    client_id: Annotated[str, Field(pattern=r"^[^\s]{1,256}$")] | None = Field(
+        default=None, description="The OIDC app's client id."
+    )
+    client_secret_secret: Annotated[str, Field(pattern=_SECRETS_MANAGER_ID)] | None = Field(
+        default=None,
+        description="Secrets Manager secret (name or ARN) whose value is the OIDC app's client secret; CloudFormation "
+        "resolves it at deploy time, it never enters the template.",
+    )
+    scope: Annotated[str, Field(pattern=r"^openid( [A-Za-z0-9_:./-]+)*$")] = Field(
+        default="openid email", description="OIDC scopes the load balancer asks for (openid first)."
+    )
+    session_timeout_hours: int = Field(
+        default=12, ge=1, le=168, description="How long a sign-in lasts before the identity provider is asked again."
+    )
+
+    @field_validator("cognito_domain_prefix")
+    @classmethod
+    def _cognito_domain(cls, value: str | None) -> str | None:
+        if value is not None and any(word in value for word in _COGNITO_RESERVED):
+            raise ValueError("a Cognito domain prefix may not contain aws, amazon or cognito")
+        return value
+
+    @model_validator(mode="after")
+    def _provider_keys(self) -> LabelStudioSignInSettings:
+        given = [key for key in _OIDC_KEYS if getattr(self, key) is not None]
+        if self.provider == "oidc":
+            missing = [key for key in _OIDC_KEYS if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"provider oidc needs {', '.join(missing)}")
+            if self.cognito_domain_prefix is not None:
+                raise ValueError("cognito_domain_prefix applies to provider cognito only")
+        else:
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to provider oidc only")
+            unknown = sorted(set(self.scope.split()) - set(COGNITO_SCOPES))
+            if unknown:
+                raise ValueError(
+                    f"scope {' '.join(unknown)} is not one the Cognito client offers ({' '.join(COGNITO_SCOPES)})"
+                )
+        return self
+
+
+class LabelStudioDatabaseSettings(_Section):
+    """The server's PostgreSQL database (Amazon RDS): projects, tasks and every annotation labelers made."""
+
+    engine_version: Annotated[str, Field(pattern=r"^(1[6-9])\.\d{1,2}$")] = Field(
+        default="17.9",
+        description="PostgreSQL major.minor at creation (16 or newer); RDS applies newer minor versions by itself.",
+    )
+    instance_class: Annotated[str, Field(pattern=r"^(?!db\.)[a-z][a-z0-9-]*\.[a-z0-9]+$")] = Field(
+        default="t4g.micro", description="RDS instance class without the db. prefix (t4g.micro, t4g.small, m7g.large)."
+    )
+    allocated_storage_gib: int = Field(default=20, ge=20, le=6144, description="Initial gp3 storage.")
+    max_allocated_storage_gib: int = Field(
+        default=100, ge=20, le=65_536, description="Storage autoscaling grows the volume up to this size."
+    )
+    multi_az: bool = Field(default=False, description="A standby in a second availability zone (doubles the cost).")
+    backup_retention_days: int = Field(
+        default=7, ge=1, le=35, description="Automated backups (point-in-time restore) are kept this many days."
+    )
+    deletion_protection: bool = Field(
+        default=True, description="RDS refuses to delete the database (stack deletion too) while this is on."
+    )
+    restore_from_snapshot: (
+        Annotated[str, Field(pattern=r"^(arn:aws[a-z-]*:rds:[a-z0-9-]+:\d{12}:snapshot:)?[a-zA-Z][a-zA-Z0-9-]{0,254}$")]
+        | None
+    ) = Field(
+        default=None,
+        description="Snapshot (identifier or ARN) to create the database from; changing it replaces the database.",
+    )
+
+    @model_validator(mode="after")
+    def _storage(self) -> LabelStudioDatabaseSettings:
+        if self.max_allocated_storage_gib < self.allocated_storage_gib:
+            raise ValueError("max_allocated_storage_gib must be at least allocated_storage_gib")
+        return self
+
+
 class LabelStudioServerSettings(_Section):
     """Label Studio deployed by the labeling app (ECS Fargate, PostgreSQL, HTTPS load balancer, sign-in).
 
     Used when `labeling.label_studio.url` is not set. See labeling/README.md, "Label Studio on AWS".
     """
 
-    domain_name: Annotated[str, Field(pattern=r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")] = (
-        Field(
-            description="The HTTPS name labelers open (e.g. labels.example.com); "
-            "a DNS record points it at the load balancer."
-        )
+    domain_name: Annotated[str, Field(pattern=_DOMAIN_NAME)] = Field(
+        description="The HTTPS name labelers open (e.g. labels.example.com); "
+        "a DNS record points it at the load balancer."
     )
     certificate_arn: Annotated[
         str, Field(pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$")
     ] = Field(description="ACM certificate for domain_name, in the deployment region.")
+    hosted_zone_id: Annotated[str, Field(pattern=r"^Z[A-Z0-9]{1,31}$")] | None = Field(
+        default=None, description="Route 53 public hosted zone to create domain_name's alias record in (optional)."
+    )
+    hosted_zone_name: Annotated[str, Field(pattern=_DOMAIN_NAME)] | None = Field(
+        default=None, description="That zone's name (e.g. example.com); with hosted_zone_id."
+    )
+    image: Annotated[str, Field(pattern=_PINNED_IMAGE)] = Field(
+        default=LABEL_STUDIO_IMAGE,
+        description="Container image, pinned by digest: repository[:tag]@sha256:<digest>. The tag is informational.",
+    )
+    image_pull_secret: Annotated[str, Field(pattern=_SECRETS_MANAGER_ID)] | None = Field(
+        default=None,
+        description='Secrets Manager secret (name or ARN) with registry credentials ({"username", "password"}) '
+        "for authenticated pulls from Docker Hub or another registry; anonymous pulls otherwise (ECR: IAM).",
+    )
+    cpu: Literal[512, 1024, 2048, 4096] = Field(default=1024, description="Fargate CPU units of the server task.")
+    memory_mib: int = Field(default=4096, description="Fargate memory of the server task (a value its cpu allows).")
+    allowed_cidrs: list[Annotated[str, Field(pattern=_IPV4_CIDR)]] = Field(
+        default_factory=lambda: ["0.0.0.0/0"],
+        min_length=1,
+        max_length=50,
+        description="IPv4 ranges that may reach the load balancer (everyone still signs in).",
+    )
+    presigned_url_minutes: int = Field(
+        default=5,
+        ge=1,
+        le=60,
+        description="Lifetime of the pre-signed S3 URLs through which browsers load the images (Label Studio's "
+        "S3 storage presign_ttl).",
+    )
+    sign_in: LabelStudioSignInSettings = Field(default_factory=LabelStudioSignInSettings)
+    database: LabelStudioDatabaseSettings = Field(default_factory=LabelStudioDatabaseSettings)
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _network_addresses(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            network = ipaddress.ip_network(cidr, strict=False)
+            if str(network) != cidr:
+                raise ValueError(f"{cidr} has host bits set; the network is {network}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LabelStudioServerSettings:
+        if self.memory_mib not in FARGATE_MEMORY_MIB[self.cpu]:
+            allowed = FARGATE_MEMORY_MIB[self.cpu]
+            raise ValueError(
+                f"memory_mib {self.memory_mib} is not a Fargate size for cpu {self.cpu}: "
+                f"{allowed.start}-{allowed.stop - 1} in steps of {allowed.step}"
+            )
+        if self.memory_mib < LABEL_STUDIO_MIN_MEMORY_MIB:
+            raise ValueError(f"memory_mib must be at least {LABEL_STUDIO_MIN_MEMORY_MIB}: Label Studio needs 2 GiB")
+        if (self.hosted_zone_id is None) != (self.hosted_zone_name is None):
+            raise ValueError("hosted_zone_id and hosted_zone_name go together (or leave both out)")
+        if self.hosted_zone_name is not None and not (
+            self.domain_name == self.hosted_zone_name or self.domain_name.endswith("." + self.hosted_zone_name)
+        ):
+            raise ValueError(f"domain_name {self.domain_name} is not in hosted zone {self.hosted_zone_name}")
+        if self.image_pull_secret is not None and self.ecr_repository is not None:
+            raise ValueError("image_pull_secret applies to registries other than ECR (ECR images are pulled with IAM)")
+        return self
+
+    @property
+    def image_reference(self) -> str:
+        """What the task definition pulls: repository@digest (the tag, if any, is dropped: the digest decides)."""
+        match = re.fullmatch(_PINNED_IMAGE, self.image)
+        if match is None:  # the field's pattern already guarantees it
+            raise ValueError(f"not a digest-pinned image: {self.image}")
+        return f"{match['repository']}@{match['digest']}"
+
+    @property
+    def image_tag(self) -> str | None:
+        match = re.fullmatch(_PINNED_IMAGE, self.image)
+        return match["tag"] if match else None
+
+    @property
+    def ecr_repository(self) -> tuple[str, str, str] | None:
+        """(account, region, repository name) when the image is in an ECR private registry, else None."""
+        match = re.fullmatch(_ECR_IMAGE, self.image_reference)
+        return (match["account"], match["region"], match["name"]) if match else None
 
 
 class LabelStudioSettings(_Section):

@@ -77,6 +77,14 @@ class ResourceNames:
         """
         return f"{self.prefix}/labeling/label-studio-api-token"
 
+    @property
+    def label_studio_key_alias(self) -> str:
+        """KMS key of the deployed Label Studio (its database, logs and secrets, the API token among them).
+
+        Whoever reads the API token secret needs `kms:Decrypt` on this key (through Secrets Manager).
+        """
+        return f"alias/{self.prefix}-label-studio"
+
     # -- owned by training ------------------------------------------------------------------------
     @property
     def model_package_group(self) -> str:

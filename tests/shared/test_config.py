@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from app import selected_apps
-from shared.config import APP_NAMES, ConfigError, load_settings, parse_settings
+from shared.config import APP_NAMES, LABEL_STUDIO_IMAGE, ConfigError, load_settings, parse_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -256,3 +257,95 @@ def test_labeling_backend_and_its_label_studio_server(raw, backend, label_studio
     else:
         with pytest.raises(ConfigError, match=message):
             parse_settings(document)
+
+
+_SERVER = _LS_SERVER["server"]
+_OIDC = {
+    "provider": "oidc",
+    "issuer": "https://login.example.com",
+    "authorization_endpoint": "https://login.example.com/authorize",
+    "token_endpoint": "https://login.example.com/token",
+    "user_info_endpoint": "https://login.example.com/userinfo",
+    "client_id": "label-studio",
+    "client_secret_secret": "tag-inspect/oidc-client-secret",
+}
+_DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ({}, None),
+        ({"sign_in": _OIDC}, None),
+        ({"sign_in": {"provider": "cognito", "cognito_domain_prefix": "tag-labels", "scope": "openid email profile"}},
+         None),
+        ({"cpu": 2048, "memory_mib": 16384}, None),
+        ({"image": f"heartexlabs/label-studio@{_DIGEST}"}, None),
+        ({"image": f"111111111111.dkr.ecr.eu-west-1.amazonaws.com/docker-hub/label-studio:1.23.0@{_DIGEST}"}, None),
+        ({"hosted_zone_id": "Z0123456789ABC", "hosted_zone_name": "example.com"}, None),
+        ({"allowed_cidrs": ["203.0.113.0/24"]}, None),
+        ({"database": {"restore_from_snapshot": "ls-before-upgrade", "multi_az": True}}, None),
+        # the image must be pinned by digest
+        ({"image": "heartexlabs/label-studio:1.23.0"}, r"server\.image: does not match"),
+        ({"image": "heartexlabs/label-studio:latest@sha256:abc"}, r"server\.image: does not match"),
+        # sign-in
+        ({"sign_in": {"provider": "oidc", "issuer": "https://login.example.com"}},
+         r"server\.sign_in: .*provider oidc needs authorization_endpoint, token_endpoint"),
+        ({"sign_in": {**_OIDC, "provider": "cognito"}}, r"server\.sign_in: .*issuer, .* apply to provider oidc only"),
+        ({"sign_in": {**_OIDC, "cognito_domain_prefix": "labels"}},
+         r"server\.sign_in: .*cognito_domain_prefix applies to provider cognito only"),
+        ({"sign_in": {**_OIDC, "issuer": "http://login.example.com"}}, r"server\.sign_in\.issuer: does not match"),
+        ({"sign_in": {"cognito_domain_prefix": "my-aws-labels"}}, r"server\.sign_in\.cognito_domain_prefix: .*may not"),
+        ({"sign_in": {"scope": "openid phone"}}, r"server\.sign_in: .*scope phone is not one the Cognito"),
+        ({"sign_in": {"session_timeout_hours": 200}}, r"server\.sign_in\.session_timeout_hours: Input should"),
+        # task size
+        ({"cpu": 1024, "memory_mib": 1024}, r"server: .*memory_mib 1024 is not a Fargate size for cpu 1024: 2048-8192"),
+        ({"cpu": 512, "memory_mib": 1024}, r"server: .*memory_mib must be at least 2048"),
+        ({"cpu": 256}, r"server\.cpu: Input should be 512, 1024, 2048 or 4096"),
+        # network and DNS
+        ({"allowed_cidrs": ["10.0.0.1/8"]}, r"server\.allowed_cidrs: .*10\.0\.0\.1/8 has host bits set"),
+        ({"allowed_cidrs": []}, r"server\.allowed_cidrs: List should have at least 1 item"),
+        ({"allowed_cidrs": ["2001:db8::/32"]}, r"server\.allowed_cidrs\.0: does not match"),
+        ({"hosted_zone_id": "Z0123456789ABC"}, r"server: .*hosted_zone_id and hosted_zone_name go together"),
+        ({"hosted_zone_id": "Z0123456789ABC", "hosted_zone_name": "example.org"},
+         r"server: .*domain_name labels\.example\.com is not in hosted zone example\.org"),
+        # registry credentials are for registries other than ECR
+        ({"image": f"111111111111.dkr.ecr.eu-west-1.amazonaws.com/label-studio@{_DIGEST}", "image_pull_secret": "hub"},
+         r"server: .*image_pull_secret applies to registries other than ECR"),
+        # database
+        ({"database": {"instance_class": "db.t4g.micro"}}, r"server\.database\.instance_class: does not match"),
+        ({"database": {"backup_retention_days": 0}}, r"server\.database\.backup_retention_days: Input should"),
+        ({"database": {"allocated_storage_gib": 200, "max_allocated_storage_gib": 100}},
+         r"server\.database: .*max_allocated_storage_gib must be at least allocated_storage_gib"),
+        ({"database": {"engine_version": "15.4"}}, r"server\.database\.engine_version: does not match"),
+        ({"database": {"restore_from_snapshot": "-bad"}}, r"server\.database\.restore_from_snapshot: does not"),
+        ({"presigned_url_minutes": 120}, r"server\.presigned_url_minutes: Input should be less than or equal to 60"),
+        ({"databse": {}}, r"server\.databse: unknown key"),
+    ],
+)  # fmt: skip
+def test_the_deployed_label_studio_server_settings(raw, server, message):
+    document = _set(raw, "labeling.backend", "label_studio")
+    document = _set(document, "labeling.label_studio", {"server": {**_SERVER, **server}})
+    if message is None:
+        deployed = parse_settings(document).labeling.label_studio.server
+        assert deployed is not None
+        assert re.fullmatch(r"[^:@]+@sha256:[0-9a-f]{64}", deployed.image_reference)
+    else:
+        with pytest.raises(ConfigError, match=rf"labeling\.label_studio\.{message}"):
+            parse_settings(document)
+
+
+def test_the_default_server_image_is_the_pinned_official_release(raw):
+    document = _set(_set(raw, "labeling.backend", "label_studio"), "labeling.label_studio", {"server": _SERVER})
+    server = parse_settings(document).labeling.label_studio.server
+    assert server is not None
+    assert server.image == LABEL_STUDIO_IMAGE
+    assert server.image_reference == (
+        "heartexlabs/label-studio@sha256:aa461572e8f9d86a1bf9520c1db620204e86160fd2f80dd7e9d40ac84a8828ea"
+    )
+    assert (server.image_tag, server.ecr_repository) == ("1.23.0", None)
+    ecr = server.model_copy(
+        update={"image": f"111111111111.dkr.ecr.eu-west-1.amazonaws.com/docker-hub/heartexlabs/label-studio@{_DIGEST}"}
+    )
+    assert ecr.ecr_repository == ("111111111111", "eu-west-1", "docker-hub/heartexlabs/label-studio")
+    assert ecr.image_tag is None

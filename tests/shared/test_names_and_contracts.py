@@ -45,6 +45,7 @@ def test_names_satisfy_the_services_rules_for_the_longest_prefix(settings):
     assert len(names.training_pipeline) <= 256
     # Secrets Manager: 1-512 of letters, digits and /_+=.@-
     assert re.fullmatch(r"[A-Za-z0-9/_+=.@-]{1,512}", names.label_studio_api_token_secret)
+    assert re.fullmatch(r"alias/[a-zA-Z0-9/_-]{1,250}", names.label_studio_key_alias)  # KMS, not alias/aws/
     for app in ("labeling", "training", "edge_deployment"):
         assert len(names.workflow_state_machine(app)) <= 80  # Step Functions
         assert len(names.asset_pipeline(app)) <= 100  # CodePipeline
