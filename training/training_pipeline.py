@@ -29,6 +29,7 @@ from shared.building_blocks import grant_key_by_alias, python_function
 from shared.config import Settings
 from shared.guardrails import IAM5, acknowledge, render
 from shared.names import OFFLINE_STORE_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
+from training.dlc_registry import image_repository_arn, resolve_image
 from training.pipeline_definition import PipelineResources, pipeline_definition
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,15 +65,6 @@ def step_code_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
         ),
         asset_hash_type=cdk.AssetHashType.OUTPUT,  # shared/contracts.py changes the hash too
     )
-
-
-def image_repository_arn(stack: cdk.Stack, image_uri: str) -> str:
-    """`<account>.dkr.ecr.<region or {region}>.amazonaws.com/<repo>:<tag>` (the configured form) -> its ARN."""
-    host, _, path = image_uri.partition("/")
-    account, _, _, region = host.split(".")[:4]
-    repository = path.rsplit(":", 1)[0]
-    region = stack.region if region == "{region}" else region
-    return f"arn:{stack.partition}:ecr:{region}:{account}:repository/{repository}"
 
 
 class _Policy:
@@ -112,8 +104,8 @@ class TrainingPipeline(Construct):
         stack = cdk.Stack.of(self)
         training = settings.training
         region = stack.region
-        training_image = training.training_image.replace("{region}", region)
-        processing_image = training.processing_image.replace("{region}", region)
+        training_image = resolve_image(self, training.training_image)
+        processing_image = resolve_image(self, training.processing_image)
         model_bucket_arn = f"arn:{stack.partition}:s3:::{names.model_bucket}"
         data_bucket_arn = f"arn:{stack.partition}:s3:::{names.data_bucket}"
         group_arn = stack.format_arn(
@@ -171,9 +163,13 @@ class TrainingPipeline(Construct):
         )
         jobs.allow(
             ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-            sorted(
-                {image_repository_arn(stack, image) for image in (training.training_image, training.processing_image)}
-            ),
+            # one repository ARN per configured repository (the tag does not matter to ECR permissions)
+            [
+                image_repository_arn(self, repository)
+                for repository in sorted(
+                    {image.rsplit(":", 1)[0] for image in (training.training_image, training.processing_image)}
+                )
+            ],
         )
         jobs.allow(
             ["ecr:GetAuthorizationToken"],
