@@ -1,7 +1,7 @@
 # The two commands: `make synth` and `make test`. Both set up what they need inside the repository
 # (.venv, node_modules and, when the system Node.js is older than 22, a Node 22 binary from npm).
 #
-#   make synth [APP=training] [ENV=dev]    synthesize all apps (or one) into cdk.out
+#   make synth [APP=training] [ENV=dev]    synthesize all apps (or one) into cdk.out (DEPLOY=true: as for a deployment)
 #   make test  [APP=training]              lint, then the whole test suite (or one app's and the common tests)
 #   make lint                              ruff and mypy
 #   make e2e                               the end-to-end loop on this machine
@@ -19,7 +19,9 @@ APP ?=
 ENV ?=
 PYTEST_ARGS ?=
 
-CDK_CONTEXT := $(if $(APP),-c app=$(APP)) $(if $(ENV),-c env=$(ENV))
+DEPLOY ?=
+# DEPLOY=true (make deploy, the asset pipelines' synth): example values and a missing notification target are refused.
+CDK_CONTEXT := $(if $(APP),-c app=$(APP)) $(if $(ENV),-c env=$(ENV)) $(if $(filter true,$(DEPLOY)),-c deploy=true)
 # Node.js: the system's when it is 22 or newer, else the pinned `node` package from npm.
 SYSTEM_NODE_MAJOR := $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 NPM_OMIT := $(if $(shell [ "$(SYSTEM_NODE_MAJOR)" -ge 22 ] && echo yes),--omit=optional)
@@ -75,7 +77,7 @@ e2e: $(VENV)/.test-installed node_modules/.installed
 
 deploy: $(VENV)/.synth-installed node_modules/.installed
 	@test -n "$(APP)" || { echo "Set APP=labeling|training|edge_deployment"; exit 1; }
-	cdk deploy $(CDK_CONTEXT) --require-approval broadening
+	cdk deploy $(CDK_CONTEXT) -c deploy=true --require-approval broadening
 
 diff: $(VENV)/.synth-installed node_modules/.installed
 	cdk diff $(CDK_CONTEXT)
