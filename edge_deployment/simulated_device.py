@@ -13,13 +13,12 @@ from __future__ import annotations
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from edge_deployment.fleet import DeviceFleet, resource_finding
 from edge_deployment.naming import EdgeNames
 from edge_deployment.register_device import NUCLEUS_URL, ROOT_CA_URL
-from shared.building_blocks import log_retention
+from shared.building_blocks import log_group, log_retention
 from shared.config import Settings
 from shared.guardrails import IAM5, acknowledge
 
@@ -108,12 +107,7 @@ class SimulatedDevice(Construct):
             nat_gateways=0,
             subnet_configuration=[ec2.SubnetConfiguration(name="device", subnet_type=ec2.SubnetType.PUBLIC)],
         )
-        flow_logs = logs.LogGroup(
-            self,
-            "FlowLogs",
-            retention=log_retention(settings.toolchain.log_retention_days),
-            removal_policy=cdk.RemovalPolicy.DESTROY,
-        )
+        flow_logs = log_group(self, "FlowLogs", retention=log_retention(settings.toolchain.log_retention_days))
         self.vpc.add_flow_log("FlowLog", destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs))
         security_group = ec2.SecurityGroup(
             self,
