@@ -36,6 +36,7 @@ from edge_deployment.fleet import DeviceFleet, resource_finding
 from edge_deployment.naming import EdgeNames
 from edge_deployment.runtime.deployment import GOOD_OUTCOMES, RolloutPolicy
 from shared.building_blocks import (
+    EventDeadLetters,
     grant_key_by_alias,
     grant_publish_by_name,
     log_retention,
@@ -44,7 +45,7 @@ from shared.building_blocks import (
 )
 from shared.config import ROLLOUT_OVERHEAD_MINUTES, AppName, Settings
 from shared.guardrails import IAM5, acknowledge
-from shared.names import ResourceNames
+from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
 
 if TYPE_CHECKING:  # the inference component's construct module uses runtime_bundle() from here
     from edge_deployment.inference_component import InferenceComponent
@@ -168,6 +169,7 @@ class DeploymentWorkflow(Construct):
                 "MODEL_COMPONENT_NAME": edge.model_component_name,
                 "COMPONENT_BUCKET": fleet.bucket.bucket_name,
                 "MODEL_BUCKET": shared_names.model_bucket,
+                "MODEL_ARCHIVE_PREFIX": MODEL_ARCHIVE_PREFIX,
                 "MAX_ARCHIVE_BYTES": str(max_archive_bytes),
                 "CLASS_NAMES": json.dumps(list(settings.project.class_names)),
             },
@@ -227,9 +229,21 @@ class DeploymentWorkflow(Construct):
         )
         self._acknowledge_state_machine_role()
 
+        # Named, so that the dead-letter key can name the rule without a reference loop (rule -> queue -> key).
+        approval_rule_name = f"{names.prefix}-edge-model-approved"
+        self.approval_dead_letters = EventDeadLetters(
+            self,
+            "ApprovalDeadLetters",
+            key_alias=f"alias/{names.prefix}-edge-approval-dead-letters",
+            rule_arn=stack.format_arn(service="events", resource="rule", resource_name=approval_rule_name),
+            alarm_name=f"{shared_names.alarm_prefix(APP)}approval-events-undelivered",
+            alarm_topic_arn=stack.format_arn(service="sns", resource=shared_names.notification_topic(APP)),
+            description="model approvals that did not start the edge deployment workflow",
+        )
         self.approval_rule = events.Rule(
             self,
             "ModelApprovedRule",
+            rule_name=approval_rule_name,
             description=f"Deploys approved model packages of {shared_names.model_package_group} to the devices",
             event_pattern=model_approved_pattern(group_name=shared_names.model_package_group),
             targets=[
@@ -245,6 +259,9 @@ class DeploymentWorkflow(Construct):
                     ),
                     retry_attempts=8,
                     max_event_age=cdk.Duration.hours(6),
+                    # An approval that cannot start the workflow (throttled, state machine missing) is kept,
+                    # and its alarm notifies the app's topic.
+                    dead_letter_queue=self.approval_dead_letters.queue,
                 )
             ],
         )
@@ -286,12 +303,13 @@ class DeploymentWorkflow(Construct):
         )
 
         # Step 2: read the model archive, write model.zip, create the model component version.
-        archives = f"arn:{stack.partition}:s3:::{shared_names.model_bucket}/*"
+        archives = f"arn:{stack.partition}:s3:::{shared_names.model_bucket}/{MODEL_ARCHIVE_PREFIX}*"
         self._allow(self.prepare_function, "ReadModelArchives", ["s3:GetObject"], [archives])
         grant_key_by_alias(self.prepare_function, alias=shared_names.model_key_alias, stack=stack)
         self._acknowledge(
             self.prepare_function,
-            "Model archives of training's model bucket: the package names the key, unknown in advance.",
+            f"Model archives under {MODEL_ARCHIVE_PREFIX} of training's model bucket (one per pipeline run): the "
+            "package names the key, unknown in advance.",
             resource=archives,
         )
         fleet.grant_artifact_publishing(self.prepare_function, component_name=edge.model_component_name)
@@ -325,6 +343,11 @@ class DeploymentWorkflow(Construct):
             ["*"],
         )
         self._allow(self.create_function, "ReadDeployments", ["greengrass:GetDeployment"], [deployments])
+        # Why `job/*` stays: Greengrass creates the deployment's continuous IoT job with a generated id, and revises
+        # (UpdateJob) or cancels (CancelJob) the previous one, all with the caller's permissions (CreateDeployment's
+        # dependent actions in the service authorization reference). No IoT condition key tells a Greengrass
+        # deployment job from another job of the account, and the id is known only after the call. The function's
+        # own code only reads jobs; the job's targets are narrowed to this app's thing group below.
         self._allow(
             self.create_function,
             "DeploymentJobs",

@@ -73,6 +73,7 @@ def prepare_model(event: dict[str, Any], context: Any) -> dict[str, Any]:
         component_name=_env("MODEL_COMPONENT_NAME"),
         bucket=_env("COMPONENT_BUCKET"),
         model_bucket=_env("MODEL_BUCKET"),
+        model_archive_prefix=_env("MODEL_ARCHIVE_PREFIX"),
         max_archive_bytes=int(_env("MAX_ARCHIVE_BYTES")),
         class_names=json.loads(_env("CLASS_NAMES")),
         partition=partition,

@@ -16,9 +16,19 @@ from moto import mock_aws
 
 from edge_deployment.fleet import GREENGRASS_DATA_PLANE_ACTIONS
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version, render_recipe_template
+from shared.names import MODEL_ARCHIVE_PREFIX
 from tests.edge_deployment.conftest import GROUP, REGION
 from tests.edge_deployment.recipes import recipe_problems
-from tests.helpers.asl import SdkTask, check_sdk_task, iam_actions, render_token, role_allows, sdk_tasks, state_machines
+from tests.helpers.asl import (
+    SdkTask,
+    check_sdk_task,
+    iam_actions,
+    render_token,
+    role_allows,
+    role_statements,
+    sdk_tasks,
+    state_machines,
+)
 
 
 def _only(template: dict[str, Any], resource_type: str) -> tuple[str, dict[str, Any]]:
@@ -292,6 +302,21 @@ def test_each_function_s_role_grants_the_iam_actions_of_its_calls(workflow_stack
             assert role_allows(template, role_id, action), f"{function}: {service}.{operation} needs {action}"
 
 
+def test_the_prepare_function_reads_only_the_model_archives_training_writes(workflow_stack):
+    template = workflow_stack.template
+    _, function = _by_prefix(template, "AWS::Lambda::Function", "WorkflowPrepareModelFunction")
+    role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    reads = [
+        _text(resource)
+        for statement in role_statements(template, role_id)
+        if "s3:GetObject" in _as_list(statement["Action"])
+        for resource in _as_list(statement["Resource"])
+        if "models" in _text(resource)
+    ]
+    assert reads == ["arn:aws:s3:::tag-inspect-models-123456789012-eu-west-1/pipeline-runs/*"]
+    assert function["Properties"]["Environment"]["Variables"]["MODEL_ARCHIVE_PREFIX"] == MODEL_ARCHIVE_PREFIX
+
+
 def test_the_functions_get_their_settings_from_the_configuration(workflow_stack, settings):
     template = workflow_stack.template
     edge = settings.edge_deployment
@@ -376,6 +401,38 @@ def test_the_rule_passes_that_package_s_arn_to_the_workflow(workflow_stack):
     assert transformer["InputPathsMap"]["detail-ModelPackageArn"] == "$.detail.ModelPackageArn"
     assert '"modelPackageArn":<detail-ModelPackageArn>' in transformer["InputTemplate"]
     assert target["RetryPolicy"]["MaximumRetryAttempts"] > 0
+
+
+def test_an_approval_that_cannot_start_the_workflow_is_kept_encrypted_and_alarmed(workflow_stack):
+    template = workflow_stack.template
+    _, rule = _only(template, "AWS::Events::Rule")
+    assert rule["Properties"]["Name"] == "tag-inspect-edge-model-approved"
+    (target,) = rule["Properties"]["Targets"]
+    queue_id, queue = _only(template, "AWS::SQS::Queue")
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}}
+    assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 86_400
+    key_id = queue["Properties"]["KmsMasterKeyId"]["Fn::GetAtt"][0]
+    key_statements = template["Resources"][key_id]["Properties"]["KeyPolicy"]["Statement"]
+    (events_may,) = [s for s in key_statements if s.get("Principal") == {"Service": "events.amazonaws.com"}]
+    assert _text(events_may["Condition"]["ArnEquals"]["aws:SourceArn"]) == (
+        "arn:aws:events:eu-west-1:123456789012:rule/tag-inspect-edge-model-approved"
+    )
+    _, queue_policy = _only(template, "AWS::SQS::QueuePolicy")
+    statements = queue_policy["Properties"]["PolicyDocument"]["Statement"]
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements
+    )
+    (send,) = [s for s in statements if s.get("Principal") == {"Service": "events.amazonaws.com"}]
+    assert send["Action"] == "sqs:SendMessage"
+    _, alarm = _only(template, "AWS::CloudWatch::Alarm")
+    properties = alarm["Properties"]
+    assert properties["AlarmName"] == "tag-inspect-edge-deployment-approval-events-undelivered"
+    assert properties["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert properties["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
+    assert (properties["ComparisonOperator"], properties["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert [_text(action) for action in properties["AlarmActions"]] == [
+        "arn:aws:sns:eu-west-1:123456789012:tag-inspect-edge-deployment-notifications"
+    ]
 
 
 # -- the whole stack ------------------------------------------------------------------------------
