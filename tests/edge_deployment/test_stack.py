@@ -14,7 +14,6 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from moto import mock_aws
 
-from edge_deployment.fleet import GREENGRASS_DATA_PLANE_ACTIONS
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version, render_recipe_template
 from shared.names import MODEL_ARCHIVE_PREFIX
 from tests.edge_deployment.conftest import GROUP, REGION
@@ -35,6 +34,10 @@ def _only(template: dict[str, Any], resource_type: str) -> tuple[str, dict[str, 
     found = [(lid, r) for lid, r in template["Resources"].items() if r["Type"] == resource_type]
     assert len(found) == 1, [lid for lid, _ in found]
     return found[0]
+
+
+def _of_type(template: dict[str, Any], resource_type: str) -> list[str]:
+    return [lid for lid, r in template["Resources"].items() if r["Type"] == resource_type]
 
 
 def _by_prefix(template: dict[str, Any], resource_type: str, prefix: str) -> tuple[str, dict[str, Any]]:
@@ -61,38 +64,12 @@ def test_the_thing_group_is_named_from_the_configuration(workflow_stack, setting
     assert group["Properties"]["ThingGroupName"] == settings.edge_deployment.thing_group_name
 
 
-def test_the_device_policy_is_scoped_to_the_device_s_own_identity_and_topics(workflow_stack):
-    _, policy = _only(workflow_stack.template, "AWS::IoT::Policy")
-    assert policy["Properties"]["PolicyName"] == "tag-inspect-edge-core-device"
-    statements = policy["Properties"]["PolicyDocument"]["Statement"]
-    actions = [action for s in statements for action in _as_list(s["Action"])]
-    assert not any(action.endswith(":*") or action == "*" for action in actions), actions
-    for statement in statements:
-        resources = [_text(r) for r in _as_list(statement["Resource"])]
-        assert statement["Effect"] == "Allow"
-        if resources == ["*"]:
-            # the one documented wildcard: Greengrass data-plane calls carry no thing policy variables
-            assert sorted(_as_list(statement["Action"])) == sorted(GREENGRASS_DATA_PLANE_ACTIONS)
-            continue
-        for resource in resources:
-            if ":rolealias/" in resource or resource.startswith("${FleetRoleAlias"):
-                continue
-            assert "${iot:Connection.Thing.ThingName}" in resource, resource
-    by_sid = {s["Sid"]: s for s in statements}
-    connect = by_sid["ConnectAsItself"]
-    assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
-    assert [_text(r).split(":client/")[1] for r in connect["Resource"]] == [
-        "${iot:Connection.Thing.ThingName}",
-        "${iot:Connection.Thing.ThingName}#*",
-    ]
-    published = sorted(_text(r).split(":topic/")[1] for r in by_sid["OwnResultsAndHeartbeat"]["Resource"])
-    assert published == [
-        "inspection/${iot:Connection.Thing.ThingName}/heartbeat",
-        "inspection/${iot:Connection.Thing.ThingName}/results",
-    ]
-    assert by_sid["TokenExchange"]["Resource"] == {
-        "Fn::GetAtt": [_only(workflow_stack.template, "AWS::IoT::RoleAlias")[0], "RoleAliasArn"]
-    }
+def test_the_stack_holds_no_shared_device_policy_and_no_thing_policy_variable(workflow_stack):
+    """Greengrass core devices cannot use thing policy variables: register_device gives each device its own policy."""
+    assert _of_type(workflow_stack.template, "AWS::IoT::Policy") == []
+    assert "iot:Connection.Thing" not in json.dumps(workflow_stack.template)
+    outputs = workflow_stack.template["Outputs"]
+    assert _text(outputs["DevicePolicyPrefix"]["Value"]) == "tag-inspect-edge-device-"
 
 
 def test_the_token_exchange_role_reads_artifacts_and_writes_the_device_s_own_frames_only(workflow_stack):
