@@ -202,7 +202,7 @@ def test_the_state_machine_logs_everything_and_is_traced(machine):
 
 def test_every_task_retries_with_backoff_and_has_a_catch(machine):
     tasks = {name: state for name, state in machine.definition["States"].items() if state["Type"] == "Task"}
-    assert len(tasks) == 8
+    assert len(tasks) == 9  # 4 functions, DescribeModelComponent, 4 notifications
     for name, state in tasks.items():
         assert state.get("Retry"), f"{name} has no retry"
         assert all(retry.get("IntervalSeconds", 1) >= 1 for retry in state["Retry"]), name
@@ -250,6 +250,7 @@ FUNCTION_CALLS = {
         ("iot", "DescribeJob"),
         ("iot", "CreateJob"),
         ("iot", "DescribeThingGroup"),
+        ("sagemaker", "ListModelPackages"),
     ],
     "WorkflowCheckRolloutFunction": [
         ("greengrassv2", "GetDeployment"),
@@ -257,6 +258,9 @@ FUNCTION_CALLS = {
         ("iot", "ListJobExecutionsForJob"),
         ("greengrassv2", "ListEffectiveDeployments"),
         ("iot", "ListThingsInThingGroup"),
+        ("greengrassv2", "ListDeployments"),
+        ("sagemaker", "ListModelPackages"),
+        ("sfn", "ListExecutions"),
     ],
     "InferenceComponentPublishFunction": [
         ("greengrassv2", "DescribeComponent"),
