@@ -5,6 +5,7 @@
 #   make test  [APP=training]              lint, then the whole test suite (or one app's and the common tests)
 #   make lint                              ruff and mypy
 #   make e2e                               the end-to-end loop on this machine
+#   make hashes                            write the hashed lock files of the job and device requirements
 #   make deploy APP=training [ENV=dev]     deploy one app's toolchain stack (its pipeline deploys the rest)
 #   make diff   APP=training [ENV=dev]
 
@@ -33,7 +34,7 @@ export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 TEST_PATHS := $(if $(APP),tests/shared tests/$(APP),tests)
 RUNTIME_REQUIREMENTS := training/steps/requirements.txt edge_deployment/components/inference/requirements.txt
 
-.PHONY: help setup synth test lint e2e deploy diff clean
+.PHONY: help setup synth test lint e2e hashes deploy diff clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -74,6 +75,16 @@ test: $(VENV)/.test-installed node_modules/.installed lint
 
 e2e: $(VENV)/.test-installed node_modules/.installed
 	$(VENV_PYTHON) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# The training jobs and the device install with pip --require-hashes from these lock files: every
+# file of every pinned version, by SHA-256 (all platforms: the jobs run x86_64, devices amd64/aarch64).
+# Run this after changing a pin in a requirements.txt beside them; a test fails until you do.
+HASHED := training/steps/requirements edge_deployment/components/inference/requirements
+hashes: $(VENV)/.test-installed
+	@for base in $(HASHED); do \
+	  $(VENV)/bin/uv pip compile --quiet --no-deps --generate-hashes --universal --python-version 3.11 \
+	    --no-annotate --custom-compile-command "make hashes" $$base.txt -o $$base.lock; \
+	done
 
 deploy: $(VENV)/.synth-installed node_modules/.installed
 	@test -n "$(APP)" || { echo "Set APP=labeling|training|edge_deployment"; exit 1; }
