@@ -352,6 +352,32 @@ def test_a_box_with_no_area_in_the_image_is_a_problem_not_a_silent_drop():
             },
             r"class-map names class 0 'dent', but the configured class 0 is 'scratch'",
         ),
+        (
+            {
+                **BOXES_LINE,
+                "source-ref": "s3://bucket/raw-images/z.jpg",
+                "defect-boxes": {
+                    **BOXES_LINE["defect-boxes"],
+                    "annotations": [{"class_id": 1, "left": 1, "top": 1, "width": 9, "height": 9}],
+                },
+                "defect-boxes-metadata": {
+                    **BOXES_LINE["defect-boxes-metadata"],
+                    "class-map": {"0": "scratch", "1": "dent"},
+                },
+            },
+            r"line 2: defect-boxes\.annotations\[0\]\.class_id 1 is not one of the 1 classes",
+        ),
+        (
+            {
+                **BOXES_LINE,
+                "source-ref": "s3://bucket/raw-images/z.jpg",
+                "defect-boxes": {
+                    **BOXES_LINE["defect-boxes"],
+                    "annotations": [{"class_id": -1, "left": 1, "top": 1, "width": 9, "height": 9}],
+                },
+            },
+            r"line 2: defect-boxes\.annotations\[0\]\.class_id -1 is not one of the 1 classes",
+        ),
         (BOXES_LINE, r"line 2: s3://bucket/raw-images/a.jpg is also on line 1"),
         (
             {
@@ -362,7 +388,16 @@ def test_a_box_with_no_area_in_the_image_is_a_problem_not_a_silent_drop():
             r"no creation-date",
         ),
     ],
-    ids=["not-json", "no-source", "no-size", "wrong-class", "duplicate", "no-date"],
+    ids=[
+        "not-json",
+        "no-source",
+        "no-size",
+        "wrong-class",
+        "class-id-out-of-range",
+        "negative-class-id",
+        "duplicate",
+        "no-date",
+    ],
 )
 def test_malformed_output_lines_are_named_with_their_line_number(line, message):
     with pytest.raises(ManifestError, match=message) as raised:
