@@ -460,7 +460,7 @@ def test_the_bootstrap_unpacks_the_step_code_asset_and_runs_the_step(workflow_st
     digest = re.search(r"/([0-9a-f]{64})\.zip", json.dumps(pipeline))[1]
     asset = next(d / f"asset.{digest}" for d in (assembly, assembly.parent) if (d / f"asset.{digest}").is_dir())
     assert (asset / "shared" / "contracts.py").is_file() and (
-        asset / "training" / "steps" / "requirements.txt"
+        asset / "training" / "steps" / "requirements.lock"
     ).is_file()
     assert sorted(p.name for p in (asset / "shared").iterdir()) == ["__init__.py", "contracts.py"]
     code = tmp_path / "input" / "code"
@@ -487,7 +487,8 @@ def test_the_bootstrap_unpacks_the_step_code_asset_and_runs_the_step(workflow_st
     )
     assert result.returncode == 0, result.stderr
     assert "usage: python -m training.steps.cli prepare" in result.stdout
-    assert re.search(r"pip install .* -r /\S+/training/steps/requirements\.txt", (tmp_path / "pip.log").read_text())
+    pip = (tmp_path / "pip.log").read_text()
+    assert re.search(r"pip install .*--require-hashes -r /\S+/training/steps/requirements\.lock", pip)
     empty = tmp_path / "empty"
     empty.mkdir()
     failed = subprocess.run(
