@@ -362,7 +362,13 @@ def test_the_artifact_zip_holds_the_device_package_and_passes_the_install_check(
     with zipfile.ZipFile(archive) as opened:
         names = set(opened.namelist())
         opened.extractall(tmp_path / "inference")
-    assert {"requirements.txt", "requirements.lock", "inspector/__main__.py", "inspector/detector.py", "inspector/service.py"} <= names
+    assert {
+        "requirements.txt",
+        "requirements.lock",
+        "inspector/__main__.py",
+        "inspector/detector.py",
+        "inspector/service.py",
+    } <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert build_artifact_zip(tmp_path / "again.zip").read_bytes() == archive.read_bytes(), "reproducible"
     completed = subprocess.run(
