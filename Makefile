@@ -1,10 +1,11 @@
 # The two commands: `make synth` and `make test`. Both set up what they need inside the repository
 # (.venv, node_modules and, when the system Node.js is older than 22, a Node 22 binary from npm).
 #
-#   make synth [APP=training] [ENV=dev]    synthesize all apps (or one) into cdk.out
+#   make synth [APP=training] [ENV=dev]    synthesize all apps (or one) into cdk.out (DEPLOY=true: as for a deployment)
 #   make test  [APP=training]              lint, then the whole test suite (or one app's and the common tests)
 #   make lint                              ruff and mypy
 #   make e2e                               the end-to-end loop on this machine
+#   make hashes                            write the hashed lock files of the job and device requirements
 #   make deploy APP=training [ENV=dev]     deploy one app's toolchain stack (its pipeline deploys the rest)
 #   make diff   APP=training [ENV=dev]
 
@@ -19,7 +20,9 @@ APP ?=
 ENV ?=
 PYTEST_ARGS ?=
 
-CDK_CONTEXT := $(if $(APP),-c app=$(APP)) $(if $(ENV),-c env=$(ENV))
+DEPLOY ?=
+# DEPLOY=true (make deploy, the asset pipelines' synth): example values and a missing notification target are refused.
+CDK_CONTEXT := $(if $(APP),-c app=$(APP)) $(if $(ENV),-c env=$(ENV)) $(if $(filter true,$(DEPLOY)),-c deploy=true)
 # Node.js: the system's when it is 22 or newer, else the pinned `node` package from npm.
 SYSTEM_NODE_MAJOR := $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 NPM_OMIT := $(if $(shell [ "$(SYSTEM_NODE_MAJOR)" -ge 22 ] && echo yes),--omit=optional)
@@ -31,7 +34,7 @@ export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 TEST_PATHS := $(if $(APP),tests/shared tests/$(APP),tests)
 RUNTIME_REQUIREMENTS := training/steps/requirements.txt edge_deployment/components/inference/requirements.txt
 
-.PHONY: help setup synth test lint e2e deploy diff clean
+.PHONY: help setup synth test lint e2e hashes deploy diff clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -73,9 +76,19 @@ test: $(VENV)/.test-installed node_modules/.installed lint
 e2e: $(VENV)/.test-installed node_modules/.installed
 	$(VENV_PYTHON) -m pytest tests/e2e $(PYTEST_ARGS)
 
+# The training jobs and the device install with pip --require-hashes from these lock files: every
+# file of every pinned version, by SHA-256 (all platforms: the jobs run x86_64, devices amd64/aarch64).
+# Run this after changing a pin in a requirements.txt beside them; a test fails until you do.
+HASHED := training/steps/requirements edge_deployment/components/inference/requirements
+hashes: $(VENV)/.test-installed
+	@for base in $(HASHED); do \
+	  $(VENV)/bin/uv pip compile --quiet --no-deps --generate-hashes --universal --python-version 3.11 \
+	    --no-annotate --custom-compile-command "make hashes" $$base.txt -o $$base.lock; \
+	done
+
 deploy: $(VENV)/.synth-installed node_modules/.installed
 	@test -n "$(APP)" || { echo "Set APP=labeling|training|edge_deployment"; exit 1; }
-	cdk deploy $(CDK_CONTEXT) --require-approval broadening
+	cdk deploy $(CDK_CONTEXT) -c deploy=true --require-approval broadening
 
 diff: $(VENV)/.synth-installed node_modules/.installed
 	cdk diff $(CDK_CONTEXT)

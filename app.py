@@ -5,6 +5,9 @@ Context values select what is synthesized:
   -c app=training       one app's stacks only (what each team deploys); all three without it
   -c env=prod           the environment in config.yaml whose account, region and overrides apply
   -c config=path.yaml   another configuration file (default: config.yaml beside this file)
+  -c deploy=true        a real deployment (`make deploy`, the asset pipelines): a configuration that still
+                        holds example values or has no notification target is refused, naming each key.
+                        Without it (`make synth`, the tests) the same problems are synth warnings.
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ import aws_cdk as cdk
 
 from edge_deployment.component import EdgeDeploymentStage
 from labeling.component import LabelingStage
-from shared.config import APP_NAMES, DEFAULT_CONFIG_FILE, ConfigError, Settings, load_settings
+from shared.config import (
+    APP_NAMES,
+    DEFAULT_CONFIG_FILE,
+    ConfigError,
+    Settings,
+    check_deployable,
+    deployment_problems,
+    load_settings,
+)
 from shared.guardrails import apply_guardrails
 from shared.names import resource_names
 from shared.pipelines import AppToolchainStack, StageFactory
@@ -50,10 +61,18 @@ def deployment_environment(settings: Settings) -> cdk.Environment:
     return cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"), region=os.environ.get("CDK_DEFAULT_REGION"))
 
 
+def is_deployment(value: object) -> bool:
+    """`-c deploy=true` (the context value arrives as a string from the CLI)."""
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
 def build(app: cdk.App) -> list[AppToolchainStack]:
     """Add the selected apps' toolchain stacks (and through them, their stages) to `app`."""
     context = app.node.try_get_context
-    settings = load_settings(context("config") or DEFAULT_CONFIG_FILE, environment=context("env") or None)
+    config_file = context("config") or DEFAULT_CONFIG_FILE
+    settings = load_settings(config_file, environment=context("env") or None)
+    if is_deployment(context("deploy")):
+        check_deployable(settings, source=str(config_file))
     names = resource_names(settings, account=cdk.Aws.ACCOUNT_ID, region=cdk.Aws.REGION)
     env = deployment_environment(settings)
     stacks = [
@@ -69,8 +88,22 @@ def build(app: cdk.App) -> list[AppToolchainStack]:
     ]
     for key, value in settings.project.tags.items():
         cdk.Tags.of(app).add(key, value)
+    _say_what_a_deployment_needs(settings, stacks)
     apply_guardrails(app)
     return stacks
+
+
+def _say_what_a_deployment_needs(settings: Settings, stacks: list[AppToolchainStack]) -> None:
+    """Synth warnings on each toolchain stack: what `make deploy` would refuse, and a notification opt-out."""
+    for stack in stacks:
+        for problem in deployment_problems(settings):
+            cdk.Annotations.of(stack).add_warning_v2("config:not-deployable", f"make deploy would refuse: {problem}")
+        if settings.notifications.opt_out_reason:
+            cdk.Annotations.of(stack).add_warning_v2(
+                "config:no-notification-target",
+                "notifications.opt_out_reason: no e-mail or chat channel receives this app's failures "
+                f"({settings.notifications.opt_out_reason})",
+            )
 
 
 def main() -> int:

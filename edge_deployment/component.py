@@ -1,9 +1,9 @@
 """The stacks of the edge_deployment app that its asset pipeline deploys.
 
-One workflow stack: the device fleet's resources (thing group, token exchange role and alias, IoT
-policy, component bucket), the inference component version built from this commit, the deployment
-workflow (state machine, functions, approval rule), the workflow pipeline that runs it and,
-when configured, a simulated device.
+One workflow stack: the device fleet's resources (thing group, token exchange role and alias,
+component bucket; each device's IoT policy is made by register_device), the inference component
+version built from this commit, the deployment workflow (state machine, functions, approval rule),
+the workflow pipeline that runs it and, when configured, a simulated device.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class WorkflowStack(cdk.Stack):
         for output_id, value, description in (
             ("ThingGroupName", settings.edge_deployment.thing_group_name, "Thing group the deployments target"),
             ("RoleAlias", own.role_alias, "iotRoleAlias for the Greengrass installer"),
-            ("DevicePolicyName", own.iot_policy, "IoT policy register_device attaches to each certificate"),
+            ("DevicePolicyPrefix", own.device_policy_prefix, "Each device's own IoT policy: this + its thing name"),
             ("ComponentBucketName", self.fleet.bucket.bucket_name, "Component artifacts (inference.zip, model.zip)"),
             ("InferenceComponentVersion", self.inference.version, "Inference component version this commit built"),
             ("StateMachineArn", self.workflow.state_machine.state_machine_arn, "The edge deployment workflow"),

@@ -5,15 +5,13 @@
 * the Greengrass token exchange role and its IoT role alias: the AWS credentials every component on
   a device gets. Exactly: read component artifacts, write uncertain frames under the device's own
   `raw-images/edge/<thing name>/` folder of the data bucket, nothing else;
-* the IoT policy of every device certificate: connect as itself, its own Greengrass job, shadow
-  and health topics, its result and heartbeat topics, the token exchange, and the four Greengrass
-  data-plane actions a core device calls.
+* no IoT policy: Greengrass core devices cannot use thing policy variables, so each device gets its own
+  policy with its thing name written in, made by `register_device` (edge_deployment/device_policy.py).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
@@ -29,19 +27,8 @@ from shared.config import Settings
 from shared.guardrails import IAM5, acknowledge, render
 from shared.names import EDGE_UPLOAD_PREFIX, ResourceNames
 
-# IoT policy variable: the thing the connecting certificate is (exclusively) attached to.
-THING = "${iot:Connection.Thing.ThingName}"
 # IAM policy variable the IoT credentials provider sets from the device's thing name.
 CREDENTIALS_THING = "${credentials-iot:ThingName}"
-# What the Greengrass nucleus calls on the Greengrass data plane with its certificate. These calls
-# are authorized without thing policy variables, and AWS's minimal core-device policy grants them on
-# "*": the one wildcard of the device policy.
-GREENGRASS_DATA_PLANE_ACTIONS = (
-    "greengrass:GetComponentVersionArtifact",
-    "greengrass:ResolveComponentCandidates",
-    "greengrass:GetDeploymentConfiguration",
-    "greengrass:ListThingGroupsForCoreDevice",
-)
 
 
 def resource_finding(stack: cdk.Stack, resource: str) -> str:
@@ -49,66 +36,8 @@ def resource_finding(stack: cdk.Stack, resource: str) -> str:
     return "Resource::" + re.sub(r"\$\{([^}]*)\}", r"<\1>", render(stack.resolve(resource)))
 
 
-def device_policy_document(
-    stack: cdk.Stack, *, settings: Settings, role_alias_arn: str, thing: str = THING
-) -> dict[str, Any]:
-    """The IoT policy of a core device; `thing` is the policy variable (or a name, for reading/tests)."""
-    edge = settings.edge_deployment
-
-    def arn(resource: str, name: str) -> str:
-        return stack.format_arn(service="iot", resource=resource, resource_name=name)
-
-    own = f"$aws/things/{thing}"
-    greengrass_topics = [f"{own}/greengrass/health/json", f"{own}/greengrassv2/health/json", f"{own}/jobs/*"]
-    shadow = f"{own}/shadow/*"
-    app_topics = sorted({edge.results_topic.replace("{thing}", thing), edge.heartbeat_topic.replace("{thing}", thing)})
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ConnectAsItself",
-                "Effect": "Allow",
-                "Action": "iot:Connect",
-                # The nucleus opens further connections as <thing>#2, #3... when it needs more subscriptions.
-                "Resource": [arn("client", thing), arn("client", f"{thing}#*")],
-                "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
-            },
-            {
-                "Sid": "OwnGreengrassTopics",
-                "Effect": "Allow",
-                "Action": ["iot:Publish", "iot:Receive"],
-                "Resource": [arn("topic", topic) for topic in [*greengrass_topics, shadow]],
-            },
-            {
-                "Sid": "OwnGreengrassSubscriptions",
-                "Effect": "Allow",
-                "Action": "iot:Subscribe",
-                "Resource": [arn("topicfilter", f"{own}/jobs/*"), arn("topicfilter", shadow)],
-            },
-            {
-                "Sid": "OwnResultsAndHeartbeat",
-                "Effect": "Allow",
-                "Action": "iot:Publish",
-                "Resource": [arn("topic", topic) for topic in app_topics],
-            },
-            {
-                "Sid": "TokenExchange",
-                "Effect": "Allow",
-                "Action": "iot:AssumeRoleWithCertificate",
-                "Resource": role_alias_arn,
-            },
-            {
-                "Sid": "GreengrassDataPlane",
-                "Effect": "Allow",
-                "Action": list(GREENGRASS_DATA_PLANE_ACTIONS),
-                "Resource": "*",
-            },
-        ],
-    }
-
-
 class DeviceFleet(Construct):
-    """Thing group, component bucket, token exchange role + role alias, device IoT policy."""
+    """Thing group, component bucket, token exchange role + role alias (device policies: register_device)."""
 
     def __init__(
         self,
@@ -203,14 +132,6 @@ class DeviceFleet(Construct):
             role_alias=names.role_alias,
             role_arn=self.token_exchange_role.role_arn,
             credential_duration_seconds=3600,
-        )
-        self.device_policy = iot.CfnPolicy(
-            self,
-            "DevicePolicy",
-            policy_name=names.iot_policy,
-            policy_document=device_policy_document(
-                stack, settings=settings, role_alias_arn=self.role_alias.attr_role_alias_arn
-            ),
         )
 
     def grant_artifact_publishing(self, grantee: iam.IGrantable, *, component_name: str) -> None:

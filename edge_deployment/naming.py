@@ -1,8 +1,8 @@
 """Names the edge deployment app gives its own resources, shared by the stacks and the device scripts.
 
 Everything other apps own is named by `shared.names`; these are the edge app's own names that a
-person or a script needs outside CloudFormation (registering a device needs the role alias and the
-IoT policy by name).
+person or a script needs outside CloudFormation (registering a device needs the role alias by name,
+and names the device's own IoT policy).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ class EdgeNames:
     deployment_name: str
     inference_component: str
     model_component: str
+    results_topic: str
+    heartbeat_topic: str
 
     @property
     def role_alias(self) -> str:
@@ -29,9 +31,9 @@ class EdgeNames:
         return f"{self.prefix}-edge-token-exchange"
 
     @property
-    def iot_policy(self) -> str:
-        """The IoT policy attached to every device certificate."""
-        return f"{self.prefix}-edge-core-device"
+    def device_policy_prefix(self) -> str:
+        """Each device's own IoT policy is named this plus its thing name (edge_deployment/device_policy.py)."""
+        return f"{self.prefix}-edge-device-"
 
     @property
     def component_key_alias(self) -> str:
@@ -48,6 +50,8 @@ def edge_names(settings: Settings, *, account: str, region: str) -> EdgeNames:
         deployment_name=edge.effective_deployment_name,
         inference_component=edge.inference_component_name,
         model_component=edge.model_component_name,
+        results_topic=edge.results_topic,
+        heartbeat_topic=edge.heartbeat_topic,
     )
 
 

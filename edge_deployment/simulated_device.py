@@ -4,7 +4,7 @@ Off by default (`edge_deployment.simulated_device: true` adds it). The instance 
 arm64) has no SSH access at all: no key pair and a security group without ingress; people reach it
 with Session Manager. IMDSv2 only, encrypted disk, detailed monitoring, VPC flow logs. At first boot
 it registers itself exactly like `register_device` (a thing named `<prefix>-sim-<instance id>`,
-an exclusive certificate, the device policy, the thing group) and installs the Greengrass nucleus,
+an exclusive certificate, its own IoT policy, the thing group) and installs the Greengrass nucleus,
 which then receives the group's deployment. Its role may register only such things.
 """
 
@@ -13,13 +13,13 @@ from __future__ import annotations
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from edge_deployment.device_policy import device_policy_document, policy_json
 from edge_deployment.fleet import DeviceFleet, resource_finding
 from edge_deployment.naming import EdgeNames
 from edge_deployment.register_device import NUCLEUS_URL, ROOT_CA_URL
-from shared.building_blocks import log_retention
+from shared.building_blocks import log_group, log_retention
 from shared.config import Settings
 from shared.guardrails import IAM5, acknowledge
 
@@ -31,9 +31,27 @@ def simulated_thing_prefix(names: EdgeNames) -> str:
     return f"{names.prefix}-sim-"
 
 
-def boot_script(*, names: EdgeNames, region: str) -> str:
-    """First-boot script: register this instance as a device and install Greengrass (bash)."""
+THING_PLACEHOLDER = "__THING__"
+
+
+def boot_script(*, names: EdgeNames, region: str, partition: str = "aws", account: str | None = None) -> str:
+    """First-boot script: register this instance as a device and install Greengrass (bash).
+
+    Like `register_device`, it gives the device its own IoT policy (device_policy.py), its thing name
+    written into the document on the instance.
+    """
     thing_prefix = simulated_thing_prefix(names)
+    policy_template = policy_json(
+        device_policy_document(
+            partition=partition,
+            region=region,
+            account=account or names.account,
+            thing_name=THING_PLACEHOLDER,
+            role_alias=names.role_alias,
+            results_topic=names.results_topic,
+            heartbeat_topic=names.heartbeat_topic,
+        )
+    )
     return f"""#!/bin/bash
 # Simulated inspection device: register with AWS IoT, install the Greengrass nucleus (first boot only).
 set -euo pipefail
@@ -56,7 +74,13 @@ if [ ! -s "$DEVICE_DIR/device.pem.crt" ]; then
   CERT_ARN=$(aws iot create-keys-and-certificate --region "$REGION" --set-as-active \\
     --certificate-pem-outfile "$DEVICE_DIR/device.pem.crt" --private-key-outfile "$DEVICE_DIR/private.pem.key" \\
     --query certificateArn --output text)
-  aws iot attach-policy --region "$REGION" --policy-name "{names.iot_policy}" --target "$CERT_ARN"
+  cat > /tmp/device-policy.json <<'POLICY'
+{policy_template}
+POLICY
+  sed -i "s/{THING_PLACEHOLDER}/$THING/g" /tmp/device-policy.json
+  aws iot create-policy --region "$REGION" --policy-name "{names.device_policy_prefix}$THING" \\
+    --policy-document file:///tmp/device-policy.json >/dev/null
+  aws iot attach-policy --region "$REGION" --policy-name "{names.device_policy_prefix}$THING" --target "$CERT_ARN"
   aws iot attach-thing-principal --region "$REGION" --thing-name "$THING" --principal "$CERT_ARN" \\
     --thing-principal-type EXCLUSIVE_THING
   aws iot add-thing-to-thing-group --region "$REGION" --thing-group-name "{names.thing_group}" --thing-name "$THING"
@@ -108,12 +132,7 @@ class SimulatedDevice(Construct):
             nat_gateways=0,
             subnet_configuration=[ec2.SubnetConfiguration(name="device", subnet_type=ec2.SubnetType.PUBLIC)],
         )
-        flow_logs = logs.LogGroup(
-            self,
-            "FlowLogs",
-            retention=log_retention(settings.toolchain.log_retention_days),
-            removal_policy=cdk.RemovalPolicy.DESTROY,
-        )
+        flow_logs = log_group(self, "FlowLogs", retention=log_retention(settings.toolchain.log_retention_days))
         self.vpc.add_flow_log("FlowLog", destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs))
         security_group = ec2.SecurityGroup(
             self,
@@ -135,10 +154,16 @@ class SimulatedDevice(Construct):
         )
         things = stack.format_arn(service="iot", resource="thing", resource_name=f"{simulated_thing_prefix(names)}*")
         certificates = stack.format_arn(service="iot", resource="cert", resource_name="*")
+        policies = stack.format_arn(
+            service="iot",
+            resource="policy",
+            resource_name=f"{names.device_policy_prefix}{simulated_thing_prefix(names)}*",
+        )
         statements = [
             ("OwnThing", ["iot:CreateThing", "iot:DescribeThing", "iot:AttachThingPrincipal"], [things]),
             ("JoinGroup", ["iot:AddThingToThingGroup"], [things, fleet.thing_group_arn]),
-            ("AttachDevicePolicy", ["iot:AttachPolicy"], [certificates]),
+            ("OwnPolicy", ["iot:CreatePolicy"], [policies]),
+            ("AttachOwnPolicy", ["iot:AttachPolicy"], [certificates, policies]),
             ("Certificate", ["iot:CreateKeysAndCertificate", "iot:DescribeEndpoint"], ["*"]),
         ]
         for sid, actions, resources in statements:
@@ -152,11 +177,14 @@ class SimulatedDevice(Construct):
         for resource, reason in (
             (things, "Things named <prefix>-sim-<instance id>: the instance id is known only at boot."),
             (certificates, "The certificate the instance creates for itself at boot (id unknown before)."),
+            (policies, "The IoT policy of <prefix>-sim-<instance id>, made at boot (instance id unknown before)."),
             ("*", "iot:CreateKeysAndCertificate and iot:DescribeEndpoint take no resource ARN."),
         ):
             acknowledge(self.role, IAM5, reason, finding=resource_finding(stack, resource))
 
-        user_data = ec2.UserData.custom(boot_script(names=names, region=stack.region))
+        user_data = ec2.UserData.custom(
+            boot_script(names=names, region=stack.region, partition=stack.partition, account=stack.account)
+        )
         self.instance = ec2.Instance(
             self,
             "Instance",

@@ -3,8 +3,13 @@
     ResolveModelPackage -> (none approved yet: NothingToDeploy, succeed)
       -> PrepareModelComponent -> DescribeModelComponent <-> WaitForModelComponent (until DEPLOYABLE;
          FAILED/DEPRECATED, or not DEPLOYABLE after MODEL_COMPONENT_MAX_POLLS looks: NotifyFailure)
-      -> CreateDeployment -> WaitForRollout <-> CheckRollout (until every device finished)
+      -> CreateDeployment (a newer approved package exists: NotifySuperseded, succeed)
+      -> WaitForRollout <-> CheckRollout (until every device finished; replaced by an older package's
+         deployment: CreateDeployment again, at most MAX_REDEPLOYS times)
       -> NotifySuccess | NotifyRolloutFailure (per-device reasons) ; any error -> NotifyFailure
+
+Runs may overlap; the devices end on the newest approved package whatever the order (see
+runtime/deployment.py).
 
 Started by the model package group's "SageMaker Model Package State Change" event when a package
 is Approved (the event's package), and by the workflow pipeline (the newest approved package).
@@ -34,8 +39,9 @@ from constructs import Construct
 
 from edge_deployment.fleet import DeviceFleet, resource_finding
 from edge_deployment.naming import EdgeNames
-from edge_deployment.runtime.deployment import GOOD_OUTCOMES, RolloutPolicy
+from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY, RolloutPolicy
 from shared.building_blocks import (
+    EventDeadLetters,
     grant_key_by_alias,
     grant_publish_by_name,
     log_retention,
@@ -44,7 +50,7 @@ from shared.building_blocks import (
 )
 from shared.config import ROLLOUT_OVERHEAD_MINUTES, AppName, Settings
 from shared.guardrails import IAM5, acknowledge
-from shared.names import ResourceNames
+from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
 
 if TYPE_CHECKING:  # the inference component's construct module uses runtime_bundle() from here
     from edge_deployment.inference_component import InferenceComponent
@@ -68,6 +74,9 @@ COMPONENT_POLL_SECONDS = 5
 # Greengrass makes a component version DEPLOYABLE (or FAILED) within seconds; one still neither after
 # this many looks is reported, instead of polling until the execution times out without a word.
 MODEL_COMPONENT_MAX_POLLS = 60
+# An older package's deployment can replace this run's only while its run was between its check and its
+# CreateDeployment call; more than this many in a row means something else keeps deploying.
+MAX_REDEPLOYS = 3
 
 
 def runtime_bundle() -> Path:
@@ -168,6 +177,7 @@ class DeploymentWorkflow(Construct):
                 "MODEL_COMPONENT_NAME": edge.model_component_name,
                 "COMPONENT_BUCKET": fleet.bucket.bucket_name,
                 "MODEL_BUCKET": shared_names.model_bucket,
+                "MODEL_ARCHIVE_PREFIX": MODEL_ARCHIVE_PREFIX,
                 "MAX_ARCHIVE_BYTES": str(max_archive_bytes),
                 "CLASS_NAMES": json.dumps(list(settings.project.class_names)),
             },
@@ -191,6 +201,7 @@ class DeploymentWorkflow(Construct):
                 "THING_GROUP_NAME": edge.thing_group_name,
                 "DEPLOYMENT_NAME": names.deployment_name,
                 "ROLLOUT": rollout_json,
+                "MODEL_PACKAGE_GROUP": shared_names.model_package_group,
             },
             timeout=cdk.Duration.minutes(2),
             log_retention=retention,
@@ -205,6 +216,8 @@ class DeploymentWorkflow(Construct):
                 "THING_GROUP_NAME": edge.thing_group_name,
                 "DEPLOYMENT_NAME": names.deployment_name,
                 "ROLLOUT": rollout_json,
+                "MODEL_PACKAGE_GROUP": shared_names.model_package_group,
+                "MODEL_COMPONENT_NAME": edge.model_component_name,
             },
             timeout=cdk.Duration.minutes(2),
             log_retention=retention,
@@ -227,9 +240,21 @@ class DeploymentWorkflow(Construct):
         )
         self._acknowledge_state_machine_role()
 
+        # Named, so that the dead-letter key can name the rule without a reference loop (rule -> queue -> key).
+        approval_rule_name = f"{names.prefix}-edge-model-approved"
+        self.approval_dead_letters = EventDeadLetters(
+            self,
+            "ApprovalDeadLetters",
+            key_alias=f"alias/{names.prefix}-edge-approval-dead-letters",
+            rule_arn=stack.format_arn(service="events", resource="rule", resource_name=approval_rule_name),
+            alarm_name=f"{shared_names.alarm_prefix(APP)}approval-events-undelivered",
+            alarm_topic_arn=stack.format_arn(service="sns", resource=shared_names.notification_topic(APP)),
+            description="model approvals that did not start the edge deployment workflow",
+        )
         self.approval_rule = events.Rule(
             self,
             "ModelApprovedRule",
+            rule_name=approval_rule_name,
             description=f"Deploys approved model packages of {shared_names.model_package_group} to the devices",
             event_pattern=model_approved_pattern(group_name=shared_names.model_package_group),
             targets=[
@@ -245,6 +270,9 @@ class DeploymentWorkflow(Construct):
                     ),
                     retry_attempts=8,
                     max_event_age=cdk.Duration.hours(6),
+                    # An approval that cannot start the workflow (throttled, state machine missing) is kept,
+                    # and its alarm notifies the app's topic.
+                    dead_letter_queue=self.approval_dead_letters.queue,
                 )
             ],
         )
@@ -286,12 +314,13 @@ class DeploymentWorkflow(Construct):
         )
 
         # Step 2: read the model archive, write model.zip, create the model component version.
-        archives = f"arn:{stack.partition}:s3:::{shared_names.model_bucket}/*"
+        archives = f"arn:{stack.partition}:s3:::{shared_names.model_bucket}/{MODEL_ARCHIVE_PREFIX}*"
         self._allow(self.prepare_function, "ReadModelArchives", ["s3:GetObject"], [archives])
         grant_key_by_alias(self.prepare_function, alias=shared_names.model_key_alias, stack=stack)
         self._acknowledge(
             self.prepare_function,
-            "Model archives of training's model bucket: the package names the key, unknown in advance.",
+            f"Model archives under {MODEL_ARCHIVE_PREFIX} of training's model bucket (one per pipeline run): the "
+            "package names the key, unknown in advance.",
             resource=archives,
         )
         fleet.grant_artifact_publishing(self.prepare_function, component_name=edge.model_component_name)
@@ -325,6 +354,11 @@ class DeploymentWorkflow(Construct):
             ["*"],
         )
         self._allow(self.create_function, "ReadDeployments", ["greengrass:GetDeployment"], [deployments])
+        # Why `job/*` stays: Greengrass creates the deployment's continuous IoT job with a generated id, and revises
+        # (UpdateJob) or cancels (CancelJob) the previous one, all with the caller's permissions (CreateDeployment's
+        # dependent actions in the service authorization reference). No IoT condition key tells a Greengrass
+        # deployment job from another job of the account, and the id is known only after the call. The function's
+        # own code only reads jobs; the job's targets are narrowed to this app's thing group below.
         self._allow(
             self.create_function,
             "DeploymentJobs",
@@ -346,9 +380,28 @@ class DeploymentWorkflow(Construct):
                 function, "Greengrass names the rollout's IoT job itself (a generated id).", resource=jobs
             )
 
-        # Step 4: follow the job, and ask Greengrass why a device failed.
+        # Steps 3 and 4 ask which package is the newest approved one (a newer approval overtakes a run).
+        for function in (self.create_function, self.check_function):
+            self._allow(function, "NewestApprovedPackage", ["sagemaker:ListModelPackages"], ["*"])
+        self._acknowledge(
+            self.check_function,
+            "sagemaker:ListModelPackages and greengrass:ListDeployments support no resource-level permission; the "
+            "function lists only this app's group and thing group.",
+            resource="*",
+        )
+        self._acknowledge(
+            self.create_function,
+            "sagemaker:ListModelPackages supports no resource-level permission; only this app's group is listed.",
+            resource="*",
+        )
+
+        # Step 4: follow the job, see which deployment replaced a cancelled one, ask Greengrass why a device failed.
         core_devices = self._arn("greengrass", "coreDevices", "*", colon=True)
         self._allow(self.check_function, "ReadDeployments", ["greengrass:GetDeployment"], [deployments])
+        self._allow(self.check_function, "LatestDeployment", ["greengrass:ListDeployments"], ["*"])
+        # the executions of its own state machine that started earlier and still run (overlapping runs)
+        own_machine = self._arn("states", "stateMachine", shared_names.workflow_state_machine(APP), colon=True)
+        self._allow(self.check_function, "OlderRuns", ["states:ListExecutions"], [own_machine])
         self._allow(
             self.check_function, "FollowDeploymentJobs", ["iot:DescribeJob", "iot:ListJobExecutionsForJob"], [jobs]
         )
@@ -522,10 +575,52 @@ class DeploymentWorkflow(Construct):
                     "modelComponent.$": "$.modelComponent",
                     "inferenceComponent": {"name": edge.inference_component_name, "version": inference.version},
                     "executionId.$": "$$.Execution.Id",
+                    "attempt.$": "$.deploymentAttempts.count",
                 },
                 "$.deployment",
             )
         )
+        start_deployment_attempts = sfn.Pass(
+            self, "StartDeploymentAttempts", parameters={"count": 0}, result_path="$.deploymentAttempts"
+        )
+        count_redeploy = sfn.Pass(
+            self,
+            "CountRedeploy",
+            parameters={"count.$": "States.MathAdd($.deploymentAttempts.count, 1)"},
+            result_path="$.deploymentAttempts",
+        )
+        kept_being_replaced = sfn.Pass(
+            self,
+            "DeploymentKeptBeingReplaced",
+            parameters={
+                "Error": "DeploymentKeptBeingReplaced",
+                "Cause.$": "States.Format('Deployments of older model packages replaced the deployment of this run {} "
+                "times; the newest approved package was not left on the devices. Run the workflow pipeline "
+                "when no other deployment is running: it deploys the newest approved package.', "
+                "$.deploymentAttempts.count)",
+            },
+            result_path="$.error",
+        ).next(notify_failure)
+        notify_superseded = tasks.SnsPublish(
+            self,
+            "NotifySuperseded",
+            topic=topic,
+            subject=sfn.JsonPath.string_at("$.deployment.subject"),
+            message=sfn.TaskInput.from_json_path_at("$.deployment.message"),
+            result_path=sfn.JsonPath.DISCARD,
+        )
+        not_deployed = sfn.Succeed(
+            self, "NewerPackageApproved", comment="A newer approved package overtook this one: nothing deployed"
+        )
+        notify_superseded.add_retry(
+            errors=["States.TaskFailed"],
+            interval=cdk.Duration.seconds(2),
+            max_attempts=4,
+            backoff_rate=2.0,
+            jitter_strategy=sfn.JitterType.FULL,
+        )
+        notify_superseded.add_catch(not_deployed, errors=["States.ALL"], result_path="$.notificationError")
+        notify_superseded.next(not_deployed)
         wait_for_rollout = sfn.Wait(
             self,
             "WaitForRollout",
@@ -535,7 +630,12 @@ class DeploymentWorkflow(Construct):
             self._lambda_step(
                 "CheckRollout",
                 self.check_function,
-                {"deployment.$": "$.deployment", "package.$": "$.resolution.package"},
+                {
+                    "deployment.$": "$.deployment",
+                    "package.$": "$.resolution.package",
+                    "executionId.$": "$$.Execution.Id",
+                    "executionStart.$": "$$.Execution.StartTime",
+                },
                 "$.rollout",
             )
         )
@@ -592,13 +692,31 @@ class DeploymentWorkflow(Construct):
                     sfn.Choice(self, "ModelComponentDeployable")
                     .when(
                         sfn.Condition.string_equals("$.modelComponentState.status.ComponentState", "DEPLOYABLE"),
-                        create_deployment.next(wait_for_rollout)
-                        .next(check_rollout)
-                        .next(
-                            sfn.Choice(self, "RolloutFinished")
-                            .when(sfn.Condition.boolean_equals("$.rollout.finished", False), wait_for_rollout)
-                            .when(sfn.Condition.or_(*good), notify_success.next(deployed))
-                            .otherwise(notify_rollout_failure.next(rollout_failed))
+                        start_deployment_attempts.next(create_deployment).next(
+                            sfn.Choice(self, "DeploymentSuperseded")
+                            # create_deployment always answers `superseded` (runtime/deployment.py)
+                            .when(sfn.Condition.boolean_equals("$.deployment.superseded", True), notify_superseded)
+                            .otherwise(
+                                wait_for_rollout.next(check_rollout).next(
+                                    sfn.Choice(self, "RolloutFinished")
+                                    .when(
+                                        sfn.Condition.string_equals("$.rollout.outcome", REDEPLOY),
+                                        count_redeploy.next(
+                                            sfn.Choice(self, "RedeployAgain")
+                                            .when(
+                                                sfn.Condition.number_greater_than(
+                                                    "$.deploymentAttempts.count", MAX_REDEPLOYS
+                                                ),
+                                                kept_being_replaced,
+                                            )
+                                            .otherwise(create_deployment)
+                                        ),
+                                    )
+                                    .when(sfn.Condition.boolean_equals("$.rollout.finished", False), wait_for_rollout)
+                                    .when(sfn.Condition.or_(*good), notify_success.next(deployed))
+                                    .otherwise(notify_rollout_failure.next(rollout_failed))
+                                )
+                            )
                         ),
                     )
                     .when(

@@ -106,8 +106,13 @@ def labeling_function(
 
 
 def _workforce(workforce: WorkforceSettings) -> Workforce:
+    declared = workforce.public_content
     return Workforce(
-        type=workforce.type, work_team_arn=workforce.work_team_arn, price_usd=workforce.public_task_price_usd
+        type=workforce.type,
+        work_team_arn=workforce.work_team_arn,
+        price_usd=workforce.public_task_price_usd,
+        free_of_personal_data=declared.free_of_personal_data if declared else None,
+        free_of_adult_content=declared.free_of_adult_content if declared else None,
     )
 
 

@@ -28,7 +28,13 @@ from labeling.runtime.config import ENVIRONMENT_VARIABLE
 from labeling.runtime.errors import NON_RETRYABLE_ERRORS
 from labeling.runtime.ground_truth import REQUEST_KEYS
 from labeling.runtime.rounds import FindCursor, WriteCursor
-from shared.building_blocks import grant_key_by_alias, grant_publish_by_name, log_retention, workflow_state_machine
+from shared.building_blocks import (
+    ServiceLogRetention,
+    grant_key_by_alias,
+    grant_publish_by_name,
+    log_retention,
+    workflow_state_machine,
+)
 from shared.config import AppName, Settings
 from shared.names import LABELING_JOBS_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 
@@ -63,6 +69,13 @@ class LabelingWorkflow(Construct):
         self.names = names
         self.state_machine_name = names.workflow_state_machine(APP)
         self.ground_truth_role = self._ground_truth_role(stack)
+        # Ground Truth's own log group of the labeling jobs never expires unless told to.
+        self.job_log_retention = ServiceLogRetention(
+            self,
+            "LabelingJobLogRetention",
+            log_group_names=["/aws/sagemaker/LabelingJobs"],
+            retention_days=settings.toolchain.log_retention_days,
+        )
         environment = {
             ENVIRONMENT_VARIABLE: runtime_config(
                 settings,
@@ -150,7 +163,12 @@ class LabelingWorkflow(Construct):
                 actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
                 resources=[log_group],
             ),
-            iam.PolicyStatement(actions=["cloudwatch:PutMetricData"], resources=["*"]),
+            # Ground Truth publishes its job metrics under /aws/sagemaker/LabelingJobs: SageMaker's namespaces only.
+            iam.PolicyStatement(
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
+            ),
         ):
             role.add_to_policy(statement)
         # Ground Truth encrypts each job's output with the data key (OutputConfig.KmsKeyId) and needs on it what
@@ -162,7 +180,9 @@ class LabelingWorkflow(Construct):
             role, job_objects, "Ground Truth reads manifests and templates, writes outputs of its jobs."
         )
         acknowledge_resource(role, log_group, "Log streams of Ground Truth's own log group for labeling jobs.")
-        acknowledge_resource(role, "*", "cloudwatch:PutMetricData supports no resource-level permissions.")
+        acknowledge_resource(
+            role, "*", "cloudwatch:PutMetricData supports no resource-level permissions; SageMaker namespaces only."
+        )
         return role
 
     def _grant_functions(self, stack: cdk.Stack) -> None:

@@ -42,6 +42,9 @@ _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 # Greengrass component names: reverse-DNS style, and not in the reserved aws.* namespace.
 _COMPONENT_NAME = r"^(?!aws\.)[A-Za-z0-9][A-Za-z0-9._-]{2,127}$"
 _MQTT_TOPIC = r"^(?!\$aws/)[^#+\s]+$"  # concrete topic (no wildcards); `{thing}` is filled in on the device
+_IMAGE_URI = (
+    r"^(\{dlc_registry\}|\d{12}\.dkr\.ecr\.(\{region\}|[a-z0-9-]+)\.amazonaws\.com(\.cn)?)/[a-z0-9._/-]+:[\w.-]+$"
+)
 _EVENTBRIDGE_CRON = r"^cron\(\S+ \S+ \S+ \S+ \S+ \S+\)$|^rate\(\d+ (minute|minutes|hour|hours|day|days)\)$"
 
 
@@ -104,10 +107,53 @@ class SourceSettings(_Section):
         return self
 
 
-class NotificationSettings(_Section):
-    email: Annotated[str, Field(pattern=_EMAIL)] | None = Field(
-        default=None, description="Subscribed to every app's notification topic when set."
+class SlackChannelSettings(_Section):
+    """A Slack channel that AWS Chatbot (Amazon Q Developer in chat applications) posts the notifications to.
+
+    The Slack workspace must have been authorized once in the AWS Chatbot console of the account.
+    """
+
+    workspace_id: Annotated[str, Field(pattern=r"^[0-9A-Z]{1,255}$")] = Field(
+        description="The Slack workspace (team) id shown in the AWS Chatbot console, e.g. T0123ABCD."
     )
+    channel_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,255}$")] = Field(
+        description="The Slack channel id (channel details in Slack), e.g. C0123ABCD; invite @aws to a private one."
+    )
+
+
+class NotificationSettings(_Section):
+    email: list[Annotated[str, Field(pattern=_EMAIL)]] | None = Field(
+        default=None, description="One address or a list, subscribed to every app's notification topic."
+    )
+    slack: SlackChannelSettings | None = Field(
+        default=None, description="A Slack channel that receives every app's notifications (through AWS Chatbot)."
+    )
+    opt_out_reason: Annotated[str, Field(min_length=10, max_length=500)] | None = Field(
+        default=None,
+        description="Deploy without any notification target, on purpose, and say why (e.g. who subscribes "
+        "to the topics instead). Without a target or this, a real deployment is refused.",
+    )
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def email_addresses(self) -> list[str]:
+        return list(self.email or [])
+
+    @property
+    def has_target(self) -> bool:
+        return bool(self.email_addresses) or self.slack is not None
+
+    @model_validator(mode="after")
+    def _target_or_opt_out(self) -> NotificationSettings:
+        if self.opt_out_reason is not None and self.has_target:
+            raise ValueError("opt_out_reason is for deploying without a target; remove it, or remove email and slack")
+        if self.email is not None and len(set(self.email)) != len(self.email):
+            raise ValueError("email: each address once")
+        return self
 
 
 class RetrainingSettings(_Section):
@@ -146,7 +192,9 @@ class ToolchainSettings(_Section):
         default="LARGE", description="CodeBuild compute type of the synth step (runs the app's tests)."
     )
     log_retention_days: Literal[1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653] = Field(
-        default=90, description="Retention of the pipelines' CodeBuild and Lambda logs (a CloudWatch Logs value)."
+        default=90,
+        description="Retention of every log group the apps create (CodeBuild, Lambda, state machines; KMS-encrypted) "
+        "and of SageMaker's own job log groups (/aws/sagemaker/*Jobs). A CloudWatch Logs value.",
     )
 
 
@@ -176,6 +224,22 @@ ROLLOUT_OVERHEAD_MINUTES = 60
 MAX_ROLLOUT_WAIT_MINUTES = WORKFLOW_ACTION_LIMIT_SECONDS // 60 - ROLLOUT_OVERHEAD_MINUTES
 
 
+class PublicContentDeclarations(_Section):
+    """What the team declares about its images before the public crowd (Mechanical Turk) sees them.
+
+    Ground Truth passes these to Mechanical Turk as the job's content classifiers. Each must be answered,
+    true or false, by someone who knows the images: nothing is declared by default.
+    """
+
+    free_of_personal_data: bool = Field(
+        description="The images show no personally identifiable information (no faces, names, badges, "
+        "screens). Must be true: images with personal data are never sent to the public crowd."
+    )
+    free_of_adult_content: bool = Field(
+        description="The images contain no adult content. false is allowed: Mechanical Turk then warns its workers."
+    )
+
+
 class WorkforceSettings(_Section):
     type: Literal["private", "public"] = Field(
         default="private",
@@ -187,6 +251,10 @@ class WorkforceSettings(_Section):
     public_task_price_usd: float | None = Field(
         default=None, gt=0, description="Reward per task for the public crowd (Mechanical Turk)."
     )
+    public_content: PublicContentDeclarations | None = Field(
+        default=None,
+        description="Required with the public workforce: what the team declares about its images (see its keys).",
+    )
 
     @model_validator(mode="after")
     def _workforce_fields(self) -> WorkforceSettings:
@@ -196,6 +264,8 @@ class WorkforceSettings(_Section):
                 problems.append("work_team_arn is required for a private workforce")
             if self.public_task_price_usd is not None:
                 problems.append("public_task_price_usd applies to the public workforce only")
+            if self.public_content is not None:
+                problems.append("public_content applies to the public workforce only")
         else:
             if self.public_task_price_usd is None:
                 problems.append("public_task_price_usd is required for the public workforce")
@@ -204,6 +274,16 @@ class WorkforceSettings(_Section):
                 problems.append(f"public_task_price_usd must be one of the prices Ground Truth accepts: {allowed}")
             if self.work_team_arn is not None:
                 problems.append("work_team_arn applies to a private workforce only; remove it for the public crowd")
+            if self.public_content is None:
+                problems.append(
+                    "public_content is required for the public workforce: declare free_of_personal_data and "
+                    "free_of_adult_content (true or false) for your images; nothing is declared for you"
+                )
+            elif not self.public_content.free_of_personal_data:
+                problems.append(
+                    "public_content.free_of_personal_data is false: images with personal data must not go to the "
+                    "public crowd; use a private work team"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -680,14 +760,14 @@ class TrainingSettings(_Section):
     )
     min_test_defects: int = Field(default=20, ge=1, le=100_000, description="Fewest labeled boxes in the test split.")
     tuning: TuningSettings = Field(default_factory=TuningSettings)
-    # ECR image URIs; `{region}` is replaced by the deployment region (AWS Deep Learning Containers are
-    # published per region, under the same account in most regions: check yours).
-    training_image: Annotated[
-        str, Field(pattern=r"^\d{12}\.dkr\.ecr\.(\{region\}|[a-z0-9-]+)\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+:[\w.-]+$")
-    ] = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.6.0-gpu-py312-cu126-ubuntu22.04-sagemaker"
-    processing_image: Annotated[
-        str, Field(pattern=r"^\d{12}\.dkr\.ecr\.(\{region\}|[a-z0-9-]+)\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+:[\w.-]+$")
-    ] = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.6.0-cpu-py312-ubuntu22.04-sagemaker"
+    # ECR image URIs. `{dlc_registry}` is the AWS Deep Learning Containers registry of the deployment region
+    # (its account differs between regions: training/dlc_registry.py); `{region}` is the deployment region.
+    training_image: Annotated[str, Field(pattern=_IMAGE_URI)] = (
+        "{dlc_registry}/pytorch-training:2.6.0-gpu-py312-cu126-ubuntu22.04-sagemaker"
+    )
+    processing_image: Annotated[str, Field(pattern=_IMAGE_URI)] = (
+        "{dlc_registry}/pytorch-training:2.6.0-cpu-py312-ubuntu22.04-sagemaker"
+    )
     volume_size_gb: int = Field(default=50, ge=5, le=16_384, description="Disk of each processing/training job.")
     cache_days: int = Field(default=30, ge=1, le=3650, description="How long successful steps are reused.")
     status_poll_seconds: int = Field(default=300, ge=30, le=3600, description="Workflow's pipeline status polling.")
@@ -819,6 +899,83 @@ class Settings(_Section):
     environment: EnvironmentSettings | None = Field(
         default=None, description="Set by the loader: account and region of the selected environment."
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# A real deployment
+# --------------------------------------------------------------------------------------------------
+
+EXAMPLE_ACCOUNTS = frozenset(
+    {"000000000000", "111111111111", "222222222222", "333333333333", "123456789012", "111122223333", "444455556666"}
+)
+"""Account ids of examples and documentation: fine for `make synth` and the tests, never deployed to."""
+EXAMPLE_REPOSITORY_OWNERS = frozenset({"example-org", "example", "my-org"})
+_EXAMPLE_EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
+_ARN_ACCOUNT = re.compile(r"^arn:[^:]+:[^:]*:[^:]*:(?P<account>\d{12}):")
+
+
+def _arn_account(arn: str | None) -> str | None:
+    match = _ARN_ACCOUNT.match(arn or "")
+    return match["account"] if match else None
+
+
+def deployment_problems(settings: Settings) -> list[str]:
+    """What stops this configuration from being deployed for real, one line per key (empty: deployable).
+
+    The example config.yaml synthesizes and tests as it is; these are its placeholders (example accounts,
+    the all-zero connection, the example repository) and the choices a deployment must make explicitly
+    (where failures are reported).
+    """
+    problems: list[str] = []
+    source = settings.source
+    if source.provider == "codestar_connection":
+        connection_id = (source.connection_arn or "").rsplit("/", 1)[-1]
+        if set(connection_id.replace("-", "")) == {"0"}:
+            problems.append(
+                "source.connection_arn: the example's all-zero connection; create a CodeConnections connection to "
+                "your repository and put its ARN here"
+            )
+        elif (account := _arn_account(source.connection_arn)) in EXAMPLE_ACCOUNTS:
+            problems.append(f"source.connection_arn: example account {account}; use your connection's ARN")
+        if source.repository.split("/", 1)[0] in EXAMPLE_REPOSITORY_OWNERS:
+            problems.append(f"source.repository: {source.repository!r} is the example; name your fork (owner/name)")
+    labeling = settings.labeling
+    for key, workforce in (
+        ("labeling.workforce", labeling.workforce),
+        ("labeling.review_workforce", labeling.review_workforce),
+    ):
+        account = _arn_account(workforce.work_team_arn) if workforce is not None else None
+        if account in EXAMPLE_ACCOUNTS:
+            problems.append(
+                f"{key}.work_team_arn: a work team of example account {account}; give your private work team's ARN "
+                "(SageMaker Ground Truth > Labeling workforces)"
+            )
+    if settings.environment is not None and settings.environment.account in EXAMPLE_ACCOUNTS:
+        problems.append(
+            f"environments.{settings.environment_name}.account: {settings.environment.account} is an example "
+            "account; put the account this environment deploys to"
+        )
+    notifications = settings.notifications
+    for address in notifications.email_addresses:
+        if address.lower().rsplit("@", 1)[-1].endswith(_EXAMPLE_EMAIL_DOMAINS):
+            problems.append(f"notifications.email: {address} is an example address")
+    if not notifications.has_target and notifications.opt_out_reason is None:
+        problems.append(
+            "notifications: no target, so failed runs would reach nobody; set notifications.email (one address or "
+            "a list) or notifications.slack, or notifications.opt_out_reason to deploy without on purpose"
+        )
+    return problems
+
+
+def check_deployable(settings: Settings, *, source: str = "config.yaml") -> None:
+    """Refuse a real deployment (`make deploy`, the pipelines) of a configuration with placeholders."""
+    problems = deployment_problems(settings)
+    if problems:
+        where = f"{source} (environment {settings.environment_name})" if settings.environment_name else source
+        raise ConfigError(
+            f"{where}: not deployable as it is ({len(problems)} value(s) to set first):\n"
+            + "\n".join(f"  - {problem}" for problem in problems)
+        )
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

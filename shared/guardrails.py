@@ -51,6 +51,19 @@ def acknowledge(scope: IConstruct, rule: str, reason: str, *, finding: str | Non
     cdk.Validations.of(scope).acknowledge(cdk.Acknowledgment(id=rule_id, reason=reason))
 
 
+def checkov_skip(resource: cdk.CfnResource, check_id: str, reason: str) -> None:
+    """Record, on one resource of the template, why a checkov check does not apply to it (checkov reads it).
+
+    checkov runs outside the test suite (see README); each finding left is explained where the resource
+    is built, as with cdk-nag.
+    """
+    if len(reason.strip()) < MIN_REASON_LENGTH:
+        raise ValueError(f"skipping {check_id} needs a specific reason, got {reason!r}")
+    metadata = resource.get_metadata("checkov") or {"skip": []}
+    metadata["skip"] = [*metadata["skip"], {"id": check_id, "comment": reason}]
+    resource.add_metadata("checkov", metadata)
+
+
 # --------------------------------------------------------------------------------------------------
 # Wildcards that CDK itself writes
 # --------------------------------------------------------------------------------------------------

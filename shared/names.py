@@ -23,6 +23,9 @@ LABELING_JOBS_PREFIX = "labeling-jobs/"
 
 OFFLINE_STORE_PREFIX = "feature-store/"
 """Feature Store offline store (the label feature group's parquet files) in the data bucket."""
+MODEL_ARCHIVE_PREFIX = "pipeline-runs/"
+"""Under this prefix of the model bucket, the training pipeline writes each run's model.tar.gz (the archive
+a model package names); the edge deployment app reads model archives there and nowhere else."""
 
 
 def app_slug(app: AppName | str) -> str:
@@ -128,6 +131,10 @@ class ResourceNames:
 
     def notification_key_alias(self, app: AppName | str) -> str:
         return f"alias/{self.prefix}-{app_slug(app)}-notifications"
+
+    def alarm_prefix(self, app: AppName | str) -> str:
+        """Names of the app's CloudWatch alarms start with this; only those may publish to its topic."""
+        return f"{self.prefix}-{app_slug(app)}-"
 
 
 def resource_names(settings: Settings, *, account: str, region: str) -> ResourceNames:

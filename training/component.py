@@ -14,6 +14,7 @@ from typing import Any
 import aws_cdk as cdk
 from constructs import Construct
 
+from shared.building_blocks import ServiceLogRetention
 from shared.config import AppName, Settings
 from shared.names import resource_names
 from shared.pipelines import WorkflowPipeline
@@ -57,6 +58,13 @@ class WorkflowStack(cdk.Stack):
         )
         names = resource_names(settings, account=self.account, region=self.region)
         self.training_pipeline = TrainingPipeline(self, "TrainingPipeline", settings=settings, names=names)
+        # SageMaker's own log groups of the jobs never expire unless told to.
+        self.job_log_retention = ServiceLogRetention(
+            self,
+            "JobLogRetention",
+            log_group_names=["/aws/sagemaker/ProcessingJobs", "/aws/sagemaker/TrainingJobs"],
+            retention_days=settings.toolchain.log_retention_days,
+        )
         self.workflow = TrainingWorkflow(
             self,
             "Workflow",

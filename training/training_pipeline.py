@@ -34,6 +34,7 @@ from shared.building_blocks import grant_key_by_alias, python_function
 from shared.config import Settings
 from shared.guardrails import IAM5, acknowledge, render
 from shared.names import OFFLINE_STORE_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
+from training.dlc_registry import image_repository_arn, resolve_image
 from training.pipeline_definition import PipelineResources, pipeline_definition
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -59,12 +60,14 @@ class _StepCodeBundling:
 
 @jsii.implements(cdk.ILocalBundling)
 class _TrainingSourceBundling:
-    """The same code as `sourcedir.tar.gz` for script mode: requirements.txt at the root, as the training
-    toolkit installs it; fixed timestamps and order, so the same code always gives the same archive."""
+    """The same code as `sourcedir.tar.gz` for script mode: a requirements.txt at the root, which the
+    training toolkit installs before the entry runs, made of requirements.lock: its hashes switch pip to
+    hash-checking mode, as `--require-hashes` does for the processing jobs (run.sh). Fixed timestamps and
+    order, so the same code always gives the same archive."""
 
     def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_: object) -> bool:
         files = {
-            "requirements.txt": STEPS_DIR / "requirements.txt",
+            "requirements.txt": STEPS_DIR / "requirements.lock",
             "training/__init__.py": None,
             "shared/__init__.py": None,
             "shared/contracts.py": CONTRACTS_FILE,
@@ -113,15 +116,6 @@ def step_code_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
     )
 
 
-def image_repository_arn(stack: cdk.Stack, image_uri: str) -> str:
-    """`<account>.dkr.ecr.<region or {region}>.amazonaws.com/<repo>:<tag>` (the configured form) -> its ARN."""
-    host, _, path = image_uri.partition("/")
-    account, _, _, region = host.split(".")[:4]
-    repository = path.rsplit(":", 1)[0]
-    region = stack.region if region == "{region}" else region
-    return f"arn:{stack.partition}:ecr:{region}:{account}:repository/{repository}"
-
-
 class _Policy:
     """Adds statements to a role and acknowledges, one by one and with the reason, the wildcards they need."""
 
@@ -159,8 +153,8 @@ class TrainingPipeline(Construct):
         stack = cdk.Stack.of(self)
         training = settings.training
         region = stack.region
-        training_image = training.training_image.replace("{region}", region)
-        processing_image = training.processing_image.replace("{region}", region)
+        training_image = resolve_image(self, training.training_image)
+        processing_image = resolve_image(self, training.processing_image)
         model_bucket_arn = f"arn:{stack.partition}:s3:::{names.model_bucket}"
         data_bucket_arn = f"arn:{stack.partition}:s3:::{names.data_bucket}"
         group_arn = stack.format_arn(
@@ -216,9 +210,13 @@ class TrainingPipeline(Construct):
         jobs.allow(["s3:ListBucket"], [code_bucket_arn], conditions={"StringEquals": {"s3:prefix": code_objects}})
         jobs.allow(
             ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-            sorted(
-                {image_repository_arn(stack, image) for image in (training.training_image, training.processing_image)}
-            ),
+            # one repository ARN per configured repository (the tag does not matter to ECR permissions)
+            [
+                image_repository_arn(self, repository)
+                for repository in sorted(
+                    {image.rsplit(":", 1)[0] for image in (training.training_image, training.processing_image)}
+                )
+            ],
         )
         jobs.allow(
             ["ecr:GetAuthorizationToken"],

@@ -68,6 +68,8 @@ class TrainingWorkflow(Construct):
             error="TrainingPipelineFailed",
             cause="See the notification and the pipeline execution",
         )
+        # A notification that cannot be published (topic or key gone) still ends in the workflow's own failure.
+        notify.add_catch(failed, errors=["States.ALL"], result_path="$.notificationError")
         notify.next(failed)
 
         def start(name: str, with_parameters: bool) -> tasks.CallAwsService:

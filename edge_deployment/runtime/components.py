@@ -245,6 +245,7 @@ class ModelComponentSettings:
     component_name: str
     bucket: str
     model_bucket: str
+    model_archive_prefix: str
     max_archive_bytes: int
     class_names: Sequence[str]
     partition: str
@@ -280,10 +281,10 @@ def prepare_model_component(
         return {**reused.to_json(), "artifactUri": artifact_uri, "reused": True}
 
     bucket, archive_key = parse_s3_uri(package.model_data_url)
-    if bucket != settings.model_bucket:
+    if bucket != settings.model_bucket or not archive_key.startswith(settings.model_archive_prefix):
         raise InvalidModelArchive(
-            f"model archive {package.model_data_url} is outside the model bucket {settings.model_bucket}; "
-            "nothing was created"
+            f"model archive {package.model_data_url} is outside {settings.model_archive_prefix} of the model bucket "
+            f"{settings.model_bucket} (where training writes them, and all this app may read); nothing was created"
         )
     try:
         with transient_errors():

@@ -4,12 +4,26 @@ A thing-group deployment is carried out by a continuous IoT job. The workflow po
 state between polls, no idling function) until every device of the group has finished, the job
 was cancelled (the abort rule, or a newer deployment), or the configured wait runs out; then it
 publishes what happened, device by device for the ones that failed.
+
+Runs of the workflow may overlap (two approvals close together, an approval and the workflow
+pipeline), and a new deployment to the group revises the one before. The group ends on the newest
+approved package (highest version), whatever the order the runs reach Greengrass in:
+
+* a run whose package is no longer the newest approved creates nothing (`superseded_result`);
+* a run whose deployment was revised by a deployment of a newer (or the same) package version ends
+  as SUPERSEDED, a good outcome: the other run reports that rollout;
+* a run whose deployment was revised by an older package's deployment (that run checked before this
+  package was approved) deploys again (REDEPLOY), as long as its package is still the newest approved;
+* a run whose rollout succeeded while a newer package has been approved meanwhile ends as SUPERSEDED;
+* a run whose rollout succeeded does not end while an execution started before it is still running
+  (it could still be about to replace the deployment): it keeps looking until those have ended, and
+  the look after that sees any replacement (the job is then cancelled, see above).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +42,11 @@ SUCCEEDED, NO_DEVICES, FAILED, ABORTED, CANCELED, INCOMPLETE = (
     "CANCELED",
     "INCOMPLETE",
 )
-GOOD_OUTCOMES = frozenset({SUCCEEDED, NO_DEVICES})
+SUPERSEDED = "SUPERSEDED"
+"""A deployment of the same or a newer package version revised this run's: that run reports the rollout."""
+REDEPLOY = "REDEPLOY"
+"""An older package's deployment revised this run's while its package is still the newest approved."""
+GOOD_OUTCOMES = frozenset({SUCCEEDED, NO_DEVICES, SUPERSEDED})
 FAILURE_STATUSES = ("FAILED", "REJECTED", "TIMED_OUT")
 PENDING_STATUSES = ("QUEUED", "IN_PROGRESS")
 _COUNTERS = {
@@ -164,17 +182,69 @@ def create_or_reuse_deployment(
     """Step 3: create the deployment, or reuse the group's current one when it already deploys these versions."""
     reusable = latest_reusable_deployment(greengrass, iot, request)
     started = now.astimezone(UTC).isoformat()
+    common = {"superseded": False, "startedAt": started, "components": _versions(request["components"])}
     if reusable is not None:
-        return {**reusable, "reused": True, "startedAt": started, "components": _versions(request["components"])}
+        return {**reusable, "reused": True, **common}
     with transient_errors():
         created = greengrass.create_deployment(**request)
-    return {
-        "deploymentId": created["deploymentId"],
-        "iotJobId": created.get("iotJobId"),
-        "reused": False,
-        "startedAt": started,
-        "components": _versions(request["components"]),
-    }
+    return {"deploymentId": created["deploymentId"], "iotJobId": created.get("iotJobId"), "reused": False, **common}
+
+
+def superseded_result(package: Mapping[str, Any], newer: Mapping[str, Any], *, thing_group: str) -> dict[str, Any]:
+    """Step 3's answer when a newer approved package overtook this run's: nothing is created."""
+    subject = f"Edge rollout {SUPERSEDED}: model package v{package.get('version')} not deployed to {thing_group}"
+    message = "\n".join(
+        [
+            f"Model package {package.get('arn')} (version {package.get('version')}) was not deployed to thing group "
+            f"{thing_group}: version {newer['version']} ({newer['arn']}) is approved too and is newer, and the devices "
+            "run the newest approved package (its own run deploys it).",
+            "",
+            f"To go back to version {package.get('version')}, reject the newer package(s) and run the workflow "
+            "pipeline: it deploys the newest package that is still approved.",
+        ]
+    )
+    return {"superseded": True, "newer": dict(newer), "subject": subject[:100], "message": message}
+
+
+def model_version(components: Mapping[str, str], model_component: str) -> int | None:
+    """The package version in a deployment's model component version (1.0.7 -> 7); None without one."""
+    version = components.get(model_component)
+    try:
+        return int(str(version).rsplit(".", 1)[-1]) if version else None
+    except ValueError:
+        return None
+
+
+def revision_outcome(
+    greengrass: Any,
+    *,
+    deployment: Mapping[str, Any],
+    model_component: str,
+    still_newest: Callable[[], bool],
+) -> tuple[str, dict[str, Any]] | None:
+    """Why this run's cancelled job was cancelled, when another run's deployment revised it (see the module doc).
+
+    None when the deployment is still the group's latest, or a deployment without this app's model
+    component (a person's) replaced it: then the job's cancellation is reported as such.
+    """
+    with transient_errors():
+        ours = greengrass.get_deployment(deploymentId=str(deployment["deploymentId"]))
+        listed = greengrass.list_deployments(targetArn=ours["targetArn"], historyFilter="LATEST_ONLY")
+    latest = [d for d in listed.get("deployments", []) if d.get("isLatestForTarget", True)]
+    if not latest or latest[0]["deploymentId"] == ours["deploymentId"]:
+        return None
+    with transient_errors():
+        successor = greengrass.get_deployment(deploymentId=latest[0]["deploymentId"])
+    theirs = model_version(_versions(successor.get("components") or {}), model_component)
+    mine = model_version(_versions(ours.get("components") or {}), model_component)
+    if theirs is None or mine is None:
+        return None
+    detail = {"deploymentId": successor["deploymentId"], "modelVersion": theirs}
+    if theirs >= mine:
+        return SUPERSEDED, detail
+    if still_newest():
+        return REDEPLOY, detail
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,10 +346,17 @@ def rollout_status(
     now: datetime,
     thing_group: str | None = None,
     max_reported_devices: int = MAX_REPORTED_DEVICES,
+    model_component: str | None = None,
+    still_newest: Callable[[], bool] | None = None,
+    older_runs: Callable[[], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Step 4, one poll: `{"finished": bool, "outcome", "counts", "devices": [...], "jobId", "jobStatus"}`.
 
-    With `thing_group`, "no devices" is reported only when the group really has no members.
+    With `thing_group`, "no devices" is reported only when the group really has no members. With
+    `model_component` and `still_newest`, a job cancelled because another run's deployment revised this
+    one ends as SUPERSEDED or REDEPLOY (see the module doc) instead of CANCELED. With `older_runs` (the
+    executions started before this one that still run), a successful rollout is not finished while any
+    of them runs.
     """
     deployment_id = str(deployment["deploymentId"])
     job_id = deployment.get("iotJobId")
@@ -305,9 +382,42 @@ def rollout_status(
     status = str(job.get("status"))
     rolling_out = bool((job.get("jobProcessDetails") or {}).get("processingTargets"))
     outcome = classify(status, counts, rolling_out=rolling_out, policy=policy, waited_minutes=waited)
+    if outcome in (CANCELED, ABORTED) and model_component and still_newest is not None:
+        revised = revision_outcome(
+            greengrass, deployment=deployment, model_component=model_component, still_newest=still_newest
+        )
+        if revised is not None:
+            outcome, successor = revised
+            return {
+                "finished": True,
+                "outcome": outcome,
+                "jobId": job_id,
+                "jobStatus": status,
+                "counts": counts,
+                "devices": [],
+                "waitedMinutes": round(waited, 1),
+                "successor": successor,
+            }
     if outcome == NO_DEVICES and thing_group and group_has_members(iot, thing_group):
         # Devices are in the group, but the rollout has not reached any of them yet.
         outcome = INCOMPLETE if waited >= policy.max_wait_minutes else None
+    if outcome in (SUCCEEDED, NO_DEVICES) and still_newest is not None and not still_newest():
+        # a newer package was approved while this one rolled out: its run deploys it (this one must not
+        # report the devices as running this package)
+        outcome = SUPERSEDED
+    if outcome in (SUCCEEDED, NO_DEVICES) and older_runs is not None and waited < policy.max_wait_minutes:
+        running = older_runs()
+        if running:  # one of them may still replace this deployment: look again later
+            return {
+                "finished": False,
+                "outcome": None,
+                "jobId": job_id,
+                "jobStatus": status,
+                "counts": counts,
+                "devices": [],
+                "waitedMinutes": round(waited, 1),
+                "waitingFor": running,
+            }
     devices: list[dict[str, str]] = []
     if outcome in (FAILED, ABORTED, CANCELED, INCOMPLETE):
         statuses = FAILURE_STATUSES if outcome != INCOMPLETE else (*FAILURE_STATUSES, *PENDING_STATUSES)
@@ -348,6 +458,8 @@ def report(
         ABORTED: "aborted by the abort rule (too many failures); devices not yet updated keep the previous model",
         CANCELED: "cancelled before it finished (a newer deployment to the group, or a person)",
         INCOMPLETE: "not finished within the wait; the deployment stays active for the devices still pending",
+        SUPERSEDED: "overtaken by another run of the same or a newer approved model package, which reports "
+        "its own rollout",
     }[outcome]
     lines = [
         f"Edge deployment '{deployment_name}' to thing group {thing_group}: {outcome} - {headline}.",
@@ -373,6 +485,12 @@ def report(
             )
         ),
     ]
+    successor = status.get("successor")
+    if successor:
+        lines.append(
+            f"Replaced by Greengrass deployment {successor['deploymentId']} (model package version "
+            f"{successor['modelVersion']})"
+        )
     devices = status.get("devices") or []
     if devices:
         lines += ["", "Devices that did not succeed:"]
@@ -385,3 +503,17 @@ def report(
             lines.append(f"  ... and {total - shown} more (see the IoT job's executions)")
     subject = f"Edge rollout {outcome}: model package v{package.get('version')} to {thing_group}"
     return {"subject": subject[:100], "message": "\n".join(lines)}
+
+
+def older_running_executions(sfn: Any, *, execution_arn: str, started: datetime) -> list[str]:
+    """ARNs of the executions of this state machine that started before `execution_arn` and still run."""
+    head, _, rest = execution_arn.partition(":execution:")
+    machine_name = rest.split(":", 1)[0]
+    machine_arn = f"{head}:stateMachine:{machine_name}"
+    older = []
+    with transient_errors():
+        for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=machine_arn, statusFilter="RUNNING"):
+            for execution in page.get("executions", []):
+                if execution["executionArn"] != execution_arn and execution["startDate"] < started:
+                    older.append(str(execution["executionArn"]))
+    return older

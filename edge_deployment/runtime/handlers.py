@@ -25,14 +25,22 @@ from edge_deployment.runtime.components import (
     render_recipe_template,
 )
 from edge_deployment.runtime.deployment import (
+    REDEPLOY,
     RolloutPolicy,
     client_token,
     create_or_reuse_deployment,
     deployment_request,
+    older_running_executions,
     report,
     rollout_status,
+    superseded_result,
 )
-from edge_deployment.runtime.model_package import ModelPackage, WrongModelPackageGroup, resolve_model_package
+from edge_deployment.runtime.model_package import (
+    ModelPackage,
+    WrongModelPackageGroup,
+    newer_approved_package,
+    resolve_model_package,
+)
 
 logger = Logger()
 
@@ -73,6 +81,7 @@ def prepare_model(event: dict[str, Any], context: Any) -> dict[str, Any]:
         component_name=_env("MODEL_COMPONENT_NAME"),
         bucket=_env("COMPONENT_BUCKET"),
         model_bucket=_env("MODEL_BUCKET"),
+        model_archive_prefix=_env("MODEL_ARCHIVE_PREFIX"),
         max_archive_bytes=int(_env("MAX_ARCHIVE_BYTES")),
         class_names=json.loads(_env("CLASS_NAMES")),
         partition=partition,
@@ -85,11 +94,39 @@ def prepare_model(event: dict[str, Any], context: Any) -> dict[str, Any]:
     )
 
 
+def _still_newest(package: dict[str, Any]) -> bool:
+    """Whether no approved package of the group is newer than `package` (asked at the moment of use)."""
+    newer = newer_approved_package(
+        client("sagemaker"), group_name=_env("MODEL_PACKAGE_GROUP"), version=int(package["version"])
+    )
+    return newer is None
+
+
+def _older_runs(event: dict[str, Any]) -> Any:
+    """The executions started before this one that still run (none known without the execution's id)."""
+    execution, started = event.get("executionId"), event.get("executionStart")
+    if not execution or not started:
+        return None
+    start = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+    return lambda: older_running_executions(client("stepfunctions"), execution_arn=execution, started=start)
+
+
 @logger.inject_lambda_context(log_event=True)
 def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Step 3. Input: the model and inference component versions. Output: the deployment to follow."""
+    """Step 3. Input: the package, the model and inference component versions. Output: the deployment to follow.
+
+    Right before creating, a package that a newer approved one overtook deploys nothing (`superseded`).
+    """
     partition, region, account = account_of(context.invoked_function_arn)
     group = _env("THING_GROUP_NAME")
+    package = event["package"]
+    newer = newer_approved_package(
+        client("sagemaker"), group_name=_env("MODEL_PACKAGE_GROUP"), version=int(package["version"])
+    )
+    if newer is not None:
+        superseded = superseded_result(package, newer, thing_group=group)
+        logger.info(superseded["subject"], extra={"newer": newer})
+        return superseded
     model, inference = event["modelComponent"], event["inferenceComponent"]
     components = {model["name"]: model["version"], inference["name"]: inference["version"]}
     request = deployment_request(
@@ -97,8 +134,11 @@ def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
         deployment_name=_env("DEPLOYMENT_NAME"),
         components=components,
         rollout=RolloutPolicy.from_json(json.loads(_env("ROLLOUT"))),
+        # A retried call of one attempt creates one deployment; a new attempt (REDEPLOY) creates a new one.
         client_token=client_token(
-            str(event.get("executionId", "")), *sorted(f"{k}={v}" for k, v in components.items())
+            str(event.get("executionId", "")),
+            str(event.get("attempt", 0)),
+            *sorted(f"{k}={v}" for k, v in components.items()),
         ),
     )
     deployment = create_or_reuse_deployment(client("greengrassv2"), client("iot"), request, now=_now())
@@ -110,6 +150,7 @@ def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def check_rollout(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Step 4, one poll. Input: `{"deployment": {...}, "package": {...}}`. Output: finished? and the report."""
     policy = RolloutPolicy.from_json(json.loads(_env("ROLLOUT")))
+    package = event.get("package") or {}
     status = rollout_status(
         client("greengrassv2"),
         client("iot"),
@@ -117,13 +158,19 @@ def check_rollout(event: dict[str, Any], context: Any) -> dict[str, Any]:
         policy=policy,
         now=_now(),
         thing_group=_env("THING_GROUP_NAME"),
+        model_component=_env("MODEL_COMPONENT_NAME"),
+        still_newest=lambda: _still_newest(package),
+        older_runs=_older_runs(event),
     )
+    if status["outcome"] == REDEPLOY:
+        logger.info("an older package's deployment replaced this one: deploying again", extra={"rollout": status})
+        return status
     if status["finished"]:
         status.update(
             report(
                 status,
                 deployment=event["deployment"],
-                package=event.get("package") or {},
+                package=package,
                 thing_group=_env("THING_GROUP_NAME"),
                 deployment_name=_env("DEPLOYMENT_NAME"),
             )

@@ -1,8 +1,11 @@
-"""Step 1 of the workflow: which model package to deploy.
+"""Step 1 of the workflow: which model package to deploy, and whether a newer approved one overtook it.
 
 Started by the approval event, the workflow deploys exactly the package the event names (after
 checking it belongs to this app's group and is still approved); started by the workflow pipeline,
 it deploys the newest approved package of the group. No approved package yet is not an error.
+
+The devices run the group's newest approved package (highest version): a run whose package has been
+overtaken by a newer approved one deploys nothing (see runtime/deployment.py for the races).
 """
 
 from __future__ import annotations
@@ -161,3 +164,19 @@ def resolve_model_package(sagemaker: Any, *, group_name: str, model_package_arn:
         "package": package.to_json(),
         "message": f"Deploying model package {package.arn} (version {package.version}, {source}).",
     }
+
+
+def package_version(arn: str) -> int:
+    """The version of a versioned model package ARN (`...:model-package/<group>/<version>`)."""
+    match = _PACKAGE_ARN.match(arn or "")
+    if not match:
+        raise ValueError(f"{arn!r} is not the ARN of a versioned model package")
+    return int(match["version"])
+
+
+def newer_approved_package(sagemaker: Any, *, group_name: str, version: int) -> dict[str, Any] | None:
+    """`{"arn", "version"}` of the group's newest approved package when it is newer than `version`, else None."""
+    arn = newest_approved_arn(sagemaker, group_name=group_name)
+    if arn is None or package_version(arn) <= version:
+        return None
+    return {"arn": arn, "version": package_version(arn)}

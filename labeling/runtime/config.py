@@ -20,17 +20,29 @@ REVIEW_MODES = ("verification", "adjustment")
 
 @dataclass(frozen=True)
 class Workforce:
-    """Who works on a Ground Truth job: a private work team (default) or, when configured, the public crowd."""
+    """Who works on a Ground Truth job: a private work team (default) or, when configured, the public crowd.
+
+    For the public crowd the team's own declarations about its images (labeling.workforce.public_content)
+    travel with it; nothing is declared on the team's behalf.
+    """
 
     type: str = "private"
     work_team_arn: str | None = None
     price_usd: float | None = None
+    free_of_personal_data: bool | None = None
+    free_of_adult_content: bool | None = None
 
     def __post_init__(self) -> None:
         if self.type == "private" and not self.work_team_arn:
             raise ConfigurationError("a private workforce needs work_team_arn")
         if self.type == "public" and not self.price_usd:
             raise ConfigurationError("the public workforce needs a task price")
+        if self.type == "public" and (self.free_of_personal_data is None or self.free_of_adult_content is None):
+            raise ConfigurationError(
+                "the public workforce needs the team's declarations free_of_personal_data and free_of_adult_content"
+            )
+        if self.type == "public" and not self.free_of_personal_data:
+            raise ConfigurationError("images with personal data must not go to the public crowd")
         if self.type not in ("private", "public"):
             raise ConfigurationError(f"workforce type must be private or public, got {self.type!r}")
 

@@ -71,7 +71,7 @@ PUBLIC_WORKFORCE_ACCOUNT = "394669845002"
 
 LABELING_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 TASK_KEYWORDS = ["Images", "bounding boxes", "object detection", "quality inspection"]
-PUBLIC_CONTENT_CLASSIFIERS = ["FreeOfPersonallyIdentifiableInformation", "FreeOfAdultContent"]
+FREE_OF_PERSONAL_DATA, FREE_OF_ADULT_CONTENT = "FreeOfPersonallyIdentifiableInformation", "FreeOfAdultContent"
 MAX_REPORTED_PROBLEMS = 20
 
 
@@ -294,8 +294,7 @@ def labeling_job_request(
     input_config: dict[str, Any] = {"DataSource": {"S3DataSource": {"ManifestS3Uri": manifest_uri}}}
     if workforce.type == "public":
         human_task["PublicWorkforceTaskPrice"] = {"AmountInUsd": usd_amount(float(workforce.price_usd or 0))}
-        # Tag photographs show no people and nothing offensive; Mechanical Turk needs the declaration.
-        input_config["DataAttributes"] = {"ContentClassifiers": list(PUBLIC_CONTENT_CLASSIFIERS)}
+        input_config["DataAttributes"] = {"ContentClassifiers": public_content_classifiers(workforce)}
     return {
         "LabelingJobName": job_name,
         "LabelAttributeName": BOXES_ATTRIBUTE if kind == BOXES else REVIEW_ATTRIBUTES[kind],
@@ -308,6 +307,13 @@ def labeling_job_request(
         "LabelCategoryConfigS3Uri": categories_uri,
         "HumanTaskConfig": human_task,
     }
+
+
+def public_content_classifiers(workforce: Workforce) -> list[str]:
+    """What Mechanical Turk is told about the images: exactly what the team declared in its configuration."""
+    if not workforce.free_of_personal_data:
+        raise ConfigurationError("images with personal data (or undeclared ones) must not go to the public crowd")
+    return [FREE_OF_PERSONAL_DATA] + ([FREE_OF_ADULT_CONTENT] if workforce.free_of_adult_content else [])
 
 
 REQUEST_KEYS = (

@@ -511,7 +511,17 @@ class Loop:
             {"job": {"jobId": "e2e-job", "status": "COMPLETED", "jobProcessDetails": {"numberOfSucceededThings": 1}}},
             {"jobId": "e2e-job"},
         )
-        clients = {"greengrassv2": greengrass, "iot": iot, "s3": self.s3, "sagemaker": self.sagemaker}
+        # the only execution of the workflow: no earlier run that could still replace its deployment
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        runs = Stubber(sfn)
+        runs.add_response("list_executions", {"executions": []})
+        clients = {
+            "greengrassv2": greengrass,
+            "iot": iot,
+            "s3": self.s3,
+            "sagemaker": self.sagemaker,
+            "stepfunctions": sfn,
+        }
 
         def call_lambda(resource: str, payload: dict[str, Any]) -> Any:
             handler = by_arn[resource]
@@ -527,7 +537,7 @@ class Loop:
             response.pop("ResponseMetadata", None)
             return _pascal(json.loads(json.dumps(response, default=str)))
 
-        with gg, jobs:
+        with gg, jobs, runs:
             output = walk(machine.definition, state_input, call_lambda=call_lambda, call_sdk=call_sdk)
         self.result.deployment_request = sent.get("CreateDeployment", {})
         self.result.model_recipe = json.loads(sent["CreateComponentVersion"]["inlineRecipe"])
@@ -788,7 +798,12 @@ def walk(
     max_transitions: int = 50,
 ) -> dict[str, Any]:
     """Run the definition's states in order (Task, Choice, Pass, Wait, Succeed, Fail); errors propagate."""
-    context = {"Execution": {"Id": f"arn:aws:states:{REGION}:{ACCOUNT}:execution:e2e:run-1"}}
+    context = {
+        "Execution": {
+            "Id": f"arn:aws:states:{REGION}:{ACCOUNT}:execution:e2e:run-1",
+            "StartTime": datetime.now(UTC).isoformat(),
+        }
+    }
     states, name, data = definition["States"], definition["StartAt"], dict(state_input)
     for _ in range(max_transitions):
         state = states[name]

@@ -93,6 +93,9 @@ class Template:
             if key == "Fn::Sub":
                 text = argument if isinstance(argument, str) else argument[0]
                 return re.sub(r"\$\{([^}]+)\}", lambda m: str(self.render({"Ref": m.group(1)})), text)
+            if key == "Fn::FindInMap":
+                name, first, second = (self.render(part) for part in argument)
+                return self.body["Mappings"][name][first][second]
         return {k: self.render(v) for k, v in value.items()}
 
     # -- Lambda functions ------------------------------------------------------------------------------

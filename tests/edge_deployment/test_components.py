@@ -31,7 +31,7 @@ from tests.edge_deployment.recipes import recipe_problems
 
 COMPONENT = "com.example.tag-inspection.ScratchModel"
 BUCKET = "edge-components-bucket"
-ARCHIVE_KEY = "pipelines/run-7/model.tar.gz"
+ARCHIVE_KEY = "pipeline-runs/run-7/evaluate/package/model.tar.gz"
 PACKAGE = ModelPackage(
     arn=f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/{GROUP}/7",
     group_name=GROUP,
@@ -46,6 +46,7 @@ SETTINGS = ModelComponentSettings(
     component_name=COMPONENT,
     bucket=BUCKET,
     model_bucket=MODEL_BUCKET,
+    model_archive_prefix="pipeline-runs/",
     max_archive_bytes=10 * 1024 * 1024,
     class_names=CLASS_NAMES,
     partition="aws",
@@ -205,10 +206,11 @@ def test_a_bad_archive_fails_early_and_creates_nothing(s3, greengrass, archive, 
 
 def test_an_archive_outside_the_model_bucket_is_refused(s3, greengrass):
     client, stub, sent = greengrass
-    stub.add_client_error("describe_component", "ResourceNotFoundException", http_status_code=404)
-    elsewhere = ModelPackage.from_json(PACKAGE.to_json() | {"model_data_url": "s3://somebody-else/model.tar.gz"})
-    with pytest.raises(InvalidModelArchive, match="outside the model bucket"):
-        prepare_model_component(s3=s3, greengrass=client, package=elsewhere, settings=SETTINGS)
+    for url in ("s3://somebody-else/pipeline-runs/model.tar.gz", f"s3://{MODEL_BUCKET}/pretrained/model.tar.gz"):
+        stub.add_client_error("describe_component", "ResourceNotFoundException", http_status_code=404)
+        elsewhere = ModelPackage.from_json(PACKAGE.to_json() | {"model_data_url": url})
+        with pytest.raises(InvalidModelArchive, match=f"outside pipeline-runs/ of the model bucket {MODEL_BUCKET}"):
+            prepare_model_component(s3=s3, greengrass=client, package=elsewhere, settings=SETTINGS)
     assert sent == []
 
 

@@ -12,6 +12,7 @@ from edge_deployment.runtime.deployment import (
     ABORTED,
     CANCELED,
     FAILED,
+    GOOD_OUTCOMES,
     INCOMPLETE,
     NO_DEVICES,
     SUCCEEDED,
@@ -21,6 +22,7 @@ from edge_deployment.runtime.deployment import (
     deployment_request,
     report,
     rollout_status,
+    superseded_result,
 )
 from edge_deployment.workflow import rollout_policy
 from tests.edge_deployment.conftest import ACCOUNT, REGION
@@ -124,6 +126,7 @@ def test_a_first_deployment_is_created_with_the_request_greengrass_accepts(green
         "deploymentId": "d-new",
         "iotJobId": JOB,
         "reused": False,
+        "superseded": False,
         "startedAt": NOW.isoformat(),
         "components": COMPONENTS,
     }
@@ -391,3 +394,145 @@ def test_a_long_list_of_failed_devices_is_cut_with_a_count(greengrass, iot):
     assert status["devices"][0]["reason"] == "no Greengrass record for this device (ResourceNotFoundException)"
     message = report(status, deployment=DEPLOYMENT, package=PACKAGE, thing_group="g", deployment_name="d")["message"]
     assert "... and 38 more" in message
+
+
+# -- overlapping runs: a cancelled job whose deployment another run replaced -------------------------------
+
+
+def _deployment(deployment_id: str, model_version: str, job: str) -> dict:
+    return {
+        "deploymentId": deployment_id,
+        "targetArn": GROUP_ARN,
+        "components": {
+            INFERENCE: {"componentVersion": "1.0.123456"},
+            MODEL: {"componentVersion": model_version},
+        },
+        "iotJobId": job,
+        "deploymentStatus": "ACTIVE",
+    }
+
+
+def _replaced(greengrass, iot, *, by: str | None, still_newest: bool, job_status: str = "CANCELED") -> dict:
+    """Our deployment d-123 (package 7) and its job; the group's latest deployment carries model `by`."""
+    client, stub = greengrass
+    iot[1].add_response("describe_job", {"job": {"jobId": JOB, "status": job_status, "jobProcessDetails": {}}})
+    stub.add_response("get_deployment", _deployment("d-123", "1.0.7", JOB), {"deploymentId": "d-123"})
+    latest = "d-123" if by is None else "d-456"
+    stub.add_response(
+        "list_deployments",
+        {"deployments": [{"deploymentId": latest, "targetArn": GROUP_ARN, "isLatestForTarget": True}]},
+        {"targetArn": GROUP_ARN, "historyFilter": "LATEST_ONLY"},
+    )
+    if by is not None:
+        successor = _deployment("d-456", by, "job-2")
+        if by == "none":  # a person's deployment of something else
+            del successor["components"][MODEL]
+        stub.add_response("get_deployment", successor, {"deploymentId": "d-456"})
+    if by in (None, "none", "1.0.6") and not (by == "1.0.6" and still_newest):  # reported as a cancellation
+        for _ in ("FAILED", "REJECTED", "TIMED_OUT"):  # the devices that did not succeed are listed
+            iot[1].add_response("list_job_executions_for_job", {"executionSummaries": []})
+    asked = []
+
+    def newest() -> bool:
+        asked.append(True)
+        return still_newest
+
+    status = rollout_status(
+        client, iot[0], deployment=DEPLOYMENT, policy=POLICY, now=NOW, model_component=MODEL, still_newest=newest
+    )
+    return {**status, "asked": len(asked)}
+
+
+def test_replaced_by_a_newer_package_s_deployment_is_superseded_and_reported_as_a_success(greengrass, iot):
+    status = _replaced(greengrass, iot, by="1.0.8", still_newest=False)
+    assert (status["finished"], status["outcome"]) == (True, "SUPERSEDED")
+    assert status["successor"] == {"deploymentId": "d-456", "modelVersion": 8}
+    assert "SUPERSEDED" in GOOD_OUTCOMES
+    message = report(status, deployment=DEPLOYMENT, package=PACKAGE, thing_group="line-1", deployment_name="line-1")[
+        "message"
+    ]
+    assert "Replaced by Greengrass deployment d-456 (model package version 8)" in message
+
+
+def test_replaced_by_another_run_of_the_same_package_is_superseded_too(greengrass, iot):
+    status = _replaced(greengrass, iot, by="1.0.7", still_newest=True)
+    assert status["outcome"] == "SUPERSEDED" and status["asked"] == 0
+
+
+def test_replaced_by_an_older_package_while_still_the_newest_approved_deploys_again(greengrass, iot):
+    status = _replaced(greengrass, iot, by="1.0.6", still_newest=True)
+    assert (status["outcome"], status["successor"]) == ("REDEPLOY", {"deploymentId": "d-456", "modelVersion": 6})
+
+
+def test_replaced_by_an_older_package_after_a_rollback_is_left_alone(greengrass, iot):
+    # package 7 was rejected and the pipeline deployed 6 on purpose: this run must not put 7 back
+    status = _replaced(greengrass, iot, by="1.0.6", still_newest=False)
+    assert status["outcome"] == CANCELED and status["asked"] == 1
+
+
+def test_replaced_by_a_person_s_deployment_stays_a_cancellation(greengrass, iot):
+    assert _replaced(greengrass, iot, by="none", still_newest=True)["outcome"] == CANCELED
+
+
+def test_a_cancelled_job_whose_deployment_is_still_the_latest_is_a_cancellation(greengrass, iot):
+    assert _replaced(greengrass, iot, by=None, still_newest=True)["outcome"] == CANCELED
+
+
+def test_a_superseded_run_explains_how_to_go_back():
+    result = superseded_result(PACKAGE, {"arn": "arn:...:model-package/g/8", "version": 8}, thing_group="line-1")
+    assert result["superseded"] is True and len(result["subject"]) <= 100
+    assert "version 8" in result["message"] and "reject the newer package" in result["message"]
+
+
+def _succeeded(iot) -> None:
+    iot[1].add_response(
+        "describe_job",
+        {"job": {"jobId": JOB, "status": "IN_PROGRESS", "jobProcessDetails": {"numberOfSucceededThings": 2}}},
+    )
+
+
+def test_a_rollout_done_after_a_newer_approval_does_not_claim_the_devices(greengrass, iot):
+    _succeeded(iot)
+    status = rollout_status(
+        greengrass[0], iot[0], deployment=DEPLOYMENT, policy=POLICY, now=NOW, still_newest=lambda: False
+    )
+    assert (status["finished"], status["outcome"]) == (True, "SUPERSEDED")
+
+
+def test_a_successful_rollout_waits_for_the_runs_started_before_it(greengrass, iot):
+    _succeeded(iot)
+    waiting = rollout_status(
+        greengrass[0], iot[0], deployment=DEPLOYMENT, policy=POLICY, now=NOW, older_runs=lambda: ["arn:run-0"]
+    )
+    assert (waiting["finished"], waiting["waitingFor"]) == (False, ["arn:run-0"])
+    _succeeded(iot)
+    done = rollout_status(greengrass[0], iot[0], deployment=DEPLOYMENT, policy=POLICY, now=NOW, older_runs=list)
+    assert (done["finished"], done["outcome"]) == (True, "SUCCEEDED")
+
+
+def test_older_runs_are_the_running_executions_started_before_this_one():
+    from edge_deployment.runtime.deployment import older_running_executions
+
+    machine = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:tag-inspect-edge-deployment"
+    me = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:tag-inspect-edge-deployment:run-2"
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    runs = [
+        ("run-1", NOW - timedelta(minutes=3)),
+        ("run-2", NOW),
+        ("run-3", NOW + timedelta(minutes=1)),
+    ]
+    executions = [
+        {
+            "executionArn": f"arn:aws:states:{REGION}:{ACCOUNT}:execution:tag-inspect-edge-deployment:{name}",
+            "stateMachineArn": machine,
+            "name": name,
+            "status": "RUNNING",
+            "startDate": started,
+        }
+        for name, started in runs
+    ]
+    with Stubber(sfn) as stub:
+        stub.add_response(
+            "list_executions", {"executions": executions}, {"stateMachineArn": machine, "statusFilter": "RUNNING"}
+        )
+        assert older_running_executions(sfn, execution_arn=me, started=NOW) == [executions[0]["executionArn"]]

@@ -477,3 +477,107 @@ def test_environment_is_not_read_when_credentials_are_given(monkeypatch: pytest.
     monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
     assert os.environ.get("AWS_ACCESS_KEY_ID") == "testing"  # tests/conftest.py
     assert credentials_from_environment().get().access_key_id == "testing"
+
+
+# --------------------------------------------------------------------------------------------------
+# A full disk, and a process killed in the middle of the whole queue -> upload -> remove sequence
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_while_queueing_leaves_no_partial_file_and_the_queue_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from edge_deployment.components.inference.inspector import feedback
+
+    queue = UploadQueue(tmp_path, max_bytes=1_000_000)
+    queue.put(frame(1))
+    queue.put(frame(2))
+    before = (queue.pending, queue.pending_bytes)
+
+    def disk_full(_descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(feedback.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        queue.put(frame(3))
+    assert (queue.pending, queue.pending_bytes) == before
+    assert not list(tmp_path.glob("*.tmp")), "a half-written frame would take what space is left"
+    monkeypatch.undo()  # space again
+    assert queue.put(frame(4))
+    reopened = UploadQueue(tmp_path, max_bytes=1_000_000)
+    keys = []
+    while (item := reopened.oldest()) is not None:
+        keys.append(reopened.read(item).key)
+        reopened.remove(item)
+    assert keys == [frame(1).key, frame(2).key, frame(4).key]
+
+
+_KILLED_UPLOADER = """
+import pathlib, sys, time
+from edge_deployment.components.inference.inspector.feedback import FeedbackUploader, FrameUpload, UploadQueue
+queue_dir, marker = sys.argv[1], pathlib.Path(sys.argv[2])
+queue = UploadQueue(queue_dir, max_bytes=1_000_000)
+queue.put(FrameUpload(key=sys.argv[3], body=bytes(range(256)) * 40, metadata={"reason": "uncertain"}))
+
+class SlowStore:
+    def put(self, upload):
+        marker.write_text(upload.key)  # the PUT has started ...
+        time.sleep(120)  # ... and the process is killed before it ends
+
+FeedbackUploader(queue, SlowStore()).drain()
+"""
+
+
+class _Bucket:
+    """S3 for one key: a PUT lands whole or not at all; with If-None-Match a second PUT is refused."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.puts = 0
+
+    def put(self, upload: FrameUpload) -> str:
+        self.puts += 1
+        if upload.key in self.objects:
+            return ALREADY_THERE
+        self.objects[upload.key] = upload.body
+        return UPLOADED
+
+
+@pytest.mark.parametrize("killed", ["during the upload", "after the upload, before the queue forgot it"])
+def test_a_process_killed_mid_upload_uploads_the_frame_exactly_once_after_the_restart(
+    tmp_path: Path, killed: str
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    queue_dir, marker = tmp_path / "queue", tmp_path / "started"
+    key = f"raw-images/edge/{THING}/2026-01-02/20260102T030405.006Z-ab12cd34.jpg"
+    body = bytes(range(256)) * 40
+    bucket = _Bucket()
+    if killed != "during the upload":
+        bucket.objects[key] = body  # S3 had the whole object when the process died
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_UPLOADER, str(queue_dir), str(marker), key],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert process.poll() is None, "the uploader ended before its upload started"
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)  # no clean-up of any kind
+    finally:
+        process.wait(timeout=30)
+
+    restarted = UploadQueue(queue_dir, max_bytes=1_000_000)  # the component starts again
+    assert restarted.pending == 1, "the frame was not lost"
+    uploader = FeedbackUploader(restarted, bucket)
+    assert uploader.drain()
+    assert bucket.objects == {key: body} and restarted.pending == 0
+    assert bucket.puts == 1 and uploader.uploaded == 1
+    assert not [p for p in queue_dir.iterdir() if p.is_file() and p.name != "state.json"]

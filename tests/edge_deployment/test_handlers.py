@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import boto3
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import Stubber
 
 from edge_deployment.runtime import handlers
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version
@@ -48,6 +48,7 @@ def environment(monkeypatch, settings):
         "THING_GROUP_NAME": "tag-inspection-line-1",
         "DEPLOYMENT_NAME": "tag-inspection-line-1",
         "ROLLOUT": json.dumps(rollout_policy(settings).to_json()),
+        "MODEL_COMPONENT_NAME": "com.example.tag-inspection.ScratchModel",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -70,45 +71,59 @@ def test_the_pipeline_trigger_resolves_the_newest_approved_package(clients, envi
         stub.assert_no_pending_responses()
 
 
+def _package(version: int) -> dict:
+    return {"arn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/{GROUP}/{version}", "version": version}
+
+
+def _newest_approved(stub: Stubber, version: int) -> None:
+    summary = {
+        "ModelPackageGroupName": GROUP,
+        "ModelPackageVersion": version,
+        "ModelPackageArn": _package(version)["arn"],
+        "CreationTime": datetime(2026, 11, 20, tzinfo=UTC),
+        "ModelPackageStatus": "Completed",
+        "ModelApprovalStatus": "Approved",
+    }
+    stub.add_response("list_model_packages", {"ModelPackageSummaryList": [summary]}, NEWEST_APPROVED_QUERY)
+
+
+CREATE_EVENT = {
+    "package": _package(7),
+    "modelComponent": {"name": "com.example.tag-inspection.ScratchModel", "version": "1.0.7"},
+    "inferenceComponent": {"name": "com.example.tag-inspection.ScratchDetector", "version": "1.0.99"},
+    "executionId": "arn:aws:states:eu-west-1:123456789012:execution:tag-inspect-edge-deployment:run-1",
+}
+
+
 def test_create_deployment_targets_the_configured_group_in_the_function_s_own_account(clients, environment, settings):
     greengrass = clients("greengrassv2")
     sent = []
     greengrass.meta.events.register(
         "provide-client-params.greengrassv2.CreateDeployment", lambda params, **_: sent.append(params)
     )
-    event = {
-        "modelComponent": {"name": "com.example.tag-inspection.ScratchModel", "version": "1.0.7"},
-        "inferenceComponent": {"name": "com.example.tag-inspection.ScratchDetector", "version": "1.0.99"},
-        "executionId": "arn:aws:states:eu-west-1:123456789012:execution:tag-inspect-edge-deployment:run-1",
-    }
-    with Stubber(greengrass) as stub:
-        stub.add_response("list_deployments", {"deployments": []})
-        stub.add_response(
-            "create_deployment",
-            {"deploymentId": "d-1", "iotJobId": "job-1"},
-            {
-                **dict.fromkeys(
-                    (
-                        "targetArn",
-                        "deploymentName",
-                        "components",
-                        "deploymentPolicies",
-                        "iotJobConfiguration",
-                        "clientToken",
-                    ),
-                    ANY,
-                )
-            },
-        )
-        result = handlers.create_deployment(event, Context())
-        again = sent[0]["clientToken"]
-        stub.add_response("list_deployments", {"deployments": []})
-        stub.add_response("create_deployment", {"deploymentId": "d-1", "iotJobId": "job-1"})
-        handlers.create_deployment(event, Context())
-    assert result["deploymentId"] == "d-1"
+    with Stubber(greengrass) as stub, Stubber(clients("sagemaker")) as registry:
+        for _ in range(3):
+            _newest_approved(registry, 7)  # this run's package is the newest approved one
+        for attempt in (0, 0, 1):
+            stub.add_response("list_deployments", {"deployments": []})
+            stub.add_response("create_deployment", {"deploymentId": f"d-{len(sent) + 1}", "iotJobId": "job-1"})
+            result = handlers.create_deployment({**CREATE_EVENT, "attempt": attempt}, Context())
+        registry.assert_no_pending_responses()
+    assert result["superseded"] is False
     assert sent[0]["targetArn"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/tag-inspection-line-1"
     assert sent[0]["components"]["com.example.tag-inspection.ScratchDetector"]["componentVersion"] == "1.0.99"
-    assert sent[1]["clientToken"] == again  # a retried call of one run is the same request to Greengrass
+    assert sent[1]["clientToken"] == sent[0]["clientToken"]  # a retried call of one run is the same request
+    assert sent[2]["clientToken"] != sent[0]["clientToken"]  # a new attempt (REDEPLOY) is a new deployment
+
+
+def test_a_package_a_newer_approved_one_overtook_deploys_nothing(clients, environment):
+    with Stubber(clients("greengrassv2")) as stub, Stubber(clients("sagemaker")) as registry:
+        _newest_approved(registry, 8)  # approved while this run (package 7) was preparing its component
+        result = handlers.create_deployment(CREATE_EVENT, Context())
+        stub.assert_no_pending_responses()  # no Greengrass call at all
+    assert result["superseded"] is True and result["newer"] == _package(8)
+    assert result["subject"] == "Edge rollout SUPERSEDED: model package v7 not deployed to tag-inspection-line-1"
+    assert "version 8" in result["message"] and "reject the newer package" in result["message"]
 
 
 def test_check_rollout_adds_the_report_when_finished(clients, environment):
@@ -118,12 +133,14 @@ def test_check_rollout_adds_the_report_when_finished(clients, environment):
         "startedAt": datetime.now(UTC).isoformat(),
         "components": {"m": "1.0.7"},
     }
-    with Stubber(clients("iot")) as stub:
+    with Stubber(clients("iot")) as stub, Stubber(clients("sagemaker")) as registry:
         stub.add_response(
             "describe_job",
             {"job": {"jobId": "job-1", "status": "IN_PROGRESS", "jobProcessDetails": {"numberOfSucceededThings": 3}}},
         )
-        result = handlers.check_rollout({"deployment": deployment, "package": {"arn": "p", "version": 7}}, Context())
+        _newest_approved(registry, 7)  # still the newest approved package: the devices run it
+        result = handlers.check_rollout({"deployment": deployment, "package": _package(7)}, Context())
+        registry.assert_no_pending_responses()
     assert result["finished"] is True and result["outcome"] == "SUCCEEDED"
     assert result["subject"] == "Edge rollout SUCCEEDED: model package v7 to tag-inspection-line-1"
     assert "3 succeeded" in result["message"]
@@ -245,3 +262,35 @@ def test_a_failure_is_reported_to_cloudformation_with_its_reason(clients, respon
     assert answer["Status"] == "FAILED"
     assert "AccessDeniedException" in answer["Reason"]
     assert answer["PhysicalResourceId"] == "InferenceComponentVersion-not-created"
+
+
+def test_the_approval_event_s_package_is_resolved_even_when_it_is_not_the_newest(monkeypatch, environment):
+    """The handler hands the event's package ARN on: the newest approved package is for the pipeline trigger."""
+    from moto import mock_aws
+
+    with mock_aws():
+        sagemaker = boto3.client("sagemaker", region_name=REGION)
+        monkeypatch.setattr(handlers, "client", lambda service, region=None: sagemaker)
+        sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+        arns = [
+            sagemaker.create_model_package(
+                ModelPackageGroupName=GROUP,
+                ModelApprovalStatus="Approved",
+                InferenceSpecification={
+                    "Containers": [
+                        {
+                            "Image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/inference:1",
+                            "ModelDataUrl": f"s3://tag-inspect-models-{ACCOUNT}-{REGION}/pipeline-runs/{n}/model.tar.gz",
+                        }
+                    ],
+                    "SupportedContentTypes": ["application/json"],
+                    "SupportedResponseMIMETypes": ["application/json"],
+                },
+            )["ModelPackageArn"]
+            for n in (1, 2)
+        ]
+        event = {"trigger": "model-package-approved", "modelPackageArn": arns[0], "modelPackageGroupName": GROUP}
+        approved = handlers.resolve(event, Context())
+        newest = handlers.resolve({"trigger": "workflow-pipeline"}, Context())
+    assert (approved["package"]["arn"], approved["package"]["version"]) == (arns[0], 1)
+    assert (newest["package"]["arn"], newest["package"]["version"]) == (arns[1], 2)

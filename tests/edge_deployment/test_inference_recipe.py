@@ -85,7 +85,7 @@ def test_install_builds_an_environment_from_the_pinned_requirements_and_run_only
         venv = f"{{work:path}}/venv-{requirements_digest()}"
         folder = "{artifacts:decompressedPath}/inference"
         assert "-m pip install" in install
-        assert f"--requirement '{folder}/requirements.txt'" in install
+        assert f"--require-hashes --requirement '{folder}/requirements.lock'" in install
         assert "--only-binary=:all:" in install  # no compiler needed on the device
         assert f"'{venv}/bin/python' -m inspector --check" in install
         assert install.index("--check") < install.index(f"touch '{venv}/.installed'"), "marker only after the check"
@@ -186,7 +186,7 @@ def test_the_install_phase_installs_once_and_later_starts_skip_it(recipe: dict[s
     calls = _calls(tmp_path)
     assert any(c.startswith("python3 -m venv ") for c in calls)
     (pip,) = [c for c in calls if "-m pip install" in c]
-    assert pip.endswith(f"--requirement {tmp_path}/artifacts/inference/requirements.txt")
+    assert pip.endswith(f"--require-hashes --requirement {tmp_path}/artifacts/inference/requirements.lock")
     assert calls[-1] == "venv-python -m inspector --check"
 
     again = _run_install(script, tmp_path)  # Greengrass runs Install again at the next start
@@ -362,7 +362,13 @@ def test_the_artifact_zip_holds_the_device_package_and_passes_the_install_check(
     with zipfile.ZipFile(archive) as opened:
         names = set(opened.namelist())
         opened.extractall(tmp_path / "inference")
-    assert {"requirements.txt", "inspector/__main__.py", "inspector/detector.py", "inspector/service.py"} <= names
+    assert {
+        "requirements.txt",
+        "requirements.lock",
+        "inspector/__main__.py",
+        "inspector/detector.py",
+        "inspector/service.py",
+    } <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert build_artifact_zip(tmp_path / "again.zip").read_bytes() == archive.read_bytes(), "reproducible"
     completed = subprocess.run(

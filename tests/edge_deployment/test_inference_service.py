@@ -762,3 +762,59 @@ def test_the_entry_point_outside_greengrass_exits_with_a_clear_error(tmp_path: P
     )
     assert completed.returncode == 1
     assert "cannot connect to the Greengrass nucleus over IPC" in completed.stdout
+
+
+def test_a_full_disk_for_the_upload_queue_keeps_the_frame_and_serving_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from edge_deployment.components.inference.inspector import feedback
+
+    device = Device(tmp_path, uncertaintyBand=[0.3, 0.7], confidentSampleRate=0.0)
+    device.deploy_model("1.0.1", lambda d: score_model(d, 0.5))
+    service = device.service()
+
+    def disk_full(_descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(feedback.os, "fsync", disk_full)
+    device.drop("full.jpg", jpeg(tag()))
+    service.step()
+    (result,) = device.greengrass.messages(RESULTS)
+    assert result["image"] == "full.jpg" and "upload_key" not in result  # the result still goes out
+    assert (device.frames / "processed" / "full.jpg").is_file()  # the frame is kept for labeling later
+    assert not list(device.work.rglob("*.tmp")), "no half-written queue file takes what space is left"
+    monkeypatch.undo()
+    device.drop("later.jpg", jpeg(tag()))
+    service.step()
+    assert [m["image"] for m in device.greengrass.messages(RESULTS)] == ["full.jpg", "later.jpg"]
+    assert "upload_key" in device.greengrass.messages(RESULTS)[1]
+
+
+def test_a_frame_that_cannot_be_moved_off_a_full_disk_stays_and_is_served_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from edge_deployment.components.inference.inspector import service as service_module
+
+    device = Device(tmp_path, uncertaintyBand=[0.3, 0.7], confidentSampleRate=0.0, keepProcessedFrames=True)
+    device.deploy_model("1.0.1", lambda d: score_model(d, 0.9))
+    service = device.service()
+    replace = service_module.os.replace
+
+    def disk_full(source: Any, destination: Any) -> None:
+        if Path(destination).parent.name == "processed":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(source, destination)
+
+    monkeypatch.setattr(service_module.os, "replace", disk_full)
+    stuck = device.drop("stuck.jpg", jpeg(tag()))
+    service.step()
+    service.step()  # the next pass does not serve it again
+    assert [m["image"] for m in device.greengrass.messages(RESULTS)] == ["stuck.jpg"]
+    assert stuck.is_file(), "the frame is not lost"
+    device.drop("next.jpg", jpeg(tag()))
+    service.step()
+    assert [m["image"] for m in device.greengrass.messages(RESULTS)] == ["stuck.jpg", "next.jpg"]

@@ -35,11 +35,18 @@ def _table_name(what: str) -> str:
         ("workflow pipeline", "AWS::CodePipeline::Pipeline", "Name"),
         ("notification topic", "AWS::SNS::Topic", "TopicName"),
         ("IoT role alias", "AWS::IoT::RoleAlias", "RoleAlias"),
-        ("IoT policy", "AWS::IoT::Policy", "PolicyName"),
     ],
 )
 def test_the_name_table_names_real_resources(edge_stacks, what, resource_type, name_property):
     assert _table_name(what) in _names(edge_stacks, resource_type, name_property)
+
+
+def test_the_device_policy_row_names_what_register_device_creates(workflow_stack, settings):
+    from edge_deployment.naming import edge_names
+
+    prefix = edge_names(settings, account="123456789012", region="eu-west-1").device_policy_prefix
+    assert _table_name("IoT policy of each device") == f"{prefix}<thing name>"
+    assert workflow_stack.template["Outputs"]["DevicePolicyPrefix"]["Value"] == prefix
 
 
 def test_the_model_package_group_is_the_one_the_approval_rule_listens_to(workflow_stack):

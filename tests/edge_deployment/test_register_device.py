@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 from moto import mock_aws
 
+from edge_deployment.device_policy import device_policy_document
 from edge_deployment.naming import edge_names
-from edge_deployment.register_device import RegistrationError, main, register_device
-from tests.edge_deployment.conftest import ACCOUNT, REGION
-
-POLICY_DOCUMENT = json.dumps(
-    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]}
+from edge_deployment.register_device import (
+    RegistrationError,
+    main,
+    register_device,
+    remove_device,
+    update_device_policy,
 )
+from tests.edge_deployment.conftest import ACCOUNT, REGION
 
 
 @pytest.fixture
@@ -26,13 +31,20 @@ def names(settings):
 
 @pytest.fixture
 def iot(names):
-    """An account where the edge_deployment app is deployed (its thing group, role alias, device policy)."""
+    """An account where the edge_deployment app is deployed (its thing group and role alias)."""
     with mock_aws():
         client = boto3.client("iot", region_name=REGION)
-        client.create_thing_group(thingGroupName=names.thing_group)
-        client.create_policy(policyName=names.iot_policy, policyDocument=POLICY_DOCUMENT)
-        client.create_role_alias(roleAlias=names.role_alias, roleArn=f"arn:aws:iam::{ACCOUNT}:role/token-exchange")
+        _deploy_app(client, names)
         yield client
+
+
+def _deploy_app(client, names) -> None:
+    client.create_thing_group(thingGroupName=names.thing_group)
+    client.create_role_alias(roleAlias=names.role_alias, roleArn=f"arn:aws:iam::{ACCOUNT}:role/token-exchange")
+
+
+def _policies(client) -> list[str]:
+    return sorted(policy["policyName"] for policy in client.list_policies()["policies"])
 
 
 def _sent(client, operation: str) -> list[dict]:
@@ -41,7 +53,9 @@ def _sent(client, operation: str) -> list[dict]:
     return calls
 
 
-def test_a_device_is_registered_in_the_group_with_its_own_exclusive_certificate(iot, names, tmp_path):
+def test_a_device_is_registered_in_the_group_with_its_own_exclusive_certificate_and_policy(
+    iot, names, tmp_path, settings
+):
     attachments = _sent(iot, "AttachThingPrincipal")
     registration = register_device(
         iot, names=names, thing_name="line-1-cam-1", output_dir=tmp_path / "cam1", region=REGION
@@ -55,7 +69,20 @@ def test_a_device_is_registered_in_the_group_with_its_own_exclusive_certificate(
     ]
     certificate = iot.describe_certificate(certificateId=registration.certificate_id)["certificateDescription"]
     assert certificate["status"] == "ACTIVE"
-    assert [p["policyName"] for p in iot.list_attached_policies(target=principal)["policies"]] == [names.iot_policy]
+    # its own policy, with its thing name written in (Greengrass core devices cannot use thing policy variables)
+    policy = "tag-inspect-edge-device-line-1-cam-1"
+    assert registration.policy_name == policy
+    assert [p["policyName"] for p in iot.list_attached_policies(target=principal)["policies"]] == [policy]
+    document = json.loads(iot.get_policy(policyName=policy)["policyDocument"])
+    assert document == device_policy_document(
+        partition="aws",
+        region=REGION,
+        account=ACCOUNT,
+        thing_name="line-1-cam-1",
+        role_alias=names.role_alias,
+        results_topic=settings.edge_deployment.results_topic,
+        heartbeat_topic=settings.edge_deployment.heartbeat_topic,
+    )
     members = iot.list_things_in_thing_group(thingGroupName=names.thing_group)["things"]
     assert members == ["line-1-cam-1"]
 
@@ -79,7 +106,7 @@ def test_registration_refuses_to_run_before_the_app_is_deployed(tmp_path, names)
             RegistrationError, match="thing group 'tag-inspection-line-1' not found: deploy the edge_deployment app"
         ):
             register_device(client, names=names, thing_name="cam", output_dir=tmp_path, region=REGION)
-        assert client.list_things()["things"] == []
+        assert client.list_things()["things"] == [] and _policies(client) == []
 
 
 def test_a_thing_that_already_has_a_certificate_is_not_registered_twice(iot, names, tmp_path):
@@ -94,6 +121,30 @@ def test_thing_names_that_would_break_topics_or_upload_paths_are_refused(iot, na
     with pytest.raises(RegistrationError, match="thing name"):
         register_device(iot, names=names, thing_name=name, output_dir=tmp_path, region=REGION)
     assert iot.list_things()["things"] == [] and iot.list_certificates()["certificates"] == []
+    assert _policies(iot) == []
+
+
+def test_a_thing_name_too_long_for_its_policy_document_is_refused(iot, names, tmp_path):
+    with pytest.raises(RegistrationError, match=r"its IoT policy would be \d+ characters, over the 2048"):
+        register_device(iot, names=names, thing_name="c" * 120, output_dir=tmp_path, region=REGION)
+    assert iot.list_things()["things"] == [] and _policies(iot) == []
+
+
+def test_a_thing_already_in_another_thing_group_is_refused_naming_the_group(iot, names, tmp_path):
+    # e.g. registered for line 2 before: both lines' deployments would reach it, with two versions of our components
+    iot.create_thing(thingName="line-2-cam-1")
+    iot.create_thing_group(thingGroupName="tag-inspection-line-2")
+    iot.add_thing_to_thing_group(thingGroupName="tag-inspection-line-2", thingName="line-2-cam-1")
+    with pytest.raises(RegistrationError, match=r"is in thing group\(s\) tag-inspection-line-2 already"):
+        register_device(iot, names=names, thing_name="line-2-cam-1", output_dir=tmp_path / "a", region=REGION)
+    assert iot.list_certificates()["certificates"] == [] and _policies(iot) == []
+    assert iot.list_things_in_thing_group(thingGroupName=names.thing_group)["things"] == []
+    # on purpose: it stays in both groups
+    register_device(
+        iot, names=names, thing_name="line-2-cam-1", output_dir=tmp_path / "b", region=REGION, keep_other_groups=True
+    )
+    groups = {g["groupName"] for g in iot.list_thing_groups_for_thing(thingName="line-2-cam-1")["thingGroups"]}
+    assert groups == {names.thing_group, "tag-inspection-line-2"}
 
 
 def test_a_failure_half_way_undoes_everything_it_created(iot, names, tmp_path, monkeypatch):
@@ -107,6 +158,7 @@ def test_a_failure_half_way_undoes_everything_it_created(iot, names, tmp_path, m
         register_device(iot, names=names, thing_name="cam", output_dir=tmp_path / "cam", region=REGION)
     assert iot.list_things()["things"] == []
     assert iot.list_certificates()["certificates"] == []
+    assert _policies(iot) == []
     assert list((tmp_path / "cam").iterdir()) == []
 
 
@@ -122,9 +174,7 @@ def test_the_command_line_prints_what_the_installer_needs(tmp_path, capsys, sett
     names = edge_names(settings, account=ACCOUNT, region=REGION)
     with mock_aws():
         client = boto3.client("iot", region_name=REGION)
-        client.create_thing_group(thingGroupName=names.thing_group)
-        client.create_policy(policyName=names.iot_policy, policyDocument=POLICY_DOCUMENT)
-        client.create_role_alias(roleAlias=names.role_alias, roleArn=f"arn:aws:iam::{ACCOUNT}:role/token-exchange")
+        _deploy_app(client, names)
         assert main(["--thing-name", "line-1-cam-2", "--region", REGION, "--output-dir", str(tmp_path / "d")]) == 0
         text = capsys.readouterr().out
         assert (
@@ -149,3 +199,49 @@ def test_the_command_line_explains_a_missing_app(tmp_path, capsys):
     with mock_aws():
         assert main(["--thing-name", "cam", "--region", REGION, "--output-dir", str(tmp_path)]) == 1
     assert "deploy the edge_deployment app" in capsys.readouterr().err
+
+
+def test_a_removed_device_leaves_nothing_behind_and_removing_again_says_so(iot, names, tmp_path):
+    register_device(iot, names=names, thing_name="line-1-cam-1", output_dir=tmp_path / "cam", region=REGION)
+    certificate_id = iot.list_certificates()["certificates"][0]["certificateId"]
+    greengrass = boto3.client("greengrassv2", region_name=REGION)
+    with Stubber(greengrass) as stub:
+        stub.add_response("delete_core_device", {}, {"coreDeviceThingName": "line-1-cam-1"})
+        done = remove_device(iot, greengrass, names=names, thing_name="line-1-cam-1")
+    assert done == [
+        f"removed line-1-cam-1 from thing group {names.thing_group}",
+        f"deactivated and deleted certificate {certificate_id}",
+        "deleted IoT policy tag-inspect-edge-device-line-1-cam-1",
+        "deleted Greengrass core device line-1-cam-1",
+        "deleted thing line-1-cam-1",
+    ]
+    assert iot.list_things()["things"] == [] and iot.list_certificates()["certificates"] == []
+    assert _policies(iot) == []
+    with Stubber(greengrass) as stub:
+        stub.add_client_error("delete_core_device", "ResourceNotFoundException", http_status_code=404)
+        with pytest.raises(RegistrationError, match="no device 'line-1-cam-1' here: nothing to remove"):
+            remove_device(iot, greengrass, names=names, thing_name="line-1-cam-1")
+    # and the name can be registered again
+    register_device(iot, names=names, thing_name="line-1-cam-1", output_dir=tmp_path / "again", region=REGION)
+
+
+def test_the_policy_is_written_again_from_the_configuration(iot, names, tmp_path):
+    register_device(iot, names=names, thing_name="line-1-cam-1", output_dir=tmp_path / "cam", region=REGION)
+    renamed = dataclasses.replace(names, results_topic="plant-7/{thing}/detections")
+    for _ in range(6):  # IoT keeps five versions: the oldest non-default one makes room
+        update_device_policy(iot, names=renamed, thing_name="line-1-cam-1")
+    policy = iot.get_policy(policyName="tag-inspect-edge-device-line-1-cam-1")
+    assert "topic/plant-7/line-1-cam-1/detections" in policy["policyDocument"]
+    versions = iot.list_policy_versions(policyName="tag-inspect-edge-device-line-1-cam-1")["policyVersions"]
+    assert len(versions) == 5 and sum(v["isDefaultVersion"] for v in versions) == 1
+    with pytest.raises(RegistrationError, match=r"has no IoT policy .*: register it first"):
+        update_device_policy(iot, names=renamed, thing_name="line-1-cam-9")
+
+
+def test_an_existing_policy_of_that_name_stops_the_registration_before_anything_is_made(iot, names, tmp_path):
+    iot.create_policy(
+        policyName="tag-inspect-edge-device-cam", policyDocument='{"Version":"2012-10-17","Statement":[]}'
+    )
+    with pytest.raises(RegistrationError, match="run --remove for it first"):
+        register_device(iot, names=names, thing_name="cam", output_dir=tmp_path, region=REGION)
+    assert iot.list_things()["things"] == [] and iot.list_certificates()["certificates"] == []

@@ -58,7 +58,7 @@ def test_the_deployment_name_defaults_to_the_thing_group():
 def test_names_for_devices_and_scripts(settings):
     names = edge_names(settings, account="123456789012", region="eu-west-1")
     assert names.role_alias == "tag-inspect-edge-token-exchange"
-    assert names.iot_policy == "tag-inspect-edge-core-device"
+    assert names.device_policy_prefix == "tag-inspect-edge-device-"
     assert names.component_key_alias == "alias/tag-inspect-edge-components"
     assert names.thing_group == settings.edge_deployment.thing_group_name
     assert device_topic(settings.edge_deployment.results_topic, "cam-1") == "inspection/cam-1/results"

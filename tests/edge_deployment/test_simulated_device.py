@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def test_the_instance_may_only_register_itself(simulated):
         "iot:CreateThing",
         "iot:CreateKeysAndCertificate",
         "iot:AttachPolicy",
+        "iot:CreatePolicy",
         "iot:AttachThingPrincipal",
         "iot:AddThingToThingGroup",
         "iot:DescribeEndpoint",
@@ -70,7 +72,7 @@ def test_the_instance_may_only_register_itself(simulated):
         assert role_allows(simulated, role_id, action), action
     for action in (
         "iot:DeleteThing",
-        "iot:CreatePolicy",
+        "iot:DeletePolicy",
         "iot:UpdateCertificate",
         "greengrass:CreateDeployment",
         "s3:GetObject",
@@ -86,10 +88,35 @@ def test_the_boot_script_registers_exactly_like_register_device_and_is_valid_bas
     assert subprocess.run(["bash", "-n", str(path)], check=False, capture_output=True, text=True).returncode == 0
     for expected in (
         "--thing-principal-type EXCLUSIVE_THING",
-        f'--policy-name "{names.iot_policy}"',
+        f'--policy-name "{names.device_policy_prefix}$THING"',
+        "--policy-document file:///tmp/device-policy.json",
+        "s/__THING__/$THING/g",
         f'--thing-group-name "{names.thing_group}"',
         f'iotRoleAlias: "{names.role_alias}"',
         'THING="tag-inspect-sim-$INSTANCE_ID"',
         "X-aws-ec2-metadata-token",  # IMDSv2
     ):
         assert expected in script
+
+
+def test_the_instance_writes_the_same_policy_register_device_would(settings, tmp_path):
+    """The heredoc and the sed of the boot script, run as bash runs them, give the device's own policy."""
+    from edge_deployment.device_policy import device_policy_document
+
+    names = edge_names(settings, account="123456789012", region="eu-west-1")
+    script = boot_script(names=names, region="eu-west-1")
+    start = script.index("  cat > /tmp/device-policy.json")
+    end = script.index("  aws iot create-policy")
+    snippet = script[start:end].replace("/tmp/device-policy.json", str(tmp_path / "policy.json"))
+    thing = "tag-inspect-sim-i-0123456789abcdef0"
+    subprocess.run(["bash", "-euc", f'THING="{thing}"\n{snippet}'], check=True)
+    written = json.loads((tmp_path / "policy.json").read_text())
+    assert written == device_policy_document(
+        partition="aws",
+        region="eu-west-1",
+        account="123456789012",
+        thing_name=thing,
+        role_alias=names.role_alias,
+        results_topic=settings.edge_deployment.results_topic,
+        heartbeat_topic=settings.edge_deployment.heartbeat_topic,
+    )

@@ -14,17 +14,30 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from moto import mock_aws
 
-from edge_deployment.fleet import GREENGRASS_DATA_PLANE_ACTIONS
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version, render_recipe_template
+from shared.names import MODEL_ARCHIVE_PREFIX
 from tests.edge_deployment.conftest import GROUP, REGION
 from tests.edge_deployment.recipes import recipe_problems
-from tests.helpers.asl import SdkTask, check_sdk_task, iam_actions, render_token, role_allows, sdk_tasks, state_machines
+from tests.helpers.asl import (
+    SdkTask,
+    check_sdk_task,
+    iam_actions,
+    render_token,
+    role_allows,
+    role_statements,
+    sdk_tasks,
+    state_machines,
+)
 
 
 def _only(template: dict[str, Any], resource_type: str) -> tuple[str, dict[str, Any]]:
     found = [(lid, r) for lid, r in template["Resources"].items() if r["Type"] == resource_type]
     assert len(found) == 1, [lid for lid, _ in found]
     return found[0]
+
+
+def _of_type(template: dict[str, Any], resource_type: str) -> list[str]:
+    return [lid for lid, r in template["Resources"].items() if r["Type"] == resource_type]
 
 
 def _by_prefix(template: dict[str, Any], resource_type: str, prefix: str) -> tuple[str, dict[str, Any]]:
@@ -51,38 +64,12 @@ def test_the_thing_group_is_named_from_the_configuration(workflow_stack, setting
     assert group["Properties"]["ThingGroupName"] == settings.edge_deployment.thing_group_name
 
 
-def test_the_device_policy_is_scoped_to_the_device_s_own_identity_and_topics(workflow_stack):
-    _, policy = _only(workflow_stack.template, "AWS::IoT::Policy")
-    assert policy["Properties"]["PolicyName"] == "tag-inspect-edge-core-device"
-    statements = policy["Properties"]["PolicyDocument"]["Statement"]
-    actions = [action for s in statements for action in _as_list(s["Action"])]
-    assert not any(action.endswith(":*") or action == "*" for action in actions), actions
-    for statement in statements:
-        resources = [_text(r) for r in _as_list(statement["Resource"])]
-        assert statement["Effect"] == "Allow"
-        if resources == ["*"]:
-            # the one documented wildcard: Greengrass data-plane calls carry no thing policy variables
-            assert sorted(_as_list(statement["Action"])) == sorted(GREENGRASS_DATA_PLANE_ACTIONS)
-            continue
-        for resource in resources:
-            if ":rolealias/" in resource or resource.startswith("${FleetRoleAlias"):
-                continue
-            assert "${iot:Connection.Thing.ThingName}" in resource, resource
-    by_sid = {s["Sid"]: s for s in statements}
-    connect = by_sid["ConnectAsItself"]
-    assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
-    assert [_text(r).split(":client/")[1] for r in connect["Resource"]] == [
-        "${iot:Connection.Thing.ThingName}",
-        "${iot:Connection.Thing.ThingName}#*",
-    ]
-    published = sorted(_text(r).split(":topic/")[1] for r in by_sid["OwnResultsAndHeartbeat"]["Resource"])
-    assert published == [
-        "inspection/${iot:Connection.Thing.ThingName}/heartbeat",
-        "inspection/${iot:Connection.Thing.ThingName}/results",
-    ]
-    assert by_sid["TokenExchange"]["Resource"] == {
-        "Fn::GetAtt": [_only(workflow_stack.template, "AWS::IoT::RoleAlias")[0], "RoleAliasArn"]
-    }
+def test_the_stack_holds_no_shared_device_policy_and_no_thing_policy_variable(workflow_stack):
+    """Greengrass core devices cannot use thing policy variables: register_device gives each device its own policy."""
+    assert _of_type(workflow_stack.template, "AWS::IoT::Policy") == []
+    assert "iot:Connection.Thing" not in json.dumps(workflow_stack.template)
+    outputs = workflow_stack.template["Outputs"]
+    assert _text(outputs["DevicePolicyPrefix"]["Value"]) == "tag-inspect-edge-device-"
 
 
 def test_the_token_exchange_role_reads_artifacts_and_writes_the_device_s_own_frames_only(workflow_stack):
@@ -215,7 +202,7 @@ def test_the_state_machine_logs_everything_and_is_traced(machine):
 
 def test_every_task_retries_with_backoff_and_has_a_catch(machine):
     tasks = {name: state for name, state in machine.definition["States"].items() if state["Type"] == "Task"}
-    assert len(tasks) == 8
+    assert len(tasks) == 9  # 4 functions, DescribeModelComponent, 4 notifications
     for name, state in tasks.items():
         assert state.get("Retry"), f"{name} has no retry"
         assert all(retry.get("IntervalSeconds", 1) >= 1 for retry in state["Retry"]), name
@@ -263,6 +250,7 @@ FUNCTION_CALLS = {
         ("iot", "DescribeJob"),
         ("iot", "CreateJob"),
         ("iot", "DescribeThingGroup"),
+        ("sagemaker", "ListModelPackages"),
     ],
     "WorkflowCheckRolloutFunction": [
         ("greengrassv2", "GetDeployment"),
@@ -270,6 +258,9 @@ FUNCTION_CALLS = {
         ("iot", "ListJobExecutionsForJob"),
         ("greengrassv2", "ListEffectiveDeployments"),
         ("iot", "ListThingsInThingGroup"),
+        ("greengrassv2", "ListDeployments"),
+        ("sagemaker", "ListModelPackages"),
+        ("sfn", "ListExecutions"),
     ],
     "InferenceComponentPublishFunction": [
         ("greengrassv2", "DescribeComponent"),
@@ -290,6 +281,21 @@ def test_each_function_s_role_grants_the_iam_actions_of_its_calls(workflow_stack
         call = SdkTask("call", service, operation[0].lower() + operation[1:], {}, "")
         for action in iam_actions(call):
             assert role_allows(template, role_id, action), f"{function}: {service}.{operation} needs {action}"
+
+
+def test_the_prepare_function_reads_only_the_model_archives_training_writes(workflow_stack):
+    template = workflow_stack.template
+    _, function = _by_prefix(template, "AWS::Lambda::Function", "WorkflowPrepareModelFunction")
+    role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    reads = [
+        _text(resource)
+        for statement in role_statements(template, role_id)
+        if "s3:GetObject" in _as_list(statement["Action"])
+        for resource in _as_list(statement["Resource"])
+        if "models" in _text(resource)
+    ]
+    assert reads == ["arn:aws:s3:::tag-inspect-models-123456789012-eu-west-1/pipeline-runs/*"]
+    assert function["Properties"]["Environment"]["Variables"]["MODEL_ARCHIVE_PREFIX"] == MODEL_ARCHIVE_PREFIX
 
 
 def test_the_functions_get_their_settings_from_the_configuration(workflow_stack, settings):
@@ -376,6 +382,38 @@ def test_the_rule_passes_that_package_s_arn_to_the_workflow(workflow_stack):
     assert transformer["InputPathsMap"]["detail-ModelPackageArn"] == "$.detail.ModelPackageArn"
     assert '"modelPackageArn":<detail-ModelPackageArn>' in transformer["InputTemplate"]
     assert target["RetryPolicy"]["MaximumRetryAttempts"] > 0
+
+
+def test_an_approval_that_cannot_start_the_workflow_is_kept_encrypted_and_alarmed(workflow_stack):
+    template = workflow_stack.template
+    _, rule = _only(template, "AWS::Events::Rule")
+    assert rule["Properties"]["Name"] == "tag-inspect-edge-model-approved"
+    (target,) = rule["Properties"]["Targets"]
+    queue_id, queue = _only(template, "AWS::SQS::Queue")
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}}
+    assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 86_400
+    key_id = queue["Properties"]["KmsMasterKeyId"]["Fn::GetAtt"][0]
+    key_statements = template["Resources"][key_id]["Properties"]["KeyPolicy"]["Statement"]
+    (events_may,) = [s for s in key_statements if s.get("Principal") == {"Service": "events.amazonaws.com"}]
+    assert _text(events_may["Condition"]["ArnEquals"]["aws:SourceArn"]) == (
+        "arn:aws:events:eu-west-1:123456789012:rule/tag-inspect-edge-model-approved"
+    )
+    _, queue_policy = _only(template, "AWS::SQS::QueuePolicy")
+    statements = queue_policy["Properties"]["PolicyDocument"]["Statement"]
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements
+    )
+    (send,) = [s for s in statements if s.get("Principal") == {"Service": "events.amazonaws.com"}]
+    assert send["Action"] == "sqs:SendMessage"
+    _, alarm = _only(template, "AWS::CloudWatch::Alarm")
+    properties = alarm["Properties"]
+    assert properties["AlarmName"] == "tag-inspect-edge-deployment-approval-events-undelivered"
+    assert properties["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert properties["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
+    assert (properties["ComparisonOperator"], properties["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert [_text(action) for action in properties["AlarmActions"]] == [
+        "arn:aws:sns:eu-west-1:123456789012:tag-inspect-edge-deployment-notifications"
+    ]
 
 
 # -- the whole stack ------------------------------------------------------------------------------

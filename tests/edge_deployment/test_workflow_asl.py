@@ -45,7 +45,13 @@ MODEL_COMPONENT = {
     "created": True,
     "reused": False,
 }
-DEPLOYMENT = {"deploymentId": "d-1", "iotJobId": "job-1", "reused": False, "startedAt": "2026-11-22T12:00:00+00:00"}
+DEPLOYMENT = {
+    "deploymentId": "d-1",
+    "iotJobId": "job-1",
+    "reused": False,
+    "superseded": False,
+    "startedAt": "2026-11-22T12:00:00+00:00",
+}
 APPROVAL_EVENT_INPUT = {
     "trigger": "model-package-approved",
     "modelPackageArn": PACKAGE["arn"],
@@ -197,7 +203,9 @@ def test_first_model_creates_component_deploys_both_components_and_reports_succe
         "WaitForModelComponent",
         "DescribeModelComponent",
         "ModelComponentDeployable",
+        "StartDeploymentAttempts",
         "CreateDeployment",
+        "DeploymentSuperseded",
         "WaitForRollout",
         "CheckRollout",
         "RolloutFinished",
@@ -227,6 +235,8 @@ def test_the_deployment_step_receives_exactly_the_published_inference_version(de
     }
     assert parameters["modelComponent.$"] == "$.modelComponent"
     assert parameters["executionId.$"] == "$$.Execution.Id"
+    assert parameters["package.$"] == "$.resolution.package"
+    assert parameters["attempt.$"] == "$.deploymentAttempts.count"
 
 
 def test_rerunning_the_same_package_reuses_component_and_deployment(definition, monkeypatch):
@@ -256,7 +266,7 @@ def test_rerunning_the_same_package_reuses_component_and_deployment(definition, 
         ("CANCELED", "cancelled before it finished (a newer deployment to the group, or a person)"),
         ("INCOMPLETE", "not finished within the wait\n  - line-1-cam-8: still QUEUED after 180 minutes"),
     ],
-    ids=["rollback", "abort", "superseded", "devices-offline"],
+    ids=["rollback", "abort", "cancelled", "devices-offline"],
 )
 def test_a_rollout_that_did_not_succeed_is_reported_with_the_devices_and_fails(
     definition, monkeypatch, outcome, report

@@ -169,13 +169,16 @@ def test_task_limits_and_worker_counts_come_from_the_configuration(kind):
 
 
 def test_the_public_crowd_is_used_only_when_configured_and_then_paid_and_declared():
-    public = Workforce(type="public", price_usd=0.036)
+    public = Workforce(type="public", price_usd=0.036, free_of_personal_data=True, free_of_adult_content=True)
     request = _request(gt.BOXES, workforce=public, task_availability_lifetime_seconds=43_200)
     _stubbed_create(request)
     human = request["HumanTaskConfig"]
     assert human["WorkteamArn"] == "arn:aws:sagemaker:eu-west-1:394669845002:workteam/public-crowd/default"
     assert human["PublicWorkforceTaskPrice"] == {"AmountInUsd": {"Dollars": 0, "Cents": 3, "TenthFractionsOfACent": 6}}
-    assert request["InputConfig"]["DataAttributes"]["ContentClassifiers"] == gt.PUBLIC_CONTENT_CLASSIFIERS
+    assert request["InputConfig"]["DataAttributes"]["ContentClassifiers"] == [
+        "FreeOfPersonallyIdentifiableInformation",
+        "FreeOfAdultContent",
+    ]
     # the review job keeps its own (private) team
     review = _request(gt.VERIFICATION, workforce=public)
     assert "private-crowd" in review["HumanTaskConfig"]["WorkteamArn"]
@@ -186,6 +189,32 @@ def test_the_public_crowd_is_used_only_when_configured_and_then_paid_and_declare
 )
 def test_prices_in_dollars_become_ground_truth_amounts(price, amount):
     assert gt.usd_amount(price) == dict(zip(("Dollars", "Cents", "TenthFractionsOfACent"), amount, strict=True))
+
+
+def test_the_job_declares_to_the_public_crowd_exactly_what_the_team_declared():
+    # Images that may show adult content: Mechanical Turk is told nothing about it (its workers are warned).
+    declared = Workforce(type="public", price_usd=0.036, free_of_personal_data=True, free_of_adult_content=False)
+    request = _request(gt.BOXES, workforce=declared, task_availability_lifetime_seconds=43_200)
+    _stubbed_create(request)
+    assert request["InputConfig"]["DataAttributes"]["ContentClassifiers"] == ["FreeOfPersonallyIdentifiableInformation"]
+    # A private team's job declares nothing.
+    assert "DataAttributes" not in _request(gt.BOXES)["InputConfig"]
+
+
+@pytest.mark.parametrize(
+    ("declarations", "message"),
+    [
+        ({}, "needs the team's declarations free_of_personal_data and free_of_adult_content"),
+        ({"free_of_personal_data": True}, "needs the team's declarations"),
+        (
+            {"free_of_personal_data": False, "free_of_adult_content": True},
+            "personal data must not go to the public crowd",
+        ),
+    ],
+)
+def test_the_public_crowd_without_the_teams_declarations_is_refused(declarations, message):
+    with pytest.raises(ConfigurationError, match=message):
+        Workforce(type="public", price_usd=0.036, **declarations)
 
 
 def test_a_request_without_a_role_is_refused():
@@ -323,6 +352,32 @@ def test_a_box_with_no_area_in_the_image_is_a_problem_not_a_silent_drop():
             },
             r"class-map names class 0 'dent', but the configured class 0 is 'scratch'",
         ),
+        (
+            {
+                **BOXES_LINE,
+                "source-ref": "s3://bucket/raw-images/z.jpg",
+                "defect-boxes": {
+                    **BOXES_LINE["defect-boxes"],
+                    "annotations": [{"class_id": 1, "left": 1, "top": 1, "width": 9, "height": 9}],
+                },
+                "defect-boxes-metadata": {
+                    **BOXES_LINE["defect-boxes-metadata"],
+                    "class-map": {"0": "scratch", "1": "dent"},
+                },
+            },
+            r"line 2: defect-boxes\.annotations\[0\]\.class_id 1 is not one of the 1 classes",
+        ),
+        (
+            {
+                **BOXES_LINE,
+                "source-ref": "s3://bucket/raw-images/z.jpg",
+                "defect-boxes": {
+                    **BOXES_LINE["defect-boxes"],
+                    "annotations": [{"class_id": -1, "left": 1, "top": 1, "width": 9, "height": 9}],
+                },
+            },
+            r"line 2: defect-boxes\.annotations\[0\]\.class_id -1 is not one of the 1 classes",
+        ),
         (BOXES_LINE, r"line 2: s3://bucket/raw-images/a.jpg is also on line 1"),
         (
             {
@@ -333,7 +388,16 @@ def test_a_box_with_no_area_in_the_image_is_a_problem_not_a_silent_drop():
             r"no creation-date",
         ),
     ],
-    ids=["not-json", "no-source", "no-size", "wrong-class", "duplicate", "no-date"],
+    ids=[
+        "not-json",
+        "no-source",
+        "no-size",
+        "wrong-class",
+        "class-id-out-of-range",
+        "negative-class-id",
+        "duplicate",
+        "no-date",
+    ],
 )
 def test_malformed_output_lines_are_named_with_their_line_number(line, message):
     with pytest.raises(ManifestError, match=message) as raised:

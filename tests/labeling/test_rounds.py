@@ -359,3 +359,41 @@ def test_verdicts_are_read_with_the_answers_the_review_job_had(s3, featurestore,
     monkeypatch.setattr(gt, "load_task_ui", lambda class_names: changed)
     cursor = rounds.write_labels(s3, featurestore, config=config, run=RUN, review_output_uri=review_output)
     assert (cursor.approved, cursor.written) == (4, 4)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # an import with the seed file's default time (2000-01-01): the round's answer is newer and decides
+        (None, True),
+        # an import of labels made after the round's reviewers answered: the seed is newer and decides
+        ("2026-11-22T09:00:00.000Z", False),
+    ],
+    ids=["older-seed", "newer-seed"],
+)
+@pytest.mark.usefixtures("mixed_prefix")
+def test_a_seed_import_during_a_round_is_decided_by_event_time_and_nothing_is_lost(
+    s3, featurestore, config, ground_truth, case
+):
+    from labeling.runtime.seeding import import_seed_records, parse_seed_file
+
+    seed_time, round_wins = case
+    ground_truth.verdicts = lambda image: "reject" if image.endswith("new.jpg") else "approve"
+    review_output = _reviewed(s3, featurestore, config, ground_truth)
+    # while the round waits for its reviewers, someone imports a seed file that approves new.jpg
+    row = {"image_uri": uri("raw-images/line-1/new.jpg"), "image_width": 320, "image_height": 240, "annotations": []}
+    if seed_time:
+        row["event_time"] = seed_time
+    seed = parse_seed_file(json.dumps(row), filename="late.jsonl", class_names=["scratch"])
+    import_seed_records(featurestore, FEATURE_GROUP, seed.records)
+    puts_before = len(featurestore.puts)
+
+    cursor = rounds.write_labels(s3, featurestore, config=config, run=RUN, review_output_uri=review_output)
+
+    assert (cursor.written, cursor.superseded) == ((4, 0) if round_wins else (3, 1))
+    status = featurestore.status_of(uri("raw-images/line-1/new.jpg"))
+    assert status == ("rejected" if round_wins else "approved")
+    # every label that was written is still there (the offline store keeps each record)
+    sources = {put["labeling_job"] for put in featurestore.puts if put["image_uri"].endswith("new.jpg")}
+    assert "seed" in sources and (RUN.boxes_job in sources) == round_wins
+    assert len(featurestore.puts) == puts_before + cursor.written

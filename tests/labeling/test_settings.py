@@ -9,7 +9,11 @@ import pytest
 from shared.config import MAX_TASK_AVAILABILITY_SECONDS, ConfigError
 from tests.labeling.stage import settings_with
 
-PUBLIC = {"type": "public", "public_task_price_usd": 0.036}
+PUBLIC = {
+    "type": "public",
+    "public_task_price_usd": 0.036,
+    "public_content": {"free_of_personal_data": True, "free_of_adult_content": True},
+}
 
 
 def test_the_example_configuration():
@@ -24,6 +28,13 @@ def test_the_example_configuration():
     ("changes", "message"),
     [
         ({"workforce": {"type": "public"}}, r"labeling\.workforce: .*public_task_price_usd is required"),
+        (
+            {
+                "workforce": {"type": "public", "public_task_price_usd": 0.036},
+                "task_availability_lifetime_seconds": 43_200,
+            },
+            r"labeling\.workforce: .*public_content is required for the public workforce",
+        ),
         (
             {"workforce": {**PUBLIC, "public_task_price_usd": 0.05}},
             r"must be one of the prices Ground Truth accepts: 0\.036",

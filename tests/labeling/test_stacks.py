@@ -282,6 +282,9 @@ def test_ground_truth_role_reads_images_and_writes_only_job_files(default):
     ]
     kms = next(s for s in statements if "kms:Decrypt" in s["Action"])
     assert kms["Condition"] == {"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/tag-inspect-data"}}
+    # metrics only in SageMaker's namespaces (Ground Truth's is /aws/sagemaker/LabelingJobs)
+    (metrics,) = [s for s in statements if s["Action"] == "cloudwatch:PutMetricData"]
+    assert metrics["Condition"] == {"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}
 
 
 @pytest.mark.parametrize(
@@ -367,7 +370,11 @@ def test_a_missing_seed_file_fails_synth_with_its_name():
 
 def test_public_crowd_and_adjustment_reviews_synthesize():
     variant = stage(
-        workforce={"type": "public", "public_task_price_usd": 0.036},
+        workforce={
+            "type": "public",
+            "public_task_price_usd": 0.036,
+            "public_content": {"free_of_personal_data": True, "free_of_adult_content": False},
+        },
         review_workforce={
             "type": "private",
             "work_team_arn": "arn:aws:sagemaker:eu-west-1:111111111111:workteam/private-crowd/reviewers",
@@ -386,6 +393,8 @@ def test_public_crowd_and_adjustment_reviews_synthesize():
     )
     config = LabelingConfig.from_json(text)
     assert (config.workforce.type, config.workforce.price_usd, config.review_mode) == ("public", 0.036, "adjustment")
+    # the team's own declarations reach the function that builds the job request
+    assert (config.workforce.free_of_personal_data, config.workforce.free_of_adult_content) == (True, False)
     assert config.review_workforce.work_team_arn.endswith("private-crowd/reviewers")
     # the task limits and the batch size reach the functions from config.yaml
     assert (

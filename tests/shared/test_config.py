@@ -11,7 +11,15 @@ import pytest
 import yaml
 
 from app import selected_apps
-from shared.config import APP_NAMES, LABEL_STUDIO_IMAGE, ConfigError, load_settings, parse_settings
+from shared.config import (
+    APP_NAMES,
+    LABEL_STUDIO_IMAGE,
+    ConfigError,
+    check_deployable,
+    deployment_problems,
+    load_settings,
+    parse_settings,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +95,8 @@ def test_unknown_environment_is_named(raw):
         ("retraining.schedule", "rate(1 days)", r"retraining\.schedule: .*a rate of 1 takes a singular unit"),
         ("retraining.schedule", "rate(7 day)", r"retraining\.schedule: .*any other a plural one"),
         ("retraining.schedule", "rate(0 minutes)", r"retraining\.schedule: .*a rate must be at least 1"),
-        ("notifications.email", "not-an-address", r"notifications\.email: does not match"),
+        ("notifications.email", "not-an-address", r"notifications\.email\.0: does not match"),
+        ("notifications.email", ["ops@acme-tags.test", "nope"], r"notifications\.email\.1: does not match"),
         ("edge_deployment.uncertainty_band", [0.8, 0.2], r"edge_deployment\.uncertainty_band: .*low < high"),
         (
             "edge_deployment.inference_component_name",
@@ -349,3 +358,174 @@ def test_the_default_server_image_is_the_pinned_official_release(raw):
     )
     assert ecr.ecr_repository == ("111111111111", "eu-west-1", "docker-hub/heartexlabs/label-studio")
     assert ecr.image_tag is None
+
+
+# --------------------------------------------------------------------------------------------------
+# A real deployment: example values and a notification target
+# --------------------------------------------------------------------------------------------------
+
+_DEPLOYABLE = {
+    "source.connection_arn": (
+        "arn:aws:codeconnections:eu-west-1:210987654321:connection/6f1c2e3d-4b5a-4c7d-8e9f-0a1b2c3d4e5f"
+    ),
+    "source.repository": "acme-tags/edge-quality-inspection",
+    "labeling.workforce.work_team_arn": "arn:aws:sagemaker:eu-west-1:210987654321:workteam/private-crowd/inspectors",
+    "notifications.email": "quality-ops@acme-tags.test",
+    "environments.dev.account": "210987654321",
+}
+
+
+def _deployable(raw: dict[str, Any]) -> dict[str, Any]:
+    for key, value in _DEPLOYABLE.items():
+        raw = _set(raw, key, value)
+    return raw
+
+
+def test_the_example_configuration_is_refused_for_a_real_deployment_naming_each_key(raw):
+    problems = deployment_problems(parse_settings(raw, environment="dev"))
+    keys = [problem.split(":", 1)[0] for problem in problems]
+    assert keys == [
+        "source.connection_arn",
+        "source.repository",
+        "labeling.workforce.work_team_arn",
+        "environments.dev.account",
+        "notifications",
+    ]
+    assert "all-zero connection" in problems[0]
+    assert "example account 111111111111" in problems[2]
+    with pytest.raises(ConfigError) as refused:
+        check_deployable(parse_settings(raw, environment="dev"), source="config.yaml")
+    message = str(refused.value)
+    assert message.startswith("config.yaml (environment dev): not deployable as it is (5 value(s) to set first):")
+    assert all(f"  - {key}:" in message for key in keys)
+    # the example still validates: make synth and the tests use it as it is
+    assert parse_settings(raw).project.prefix == "tag-inspect"
+
+
+def test_a_configuration_with_real_values_and_a_notification_target_is_deployable(raw):
+    settings = parse_settings(_deployable(raw), environment="dev")
+    assert deployment_problems(settings) == []
+    check_deployable(settings)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        (
+            "source.connection_arn",
+            "arn:aws:codeconnections:eu-west-1:123456789012:connection/6f1c2e3d-4b5a-4c7d-8e9f-0a1b2c3d4e5f",
+            "source.connection_arn: example account 123456789012",
+        ),
+        ("source.repository", "example-org/inspection", "source.repository: 'example-org/inspection' is the example"),
+        (
+            "labeling.review_workforce",
+            {
+                "type": "private",
+                "work_team_arn": "arn:aws:sagemaker:eu-west-1:222222222222:workteam/private-crowd/reviewers",
+            },
+            "labeling.review_workforce.work_team_arn: a work team of example account 222222222222",
+        ),
+        (
+            "notifications.email",
+            ["quality-ops@acme-tags.test", "someone@example.com"],
+            "notifications.email: someone@example.com is an example address",
+        ),
+        ("notifications.email", None, "notifications: no target"),
+    ],
+)
+def test_each_placeholder_is_named(raw, key, value, problem):
+    problems = deployment_problems(parse_settings(_set(_deployable(raw), key, value), environment="dev"))
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+@pytest.mark.parametrize(
+    ("notifications", "message"),
+    [
+        ({"email": "ops@acme-tags.test"}, None),
+        ({"email": ["ops@acme-tags.test", "lead@acme-tags.test"]}, None),
+        ({"slack": {"workspace_id": "T0123ABCD", "channel_id": "C0456EFGH"}}, None),
+        ({"opt_out_reason": "the plant's NOC subscribes its pager to the three topics"}, None),
+        (
+            {"email": "ops@acme-tags.test", "opt_out_reason": "we have a pager"},
+            "opt_out_reason is for deploying without",
+        ),
+        ({"opt_out_reason": "no"}, r"opt_out_reason: String should have at least 10"),
+        ({"email": ["a@acme-tags.test", "a@acme-tags.test"]}, "each address once"),
+        ({"slack": {"workspace_id": "t-lower", "channel_id": "C1"}}, r"slack\.workspace_id: does not match"),
+    ],
+)
+def test_notification_targets_or_an_explicit_opt_out(raw, notifications, message):
+    document = _set(_deployable(raw), "notifications", notifications)
+    if message is None:
+        settings = parse_settings(document, environment="dev")
+        assert deployment_problems(settings) == []
+        assert settings.notifications.has_target == ("opt_out_reason" not in notifications)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            parse_settings(document)
+
+
+_PUBLIC = {"type": "public", "public_task_price_usd": 0.036}
+
+
+@pytest.mark.parametrize(
+    ("workforce", "message"),
+    [
+        ({**_PUBLIC}, "public_content is required for the public workforce"),
+        (
+            {**_PUBLIC, "public_content": {"free_of_personal_data": True}},
+            r"public_content\.free_of_adult_content: required",
+        ),
+        (
+            {**_PUBLIC, "public_content": {"free_of_personal_data": False, "free_of_adult_content": True}},
+            "images with personal data must not go to the public crowd",
+        ),
+        ({**_PUBLIC, "public_content": {"free_of_personal_data": True, "free_of_adult_content": False}}, None),
+        ({**_PUBLIC, "public_content": {"free_of_personal_data": True, "free_of_adult_content": True}}, None),
+        (
+            {
+                "type": "private",
+                "work_team_arn": _DEPLOYABLE["labeling.workforce.work_team_arn"],
+                "public_content": {"free_of_personal_data": True, "free_of_adult_content": True},
+            },
+            "public_content applies to the public workforce only",
+        ),
+    ],
+)
+def test_the_public_crowd_needs_explicit_content_declarations(raw, workforce, message):
+    document = _set(_set(raw, "labeling.workforce", workforce), "labeling.task_availability_lifetime_seconds", 43_200)
+    if message is None:
+        declared = parse_settings(document).labeling.workforce.public_content
+        assert declared is not None and declared.model_dump() == workforce["public_content"]
+    else:
+        with pytest.raises(ConfigError, match=message):
+            parse_settings(document)
+
+
+def test_make_deploy_and_the_pipelines_synthesize_as_a_real_deployment():
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    deploy_recipe = makefile.split("\ndeploy:", 1)[1].split("\n\n", 1)[0]
+    assert "cdk deploy $(CDK_CONTEXT) -c deploy=true" in deploy_recipe
+    assert "$(if $(filter true,$(DEPLOY)),-c deploy=true)" in makefile
+
+
+def test_app_py_refuses_the_example_for_a_deployment_and_warns_at_synth(raw, tmp_path):
+    import aws_cdk as cdk
+
+    from app import build
+    from tests.helpers.cdk_assembly import CDK_CONTEXT
+
+    def app(**context: str) -> cdk.App:
+        return cdk.App(outdir=str(tmp_path / "out"), context={**CDK_CONTEXT, "app": "training", **context})
+
+    with pytest.raises(ConfigError, match=r"(?s)not deployable.*source\.connection_arn.*notifications: no target"):
+        build(app(deploy="true"))
+    (toolchain,) = build(app())  # make synth: the same problems are warnings
+    warnings = cdk.assertions.Annotations.from_stack(toolchain).find_warning("*", cdk.assertions.Match.any_value())
+    texts = [str(warning.entry.data) for warning in warnings]
+    assert any("make deploy would refuse: notifications: no target" in text for text in texts), texts
+    assert any("make deploy would refuse: source.connection_arn" in text for text in texts), texts
+    real = tmp_path / "real.yaml"
+    real.write_text(yaml.safe_dump(_deployable(raw)))
+    (deployable,) = build(app(deploy="true", config=str(real)))
+    assert not cdk.assertions.Annotations.from_stack(deployable).find_warning("*", cdk.assertions.Match.any_value())

@@ -7,6 +7,7 @@ apps' own stages are covered by their tests and by test_apps.py.
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk.assertions import Match
 
 from shared.building_blocks import python_function, workflow_state_machine
+from shared.config import NotificationSettings
 from shared.guardrails import apply_guardrails
 from shared.names import resource_names
 from shared.pipelines import AppToolchainStack, WorkflowPipeline, cdk_cli_version
@@ -134,12 +136,12 @@ def test_synth_step_runs_the_apps_tests_then_synthesizes_it(training, settings):
     synth_specs = [spec for spec in _build_specs(toolchain).values() if "make synth" in spec]
     assert len(synth_specs) == 1
     commands = json.loads(synth_specs[0])["phases"]["build"]["commands"]
-    assert commands == ["make test APP=training", "make synth APP=training"]
+    assert commands == ["make test APP=training", "make synth APP=training DEPLOY=true"]
     # with an environment, the pipeline synthesizes for that environment
     prod = settings.model_copy(update={"environment_name": "prod"})
     toolchain_prod, _ = _toolchain(prod, "training")
     spec = next(s for s in _build_specs(toolchain_prod).values() if "make synth" in s)
-    assert "make synth APP=training ENV=prod" in json.loads(spec)["phases"]["build"]["commands"]
+    assert "make synth APP=training ENV=prod DEPLOY=true" in json.loads(spec)["phases"]["build"]["commands"]
 
 
 def test_codebuild_runs_node_22_and_the_pinned_cdk_cli(training):
@@ -211,37 +213,103 @@ def test_artifact_buckets_are_kms_encrypted_logged_and_tls_only(training):
             assert pipeline["Properties"]["ArtifactStore"]["EncryptionKey"]["Type"] == "KMS"
 
 
+def _start_workflow_step(toolchain: SynthesizedStack) -> tuple[list[str], dict[str, Any]]:
+    """The StartWorkflow step: its build commands and its CodePipeline action."""
+    (spec,) = [spec for spec in _build_specs(toolchain).values() if "start-pipeline-execution" in spec]
+    pipeline = next(iter(toolchain.resources("AWS::CodePipeline::Pipeline").values()))
+    deploy_actions = next(s for s in pipeline["Properties"]["Stages"] if s["Name"] == "Deploy")["Actions"]
+    action = next(a for a in deploy_actions if a["Name"] == "StartWorkflow")
+    return json.loads(spec)["phases"]["build"]["commands"], action
+
+
 def test_asset_pipeline_starts_the_workflow_pipeline_after_deploying(training):
     toolchain, _ = training
-    start = [spec for spec in _build_specs(toolchain).values() if "start-pipeline-execution" in spec]
-    assert len(start) == 1
-    assert "aws codepipeline start-pipeline-execution --name tag-inspect-training-workflow-pipeline" in start[0]
-    toolchain.assertions.has_resource_properties(
-        "AWS::IAM::Policy",
-        {
-            "PolicyDocument": {
-                "Statement": Match.array_with(
-                    [
-                        Match.object_like(
-                            {
-                                "Action": "codepipeline:StartPipelineExecution",
-                                "Resource": {
-                                    "Fn::Join": ["", Match.array_with([":tag-inspect-training-workflow-pipeline"])]
-                                },
-                            }
-                        )
-                    ]
-                )
-            }
-        },
+    commands, start_action = _start_workflow_step(toolchain)
+    assert any(
+        "aws codepipeline start-pipeline-execution --name tag-inspect-training-workflow-pipeline" in c for c in commands
     )
+    # the step knows which asset pipeline execution it belongs to
+    variables = json.loads(start_action["Configuration"]["EnvironmentVariables"])
+    assert {
+        "name": "ASSET_PIPELINE_EXECUTION_ID",
+        "type": "PLAINTEXT",
+        "value": "#{codepipeline.PipelineExecutionId}",
+    } in variables
+    statements = [
+        statement
+        for policy in toolchain.resources("AWS::IAM::Policy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "workflow-pipeline" in json.dumps(statement) or "ListPipelineExecutions" in json.dumps(statement)
+    ]
+    granted = {
+        (action, json.dumps(statement["Resource"]).split(":")[-1].strip('"]}'))
+        for statement in statements
+        for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    }
+    assert granted == {
+        ("codepipeline:StartPipelineExecution", "tag-inspect-training-workflow-pipeline"),
+        ("codepipeline:GetPipeline", "tag-inspect-training-workflow-pipeline"),
+        ("codepipeline:ListPipelineExecutions", "tag-inspect-training-asset-pipeline"),
+    }
     pipeline = next(iter(toolchain.resources("AWS::CodePipeline::Pipeline").values()))
     stage_names = [stage["Name"] for stage in pipeline["Properties"]["Stages"]]
     assert stage_names.index("Deploy") > stage_names.index("Build")
     deploy_actions = next(s for s in pipeline["Properties"]["Stages"] if s["Name"] == "Deploy")["Actions"]
-    start_action = next(a for a in deploy_actions if a["Name"] == "StartWorkflow")
     deploy_orders = [a["RunOrder"] for a in deploy_actions if a["Name"] != "StartWorkflow"]
     assert start_action["RunOrder"] > max(deploy_orders)
+
+
+FAKE_AWS = """#!/usr/bin/env python3
+import json, os, sys
+answers = json.loads(os.environ["FAKE_AWS_ANSWERS"])
+with open(os.environ["FAKE_AWS_CALLS"], "a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\\n")
+operation = sys.argv[2]
+if operation == "list-pipeline-executions":
+    print(answers["own_start"])
+elif operation == "get-pipeline":
+    print(answers["created"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("own_start", "created", "starts"),
+    [
+        # first deploy: this run created the workflow pipeline, and CodePipeline started it by itself
+        ("2026-11-20T10:00:00.123000+00:00", "2026-11-20T10:14:31.900000+00:00", False),
+        # a later deploy (or the chain): the workflow pipeline existed before this run
+        ("2026-11-27T09:00:00.000000+00:00", "2026-11-20T10:14:31.900000+00:00", True),
+        # this run is not among the listed executions: start it (twice is better than never)
+        ("None", "2026-11-20T10:14:31.900000+00:00", True),
+    ],
+)
+def test_the_workflow_runs_once_on_first_deploy_and_after_every_later_one(
+    training, tmp_path, own_start, created, starts
+):
+    toolchain, _ = training
+    commands, _ = _start_workflow_step(toolchain)
+    fake = tmp_path / "bin" / "aws"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_AWS)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    environment = {
+        "PATH": f"{fake.parent}:/usr/bin:/bin",
+        "FAKE_AWS_ANSWERS": json.dumps({"own_start": own_start, "created": created}),
+        "FAKE_AWS_CALLS": str(calls),
+        "ASSET_PIPELINE_EXECUTION_ID": "e-1",
+    }
+    for command in commands:  # CodeBuild runs them with sh, failing the build on the first error
+        subprocess.run(["sh", "-e", "-c", command], env=environment, check=True, capture_output=True)
+    made = calls.read_text().splitlines()
+    assert made[0].startswith(
+        "codepipeline list-pipeline-executions --pipeline-name tag-inspect-training-asset-pipeline"
+    )
+    assert "pipelineExecutionId=='e-1'" in made[0]
+    started = [call for call in made if call.startswith("codepipeline start-pipeline-execution")]
+    assert started == (
+        ["codepipeline start-pipeline-execution --name tag-inspect-training-workflow-pipeline"] if starts else []
+    )
 
 
 # -- workflow pipeline ---------------------------------------------------------------------------
@@ -315,26 +383,101 @@ def test_failures_of_both_pipelines_are_notified(training):
     assert "failed" in rule["Targets"][0]["InputTransformer"]["InputTemplate"]
 
 
-def test_notification_topic_is_encrypted_and_subscribes_the_configured_email(training, settings):
+def _key_statements(stack: SynthesizedStack, principal: str) -> list[dict[str, Any]]:
+    return [
+        statement
+        for key in stack.resources("AWS::KMS::Key").values()
+        for statement in key["Properties"]["KeyPolicy"]["Statement"]
+        if statement.get("Principal") == {"Service": principal}
+    ]
+
+
+def test_notification_topic_is_encrypted_and_subscribes_the_configured_targets(training, settings):
     toolchain, _ = training
     toolchain.assertions.has_resource_properties(
         "AWS::SNS::Topic", {"TopicName": "tag-inspect-training-notifications", "KmsMasterKeyId": Match.any_value()}
     )
     toolchain.assertions.resource_count_is("AWS::SNS::Subscription", 0)
-    with_email, _ = _toolchain(_with(settings, notifications={"email": "ops@example.com"}), "training")
-    with_email.assertions.has_resource_properties(
-        "AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ops@example.com"}
-    )
-    # EventBridge must be able to use the topic's key
-    with_email.assertions.has_resource_properties(
-        "AWS::KMS::Key",
-        {
-            "KeyPolicy": {
-                "Statement": Match.array_with([Match.object_like({"Principal": {"Service": "events.amazonaws.com"}})])
-            },
-            "EnableKeyRotation": True,
+    toolchain.assertions.resource_count_is("AWS::Chatbot::SlackChannelConfiguration", 0)
+    targets = {
+        "email": ["ops@factory.test", "line-lead@factory.test"],
+        "slack": {"workspace_id": "T0123ABCD", "channel_id": "C0456EFGH"},
+    }
+    notifications = NotificationSettings.model_validate(targets)
+    with_targets, _ = _toolchain(settings.model_copy(update={"notifications": notifications}), "training")
+    subscriptions = [r["Properties"] for r in with_targets.resources("AWS::SNS::Subscription").values()]
+    assert sorted((s["Protocol"], s["Endpoint"]) for s in subscriptions) == [
+        ("email", "line-lead@factory.test"),
+        ("email", "ops@factory.test"),
+    ]
+    (channel,) = with_targets.resources("AWS::Chatbot::SlackChannelConfiguration").values()
+    topic_id = next(iter(with_targets.resources("AWS::SNS::Topic")))
+    assert channel["Properties"]["SlackWorkspaceId"] == "T0123ABCD"
+    assert channel["Properties"]["SlackChannelId"] == "C0456EFGH"
+    assert channel["Properties"]["SnsTopicArns"] == [{"Ref": topic_id}]
+    assert channel["Properties"]["ConfigurationName"] == "tag-inspect-training-notifications"
+    # the channel's role may do nothing: it only shows notifications
+    (role_id,) = [lid for lid in with_targets.resources("AWS::IAM::Role") if "Slack" in lid]
+    assert not [
+        p for p in with_targets.resources("AWS::IAM::Policy").values() if {"Ref": role_id} in p["Properties"]["Roles"]
+    ]
+
+
+def test_only_this_topic_and_this_accounts_alarms_may_use_the_notification_key(training):
+    toolchain, _ = training
+    topic_arn = {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                ":sns:",
+                {"Ref": "AWS::Region"},
+                ":",
+                {"Ref": "AWS::AccountId"},
+                ":tag-inspect-training-notifications",
+            ],
+        ]
+    }
+    # EventBridge (pipeline failures): SNS's encryption context pins the grant to this one topic
+    (events,) = _key_statements(toolchain, "events.amazonaws.com")
+    assert sorted(events["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    assert events["Condition"] == {"StringEquals": {"kms:EncryptionContext:aws:sns:topicArn": topic_arn}}
+    # CloudWatch alarms (dead-letter queues): this account's alarms of this app only
+    alarms = {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                ":cloudwatch:",
+                {"Ref": "AWS::Region"},
+                ":",
+                {"Ref": "AWS::AccountId"},
+                ":alarm:tag-inspect-training-*",
+            ],
+        ]
+    }
+    (cloudwatch,) = _key_statements(toolchain, "cloudwatch.amazonaws.com")
+    assert cloudwatch["Condition"] == {
+        "StringEquals": {
+            "aws:SourceAccount": {"Ref": "AWS::AccountId"},
+            "kms:EncryptionContext:aws:sns:topicArn": topic_arn,
         },
-    )
+        "ArnLike": {"aws:SourceArn": alarms},
+    }
+    (policy,) = toolchain.resources("AWS::SNS::TopicPolicy").values()
+    by_service = {
+        statement["Principal"]["Service"]: statement
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "Service" in statement.get("Principal", {})
+    }
+    assert by_service["cloudwatch.amazonaws.com"]["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
+        "ArnLike": {"aws:SourceArn": alarms},
+    }
+    # EventBridge's guide: no Condition blocks in SNS topic policies for EventBridge (see NotificationTopic)
+    assert "Condition" not in by_service["events.amazonaws.com"]
 
 
 # -- CodeCommit source ----------------------------------------------------------------------------

@@ -14,8 +14,13 @@ PSEUDO = {
 }
 
 
-def render(value: Any, substitutions: Mapping[str, str] | None = None) -> str:
-    """Ref / GetAtt / Join / Sub to a string; references become `${LogicalId}` or `${LogicalId.Attr}`."""
+def render(
+    value: Any,
+    substitutions: Mapping[str, str] | None = None,
+    mappings: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
+) -> str:
+    """Ref / GetAtt / Join / Sub / FindInMap (with the template's `mappings`) to a string; references become
+    `${LogicalId}` or `${LogicalId.Attr}`."""
     subs = dict(substitutions or {})
     if isinstance(value, str):
         return value
@@ -28,7 +33,10 @@ def render(value: Any, substitutions: Mapping[str, str] | None = None) -> str:
             return subs.get(key, f"${{{key}}}")
         if function == "Fn::Join":
             separator, parts = argument
-            return separator.join(render(part, subs) for part in parts)
+            return separator.join(render(part, subs, mappings) for part in parts)
+        if function == "Fn::FindInMap" and mappings is not None:
+            name, first, second = (render(part, subs, mappings) for part in argument)
+            return mappings[name][first][second]
         if function == "Fn::Sub":
             text = argument if isinstance(argument, str) else argument[0]
             return re.sub(r"\$\{([\w:.]+)\}", lambda m: subs.get(m[1], PSEUDO.get(m[1], f"${{{m[1]}}}")), text)

@@ -56,4 +56,5 @@ def definition(workflow_stack):
     from tests.training.cfn import render
 
     (pipeline,) = workflow_stack.resources("AWS::SageMaker::Pipeline").values()
-    return json.loads(render(pipeline["Properties"]["PipelineDefinition"]["PipelineDefinitionBody"]))
+    body = pipeline["Properties"]["PipelineDefinition"]["PipelineDefinitionBody"]
+    return json.loads(render(body, mappings=workflow_stack.template.get("Mappings")))

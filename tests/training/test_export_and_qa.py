@@ -103,6 +103,7 @@ def _export(records, images: dict[str, bytes], tmp_path: Path, *, min_images=1, 
 BAD_INPUTS = {
     "corrupt image": (record("bad.png"), {"bad.png": b"\x89PNG\r\n\x1a\n not really a png"}, r"unreadable image"),
     "truncated image": (record("cut.jpg"), {"cut.jpg": image_bytes(image_format="JPEG")[:300]}, r"unreadable image"),
+    "zero-byte image": (record("empty.jpg"), {"empty.jpg": b""}, r"^empty image file \(0 bytes\)$"),
     "missing image": (record("gone.png"), {}, r"image missing: .*gone\.png"),
     "box outside the image": (
         record("out.png", boxes=((0, 40, 30, 70, 47),)),

@@ -584,9 +584,11 @@ def test_training_and_tuning_jobs_run_the_job_entry_from_the_source_archive(defi
         assert {m.mtime for m in unpacked.getmembers()} == {0}  # same code, same archive, same asset hash
         unpacked.extractall(code, filter="data")
     assert {"requirements.txt", pd.JOB_ENTRY, "shared/contracts.py", "training/steps/cli.py"} <= set(names)
-    assert (code / "requirements.txt").read_text() == (
-        REPO_ROOT / "training" / "steps" / "requirements.txt"
-    ).read_text()
+    # what the toolkit installs: the hashed lock file (pip checks every hash when any requirement has one)
+    installed = (code / "requirements.txt").read_text()
+    assert installed == (REPO_ROOT / "training" / "steps" / "requirements.lock").read_text()
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", installed)[1:]  # one per pinned package
+    assert blocks and all("--hash=sha256:" in block for block in blocks)
     result = subprocess.run(
         [sys.executable, "-s", pd.JOB_ENTRY, "--model_size", "n", "--epochs", "1"],
         cwd=code,
@@ -608,7 +610,7 @@ def test_the_bootstrap_unpacks_the_step_code_asset_and_runs_the_step(workflow_st
     digest = re.search(r"/([0-9a-f]{64})\.zip", json.dumps(pipeline))[1]
     asset = next(d / f"asset.{digest}" for d in (assembly, assembly.parent) if (d / f"asset.{digest}").is_dir())
     assert (asset / "shared" / "contracts.py").is_file() and (
-        asset / "training" / "steps" / "requirements.txt"
+        asset / "training" / "steps" / "requirements.lock"
     ).is_file()
     assert sorted(p.name for p in (asset / "shared").iterdir()) == ["__init__.py", "contracts.py"]
     code = tmp_path / "input" / "code"
@@ -635,7 +637,8 @@ def test_the_bootstrap_unpacks_the_step_code_asset_and_runs_the_step(workflow_st
     )
     assert result.returncode == 0, result.stderr
     assert "usage: python -m training.steps.cli prepare" in result.stdout
-    assert re.search(r"pip install .* -r /\S+/training/steps/requirements\.txt", (tmp_path / "pip.log").read_text())
+    pip = (tmp_path / "pip.log").read_text()
+    assert re.search(r"pip install .*--require-hashes -r /\S+/training/steps/requirements\.lock", pip)
     empty = tmp_path / "empty"
     empty.mkdir()
     failed = subprocess.run(

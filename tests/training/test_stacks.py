@@ -8,6 +8,7 @@ import re
 import time
 from typing import Any
 
+import aws_cdk as cdk
 import boto3
 import pytest
 from aws_cdk import assertions
@@ -16,10 +17,13 @@ from moto import mock_aws
 from moto.sagemaker.models import SageMakerModelBackend
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_aws_sdk
 
+from shared.config import ConfigError
 from shared.names import ResourceNames
 from tests.helpers.asl import check_sdk_task, iam_actions, role_allows, role_statements, sdk_tasks, state_machines
-from tests.helpers.cdk_assembly import synthesized
+from tests.helpers.cdk_assembly import CDK_CONTEXT, synthesized
 from tests.training.cfn import render
+from training import pipeline_definition as pd
+from training.dlc_registry import DLC_REGISTRY_ACCOUNTS
 
 REGISTRY, WORKFLOW = "tag-inspect-training-registry", "tag-inspect-training-workflow"
 WORKFLOW_PIPELINE = ResourceNames("tag-inspect", "123456789012", "eu-west-1").workflow_pipeline("training")
@@ -124,7 +128,7 @@ def _resources(template: dict, role: str, action: str) -> list[str]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         if action in actions:
             resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-            found.extend(render(r) for r in resources)
+            found.extend(render(r, mappings=template.get("Mappings")) for r in resources)
     return found
 
 
@@ -203,6 +207,85 @@ def test_the_job_role_reads_other_apps_data_by_name_and_writes_only_its_prefixes
     kms = [s for s in role_statements(template, role) if "kms:Decrypt" in s["Action"]]
     aliases = {s["Condition"]["ForAnyValue:StringEquals"]["kms:ResourceAliases"] for s in kms}
     assert aliases == {"alias/tag-inspect-models", "alias/tag-inspect-data"}
+
+
+def _images_and_repositories(stack: cdk.Stack) -> tuple[dict[str, str], list[str]]:
+    template = assertions.Template.from_stack(stack).to_json()
+    (pipeline,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::SageMaker::Pipeline"]
+    body = json.loads(
+        render(
+            pipeline["Properties"]["PipelineDefinition"]["PipelineDefinitionBody"], mappings=template.get("Mappings")
+        )
+    )
+    images = {}
+    for step in pd.iter_steps(body["Steps"]):
+        arguments = step.get("Arguments", {})
+        arguments = arguments.get("TrainingJobDefinition", arguments)  # a tuning step's training jobs
+        image = arguments.get("AppSpecification", {}).get("ImageUri") or arguments.get(
+            "AlgorithmSpecification", {}
+        ).get("TrainingImage")
+        if image:
+            images[step["Name"]] = image
+    assert {"TrainSpot", "TuneSpot", "EvaluateSpot", "ExportDataset"} <= set(images)
+    role = next(lid for lid in template["Resources"] if lid.startswith("TrainingPipelineJobRole"))
+    return images, _resources(template, role, "ecr:BatchGetImage")
+
+
+@pytest.mark.parametrize(
+    ("region", "account", "suffix"),
+    [
+        ("af-south-1", "626614931356", "amazonaws.com"),  # AWS's table: not 763104351884 in these regions
+        ("eu-central-2", "380420809688", "amazonaws.com"),
+        ("eu-west-1", "763104351884", "amazonaws.com"),
+    ],
+)
+def test_the_containers_come_from_the_deep_learning_containers_registry_of_the_region(
+    settings, region, account, suffix
+):
+    from training.component import WorkflowStack
+
+    app = cdk.App(context=dict(CDK_CONTEXT))
+    stack = WorkflowStack(
+        app, "Workflow", settings=settings, env=cdk.Environment(account="123456789012", region=region)
+    )
+    images, repositories = _images_and_repositories(stack)
+    assert images and all(
+        image.startswith(f"{account}.dkr.ecr.{region}.{suffix}/pytorch-training:") for image in images.values()
+    ), images
+    assert repositories == [f"arn:aws:ecr:{region}:{account}:repository/pytorch-training"]
+
+
+def test_an_environment_agnostic_stack_looks_the_registry_up_in_the_published_table(workflow_stack):
+    mapping = workflow_stack.template["Mappings"]["DlcRegistryAccounts"]
+    assert {region: entry["account"] for region, entry in mapping.items()} == DLC_REGISTRY_ACCOUNTS
+    assert mapping["af-south-1"] == {"account": "626614931356"}
+    assert mapping["cn-north-1"] == {"account": "727897471807"}
+
+
+def test_a_region_without_a_published_registry_fails_synth_naming_it(settings):
+    from training.component import WorkflowStack
+
+    app = cdk.App(context=dict(CDK_CONTEXT))
+    with pytest.raises(ConfigError, match=r"no Deep Learning Containers registry for region xx-nowhere-1"):
+        WorkflowStack(
+            app, "Workflow", settings=settings, env=cdk.Environment(account="123456789012", region="xx-nowhere-1")
+        )
+
+
+def test_a_full_image_uri_is_used_as_configured(settings):
+    from training.component import WorkflowStack
+
+    uri = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/team/yolo-trainer:7"
+    custom = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"training_image": uri, "processing_image": uri})}
+    )
+    app = cdk.App(context=dict(CDK_CONTEXT))
+    stack = WorkflowStack(
+        app, "Workflow", settings=custom, env=cdk.Environment(account="123456789012", region="af-south-1")
+    )
+    images, repositories = _images_and_repositories(stack)
+    assert set(images.values()) == {uri}
+    assert repositories == ["arn:aws:ecr:eu-west-1:111122223333:repository/team/yolo-trainer"]
 
 
 def test_the_champion_lookup_reads_the_registry_only(workflow_stack):
@@ -295,11 +378,15 @@ def test_the_workflow_pipeline_runs_the_state_machine(workflow_stack, workflow):
 # --------------------------------------------------------------------------------------------------
 
 
-def _run(workflow, execution_input: dict[str, Any], statuses: list[str], monkeypatch) -> tuple[dict, list, list]:
+def _run(
+    workflow, execution_input: dict[str, Any], statuses: list[str], monkeypatch, *, topic_exists: bool = True
+) -> tuple[dict, list, list, list]:
     definition = json.loads(json.dumps(workflow.definition))
     for state in definition["States"].values():
         if state["Type"] == "Wait":
             state["Seconds"] = 0  # the real machine waits minutes between checks
+        for retry in state.get("Retry", []):
+            retry.update(IntervalSeconds=1, BackoffRate=1.0)  # and seconds between retries
     described: list[str] = []
     original = SageMakerModelBackend.describe_pipeline_execution
 
@@ -328,10 +415,11 @@ def _run(workflow, execution_input: dict[str, Any], statuses: list[str], monkeyp
             PipelineDefinition=json.dumps({"Version": "2020-12-01", "Steps": []}),
             RoleArn="arn:aws:iam::123456789012:role/pipeline",
         )
-        topic = sns.create_topic(Name="tag-inspect-training-notifications")["TopicArn"]
         queue = sqs.create_queue(QueueName="notifications")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+        if topic_exists:
+            topic = sns.create_topic(Name="tag-inspect-training-notifications")["TopicArn"]
+            queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
         machine = sfn.create_state_machine(
             name="tag-inspect-training",
             definition=json.dumps(definition),
@@ -369,6 +457,18 @@ def test_a_failed_pipeline_fails_the_workflow_after_notifying(workflow, monkeypa
     assert result["status"] == "FAILED"
     (message,) = messages
     assert "The training workflow" in message and "Quality gate failed, model not registered" in message
+
+
+def test_a_notification_that_cannot_be_sent_still_ends_in_the_workflows_own_failure(workflow, monkeypatch):
+    # The topic is gone (or its key refuses): the failure notification itself fails. The execution still
+    # ends in PipelineFailed with the workflow's error, not in an unhandled SNS error.
+    result, _, messages, _ = _run(workflow, {}, ["Failed"], monkeypatch, topic_exists=False)
+    assert result["status"] == "FAILED" and messages == []
+    assert result["error"] == "TrainingPipelineFailed", result
+    notify = workflow.definition["States"]["NotifyFailure"]
+    assert notify["Catch"] == [
+        {"ErrorEquals": ["States.ALL"], "ResultPath": "$.notificationError", "Next": "PipelineFailed"}
+    ]
 
 
 def test_run_parameters_from_the_input_reach_the_pipeline(workflow, monkeypatch):

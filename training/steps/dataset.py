@@ -315,6 +315,8 @@ def inspect_image(data: bytes) -> ImageInfo:
     """Decode the whole image (a truncated or corrupt file raises ValueError naming the problem)."""
     from PIL import Image  # noqa: PLC0415
 
+    if not data:  # e.g. a camera or an upload that stopped before writing anything
+        raise ValueError("empty image file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()

@@ -5,8 +5,10 @@ ZIP's root (what a CDK `Asset` of the folder or `build_artifact_zip` makes). Gre
 to `{artifacts:decompressedPath}/<ZIP name without .zip>/`; the device code is the `inspector`
 package in it, run with that folder on PYTHONPATH.
 
-- Install (once per requirements.txt content, not on every start): a virtual environment under
-  `{work:path}` with the pinned requirements; a marker file makes later runs of the phase no-ops.
+- Install (once per requirements.lock content, not on every start): a virtual environment under
+  `{work:path}` with the pinned requirements, each file checked against its SHA-256 in
+  requirements.lock (`pip --require-hashes`; `make hashes` writes it from requirements.txt); a marker
+  file makes later runs of the phase no-ops.
 - Run: `python -m inspector` from that environment.
 - Dependencies: the model component, SOFT (a new model version must not restart the inference
   component: it swaps the model itself), and the token exchange service (upload credentials).
@@ -29,7 +31,7 @@ from .inspector.config import DEFAULTS, KNOWN_KEYS, OPTIONAL_KEYS, ComponentConf
 
 INFERENCE_ARTIFACT_DIR = Path(__file__).resolve().parent
 DEVICE_PACKAGE = "inspector"
-REQUIREMENTS_FILE = "requirements.txt"
+REQUIREMENTS_FILE = "requirements.lock"  # requirements.txt with the SHA-256 of every file (make hashes)
 RECIPE_FORMAT_VERSION = "2020-01-25"
 PLATFORMS = ("amd64", "aarch64")  # Linux; onnxruntime, numpy, Pillow and awscrt publish wheels for both
 TOKEN_EXCHANGE_SERVICE = "aws.greengrass.TokenExchangeService"  # noqa: S105 - a component name
@@ -74,7 +76,7 @@ def configuration_from_settings(edge_settings: Any, *, upload_bucket: str, **val
 
 
 def requirements_digest() -> str:
-    """Short digest of requirements.txt: names the virtual environment, so it is built once per content."""
+    """Short digest of requirements.lock: names the virtual environment, so it is built once per content."""
     return hashlib.sha256((INFERENCE_ARTIFACT_DIR / REQUIREMENTS_FILE).read_bytes()).hexdigest()[:12]
 
 
@@ -99,7 +101,7 @@ def install_script(*, venv: str, requirements: str) -> str:
             f"rm -rf '{venv}'",
             f"python3 -m venv '{venv}'",
             f"'{venv}/bin/python' -m pip install --no-input --disable-pip-version-check --only-binary=:all: "
-            f"--requirement '{requirements}'",
+            f"--require-hashes --requirement '{requirements}'",
             f"'{venv}/bin/python' -m {DEVICE_PACKAGE} --check",
             f"touch '{venv}/.installed'",
         ]

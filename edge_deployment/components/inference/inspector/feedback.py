@@ -100,11 +100,15 @@ def _fsync_directory(directory: Path) -> None:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + TEMP_SUFFIX)
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with temporary.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError:  # e.g. the disk is full: leave no half-written file taking what space is left
+        temporary.unlink(missing_ok=True)
+        raise
     _fsync_directory(path.parent)
 
 

@@ -99,6 +99,7 @@ class DirectoryFrames:
         self.keep_processed = keep_processed
         self.settle_seconds = settle_seconds
         self._clock = clock
+        self._stuck: set[Path] = set()  # served frames that could not be moved: left alone on disk
         directory.mkdir(parents=True, exist_ok=True)
 
     def poll(self) -> list[Frame]:
@@ -119,7 +120,7 @@ class DirectoryFrames:
                 modified = entry.stat(follow_symlinks=False).st_mtime
             except OSError:
                 continue  # vanished meanwhile
-            if now - modified >= self.settle_seconds:
+            if now - modified >= self.settle_seconds and Path(entry.path) not in self._stuck:
                 ready.append((modified, name, Path(entry.path)))
         ready.sort()
         return [Frame(name=name, captured_at=datetime.fromtimestamp(m, UTC), path=path) for m, name, path in ready]
@@ -128,12 +129,16 @@ class DirectoryFrames:
         if frame.path is None:
             return
         target = self.directory / folder
-        target.mkdir(exist_ok=True)
-        destination = target / frame.path.name
-        if destination.exists():  # never overwrite an earlier frame of the same name
-            destination = target / f"{frame.path.stem}-{time.time_ns()}{frame.path.suffix}"
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(frame.path, destination)
+        try:
+            target.mkdir(exist_ok=True)
+            destination = target / frame.path.name
+            if destination.exists():  # never overwrite an earlier frame of the same name
+                destination = target / f"{frame.path.stem}-{time.time_ns()}{frame.path.suffix}"
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(frame.path, destination)
+        except OSError as error:  # e.g. the disk is full: the frame stays where it is, and is not served again
+            self._stuck.add(frame.path)
+            LOG.error("frame %s stays in %s (could not move it to %s/: %s)", frame.name, self.directory, folder, error)
 
     def done(self, frame: Frame) -> None:
         if self.keep_processed:

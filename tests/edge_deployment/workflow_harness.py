@@ -1,0 +1,324 @@
+"""Run the synthesized edge deployment state machine in moto's Step Functions executor, with the real functions.
+
+* The definition comes from the synthesized template; every Wait is shortened to 0 s.
+* ResolveModelPackage, CreateDeployment and CheckRollout run their real handlers, in process (moto's
+  Lambda is told to dispatch instead of echoing the payload), against moto's SageMaker model registry
+  and `FakeGreengrass` (Greengrass v2 deployments and their IoT jobs: moto has no Greengrass v2).
+* PrepareModelComponent and DescribeModelComponent are the component steps (tested on their own with
+  Stubber and moto): here they answer the model component version of the package, DEPLOYABLE.
+* Several executions may run at once, each in moto's executor thread, and a test can hold one of them
+  right before it reaches Greengrass (`FakeGreengrass.before_create`) to play a race out in a chosen order.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.validate import validate_parameters
+from moto.awslambda_simple.models import LambdaSimpleBackend
+
+from edge_deployment.runtime import handlers
+from tests.edge_deployment.conftest import ACCOUNT, GROUP, REGION
+from tests.helpers import asl
+from tests.helpers.strict_params import check_request
+
+MODEL_COMPONENT = "com.example.tag-inspection.ScratchModel"
+INFERENCE_COMPONENT = "com.example.tag-inspection.ScratchDetector"
+INFERENCE_VERSION = "1.0.4242"
+TOPIC = "tag-inspect-edge-deployment-notifications"
+FAKE_DESCRIBE = "FakeDescribeComponent"
+DEVICES = ("line-1-cam-1", "line-1-cam-2")
+_SESSION = botocore.session.get_session()
+
+
+def _validate(service: str, operation: str, params: Mapping[str, Any]) -> None:
+    model = _SESSION.get_service_model(service).operation_model(operation)
+    validate_parameters(dict(params), model.input_shape)
+    check_request(params, model)
+
+
+class FakeGreengrass:
+    """Greengrass v2 deployments to thing groups, and the continuous IoT job of each (`iot()`).
+
+    As in the service, one deployment is the latest for a target: creating another revises it, and the
+    IoT job of the one before is cancelled. A job's devices succeed after `polls_to_finish` looks.
+    """
+
+    def __init__(self, *, polls_to_finish: int = 2) -> None:
+        self.polls_to_finish = polls_to_finish
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.latest: dict[str, str] = {}
+        self.tokens: dict[str, str] = {}
+        self.created: list[dict[str, Any]] = []
+        self.before_create: Callable[[Mapping[str, Any]], None] = lambda request: None
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+
+    # -- greengrassv2 -------------------------------------------------------------------------------------
+    def create_deployment(self, **request: Any) -> dict[str, Any]:
+        _validate("greengrassv2", "CreateDeployment", request)
+        self.before_create(request)  # a test may hold this call to order a race
+        with self._lock:
+            token = request.get("clientToken")
+            if token in self.tokens:  # idempotent: the same request again
+                existing = self.deployments[self.tokens[token]]
+                return {"deploymentId": existing["deploymentId"], "iotJobId": existing["iotJobId"]}
+            number = next(self._ids)
+            deployment_id, job_id = f"d-{number}", f"job-{number}"
+            target = request["targetArn"]
+            previous = self.latest.get(target)
+            if previous is not None:  # the new deployment revises the previous one; its job is cancelled
+                self.deployments[previous]["deploymentStatus"] = "INACTIVE"
+                self.jobs[self.deployments[previous]["iotJobId"]]["status"] = "CANCELED"
+            self.deployments[deployment_id] = {
+                "deploymentId": deployment_id,
+                "targetArn": target,
+                "deploymentName": request.get("deploymentName"),
+                "components": copy.deepcopy(request["components"]),
+                "iotJobId": job_id,
+                "deploymentStatus": "ACTIVE",
+            }
+            self.jobs[job_id] = {"status": "IN_PROGRESS", "looks": 0}
+            self.latest[target] = deployment_id
+            if token:
+                self.tokens[token] = deployment_id
+            self.created.append(self.deployments[deployment_id])
+            return {"deploymentId": deployment_id, "iotJobId": job_id}
+
+    def list_deployments(self, **params: Any) -> dict[str, Any]:
+        _validate("greengrassv2", "ListDeployments", params)
+        with self._lock:
+            latest = self.latest.get(params["targetArn"])
+            if latest is None:
+                return {"deployments": []}
+            deployment = self.deployments[latest]
+            return {
+                "deployments": [
+                    {
+                        "deploymentId": latest,
+                        "targetArn": deployment["targetArn"],
+                        "deploymentStatus": deployment["deploymentStatus"],
+                        "isLatestForTarget": True,
+                    }
+                ]
+            }
+
+    def get_deployment(self, **params: Any) -> dict[str, Any]:
+        _validate("greengrassv2", "GetDeployment", params)
+        with self._lock:
+            deployment = copy.deepcopy(self.deployments[params["deploymentId"]])
+            deployment["isLatestForTarget"] = self.latest.get(deployment["targetArn"]) == deployment["deploymentId"]
+            return deployment
+
+    def model_on_group(self, target: str) -> str | None:
+        """The model component version of the group's latest deployment."""
+        with self._lock:
+            latest = self.latest.get(target)
+            return self.deployments[latest]["components"][MODEL_COMPONENT]["componentVersion"] if latest else None
+
+    # -- iot --------------------------------------------------------------------------------------------
+    def iot(self) -> FakeIot:
+        return FakeIot(self)
+
+
+@dataclass
+class FakeIot:
+    greengrass: FakeGreengrass
+
+    def describe_job(self, **params: Any) -> dict[str, Any]:
+        _validate("iot", "DescribeJob", params)
+        with self.greengrass._lock:
+            job = self.greengrass.jobs[params["jobId"]]
+            job["looks"] += 1
+            done = job["status"] == "IN_PROGRESS" and job["looks"] >= self.greengrass.polls_to_finish
+            details = (
+                {"numberOfSucceededThings": len(DEVICES), "processingTargets": []}
+                if done
+                else {"numberOfQueuedThings": len(DEVICES), "processingTargets": ["thinggroup"]}
+            )
+            if job["status"] == "CANCELED":
+                details = {"numberOfCanceledThings": len(DEVICES)}
+            return {"job": {"jobId": params["jobId"], "status": job["status"], "jobProcessDetails": details}}
+
+    def list_job_executions_for_job(self, **params: Any) -> dict[str, Any]:
+        _validate("iot", "ListJobExecutionsForJob", params)
+        return {"executionSummaries": []}
+
+    def list_things_in_thing_group(self, **params: Any) -> dict[str, Any]:
+        _validate("iot", "ListThingsInThingGroup", params)
+        return {"things": list(DEVICES)}
+
+
+class Context:
+    def __init__(self, function_name: str) -> None:
+        self.function_name = function_name
+        self.aws_request_id = "test-request"
+        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"
+        self.memory_limit_in_mb = 256
+        self.function_version = "$LATEST"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 120_000
+
+
+@dataclass
+class EdgeWorkflow:
+    """The state machine of one edge app, ready to start executions (inside `mock_aws`)."""
+
+    template: Mapping[str, Any]
+    greengrass: FakeGreengrass = field(default_factory=FakeGreengrass)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sagemaker = boto3.client("sagemaker", region_name=REGION)
+        self.sfn = boto3.client("stepfunctions", region_name=REGION)
+        self.sns = boto3.client("sns", region_name=REGION)
+        self.sqs = boto3.client("sqs", region_name=REGION)
+        self.functions = {
+            logical_id: resource["Properties"]["Handler"].split(".", 1)[1]
+            for logical_id, resource in self.template["Resources"].items()
+            if resource["Type"] == "AWS::Lambda::Function" and resource["Properties"]["Handler"].startswith("index.")
+        }
+        topic = self.sns.create_topic(Name=TOPIC)["TopicArn"]
+        self.queue = self.sqs.create_queue(QueueName="notifications")["QueueUrl"]
+        queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        self.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)  # SNS's envelope: subject and message
+        self.arn = self.sfn.create_state_machine(
+            name="tag-inspect-edge-deployment",
+            definition=json.dumps(self._definition()),
+            roleArn=f"arn:aws:iam::{ACCOUNT}:role/edge-workflow",
+        )["stateMachineArn"]
+        self.sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+        self._lock = threading.Lock()
+
+    def _definition(self) -> dict[str, Any]:
+        substitutions = {f"{lid}.Arn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{lid}" for lid in self.functions}
+        substitutions.update(
+            {
+                f"{lid}.ComponentVersion": INFERENCE_VERSION
+                for lid, resource in self.template["Resources"].items()
+                if resource["Type"] == "Custom::GreengrassComponentVersion"
+            }
+        )
+        (machine,) = asl.state_machines(self.template, substitutions).values()
+        definition = copy.deepcopy(machine.definition)
+        for _, state in asl.iter_states(definition):
+            if state["Type"] == "Wait":
+                state["Seconds"] = 0
+            if state.get("Resource", "").endswith(":aws-sdk:greengrassv2:describeComponent"):
+                state["Resource"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{FAKE_DESCRIBE}"
+        return definition
+
+    # -- what moto's Lambda runs ------------------------------------------------------------------------
+    def _invoke(self, function_name: str, body: Any) -> tuple[Any, str | None]:
+        event = json.loads(body)
+        name = function_name.rsplit(":", 1)[-1]
+        handler = FAKE_DESCRIBE if name == FAKE_DESCRIBE else self.functions[name]
+        with self._lock:
+            self.calls.append((handler, event))
+        try:
+            if handler == FAKE_DESCRIBE:
+                return {"Status": {"ComponentState": "DEPLOYABLE"}}, None
+            if handler == "prepare_model":  # the component steps are tested on their own
+                version = f"1.0.{event['package']['version']}"
+                arn = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{MODEL_COMPONENT}:versions:{version}"
+                return {"name": MODEL_COMPONENT, "version": version, "arn": arn, "created": True, "reused": False}, None
+            return getattr(handlers, handler)(event, Context(name)), None
+        except Exception as error:
+            return {"errorType": type(error).__name__, "errorMessage": str(error)}, type(error).__name__
+
+    def environment(self) -> dict[str, str]:
+        """The environment variables of the functions that run for real, as the template gives them."""
+        found: dict[str, str] = {}
+        for logical_id, handler in self.functions.items():
+            if handler in ("resolve", "create_deployment", "check_rollout"):
+                variables = self.template["Resources"][logical_id]["Properties"]["Environment"]["Variables"]
+                found.update({k: asl.render_token(v, {}) for k, v in variables.items()})
+        return found
+
+    def install(self, monkeypatch: Any) -> None:
+        workflow = self
+
+        def invoke(*args: Any) -> bytes:
+            _backend, function_name, _qualifier, body, _headers, response_headers = args
+            payload, error = workflow._invoke(function_name, body)
+            if error:
+                response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps(payload, default=str).encode()
+
+        monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
+        for name, value in self.environment().items():
+            monkeypatch.setenv(name, value)
+        clients = {
+            "sagemaker": self.sagemaker,
+            "greengrassv2": self.greengrass,
+            "iot": self.greengrass.iot(),
+            "stepfunctions": self.sfn,
+        }
+        monkeypatch.setattr(handlers, "client", lambda service, region=None: clients[service])
+
+    # -- the model registry -------------------------------------------------------------------------------
+    def register(self, status: str = "PendingManualApproval") -> str:
+        arn = self.sagemaker.create_model_package(
+            ModelPackageGroupName=GROUP,
+            ModelApprovalStatus=status,
+            InferenceSpecification={
+                "Containers": [
+                    {
+                        "Image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/inference:1",
+                        "ModelDataUrl": f"s3://tag-inspect-models-{ACCOUNT}-{REGION}/pipeline-runs/{time.time_ns()}/model.tar.gz",
+                    }
+                ],
+                "SupportedContentTypes": ["image/jpeg"],
+                "SupportedResponseMIMETypes": ["application/json"],
+            },
+        )["ModelPackageArn"]
+        time.sleep(0.01)  # distinct creation times
+        return str(arn)
+
+    def approve(self, arn: str) -> None:
+        self.sagemaker.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+
+    # -- executions ---------------------------------------------------------------------------------------
+    def start(self, execution_input: Mapping[str, Any], name: str) -> str:
+        return str(
+            self.sfn.start_execution(stateMachineArn=self.arn, name=name, input=json.dumps(execution_input))[
+                "executionArn"
+            ]
+        )
+
+    def wait(self, execution_arn: str, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            described = self.sfn.describe_execution(executionArn=execution_arn)
+            if described["status"] != "RUNNING":
+                return dict(described)
+            time.sleep(0.05)
+        raise AssertionError(f"execution {execution_arn} still running after {timeout} s")
+
+    def visited(self, execution_arn: str) -> list[str]:
+        events = self.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+        return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+    def notifications(self) -> list[dict[str, Any]]:
+        found = []
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return found
+            for message in messages:
+                envelope = json.loads(message["Body"])
+                found.append({"subject": envelope.get("Subject"), "message": envelope["Message"]})
+                self.sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=message["ReceiptHandle"])
