@@ -105,7 +105,9 @@ def labeling_function(
     )
 
 
-def _workforce(workforce: WorkforceSettings) -> Workforce:
+def _workforce(workforce: WorkforceSettings | None) -> Workforce | None:
+    if workforce is None:
+        return None
     return Workforce(
         type=workforce.type, work_team_arn=workforce.work_team_arn, price_usd=workforce.public_task_price_usd
     )
