@@ -40,7 +40,13 @@ from botocore.exceptions import ClientError
 
 from labeling.runtime import ground_truth as gt
 from labeling.runtime.config import LabelingConfig
-from labeling.runtime.errors import ConfigurationError, LabelStudioNotFound, LabelStudioProjectError, NoLabelsError
+from labeling.runtime.errors import (
+    ConfigurationError,
+    LabelStudioNotFound,
+    LabelStudioProjectError,
+    LabelStudioRequestError,
+    NoLabelsError,
+)
 from labeling.runtime.feature_store import approved_images
 from labeling.runtime.label_studio_api import LabelStudioClient, Task, data_filter
 from labeling.runtime.pre_labels import PreLabel, read_pre_labels
@@ -263,18 +269,27 @@ def ensure_storage(
             if changes:
                 client.update_s3_import_storage(int(storage["id"]), changes)
             return
-    client.create_s3_import_storage(
-        {
-            "project": project.id,
-            "title": f"Data bucket ({RAW_IMAGE_PREFIX})",
-            "description": "Images are shown through short presigned URLs; tasks are created by the labeling round.",
-            "bucket": bucket,
-            "prefix": RAW_IMAGE_PREFIX,
-            "region_name": region,
-            "recursive_scan": True,
-            **wanted,
-        }
-    )
+    try:
+        client.create_s3_import_storage(_storage_settings(project, bucket, region, wanted))
+    except LabelStudioRequestError as error:
+        raise ConfigurationError(
+            f"Label Studio project {project.title!r} (id {project.id}) cannot connect to bucket {bucket}: {error}. "
+            "The server reads the images with its own credentials (its IAM role on AWS): let it list and read "
+            f"{RAW_IMAGE_PREFIX} and decrypt with the data key"
+        ) from None
+
+
+def _storage_settings(project: Project, bucket: str, region: str, wanted: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "project": project.id,
+        "title": f"Data bucket ({RAW_IMAGE_PREFIX})",
+        "description": "Images are shown through short presigned URLs; tasks are created by the labeling round.",
+        "bucket": bucket,
+        "prefix": RAW_IMAGE_PREFIX,
+        "region_name": region,
+        "recursive_scan": True,
+        **wanted,
+    }
 
 
 def ensure_projects(client: LabelStudioClient, *, config: LabelingConfig, region: str) -> Projects:

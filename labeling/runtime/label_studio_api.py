@@ -208,21 +208,31 @@ class LabelStudioClient:
 
     # -- tasks ----------------------------------------------------------------------------------------
 
+    # Answers may carry the data with storage URIs resolved to Label Studio's proxy links; the round reads
+    # and writes task data as stored (`resolve_uri=false`), and keeps what it sent rather than the echo.
+
     def create_task(self, project_id: int, data: Mapping[str, Any]) -> Task:
-        return Task.from_json(self.call("POST", "/api/tasks", {"project": project_id, "data": dict(data)}))
+        created = self.call("POST", "/api/tasks", {"project": project_id, "data": dict(data)})
+        return Task.from_json({**created, "data": dict(data)})
 
     def task(self, task_id: int) -> Task:
         """A task with its annotations and predictions; LabelStudioNotFound when it was deleted."""
-        return Task.from_json(self.call("GET", f"/api/tasks/{task_id}"))
+        return Task.from_json(self.call("GET", f"/api/tasks/{task_id}", query={"resolve_uri": "false"}))
 
     def update_task_data(self, task_id: int, data: Mapping[str, Any]) -> Task:
-        return Task.from_json(self.call("PATCH", f"/api/tasks/{task_id}", {"data": dict(data)}))
+        updated = self.call("PATCH", f"/api/tasks/{task_id}", {"data": dict(data)})
+        return Task.from_json({**updated, "data": dict(data)})
 
     def tasks(
         self, project_id: int, *, filters: Sequence[Mapping[str, Any]] = (), page_size: int = PAGE_SIZE
     ) -> Iterator[Task]:
         """The project's tasks (data and counts, no annotations) matching every filter, oldest first."""
-        query: dict[str, Any] = {"project": project_id, "page_size": page_size, "fields": "task_only"}
+        query: dict[str, Any] = {
+            "project": project_id,
+            "page_size": page_size,
+            "fields": "task_only",
+            "resolve_uri": "false",
+        }
         if filters:
             query["query"] = json.dumps(
                 {"filters": {"conjunction": "and", "items": list(filters)}, "ordering": ["tasks:id"]}
@@ -282,7 +292,11 @@ def _detail(error: urllib.error.HTTPError) -> str:
     except json.JSONDecodeError:
         return " ".join(raw.split())[:300] or str(error.reason)
     if isinstance(parsed, dict):
-        for key in ("detail", "validation_errors", "message"):
-            if parsed.get(key):
-                return json.dumps(parsed[key])[:300] if not isinstance(parsed[key], str) else parsed[key][:300]
-    return json.dumps(parsed)[:300]
+        parts = [
+            value if isinstance(value, str) else json.dumps(value)
+            for value in (parsed.get(key) for key in ("detail", "validation_errors", "message"))
+            if value
+        ]
+        if parts:
+            return ": ".join(parts)[:500]
+    return json.dumps(parsed)[:500]
