@@ -53,7 +53,6 @@ from labeling.runtime.pre_labels import PreLabel, read_pre_labels
 from labeling.runtime.rounds import read_selected, reports_prefix
 from labeling.runtime.s3io import is_missing, read_jsonl, s3_uri, write_jsonl
 from shared.contracts import Annotation, LabelRecord, format_event_time
-from shared.names import RAW_IMAGE_PREFIX
 
 IMAGE = "image"  # the object tag's name, and the task data key with the image URI
 BOXES = "boxes"  # the RectangleLabels control
@@ -255,7 +254,13 @@ def ensure_project(
 
 
 def ensure_storage(
-    client: LabelStudioClient, project: Project, *, bucket: str, region: str, presign_ttl_minutes: int
+    client: LabelStudioClient,
+    project: Project,
+    *,
+    bucket: str,
+    raw_prefix: str,
+    region: str,
+    presign_ttl_minutes: int,
 ) -> None:
     """The project's S3 storage on the data bucket: presigned URLs with a short lifetime, never a sync or copy.
 
@@ -270,22 +275,24 @@ def ensure_storage(
                 client.update_s3_import_storage(int(storage["id"]), changes)
             return
     try:
-        client.create_s3_import_storage(_storage_settings(project, bucket, region, wanted))
+        client.create_s3_import_storage(_storage_settings(project, bucket, raw_prefix, region, wanted))
     except LabelStudioRequestError as error:
         raise ConfigurationError(
             f"Label Studio project {project.title!r} (id {project.id}) cannot connect to bucket {bucket}: {error}. "
             "The server reads the images with its own credentials (its IAM role on AWS): let it list and read "
-            f"{RAW_IMAGE_PREFIX} and decrypt with the data key"
+            f"{raw_prefix} and decrypt with the data key"
         ) from None
 
 
-def _storage_settings(project: Project, bucket: str, region: str, wanted: Mapping[str, Any]) -> dict[str, Any]:
+def _storage_settings(
+    project: Project, bucket: str, raw_prefix: str, region: str, wanted: Mapping[str, Any]
+) -> dict[str, Any]:
     return {
         "project": project.id,
-        "title": f"Data bucket ({RAW_IMAGE_PREFIX})",
+        "title": f"Data bucket ({raw_prefix})",
         "description": "Images are shown through short presigned URLs; tasks are created by the labeling round.",
         "bucket": bucket,
-        "prefix": RAW_IMAGE_PREFIX,
+        "prefix": raw_prefix,
         "region_name": region,
         "recursive_scan": True,
         **wanted,
@@ -315,6 +322,7 @@ def ensure_projects(client: LabelStudioClient, *, config: LabelingConfig, region
             client,
             project,
             bucket=config.data_bucket,
+            raw_prefix=config.raw_prefix,
             region=region,
             presign_ttl_minutes=config.label_studio_presign_ttl_minutes,
         )

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.names import EDGE_UPLOAD_PREFIX
-
+# shared.names.EDGE_UPLOAD_PREFIX: the function bundle carries only shared/contracts.py (tests check they agree)
+EDGE_UPLOAD_PREFIX = "raw-images/edge/"
 UNKNOWN_UNCERTAINTY = 0.5
 DEFAULT_BAND = (0.3, 0.7)
 OTHER_SOURCE = "other"
