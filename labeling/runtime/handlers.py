@@ -88,7 +88,7 @@ def select_images(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     result = rounds.select_images(
         _client("s3"), bucket=config.data_bucket, run_prefix=run.prefix, budget=config.max_images_per_job
     )
-    logger.info("images selected", extra=result)
+    logger.info("images selected", extra={"selection": result})
     return result
 
 
@@ -173,7 +173,7 @@ def prepare_label_studio_tasks(event: Mapping[str, Any], context: Any) -> dict[s
         run=RunIdentity.from_json(event["run"]),
         region=_region(),
     )
-    logger.info("Label Studio tasks ready", extra=result)
+    logger.info("Label Studio tasks ready", extra={"labeling": result})
     return result
 
 
@@ -187,7 +187,7 @@ def label_studio_progress(event: Mapping[str, Any], context: Any) -> dict[str, A
         run_id=RunIdentity.from_json(event["run"]).id,
         deadline=str(event["deadline"]),
     )
-    logger.info("Label Studio progress", extra=result)
+    logger.info("Label Studio progress", extra={"progress": result})
     return result
 
 
@@ -202,7 +202,7 @@ def prepare_label_studio_review(event: Mapping[str, Any], context: Any) -> dict[
         run=RunIdentity.from_json(event["run"]),
         region=_region(),
     )
-    logger.info("Label Studio review ready", extra=result)
+    logger.info("Label Studio review ready", extra={"review": result})
     return result
 
 

@@ -12,13 +12,11 @@ import io
 import random
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from labeling.runtime import label_studio as ls
 from labeling.runtime import rounds
@@ -40,22 +38,6 @@ from tests.labeling.conftest import FEATURE_GROUP, REGION, make_config
 from tests.labeling.fakes import FakeFeatureStore
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def studio(s3_endpoint: str) -> Iterator[LabelStudioServer]:
-    server = LabelStudioServer(s3_endpoint=s3_endpoint, region=REGION).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
