@@ -489,6 +489,16 @@ class EdgeDeploymentSettings(_Section):
     )
     uncertainty_band: tuple[float, float] = (0.3, 0.7)
     confident_sample_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    drift_sample_rate: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of frames with no detection sent back while the device's rate of such frames departs "
+        "from the model's test split (model.json metrics.empty_frame_rate): a model gone blind sends frames back.",
+    )
+    max_uploads_per_hour: int = Field(
+        default=120, ge=0, le=36_000, description="Cap on frames one device sends back per hour (0: no cap)."
+    )
     offline_queue_mb: int = Field(default=512, ge=1)
     frames_directory: Annotated[str, Field(pattern=r"^[^\s]+$")] = Field(
         default="frames",

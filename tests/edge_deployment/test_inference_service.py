@@ -762,3 +762,53 @@ def test_the_entry_point_outside_greengrass_exits_with_a_clear_error(tmp_path: P
     )
     assert completed.returncode == 1
     assert "cannot connect to the Greengrass nucleus over IPC" in completed.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# Effort where it matters: the hourly cap, and a model going blind
+# --------------------------------------------------------------------------------------------------
+
+
+def blind_model(directory: Path, *, empty_on_test_split: float) -> Path:
+    """A model that finds nothing on any frame, whose model.json says how often it found nothing on its test split."""
+    score_model(directory, 0.01)
+    manifest = {**MANIFEST, "metrics": {"empty_frame_rate": empty_on_test_split}}
+    (directory / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return directory
+
+
+@pytest.mark.parametrize(("empty_on_test_split", "drifting"), [(0.2, True), (1.0, False)])
+def test_a_model_gone_blind_sends_its_empty_frames_back(
+    tmp_path: Path, empty_on_test_split: float, drifting: bool
+) -> None:
+    device = Device(tmp_path, confidentSampleRate=0.0, driftSampleRate=1.0, driftWindowFrames=10)
+    device.deploy_model("1.0.1", lambda d: blind_model(d, empty_on_test_split=empty_on_test_split))
+    service = device.service()
+    for index in range(30):
+        device.drop(f"{index:03d}.jpg", jpeg(tag()))
+    assert service.step() == 30
+    service.uploader.drain()  # type: ignore[union-attr]
+    reasons = [upload.metadata["reason"] for upload in device.store.uploads]
+    # from the tenth frame on (a full window), every empty frame goes back while the rate is off
+    assert reasons == (["drift"] * 21 if drifting else [])
+    heartbeat = service.publish_heartbeat()
+    assert heartbeat["empty_frame_rate"] == 1.0 and heartbeat["expected_empty_frame_rate"] == empty_on_test_split
+    assert heartbeat["empty_frames_drifting"] is drifting
+
+
+def test_uploads_are_capped_per_hour_and_the_heartbeat_counts_the_rest(tmp_path: Path) -> None:
+    device = Device(tmp_path, uncertaintyBand=[0.3, 0.7], confidentSampleRate=0.0, maxUploadsPerHour=5)
+    device.deploy_model("1.0.1", lambda d: score_model(d, 0.5))
+    service = device.service()
+    for index in range(8):
+        device.drop(f"{index:03d}.jpg", jpeg(tag()))
+    service.step()
+    service.uploader.drain()  # type: ignore[union-attr]
+    assert len(device.store.uploads) == 5
+    assert {upload.metadata["uncertainty"] for upload in device.store.uploads} == {"1.0000"}  # the band's middle
+    assert service.publish_heartbeat()["uploads_capped"] == 3
+    device.clock.now += 3600  # an hour later the cap has room again
+    device.drop("later.jpg", jpeg(tag()))
+    service.step()
+    service.uploader.drain()  # type: ignore[union-attr]
+    assert len(device.store.uploads) == 6

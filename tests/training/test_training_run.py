@@ -16,7 +16,13 @@ from PIL import Image
 
 from shared.contracts import REQUIRED_METRICS, ModelManifest
 from training import local
-from training.steps.evaluate import EVALUATION_FILE, EvaluationReport, precision_recall_at, read_model_archive
+from training.steps.evaluate import (
+    EMPTY_FRAME_RATE,
+    EVALUATION_FILE,
+    EvaluationReport,
+    precision_recall_at,
+    read_model_archive,
+)
 from training.steps.gate import decide
 from training.steps.prepare import PreparedDataset
 from training.steps.train import METRICS_PREFIX, TrainConfig, TrainingError, check_onnx_model, train_model
@@ -83,8 +89,11 @@ def test_the_archived_onnx_model_has_the_fixed_opset_its_manifest_declares(tiny_
 def test_the_report_has_every_metric_measured_on_the_held_out_test_split(tiny_model):
     run = tiny_model.run
     report = EvaluationReport.from_json(json.loads(run.evaluation_path.read_text()))
-    assert set(report.metrics) == set(REQUIRED_METRICS)
+    assert set(report.metrics) == {*REQUIRED_METRICS, EMPTY_FRAME_RATE}
     assert all(0.0 <= value <= 1.0 for value in report.metrics.values())
+    # the share of test images with no detection at the deployment threshold (what devices compare against)
+    empty_images = report.metrics[EMPTY_FRAME_RATE] * report.images
+    assert abs(empty_images - round(empty_images)) < 1e-9
     raw = json.loads(run.evaluation_path.read_text())
     assert raw["gate_metric"] == {"name": "mAP50-95", "value": report.metrics["mAP50-95"]}
     assert report.split == "test"
@@ -188,7 +197,7 @@ def test_the_documented_command_trains_from_synthetic_data(tmp_path, capsys, mon
     manifest, _, _ = read_model_archive(output / "model.tar.gz")
     assert manifest.input_size == 64
     assert json.loads((output / "manifest.json").read_text())["image_count"] == 40
-    assert set(json.loads((output / "evaluation.json").read_text())["metrics"]) == set(REQUIRED_METRICS)
+    assert set(json.loads((output / "evaluation.json").read_text())["metrics"]) == {*REQUIRED_METRICS, EMPTY_FRAME_RATE}
     assert PreparedDataset.load(output / "work" / "yolo").counts["test"] > 0
     assert set(json.loads((output / "gate.json").read_text())) >= {"passed", "reason", "threshold"}
     synthetic = output / "synthetic"

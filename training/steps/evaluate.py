@@ -6,7 +6,9 @@ held-out **test** split, which training never saw (it validates on `val`):
 * mAP50 and mAP50-95 are the standard, threshold-free values (Ultralytics' validator, confidence
   0.001, NMS at the deployment IoU threshold);
 * precision and recall are measured at the deployment confidence threshold, i.e. what the device
-  will actually report, with a detection counted correct at IoU >= 0.5.
+  will actually report, with a detection counted correct at IoU >= 0.5;
+* `empty_frame_rate` is the share of test images on which the model reports nothing at that threshold:
+  the device compares its own rate of empty frames with it to notice a model going blind.
 
 The report (`evaluation.json`) is the pipeline's property file: the quality gate reads
 `gate_metric.value` from it. `build_model_archive()` writes `model.tar.gz` with `model.onnx` and
@@ -33,6 +35,7 @@ ARCHIVE_FILE = "model.tar.gz"
 GATE_METRIC = "mAP50-95"
 MATCH_IOU = 0.5
 EVALUATION_CONFIDENCE = 0.001  # for mAP: the whole precision-recall curve
+EMPTY_FRAME_RATE = "empty_frame_rate"
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,17 @@ def _recording_validator() -> type:
     from ultralytics.models.yolo.detect import DetectionValidator  # noqa: PLC0415
 
     class RecordingValidator(DetectionValidator):
+        def update_metrics(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
+            # each image's best score (after NMS, where the best box always survives): nothing above the
+            # deployment threshold means the device would report an empty frame
+            scores = getattr(self, "image_top_scores", [])
+            scores.extend(float(pred["conf"].max()) if len(pred["conf"]) else 0.0 for pred in preds)
+            self.image_top_scores = scores
+            super().update_metrics(preds, batch)
+
         def get_stats(self) -> dict[str, Any]:
             recorded = {key: (np.concatenate(v, 0) if v else np.zeros(0)) for key, v in self.metrics.stats.items()}
+            recorded["image_top_scores"] = np.asarray(getattr(self, "image_top_scores", []), dtype=float)
             setattr(self.metrics, "recorded_stats", recorded)  # noqa: B010 - read back from the returned metrics
             return super().get_stats()
 
@@ -171,6 +183,9 @@ def evaluate_model(
         "mAP50": float(results.box.map50),
         "mAP50-95": float(results.box.map),
     }
+    top_scores = stats["image_top_scores"]
+    if len(top_scores):
+        metrics[EMPTY_FRAME_RATE] = float((top_scores <= confidence_threshold).mean())
     per_class: dict[str, dict[str, float]] = {}
     for index, class_id in enumerate(results.box.ap_class_index):
         p, r = per_class_pr.get(int(class_id), (0.0, 0.0))
@@ -208,7 +223,9 @@ def model_manifest(report: EvaluationReport, *, onnx_opset: int) -> ModelManifes
         input_size=report.input_size,
         confidence_threshold=report.confidence_threshold,
         iou_threshold=report.iou_threshold,
-        metrics={name: report.metrics[name] for name in REQUIRED_METRICS},
+        metrics={
+            name: report.metrics[name] for name in (*REQUIRED_METRICS, EMPTY_FRAME_RATE) if name in report.metrics
+        },
         dataset_version=report.dataset_version,
         onnx_opset=onnx_opset,
     )
