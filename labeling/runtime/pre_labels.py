@@ -211,14 +211,15 @@ def pre_label_images(
     cursor: PreLabelCursor | None = None,
     time_left: Callable[[], float] = _never_late,
     load_detector: Callable[[str], Any] | None = None,
+    model: ModelRef | None = None,
 ) -> PreLabelCursor:
-    """Run the newest approved model over `images` (`rounds.SelectedImage`s) from `cursor` on."""
+    """Run the newest approved model (or `model`) over `images` (`rounds.SelectedImage`s) from `cursor` on."""
     cursor = PreLabelCursor(**asdict(cursor)) if cursor else PreLabelCursor()
     cursor.total = len(images)
     if cursor.done:
         return cursor
     if not cursor.model_data_url:
-        model = newest_approved_model(sagemaker, group_name=group_name)
+        model = model or newest_approved_model(sagemaker, group_name=group_name)
         if model is None:
             cursor.done = True
             return cursor

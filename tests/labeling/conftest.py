@@ -14,7 +14,7 @@ from moto import mock_aws
 from labeling.runtime.config import LabelingConfig, Workforce
 from labeling.runtime.ground_truth import load_task_ui
 from shared.synthetic import make_tag
-from tests.helpers.label_studio_server import LabelStudioServer
+from labeling.local.server import LabelStudioServer
 from tests.labeling.fakes import FakeFeatureStore, FakeGroundTruth
 
 REGION = "eu-west-1"
@@ -104,7 +104,7 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def studio(s3_endpoint: str) -> Iterator[LabelStudioServer]:
-    """A real Label Studio server (tests/helpers/label_studio_server.py), started once, stopped at the end."""
+    """A real Label Studio server (labeling/local/server.py), started once, stopped at the end."""
     server = LabelStudioServer(s3_endpoint=s3_endpoint, region=REGION).start()
     yield server
     server.stop()

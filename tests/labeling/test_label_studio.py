@@ -33,7 +33,7 @@ from labeling.runtime.pre_labels import Box, PreLabel, pre_labels_prefix
 from labeling.runtime.s3io import write_jsonl
 from shared.contracts import Annotation, LabelRecord
 from shared.synthetic import make_tag
-from tests.helpers.label_studio_server import LabelStudioServer, free_port
+from labeling.local.server import LabelStudioServer, free_port
 from tests.labeling.conftest import FEATURE_GROUP, REGION, make_config
 from tests.labeling.fakes import FakeFeatureStore
 

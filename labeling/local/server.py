@@ -1,4 +1,4 @@
-"""A real Label Studio server on loopback for the tests (and the local try-out), with an S3 beside it.
+"""A real Label Studio server on loopback, for the local try-out (`make label-studio-local`) and the tests.
 
 * Label Studio runs from `.venv-label-studio` (`make label-studio` installs the pinned release there),
   with SQLite in a temporary folder, a user and a legacy API token made at start, and S3 pointed at
@@ -27,11 +27,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # labeling/local/server.py
 VENV = REPO_ROOT / ".venv-label-studio"
 EXECUTABLE = VENV / "bin" / "label-studio"
-TEMPLATE = VENV / "test-database"
-USER = "labeling-tests@example.com"
+TEMPLATE = VENV / "template-database"  # a migrated database with its user: later starts take seconds
+USER = "labeler@example.com"
 DEFAULT_TIMEOUT = 420.0
 
 
@@ -54,6 +54,7 @@ class LabelStudioServer:
     port: int = field(default_factory=free_port)
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="label-studio-")))
     token: str = ""
+    password: str = field(default_factory=lambda: secrets.token_hex(12))
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,7 +72,7 @@ class LabelStudioServer:
             "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
             "DJANGO_DB": "sqlite",
             "LABEL_STUDIO_USERNAME": USER,
-            "LABEL_STUDIO_PASSWORD": secrets.token_hex(12),
+            "LABEL_STUDIO_PASSWORD": self.password,
             "LABEL_STUDIO_USER_TOKEN": self.token,
             "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
@@ -94,13 +95,14 @@ class LabelStudioServer:
         template_token = TEMPLATE / "token"
         if template_token.is_file():
             for item in TEMPLATE.iterdir():
-                if item.name != "token":
+                if item.name not in ("token", "password"):
                     shutil.copy2(item, self.data_dir / item.name)
             self.token = template_token.read_text().strip()
+            self.password = (TEMPLATE / "password").read_text().strip()
         else:
             self.token = secrets.token_hex(20)
         log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - the pinned executable of .venv-label-studio
             [str(EXECUTABLE), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=self.data_dir,
             env=self._environment(),
@@ -122,15 +124,17 @@ class LabelStudioServer:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:  # noqa: S310 - loopback http
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
     def _token_works(self) -> bool:
-        request = urllib.request.Request(f"{self.url}/api/projects", headers={"Authorization": f"Token {self.token}"})
+        request = urllib.request.Request(  # noqa: S310 - loopback http
+            f"{self.url}/api/projects", headers={"Authorization": f"Token {self.token}"}
+        )
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback http
                 return "results" in json.loads(response.read())
         except (urllib.error.URLError, OSError, ValueError):
             return False
@@ -149,6 +153,7 @@ class LabelStudioServer:
             source.close()
             target.close()
             (staging / "token").write_text(self.token)
+            (staging / "password").write_text(self.password)
             os.replace(staging, TEMPLATE)
         shutil.rmtree(staging, ignore_errors=True)
 
