@@ -14,7 +14,6 @@ from moto import mock_aws
 from labeling.runtime.config import LabelingConfig, Workforce
 from labeling.runtime.ground_truth import load_task_ui
 from shared.synthetic import make_tag
-from labeling.local.server import LabelStudioServer
 from tests.labeling.fakes import FakeFeatureStore, FakeGroundTruth
 
 REGION = "eu-west-1"
@@ -88,23 +87,3 @@ def png() -> bytes:
 def ground_truth(s3: Any) -> FakeGroundTruth:
     ui = load_task_ui(["scratch"])
     return FakeGroundTruth(s3=s3, class_names=("scratch",), approve=ui.approve, reject=ui.reject)
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A moto server on loopback: the S3 that Label Studio reads images from (same backends as mock_aws)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def studio(s3_endpoint: str) -> Iterator[LabelStudioServer]:
-    """A real Label Studio server (labeling/local/server.py), started once, stopped at the end."""
-    server = LabelStudioServer(s3_endpoint=s3_endpoint, region=REGION).start()
-    yield server
-    server.stop()
