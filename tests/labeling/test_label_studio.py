@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 
+from labeling.local.server import LabelStudioServer, free_port
 from labeling.runtime import label_studio as ls
 from labeling.runtime import rounds
 from labeling.runtime.errors import (
@@ -33,7 +34,6 @@ from labeling.runtime.pre_labels import Box, PreLabel, pre_labels_prefix
 from labeling.runtime.s3io import write_jsonl
 from shared.contracts import Annotation, LabelRecord
 from shared.synthetic import make_tag
-from labeling.local.server import LabelStudioServer, free_port
 from tests.labeling.conftest import FEATURE_GROUP, REGION, make_config
 from tests.labeling.fakes import FakeFeatureStore
 
