@@ -592,6 +592,8 @@ class LabelingWorkflow(Construct):
             "labels": sfn.JsonPath.object_at("$.write"),
             "reports": sfn.JsonPath.string_at("$.selection.reports"),
         }
+        if self.pre_label is not None:
+            common["pre_labels"] = sfn.JsonPath.object_at("$.pre_labels")
         if self.backend == "ground_truth":
             return {
                 **common,

@@ -374,7 +374,8 @@ class Loop:
             self.result.raw_images[f"s3://{self.data_bucket}/{key}"] = sample
 
     def _labeling_round(self, name: str) -> dict[str, Any]:
-        described = self.workflow.run(name)
+        # a Label Studio round makes a few hundred calls to a real server: minutes on a busy machine
+        described = self.workflow.wait(self.workflow.start(name), timeout=900)
         if described["status"] != "SUCCEEDED":
             raise LoopBroken(
                 f"labeling round {name}: {described['status']}: {described.get('cause', described.get('error'))}"

@@ -260,6 +260,7 @@ def test_a_round_labels_reviews_and_writes_the_verified_labels(workflow, s3, fea
         "next": 3, "total": 3, "written": 3, "unchanged": 0, "superseded": 0,
         "approved": 2, "rejected": 1, "no_verdict": 0, "done": True,
     }  # fmt: skip
+    assert (output["pre_labels"]["done"], output["pre_labels"]["model"]) == (True, "")  # no approved model yet
     assert output["listing"]["skipped"] == 2  # notes.txt and empty.jpg, reported under the round's reports/
     reports = [
         o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=output["reports"].split(f"{BUCKET}/")[1])["Contents"]
