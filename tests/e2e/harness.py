@@ -52,6 +52,7 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 from moto.events.models import EventPattern
 
+from labeling.functions import HANDLERS
 from labeling.runtime.config import LabelingConfig
 from labeling.runtime.ground_truth import load_task_ui
 from shared.contracts import Annotation, LabelRecord
@@ -66,19 +67,7 @@ from tests.labeling.workflow_harness import Workflow
 THING = "line-1-camera-1"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 INFERENCE_VERSION_RESOURCE = "Custom::GreengrassComponentVersion"
-LABELING_HANDLERS = (
-    "start_round",
-    "find_unlabeled",
-    "select_images",
-    "pre_label",
-    "prepare_labeling",
-    "prepare_review",
-    "write_labels",
-    "prepare_label_studio_tasks",
-    "label_studio_progress",
-    "prepare_label_studio_review",
-    "write_label_studio_labels",
-)
+LABELING_HANDLERS = tuple(h for h in HANDLERS if h != "seed_resource")  # every backend's round functions
 EDGE_HANDLERS = ("resolve", "prepare_model", "create_deployment", "check_rollout")
 # A real run of the pipeline with these run parameters (any execution may override them): a tiny model.
 TINY_TRAINING = {"Epochs": 2, "ImageSize": 96, "BatchSize": 16, "MinMap50to95": 0.0}

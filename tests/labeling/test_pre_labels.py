@@ -13,20 +13,13 @@ from edge_deployment.components.inference.inspector.detector import load_detecto
 from labeling.runtime import pre_labels as pl
 from labeling.runtime import rounds
 from labeling.runtime.errors import ConfigurationError
+from tests.edge_deployment.conftest import GROUP, MODEL_BUCKET, NEWEST_APPROVED_QUERY
 from tests.labeling.conftest import BUCKET, REGION
 from tests.labeling.test_rounds import RUN
 
-GROUP = "tag-inspect-scratch-detector"
 PACKAGE = f"arn:aws:sagemaker:eu-west-1:123456789012:model-package/{GROUP}/7"
-MODELS = "tag-inspect-models-123456789012-eu-west-1"
-LIST = {
-    "ModelPackageGroupName": GROUP,
-    "ModelApprovalStatus": "Approved",
-    "ModelPackageType": "Versioned",
-    "SortBy": "CreationTime",
-    "SortOrder": "Descending",
-    "MaxResults": 1,
-}
+MODELS = MODEL_BUCKET
+LIST = NEWEST_APPROVED_QUERY  # the same question the edge workflow asks the registry
 
 
 def registry(*, approved: bool) -> tuple[Any, Stubber]:
