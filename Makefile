@@ -6,6 +6,7 @@
 #   make lint                              ruff and mypy
 #   make e2e                               the end-to-end loop on this machine
 #   make hashes                            write the hashed lock files of the job and device requirements
+#   make label-studio-local                a local Label Studio with the reference photos and pre-labels
 #   make deploy APP=training [ENV=dev]     deploy one app's toolchain stack (its pipeline deploys the rest)
 #   make diff   APP=training [ENV=dev]
 
@@ -33,8 +34,11 @@ export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 
 TEST_PATHS := $(if $(APP),tests/shared tests/$(APP),tests)
 RUNTIME_REQUIREMENTS := training/steps/requirements.txt edge_deployment/components/inference/requirements.txt
+# Label Studio (the tests' real server, the local try-out) lives in its own environment: its pins are its own.
+LABEL_STUDIO_VENV := .venv-label-studio
+LABEL_STUDIO_REQUIREMENTS := labeling/local/label-studio-requirements.txt
 
-.PHONY: help setup synth test lint e2e hashes deploy diff clean
+.PHONY: help setup synth test lint e2e hashes deploy diff clean label-studio label-studio-local
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -54,12 +58,21 @@ $(VENV)/.test-installed: $(VENV)/.synth-installed requirements-dev.txt $(RUNTIME
 	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	touch $@
 
+$(LABEL_STUDIO_VENV)/.installed: $(LABEL_STUDIO_REQUIREMENTS)
+	rm -rf $(LABEL_STUDIO_VENV)
+	$(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install --quiet --disable-pip-version-check pip==25.3
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(LABEL_STUDIO_REQUIREMENTS)
+	touch $@
+
+label-studio: $(LABEL_STUDIO_VENV)/.installed
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund $(NPM_OMIT)
 	@node -e 'const major = +process.versions.node.split(".")[0]; if (major < 22) { console.error("Node.js 22+ is required, found " + process.version); process.exit(1) }'
 	touch $@
 
-setup: $(VENV)/.test-installed node_modules/.installed
+setup: $(VENV)/.test-installed node_modules/.installed $(LABEL_STUDIO_VENV)/.installed
 
 synth: $(VENV)/.synth-installed node_modules/.installed
 	cdk synth --quiet $(CDK_CONTEXT)
@@ -70,10 +83,10 @@ lint: $(VENV)/.test-installed
 	$(VENV_PYTHON) -m ruff format --check .
 	$(VENV_PYTHON) -m mypy
 
-test: $(VENV)/.test-installed node_modules/.installed lint
+test: $(VENV)/.test-installed node_modules/.installed $(LABEL_STUDIO_VENV)/.installed lint
 	$(VENV_PYTHON) -m pytest $(TEST_PATHS) $(PYTEST_ARGS)
 
-e2e: $(VENV)/.test-installed node_modules/.installed
+e2e: $(VENV)/.test-installed node_modules/.installed $(LABEL_STUDIO_VENV)/.installed
 	$(VENV_PYTHON) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # The training jobs and the device install with pip --require-hashes from these lock files: every
@@ -85,6 +98,9 @@ hashes: $(VENV)/.test-installed
 	  $(VENV)/bin/uv pip compile --quiet --no-deps --generate-hashes --universal --python-version 3.11 \
 	    --no-annotate --custom-compile-command "make hashes" $$base.txt -o $$base.lock; \
 	done
+
+label-studio-local: $(VENV)/.test-installed $(LABEL_STUDIO_VENV)/.installed
+	$(VENV_PYTHON) -m labeling.local $(ARGS)
 
 deploy: $(VENV)/.synth-installed node_modules/.installed
 	@test -n "$(APP)" || { echo "Set APP=labeling|training|edge_deployment"; exit 1; }

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,8 +28,8 @@ from constructs import Construct, IConstruct
 
 from labeling.runtime.config import LabelingConfig, Workforce
 from labeling.runtime.ground_truth import load_task_ui
-from shared.building_blocks import log_retention, python_function
-from shared.config import Settings, WorkforceSettings
+from shared.building_blocks import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME, log_retention, python_function
+from shared.config import ConfigError, Settings, WorkforceSettings
 from shared.guardrails import IAM5, acknowledge, render
 from shared.names import LABELING_JOBS_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 
@@ -35,7 +37,20 @@ APP_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APP_DIR.parent
 RUNTIME_DIR = APP_DIR / "runtime"
 ENTRY_MODULE = "labeling_lambda"
-HANDLERS = ("start_round", "find_unlabeled", "prepare_labeling", "prepare_review", "write_labels", "seed_resource")
+HANDLERS = (
+    "start_round",
+    "find_unlabeled",
+    "select_images",
+    "pre_label",
+    "prepare_labeling",
+    "prepare_review",
+    "write_labels",
+    "prepare_label_studio_tasks",
+    "label_studio_progress",
+    "prepare_label_studio_review",
+    "write_label_studio_labels",
+    "seed_resource",
+)
 _ENTRY_SOURCE = (
     '"""Lambda entry points of the labeling app (generated into the bundle by labeling/functions.py)."""\n\n'
     f"from labeling.runtime.handlers import {', '.join(sorted(HANDLERS))}\n\n"
@@ -58,25 +73,106 @@ def _bundle_files() -> dict[str, bytes]:
     return files
 
 
-def runtime_bundle_dir() -> Path:
-    """Stage the bundle folder (once per content) and return it."""
-    files = _bundle_files()
+def _stage(files: dict[str, bytes], name: str, *, packages: Path | None = None) -> Path:
+    """A folder with `files` (and a copy of `packages`), named by a hash of its content; staged once."""
     digest = hashlib.sha256()
-    for name, content in sorted(files.items()):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
-    target = Path(tempfile.gettempdir()) / f"labeling-lambda-{digest.hexdigest()[:20]}"
+    for path, content in sorted(files.items()):
+        digest.update(path.encode() + b"\0" + hashlib.sha256(content).digest())
+    if packages is not None:
+        digest.update(packages.name.encode())
+    target = Path(tempfile.gettempdir()) / f"{name}-{digest.hexdigest()[:20]}"
     if target.is_dir():
         return target
-    staging = Path(tempfile.mkdtemp(prefix="labeling-lambda-staging-"))
-    for name, content in files.items():
-        path = staging / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
+    staging = Path(tempfile.mkdtemp(prefix=f"{name}-staging-"))
+    if packages is not None:
+        shutil.copytree(packages, staging, dirs_exist_ok=True)
+    for path, content in files.items():
+        destination = staging / path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(content)
     try:
         os.replace(staging, target)
     except OSError:  # another synth staged the same content first
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def runtime_bundle_dir() -> Path:
+    """Stage the bundle folder (once per content) and return it."""
+    return _stage(_bundle_files(), "labeling-lambda")
+
+
+# -- the pre-label function: the same bundle, the device's detector and its packages for Lambda ----------
+
+DETECTOR_FILE = REPO_ROOT / "edge_deployment" / "components" / "inference" / "inspector" / "detector.py"
+PRE_LABEL_REQUIREMENTS = APP_DIR / "pre_label_requirements.txt"
+_PLATFORMS = {"arm64": "aarch64", "x86_64": "x86_64"}
+
+
+def lambda_pip_target() -> list[str]:
+    """pip options that fetch wheels for the functions' runtime and architecture (no Docker, no build)."""
+    machine = _PLATFORMS[LAMBDA_ARCHITECTURE.name]
+    version = LAMBDA_RUNTIME.name.removeprefix("python")
+    platforms = [f"manylinux_2_28_{machine}", f"manylinux_2_17_{machine}", f"manylinux2014_{machine}"]
+    return [
+        "--only-binary=:all:",
+        "--no-deps",  # the requirements file lists the whole closure, pinned
+        "--implementation",
+        "cp",
+        "--python-version",
+        version,
+        *[option for platform in platforms for option in ("--platform", platform)],
+    ]
+
+
+def pre_label_packages_dir() -> Path:
+    """onnxruntime, numpy and Pillow at the device's pins, installed once for the Lambda platform."""
+    requirements = PRE_LABEL_REQUIREMENTS.read_bytes()
+    key = hashlib.sha256(requirements + " ".join(lambda_pip_target()).encode()).hexdigest()[:20]
+    target = Path(tempfile.gettempdir()) / f"labeling-pre-label-packages-{key}"
+    if (target / ".complete").is_file():
+        return target
+    staging = Path(tempfile.mkdtemp(prefix="labeling-pre-label-packages-staging-"))
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-compile",
+        "--target",
+        str(staging),
+        *lambda_pip_target(),
+        "--requirement",
+        str(PRE_LABEL_REQUIREMENTS),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603 - our own pip
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ConfigError(
+            "labeling.pre_labels: the pre-label function's packages (labeling/pre_label_requirements.txt) could not "
+            f"be installed for the Lambda platform: {(done.stderr or done.stdout).strip()[-600:]} "
+            "(pip needs the package index; set labeling.pre_labels: false to synthesize without pre-labels)"
+        )
+    for unused in ("bin", "numpy/_core/tests", "numpy/tests", "numpy/f2py", "numpy/typing/tests"):
+        shutil.rmtree(staging / unused, ignore_errors=True)
+    (staging / ".complete").write_text("installed\n")
+    try:
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def pre_label_bundle_dir() -> Path:
+    """The runtime bundle plus `inspector/detector.py` (unchanged from the device) and its packages."""
+    files = {
+        **_bundle_files(),
+        "inspector/__init__.py": b'"""The device\'s detector, bundled unchanged for the pre-label function."""\n',
+        "inspector/detector.py": DETECTOR_FILE.read_bytes(),
+    }
+    return _stage(files, "labeling-pre-label-lambda", packages=pre_label_packages_dir())
 
 
 def labeling_function(
@@ -89,13 +185,14 @@ def labeling_function(
     settings: Settings,
     timeout: cdk.Duration,
     memory_size: int = 1024,
+    code_dir: Path | None = None,
 ) -> lambda_.Function:
     if handler not in HANDLERS:
         raise ValueError(f"unknown labeling handler {handler!r}; expected one of {HANDLERS}")
     return python_function(
         scope,
         construct_id,
-        code_dir=runtime_bundle_dir(),
+        code_dir=code_dir or runtime_bundle_dir(),
         handler=f"{ENTRY_MODULE}.{handler}",
         description=description,
         environment=environment,
@@ -105,7 +202,9 @@ def labeling_function(
     )
 
 
-def _workforce(workforce: WorkforceSettings) -> Workforce:
+def _workforce(workforce: WorkforceSettings | None) -> Workforce | None:
+    if workforce is None:
+        return None
     declared = workforce.public_content
     return Workforce(
         type=workforce.type,
@@ -116,13 +215,31 @@ def _workforce(workforce: WorkforceSettings) -> Workforce:
     )
 
 
+def label_studio_endpoint(settings: Settings, names: ResourceNames) -> tuple[str, str]:
+    """(URL, API token secret) of the Label Studio server: the team's own, or the one the app deploys."""
+    studio = settings.labeling.label_studio
+    if studio is None:
+        return "", ""
+    if studio.url is not None:
+        return studio.url.rstrip("/"), str(studio.api_token_secret)
+    assert studio.server is not None  # the schema requires url or server
+    return f"https://{studio.server.domain_name}", names.label_studio_api_token_secret
+
+
 def runtime_config(
     settings: Settings, names: ResourceNames, *, ground_truth_role_arn: str = "", output_kms_key: str = ""
 ) -> LabelingConfig:
     """What the functions need to know, from the validated settings (the worker files are checked too)."""
     labeling = settings.labeling
     load_task_ui(settings.project.class_names)  # a class without worker instructions fails synth here
+    url, secret = label_studio_endpoint(settings, names)
     return LabelingConfig(
+        backend=labeling.backend,
+        label_studio_url=url,
+        label_studio_token_secret=secret,
+        label_studio_presign_ttl_minutes=labeling.label_studio.presign_ttl_minutes if labeling.label_studio else 5,
+        pre_labels=labeling.pre_labels,
+        model_package_group=names.model_package_group,
         project_prefix=settings.project.prefix,
         data_bucket=names.data_bucket,
         feature_group=names.label_feature_group,

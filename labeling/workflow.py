@@ -1,9 +1,16 @@
-"""The labeling round: a Step Functions state machine over five small Lambda steps and two Ground Truth jobs.
+"""The labeling round: a Step Functions state machine over small Lambda steps and the labeling backend.
 
     StartRound ─▶ FindUnlabeled ⟲ ─▶ (none) ─▶ NothingToLabel
-                                 └─▶ PrepareLabelingJob ─▶ (none decodable) ─▶ NothingToLabel
-                                      └─▶ LabelBoxes (.sync) ─▶ PrepareReviewJob ─▶ ReviewBoxes (.sync)
-                                           ─▶ WriteLabels ⟲ ─▶ Summarize ─▶ RoundComplete
+                                 └─▶ SelectImages ─▶ (none decodable) ─▶ NothingToLabel
+                                      └─▶ PreLabel ⟲ (with labeling.pre_labels) ─▶ the backend:
+
+    ground_truth:  PrepareLabelingJob ─▶ LabelBoxes (.sync) ─▶ PrepareReviewJob ─▶ ReviewBoxes (.sync)
+    label_studio:  PrepareLabelingTasks ─▶ WaitForLabelers ⟲ CheckLabeling ─▶ PrepareReviewTasks
+                   ─▶ WaitForReviewers ⟲ CheckReview
+                   ─▶ WriteLabels ⟲ ─▶ Summarize ─▶ RoundComplete
+
+Both backends wait without any running function: Ground Truth through the optimized `.sync`
+integration, Label Studio in Wait states between short progress checks.
 
 Every task retries transient errors with exponential backoff and jitter, fails at once on the errors
 that retrying cannot fix (`labeling.runtime.errors.NON_RETRYABLE_ERRORS`), and routes any failure to
@@ -14,6 +21,8 @@ Lists of images never enter the state: they travel through S3, and the loops car
 
 from __future__ import annotations
 
+from typing import Any
+
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -23,10 +32,17 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from labeling.data_store import feature_group_arn, object_arn
-from labeling.functions import acknowledge_resource, labeling_function, runtime_config
+from labeling.functions import (
+    acknowledge_resource,
+    label_studio_endpoint,
+    labeling_function,
+    pre_label_bundle_dir,
+    runtime_config,
+)
 from labeling.runtime.config import ENVIRONMENT_VARIABLE
 from labeling.runtime.errors import NON_RETRYABLE_ERRORS
 from labeling.runtime.ground_truth import REQUEST_KEYS
+from labeling.runtime.pre_labels import PreLabelCursor
 from labeling.runtime.rounds import FindCursor, WriteCursor
 from shared.building_blocks import (
     ServiceLogRetention,
@@ -60,35 +76,44 @@ FAILURE_ERROR = "LabelingRoundFailed"
 
 
 class LabelingWorkflow(Construct):
-    """The state machine of a labeling round, its functions and the role Ground Truth works with."""
+    """The state machine of a labeling round, its functions and (Ground Truth) the role its jobs run with."""
 
     def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, names: ResourceNames) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         self.settings = settings
         self.names = names
+        self.backend = settings.labeling.backend
         self.state_machine_name = names.workflow_state_machine(APP)
-        self.ground_truth_role = self._ground_truth_role(stack)
+        self.ground_truth_role = self._ground_truth_role(stack) if self.backend == "ground_truth" else None
         # Ground Truth's own log group of the labeling jobs never expires unless told to.
-        self.job_log_retention = ServiceLogRetention(
-            self,
-            "LabelingJobLogRetention",
-            log_group_names=["/aws/sagemaker/LabelingJobs"],
-            retention_days=settings.toolchain.log_retention_days,
+        self.job_log_retention = (
+            ServiceLogRetention(
+                self,
+                "LabelingJobLogRetention",
+                log_group_names=["/aws/sagemaker/LabelingJobs"],
+                retention_days=settings.toolchain.log_retention_days,
+            )
+            if self.backend == "ground_truth"
+            else None
         )
         environment = {
             ENVIRONMENT_VARIABLE: runtime_config(
                 settings,
                 names,
-                ground_truth_role_arn=self.ground_truth_role.role_arn,
+                ground_truth_role_arn=self.ground_truth_role.role_arn if self.ground_truth_role else "",
                 # Ground Truth encrypts its output with the data key, named by its alias (the key is the data stack's)
                 output_kms_key=stack.format_arn(
                     service="kms", resource="alias", resource_name=names.data_key_alias.removeprefix("alias/")
-                ),
+                )
+                if self.ground_truth_role
+                else "",
             ).to_json()
         }
 
-        def function(construct_id: str, handler: str, description: str, minutes: int, memory: int) -> lambda_.Function:
+        def function(
+            construct_id: str, handler: str, description: str, minutes: int, memory: int, **options: Any
+        ) -> lambda_.Function:
             return labeling_function(
                 self,
                 construct_id,
@@ -98,6 +123,7 @@ class LabelingWorkflow(Construct):
                 settings=settings,
                 timeout=cdk.Duration.minutes(minutes),
                 memory_size=memory,
+                **options,
             )
 
         self.start_round = function(
@@ -106,36 +132,82 @@ class LabelingWorkflow(Construct):
         self.find_unlabeled = function(
             "FindUnlabeledFunction", "find_unlabeled", "Lists raw images without an approved label into S3", 15, 1024
         )
-        self.prepare_labeling = function(
-            "PrepareLabelingJobFunction",
-            "prepare_labeling",
-            "Checks images and prepares the bounding-box job",
+        self.select_images = function(
+            "SelectImagesFunction",
+            "select_images",
+            "Spends the round's budget on the most informative decodable images",
             15,
             1024,
         )
-        self.prepare_review = function(
-            "PrepareReviewJobFunction",
-            "prepare_review",
-            "Checks the bounding-box output and prepares the review job",
-            10,
-            1024,
+        self.pre_label = (
+            function(
+                "PreLabelFunction",
+                "pre_label",
+                "Runs the newest approved model (the device's detector) over the selected images",
+                15,
+                3008,
+                code_dir=pre_label_bundle_dir(),
+            )
+            if settings.labeling.pre_labels
+            else None
         )
-        self.write_labels = function(
-            "WriteLabelsFunction", "write_labels", "Writes the reviewed labels to the label feature group", 15, 1024
-        )
+        self.backend_functions: dict[str, lambda_.Function] = {}
+        if self.backend == "ground_truth":
+            for construct, handler, description, minutes in (
+                ("PrepareLabelingJobFunction", "prepare_labeling", "Prepares the bounding-box (or adjustment) job", 10),
+                (
+                    "PrepareReviewJobFunction",
+                    "prepare_review",
+                    "Checks the first job's output; prepares the review",
+                    10,
+                ),
+                ("WriteLabelsFunction", "write_labels", "Writes the reviewed labels to the label feature group", 15),
+            ):
+                self.backend_functions[handler] = function(construct, handler, description, minutes, 1024)
+        else:
+            for construct, handler, description, minutes in (
+                (
+                    "PrepareLabelingTasksFunction",
+                    "prepare_label_studio_tasks",
+                    "Creates the round's Label Studio tasks",
+                    15,
+                ),
+                ("LabelStudioProgressFunction", "label_studio_progress", "Counts the round's answered tasks", 5),
+                ("PrepareReviewTasksFunction", "prepare_label_studio_review", "Sends answered tasks to review", 15),
+                (
+                    "WriteLabelsFunction",
+                    "write_label_studio_labels",
+                    "Writes the reviewed labels to the feature group",
+                    15,
+                ),
+            ):
+                self.backend_functions[handler] = function(construct, handler, description, minutes, 1024)
         self._grant_functions(stack)
         availability = settings.labeling.task_availability_lifetime_seconds
-        job_timeout = cdk.Duration.seconds(availability + 86_400)
+        if self.backend == "ground_truth":
+            phase_timeout = cdk.Duration.seconds(availability + 86_400)
+        else:
+            assert settings.labeling.label_studio is not None
+            phase_timeout = cdk.Duration.seconds(
+                availability + 2 * settings.labeling.label_studio.poll_interval_seconds
+            )
         self.state_machine = workflow_state_machine(
             self,
             "StateMachine",
             state_machine_name=self.state_machine_name,
-            definition=self._definition(stack, job_timeout),
-            # two jobs, each bounded by its tasks' availability, and a day for the rest
-            timeout=cdk.Duration.seconds(2 * job_timeout.to_seconds() + 86_400),
+            definition=self._definition(stack, phase_timeout),
+            # two phases, each bounded by its tasks' availability, and a day for the rest
+            timeout=cdk.Duration.seconds(2 * phase_timeout.to_seconds() + 86_400),
             log_retention=log_retention(settings.toolchain.log_retention_days),
         )
         self._grant_state_machine(stack)
+
+    @property
+    def functions(self) -> list[lambda_.Function]:
+        found = [self.start_round, self.find_unlabeled, self.select_images]
+        if self.pre_label is not None:
+            found.append(self.pre_label)
+        return found + list(self.backend_functions.values())
 
     # -- roles -------------------------------------------------------------------------------------
     def _ground_truth_role(self, stack: cdk.Stack) -> iam.Role:
@@ -205,35 +277,50 @@ class LabelingWorkflow(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{prefix}*" for prefix in prefixes]}},
             )
 
+        job_files = [
+            list_under(LABELING_JOBS_PREFIX),
+            iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[job_objects]),
+        ]
+        read_raw = iam.PolicyStatement(actions=["s3:GetObject"], resources=[raw_objects])
+        read_labels = iam.PolicyStatement(actions=["sagemaker:BatchGetRecord"], resources=[feature_group])
+        write_labels = iam.PolicyStatement(
+            actions=["sagemaker:BatchGetRecord", "sagemaker:PutRecord"], resources=[feature_group]
+        )
         self.start_round.add_to_role_policy(
             iam.PolicyStatement(actions=["states:ListExecutions"], resources=[state_machine_arn])
         )
-        grants = {
+        grants: dict[lambda_.Function, list[iam.PolicyStatement]] = {
+            # HeadObject of device uploads (their recorded uncertainty) needs s3:GetObject
             self.find_unlabeled: [
                 list_under(RAW_IMAGE_PREFIX, LABELING_JOBS_PREFIX),
-                iam.PolicyStatement(actions=["s3:PutObject"], resources=[job_objects]),
-                iam.PolicyStatement(actions=["sagemaker:BatchGetRecord"], resources=[feature_group]),
+                read_raw,
+                *job_files,
+                read_labels,
             ],
-            self.prepare_labeling: [
-                list_under(RAW_IMAGE_PREFIX, LABELING_JOBS_PREFIX),
-                iam.PolicyStatement(actions=["s3:GetObject"], resources=[raw_objects, job_objects]),
-                iam.PolicyStatement(actions=["s3:PutObject"], resources=[job_objects]),
-            ],
-            self.prepare_review: [
-                list_under(LABELING_JOBS_PREFIX),
-                iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[job_objects]),
-            ],
-            self.write_labels: [
-                list_under(LABELING_JOBS_PREFIX),
-                iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[job_objects]),
-                iam.PolicyStatement(
-                    actions=["sagemaker:BatchGetRecord", "sagemaker:PutRecord"], resources=[feature_group]
-                ),
-            ],
+            self.select_images: [list_under(RAW_IMAGE_PREFIX, LABELING_JOBS_PREFIX), read_raw, *job_files],
         }
+        reads_raw = {self.find_unlabeled, self.select_images}
+        if self.pre_label is not None:
+            grants[self.pre_label] = [read_raw, *job_files]
+            reads_raw.add(self.pre_label)
+            self._grant_model_registry(stack, self.pre_label)
+        functions = self.backend_functions
+        if self.backend == "ground_truth":
+            grants[functions["prepare_labeling"]] = list(job_files)
+            grants[functions["prepare_review"]] = list(job_files)
+            grants[functions["write_labels"]] = [*job_files, write_labels]
+        else:
+            grants[functions["prepare_label_studio_tasks"]] = [*job_files, read_labels]
+            grants[functions["label_studio_progress"]] = []
+            grants[functions["prepare_label_studio_review"]] = list(job_files)
+            grants[functions["write_label_studio_labels"]] = [*job_files, write_labels]
+            for function in functions.values():
+                self._grant_api_token(stack, function)
         for function, statements in grants.items():
             for statement in statements:
                 function.add_to_role_policy(statement)
+            if not statements:
+                continue
             # S3 objects and the online store are encrypted with the data key (owned by the data stack).
             grant_key_by_alias(
                 function, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt", "kms:GenerateDataKey"]
@@ -241,13 +328,69 @@ class LabelingWorkflow(Construct):
             role = function.role
             assert role is not None
             acknowledge_resource(role, job_objects, "This round's job files under the labeling-jobs/ prefix.")
-            if function is self.prepare_labeling:
-                acknowledge_resource(role, raw_objects, "Reads the header of each candidate raw image (ranged GET).")
+            if function in reads_raw:
+                acknowledge_resource(
+                    role, raw_objects, "Reads raw images: headers, device metadata, pixels for pre-labels."
+                )
+
+    def _grant_model_registry(self, stack: cdk.Stack, function: lambda_.Function) -> None:
+        """The pre-label function reads the training app's newest approved model (by name: group, bucket, key)."""
+        names = self.names
+        packages = stack.format_arn(
+            service="sagemaker", resource="model-package", resource_name=f"{names.model_package_group.lower()}/*"
+        )
+        archives = object_arn(stack, names.model_bucket, "*")
+        function.add_to_role_policy(iam.PolicyStatement(actions=["sagemaker:ListModelPackages"], resources=["*"]))
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["sagemaker:DescribeModelPackage"], resources=[packages])
+        )
+        function.add_to_role_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[archives]))
+        grant_key_by_alias(function, alias=names.model_key_alias, stack=stack, actions=["kms:Decrypt"])
+        role = function.role
+        assert role is not None
+        acknowledge_resource(role, "*", "sagemaker:ListModelPackages supports no resource-level permission.")
+        acknowledge_resource(role, packages, "Versions of the training app's model package group (by its name).")
+        acknowledge_resource(role, archives, "Model archives in the training app's model bucket (by its name).")
+
+    def _grant_api_token(self, stack: cdk.Stack, function: lambda_.Function) -> None:
+        """Read the Label Studio API token (a secret named in config.yaml, or the deployed server's)."""
+        _, secret = label_studio_endpoint(self.settings, self.names)
+        if secret.startswith("arn:"):
+            resource = secret
+        else:
+            # A secret's ARN ends in -<6 random characters>: granted by name with that suffix's wildcard.
+            resource = stack.format_arn(
+                service="secretsmanager",
+                resource="secret",
+                resource_name=f"{secret}-??????",
+                arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+            )
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[resource])
+        )
+        role = function.role
+        assert role is not None
+        if not secret.startswith("arn:"):
+            acknowledge_resource(role, resource, "The Label Studio API token secret, by name (its ARN ends randomly).")
 
     def _grant_state_machine(self, stack: cdk.Stack) -> None:
         names = self.names
-        jobs = stack.format_arn(service="sagemaker", resource="labeling-job", resource_name=f"{names.prefix}-*")
         machine = self.state_machine
+        grant_publish_by_name(
+            machine,
+            topic_name=names.notification_topic(APP),
+            key_alias=names.notification_key_alias(APP),
+            stack=stack,
+        )
+        for function in self.functions:
+            acknowledge_resource(
+                machine.role,
+                f"{function.function_arn}:*",
+                "Versions of a function of this workflow (CDK's invoke grant).",
+            )
+        if self.ground_truth_role is None:
+            return
+        jobs = stack.format_arn(service="sagemaker", resource="labeling-job", resource_name=f"{names.prefix}-*")
         machine.add_to_role_policy(
             iam.PolicyStatement(
                 actions=[
@@ -278,25 +421,7 @@ class LabelingWorkflow(Construct):
             "The .sync integration's managed rule for labeling jobs; AWS documents only its siblings' names "
             "(StepFunctionsGetEventsForSageMaker<Kind>JobsRule), so the prefix of those rules is granted.",
         )
-        grant_publish_by_name(
-            machine,
-            topic_name=names.notification_topic(APP),
-            key_alias=names.notification_key_alias(APP),
-            stack=stack,
-        )
         acknowledge_resource(machine.role, jobs, "Labeling jobs of this app; each round names its jobs <prefix>-....")
-        for function in (
-            self.start_round,
-            self.find_unlabeled,
-            self.prepare_labeling,
-            self.prepare_review,
-            self.write_labels,
-        ):
-            acknowledge_resource(
-                machine.role,
-                f"{function.function_arn}:*",
-                "Versions of a function of this workflow (CDK's invoke grant).",
-            )
 
     # -- definition ----------------------------------------------------------------------------------
     def _lambda_step(
@@ -421,76 +546,52 @@ class LabelingWorkflow(Construct):
             "$.find",
             "Lists raw images page by page; writes those without an approved label to S3",
         )
-        prepare_labeling = self._lambda_step(
-            "PrepareLabelingJob",
-            self.prepare_labeling,
+        select = self._lambda_step(
+            "SelectImages",
+            self.select_images,
             {"run": run},
-            "$.labeling",
-            "Checks the candidates, writes the input manifest and worker files, builds the job request",
+            "$.selection",
+            "Spends the round's budget: most uncertain first, then newest, fair across devices; checks each image",
         )
-        label_boxes = self._labeling_job(
-            "LabelBoxes",
-            "$.labeling.request",
-            "$.boxes_job",
-            job_timeout,
-            "Ground Truth bounding-box job (waits for it)",
-        )
-        prepare_review = self._lambda_step(
-            "PrepareReviewJob",
-            self.prepare_review,
-            {"run": run, "boxes_output": sfn.JsonPath.string_at("$.boxes_job.output")},
-            "$.review",
-            "Checks the bounding-box output; builds the review job over the boxed images",
-        )
-        review_boxes = self._labeling_job(
-            "ReviewBoxes", "$.review.request", "$.review_job", job_timeout, "Ground Truth review job (waits for it)"
-        )
-        init_writing = sfn.Pass(
-            self, "InitWriting", result=sfn.Result.from_object(WriteCursor().to_json()), result_path="$.write"
-        )
-        write = self._lambda_step(
-            "WriteLabels",
-            self.write_labels,
-            {
-                "run": run,
-                "review_output": sfn.JsonPath.string_at("$.review_job.output"),
-                "cursor": sfn.JsonPath.object_at("$.write"),
-            },
-            "$.write",
-            "Writes the reviewed labels to the feature group in idempotent batches",
-        )
-        for state in (start, find, prepare_labeling, prepare_review, write):
-            guard(state)
-        for job in (label_boxes, review_boxes):
-            guard(job, sagemaker=True)
-
+        steps: list[tasks.LambdaInvoke] = [start, find, select]
         nothing = sfn.Succeed(
             self, "NothingToLabel", comment="Every image has an approved label (or none can be labeled)"
         )
-        summarize = sfn.Pass(
-            self,
-            "Summarize",
-            parameters={
-                "round": sfn.JsonPath.string_at("$.run.id"),
-                "listing": sfn.JsonPath.object_at("$.find"),
-                "labeling_job": sfn.JsonPath.string_at("$.boxes_job.name"),
-                "review_job": sfn.JsonPath.string_at("$.review_job.name"),
-                "labels": sfn.JsonPath.object_at("$.write"),
-                "reports": sfn.JsonPath.string_at("$.labeling.reports"),
-            },
-        )
+        summarize = sfn.Pass(self, "Summarize", parameters=self._summary())
         summarize.next(sfn.Succeed(self, "RoundComplete"))
-
-        write_loop = write.next(
-            sfn.Choice(self, "AllLabelsWritten?")
-            .when(sfn.Condition.boolean_equals("$.write.done", True), summarize)
-            .otherwise(write)
-        )
-        review_chain = prepare_review.next(review_boxes).next(init_writing).next(write_loop)
-        labeling_chain = prepare_labeling.next(
+        if self.backend == "ground_truth":
+            labeling = self._ground_truth_chain(job_timeout, guard, steps, done=summarize)
+        else:
+            labeling = self._label_studio_chain(steps, done=summarize)
+        after_selection: sfn.IChainable = labeling
+        if self.pre_label is not None:
+            init_pre_labels = sfn.Pass(
+                self,
+                "InitPreLabels",
+                result=sfn.Result.from_object(PreLabelCursor().to_json()),
+                result_path="$.pre_labels",
+            )
+            pre_label = self._lambda_step(
+                "PreLabel",
+                self.pre_label,
+                {"run": run, "cursor": sfn.JsonPath.object_at("$.pre_labels")},
+                "$.pre_labels",
+                "The newest approved model's boxes for the selected images (none without an approved model)",
+            )
+            steps.append(pre_label)
+            after_selection = init_pre_labels.next(
+                pre_label.next(
+                    sfn.Choice(self, "AllPreLabeled?")
+                    .when(sfn.Condition.boolean_equals("$.pre_labels.done", True), labeling)
+                    .otherwise(pre_label)
+                )
+            )
+        for state in steps:
+            guard(state)
+        selection = select.next(
             sfn.Choice(self, "AnyImageToLabel?")
-            .when(sfn.Condition.number_equals("$.labeling.images", 0), nothing)
-            .otherwise(label_boxes.next(review_chain))
+            .when(sfn.Condition.number_equals("$.selection.images", 0), nothing)
+            .otherwise(after_selection)
         )
         listing_loop = find.next(
             sfn.Choice(self, "ListingDone?")
@@ -501,7 +602,150 @@ class LabelingWorkflow(Construct):
                 ),
                 nothing,
             )
-            .when(sfn.Condition.boolean_equals("$.find.done", True), labeling_chain)
+            .when(sfn.Condition.boolean_equals("$.find.done", True), selection)
             .otherwise(find)
         )
         return start.next(init_listing).next(listing_loop)
+
+    def _summary(self) -> dict[str, Any]:
+        """The execution's output: what the round did, with links to its jobs or Label Studio views."""
+        common = {
+            "round": sfn.JsonPath.string_at("$.run.id"),
+            "listing": sfn.JsonPath.object_at("$.find"),
+            "selection": sfn.JsonPath.object_at("$.selection"),
+            "labels": sfn.JsonPath.object_at("$.write"),
+            "reports": sfn.JsonPath.string_at("$.selection.reports"),
+        }
+        if self.pre_label is not None:
+            common["pre_labels"] = sfn.JsonPath.object_at("$.pre_labels")
+        if self.backend == "ground_truth":
+            return {
+                **common,
+                "labeling_job": sfn.JsonPath.string_at("$.boxes_job.name"),
+                "review_job": sfn.JsonPath.string_at("$.review_job.name"),
+            }
+        return {
+            **common,
+            "labeling_tasks": sfn.JsonPath.string_at("$.labeling.url"),
+            "review_tasks": sfn.JsonPath.string_at("$.review.url"),
+        }
+
+    def _write_loop(
+        self,
+        function: lambda_.IFunction,
+        payload: dict[str, Any],
+        steps: list[tasks.LambdaInvoke],
+        *,
+        done: sfn.IChainable,
+    ) -> sfn.IChainable:
+        """InitWriting ─▶ WriteLabels ⟲ ─▶ `done`."""
+        init_writing = sfn.Pass(
+            self, "InitWriting", result=sfn.Result.from_object(WriteCursor().to_json()), result_path="$.write"
+        )
+        write = self._lambda_step(
+            "WriteLabels",
+            function,
+            {**payload, "run": sfn.JsonPath.object_at("$.run"), "cursor": sfn.JsonPath.object_at("$.write")},
+            "$.write",
+            "Writes the reviewed labels to the feature group in idempotent batches",
+        )
+        steps.append(write)
+        write.next(
+            sfn.Choice(self, "AllLabelsWritten?")
+            .when(sfn.Condition.boolean_equals("$.write.done", True), done)
+            .otherwise(write)
+        )
+        return init_writing.next(write)
+
+    def _ground_truth_chain(
+        self, job_timeout: cdk.Duration, guard: Any, steps: list[tasks.LambdaInvoke], *, done: sfn.IChainable
+    ) -> sfn.IChainable:
+        run = sfn.JsonPath.object_at("$.run")
+        functions = self.backend_functions
+        prepare_labeling = self._lambda_step(
+            "PrepareLabelingJob",
+            functions["prepare_labeling"],
+            {"run": run},
+            "$.labeling",
+            "Writes the input manifest (with the model's boxes when there are pre-labels) and the job request",
+        )
+        label_boxes = self._labeling_job(
+            "LabelBoxes",
+            "$.labeling.request",
+            "$.boxes_job",
+            job_timeout,
+            "Ground Truth bounding-box job, or adjustment of the model's boxes (waits for it)",
+        )
+        prepare_review = self._lambda_step(
+            "PrepareReviewJob",
+            functions["prepare_review"],
+            {"run": run, "boxes_output": sfn.JsonPath.string_at("$.boxes_job.output")},
+            "$.review",
+            "Checks the first job's output; builds the review job over the boxed images",
+        )
+        review_boxes = self._labeling_job(
+            "ReviewBoxes", "$.review.request", "$.review_job", job_timeout, "Ground Truth review job (waits for it)"
+        )
+        steps.extend([prepare_labeling, prepare_review])
+        for job in (label_boxes, review_boxes):
+            guard(job, sagemaker=True)
+        writing = self._write_loop(
+            functions["write_labels"],
+            {"review_output": sfn.JsonPath.string_at("$.review_job.output")},
+            steps,
+            done=done,
+        )
+        return prepare_labeling.next(label_boxes).next(prepare_review).next(review_boxes).next(writing)
+
+    def _label_studio_chain(self, steps: list[tasks.LambdaInvoke], *, done: sfn.IChainable) -> sfn.IChainable:
+        run = sfn.JsonPath.object_at("$.run")
+        functions = self.backend_functions
+        studio = self.settings.labeling.label_studio
+        assert studio is not None
+        poll = cdk.Duration.seconds(studio.poll_interval_seconds)
+        prepare_tasks = self._lambda_step(
+            "PrepareLabelingTasks",
+            functions["prepare_label_studio_tasks"],
+            {"run": run},
+            "$.labeling",
+            "Creates the round's tasks (the model's boxes as predictions), takes over live ones, adds the round's view",
+        )
+        prepare_review = self._lambda_step(
+            "PrepareReviewTasks",
+            functions["prepare_label_studio_review"],
+            {"run": run},
+            "$.review",
+            "Checks every answered task's boxes; creates review tasks with the labeler's boxes",
+        )
+        steps.extend([prepare_tasks, prepare_review])
+
+        def wait_loop(phase: str, people: str, source: str, next_state: sfn.IChainable) -> sfn.IChainable:
+            wait = sfn.Wait(
+                self,
+                f"WaitFor{people}",
+                time=sfn.WaitTime.duration(poll),
+                comment=f"No function runs while {people.lower()} work",
+            )
+            check = self._lambda_step(
+                f"Check{phase}",
+                functions["label_studio_progress"],
+                {
+                    "run": run,
+                    "project": sfn.JsonPath.number_at(f"{source}.project"),
+                    "deadline": sfn.JsonPath.string_at(f"{source}.deadline"),
+                },
+                f"$.{phase.lower()}_progress",
+                f"Counts the round's answered {phase.lower()} tasks; done when all are, or time is up",
+            )
+            steps.append(check)
+            wait.next(check).next(
+                sfn.Choice(self, f"{phase}Done?")
+                .when(sfn.Condition.boolean_equals(f"$.{phase.lower()}_progress.done", True), next_state)
+                .otherwise(wait)
+            )
+            return wait
+
+        writing = self._write_loop(functions["write_label_studio_labels"], {}, steps, done=done)
+        review_wait = wait_loop("Review", "Reviewers", "$.review", writing)
+        labeling_wait = wait_loop("Labeling", "Labelers", "$.labeling", prepare_review.next(review_wait))
+        return prepare_tasks.next(labeling_wait)

@@ -536,6 +536,19 @@ class LabelStudioSettings(_Section):
     server: LabelStudioServerSettings | None = Field(
         default=None, description="The server the labeling app deploys when url is not set."
     )
+    poll_interval_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=3600,
+        description="How long the round's Wait states wait between two looks at the labeling and review progress.",
+    )
+    presign_ttl_minutes: int = Field(
+        default=5,
+        ge=1,
+        le=60,
+        description="Lifetime of the presigned URLs through which labelers' browsers load the images from the "
+        "data bucket (the project's S3 storage; no copy of the images is made).",
+    )
 
     @model_validator(mode="after")
     def _one_server(self) -> LabelStudioSettings:
@@ -557,7 +570,11 @@ class LabelingSettings(_Section):
     label_studio: LabelStudioSettings | None = Field(
         default=None, description="The Label Studio server; required when backend is label_studio."
     )
-    workforce: WorkforceSettings = Field(description="Who draws the boxes.")
+    workforce: WorkforceSettings | None = Field(
+        default=None,
+        description="Who draws the boxes (Ground Truth work team); required with backend ground_truth. Label Studio "
+        "labelers are the server's users; an environment that switches backend may leave it set (unused).",
+    )
     review_workforce: WorkforceSettings | None = Field(
         default=None, description="Who verifies (or adjusts) the boxes; the labeling workforce when not set."
     )
@@ -566,7 +583,18 @@ class LabelingSettings(_Section):
         description="verification: reviewers approve or reject each image's boxes (rejected images are labeled "
         "again next round); adjustment: reviewers correct the boxes, and the corrected boxes are approved.",
     )
-    max_images_per_job: int = Field(default=500, ge=1, le=100_000)
+    max_images_per_job: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="The round's budget: images one round sends to labeling at most, the most informative first "
+        "(uncertain device frames, then recent ones), shared fairly between devices.",
+    )
+    pre_labels: bool = Field(
+        default=True,
+        description="Offer the newest approved model's boxes as a starting point (Label Studio predictions, or a "
+        "Ground Truth adjustment job instead of the bounding-box job); no approved model: labelers draw from scratch.",
+    )
     task_time_limit_seconds: int = Field(default=600, ge=30, le=28_800)
     task_availability_lifetime_seconds: int = Field(
         default=259_200,
@@ -610,6 +638,8 @@ class LabelingSettings(_Section):
 
     @model_validator(mode="after")
     def _backend_settings(self) -> LabelingSettings:
+        if self.backend == "ground_truth" and self.workforce is None:
+            raise ValueError("workforce is required when backend is ground_truth (the work team that draws the boxes)")
         if self.backend == "label_studio" and self.label_studio is None:
             raise ValueError(
                 "label_studio (url and api_token_secret, or server) is required when backend is label_studio"
@@ -638,7 +668,7 @@ class LabelingSettings(_Section):
         return self
 
     @property
-    def effective_review_workforce(self) -> WorkforceSettings:
+    def effective_review_workforce(self) -> WorkforceSettings | None:
         return self.review_workforce or self.workforce
 
 
@@ -846,6 +876,17 @@ class EdgeDeploymentSettings(_Section):
     )
     uncertainty_band: tuple[float, float] = (0.3, 0.7)
     confident_sample_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    drift_sample_rate: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of frames with no detection sent back while the device's rate of such frames departs "
+        "from the model's test split (1 - model.json's test_statistics.detection_rate): a model gone blind sends "
+        "frames back.",
+    )
+    max_uploads_per_hour: int = Field(
+        default=120, ge=0, le=36_000, description="Cap on frames one device sends back per hour (0: no cap)."
+    )
     offline_queue_mb: int = Field(default=512, ge=1)
     frames_directory: Annotated[str, Field(pattern=r"^[^\s]+$")] = Field(
         default="frames",

@@ -43,3 +43,25 @@ def settings():
     from shared.config import load_settings
 
     return load_settings(REPO_ROOT / "config.yaml")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto server on loopback: the S3 that Label Studio reads images from (same backends as mock_aws)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def studio(s3_endpoint: str):
+    """A real Label Studio server (labeling/local/server.py), started once, stopped at the end."""
+    from labeling.local.server import LabelStudioServer
+
+    server = LabelStudioServer(s3_endpoint=s3_endpoint, region="eu-west-1").start()
+    yield server
+    server.stop()

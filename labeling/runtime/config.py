@@ -16,6 +16,7 @@ from labeling.runtime.errors import ConfigurationError
 
 ENVIRONMENT_VARIABLE = "LABELING_CONFIG"
 REVIEW_MODES = ("verification", "adjustment")
+BACKENDS = ("ground_truth", "label_studio")
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class LabelingConfig:
     class_names: tuple[str, ...]
     raw_prefix: str
     jobs_prefix: str
-    workforce: Workforce
-    review_workforce: Workforce
+    workforce: Workforce | None
+    review_workforce: Workforce | None
+    backend: str = "ground_truth"
     ground_truth_role_arn: str = ""  # empty where no labeling job is created (the seeding function)
     output_kms_key: str = ""  # Ground Truth encrypts its outputs with this key (the data key's alias ARN)
     review_mode: str = "verification"
@@ -65,8 +67,17 @@ class LabelingConfig:
     task_availability_lifetime_seconds: int = 259_200
     workers_per_image: int = 1
     max_concurrent_tasks: int = 1000
+    pre_labels: bool = False
+    model_package_group: str = ""  # the training app's group: its newest approved package gives the pre-labels
+    label_studio_url: str = ""  # e.g. https://labels.example.com (no trailing slash)
+    label_studio_token_secret: str = ""  # Secrets Manager secret (name or ARN) with the API token
+    label_studio_presign_ttl_minutes: int = 5
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigurationError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "label_studio" and not (self.label_studio_url and self.label_studio_token_secret):
+            raise ConfigurationError("the label_studio backend needs label_studio_url and label_studio_token_secret")
         if self.review_mode not in REVIEW_MODES:
             raise ConfigurationError(f"review_mode must be one of {REVIEW_MODES}, got {self.review_mode!r}")
         if not self.class_names:
@@ -86,8 +97,8 @@ class LabelingConfig:
         try:
             raw: dict[str, Any] = json.loads(text)
             raw["class_names"] = tuple(raw["class_names"])
-            raw["workforce"] = Workforce(**raw["workforce"])
-            raw["review_workforce"] = Workforce(**raw["review_workforce"])
+            for key in ("workforce", "review_workforce"):
+                raw[key] = Workforce(**raw[key]) if raw.get(key) is not None else None
             return cls(**raw)
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ConfigurationError(f"{ENVIRONMENT_VARIABLE} is not a valid labeling configuration: {error}") from None

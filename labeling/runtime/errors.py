@@ -31,7 +31,38 @@ class SeedFileError(LabelingError):
     """A seed file cannot be read at all (wrong format, unreadable); row-level problems are reported instead."""
 
 
+class LabelStudioUnavailable(LabelingError):
+    """Label Studio did not answer (refused, timed out, 5xx): a retry may succeed."""
+
+
+class LabelStudioAuthError(ConfigurationError):
+    """Label Studio refused the API token (401/403): retrying cannot help."""
+
+
+class LabelStudioNotFound(LabelingError):
+    """A Label Studio object does not exist (any more): e.g. a task or project deleted by hand."""
+
+
+class LabelStudioRequestError(LabelingError):
+    """Label Studio rejected a request (4xx other than 401/403/404)."""
+
+
+class LabelStudioProjectError(LabelingError):
+    """A Label Studio project of the round is not as the round made it (edited by hand); nothing was written."""
+
+
 NON_RETRYABLE_ERRORS: tuple[str, ...] = tuple(
-    error.__name__ for error in (ConfigurationError, ConcurrentRoundError, ManifestError, NoLabelsError, SeedFileError)
+    error.__name__
+    for error in (
+        ConfigurationError,
+        ConcurrentRoundError,
+        ManifestError,
+        NoLabelsError,
+        SeedFileError,
+        LabelStudioAuthError,
+        LabelStudioNotFound,
+        LabelStudioRequestError,
+        LabelStudioProjectError,
+    )
 )
 """Error names the state machine fails on at once (retrying the same input gives the same answer)."""

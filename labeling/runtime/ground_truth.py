@@ -36,16 +36,23 @@ LABEL_CATEGORIES_FILE = TASK_UI_DIR / "label-categories.json"
 INSTRUCTIONS_FILE = TASK_UI_DIR / "instructions.html"
 
 BOXES = "boxes"
+PRE_LABELED = "pre-labeled"  # the first job when the model's boxes are offered: workers correct them
 VERIFICATION = "verification"
 ADJUSTMENT = "adjustment"
-JOB_KINDS = (BOXES, VERIFICATION, ADJUSTMENT)
+JOB_KINDS = (BOXES, PRE_LABELED, VERIFICATION, ADJUSTMENT)
 
 # Label attribute names in the manifests (a review job must use another name than the job it reviews).
 BOXES_ATTRIBUTE = "defect-boxes"
+PRE_LABEL_ATTRIBUTE = "defect-boxes-model"  # the model's boxes in a pre-labeled job's input manifest
 REVIEW_ATTRIBUTES = {VERIFICATION: "defect-boxes-verified", ADJUSTMENT: "defect-boxes-adjusted"}
 
 # Built-in task types, as named in the ARNs of their pre-annotation (PRE-) and consolidation (ACS-) functions.
-TASK_TYPES = {BOXES: "BoundingBox", VERIFICATION: "VerificationBoundingBox", ADJUSTMENT: "AdjustmentBoundingBox"}
+TASK_TYPES = {
+    BOXES: "BoundingBox",
+    PRE_LABELED: "AdjustmentBoundingBox",
+    VERIFICATION: "VerificationBoundingBox",
+    ADJUSTMENT: "AdjustmentBoundingBox",
+}
 
 # The AWS account that owns Ground Truth's built-in PRE-<task type> and ACS-<task type> Lambda functions in
 # each region where the bounding-box, verification and adjustment task types are offered.
@@ -206,11 +213,13 @@ def render_task_template(kind: str, ui: TaskUi) -> str:
     """The worker task template (UiTemplateS3Uri) of a job: a Liquid template with crowd HTML elements."""
     files = {
         BOXES: "bounding-box.liquid.html",
+        PRE_LABELED: "adjustment.liquid.html",
         VERIFICATION: "verification.liquid.html",
         ADJUSTMENT: "adjustment.liquid.html",
     }
     headers = {
         BOXES: "Draw a tight box around every defect on the tag",
+        PRE_LABELED: "The model's boxes: correct them so that every defect has one tight box",
         VERIFICATION: "Are these boxes correct and complete?",
         ADJUSTMENT: "Correct the boxes so that every defect has one tight box",
     }
@@ -229,7 +238,7 @@ def render_task_template(kind: str, ui: TaskUi) -> str:
         "categories_json": html.escape(json.dumps([ui.approve, ui.reject])),
         "approve": html.escape(ui.approve),
         "reject": html.escape(ui.reject),
-        "boxes_attribute": BOXES_ATTRIBUTE,
+        "boxes_attribute": PRE_LABEL_ATTRIBUTE if kind == PRE_LABELED else BOXES_ATTRIBUTE,
         "full_instructions": instructions,
         "class_summary": summary,
     }
@@ -263,11 +272,17 @@ def labeling_job_request(
         raise ValueError(f"unknown job kind {kind!r}")
     if not config.ground_truth_role_arn:
         raise ConfigurationError("the labeling configuration has no Ground Truth role (ground_truth_role_arn)")
-    workforce: Workforce = config.workforce if kind == BOXES else config.review_workforce
+    workforce: Workforce | None = config.workforce if kind in (BOXES, PRE_LABELED) else config.review_workforce
+    if workforce is None:
+        raise ConfigurationError("a Ground Truth job needs a workforce (labeling.workforce in config.yaml)")
     pre, consolidation = built_in_functions(kind, region)
     classes = ", ".join(config.class_names)
     titles = {
         BOXES: (f"Box defects on metal tags ({classes})", "Draw a tight box around every defect on each tag image."),
+        PRE_LABELED: (
+            f"Box defects on metal tags ({classes}), starting from a model's boxes",
+            "Move, resize, remove or add the suggested boxes until every defect has one tight, correct box.",
+        ),
         VERIFICATION: (
             f"Review defect boxes on metal tags ({classes})",
             "Approve the boxes when every defect has a tight, correct box; reject them otherwise.",
@@ -297,7 +312,7 @@ def labeling_job_request(
         input_config["DataAttributes"] = {"ContentClassifiers": public_content_classifiers(workforce)}
     return {
         "LabelingJobName": job_name,
-        "LabelAttributeName": BOXES_ATTRIBUTE if kind == BOXES else REVIEW_ATTRIBUTES[kind],
+        "LabelAttributeName": BOXES_ATTRIBUTE if kind in (BOXES, PRE_LABELED) else REVIEW_ATTRIBUTES[kind],
         "InputConfig": input_config,
         "OutputConfig": {
             "S3OutputPath": output_uri,
@@ -326,6 +341,38 @@ REQUEST_KEYS = (
     "HumanTaskConfig",
 )
 """Top-level keys of every request `labeling_job_request` builds: the state machine passes exactly these."""
+
+
+def pre_label_attribute(pre_label: Any, image: Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """The model's boxes of one image as a label attribute in Ground Truth's bounding-box format.
+
+    `pre_label` is a `pre_labels.PreLabel` (None: the model was not run on this image, e.g. its size did
+    not match its header; the worker then starts from no box); `image` a `rounds.SelectedImage`.
+    """
+    boxes = list(pre_label.boxes) if pre_label is not None else []
+    return {
+        PRE_LABEL_ATTRIBUTE: {
+            "image_size": [{"width": image.width, "height": image.height, "depth": 3}],
+            "annotations": [
+                {
+                    "class_id": box.class_id,
+                    "left": round(box.x1),
+                    "top": round(box.y1),
+                    "width": max(1, round(box.x2 - box.x1)),
+                    "height": max(1, round(box.y2 - box.y1)),
+                }
+                for box in boxes
+            ],
+        },
+        f"{PRE_LABEL_ATTRIBUTE}-metadata": {
+            "objects": [{"confidence": round(box.score, 4)} for box in boxes],
+            "class-map": {str(index): name for index, name in enumerate(class_names)},
+            "type": "groundtruth/object-detection",
+            "human-annotated": "no",
+            "creation-date": (pre_label.created if pre_label is not None else format_event_time(datetime.now(UTC))),
+            "job-name": f"labeling-job/{pre_label.model_name if pre_label is not None else 'no-model'}",
+        },
+    }
 
 
 # --------------------------------------------------------------------------------------------------

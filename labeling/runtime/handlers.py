@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 from aws_lambda_powertools import Logger
 
-from labeling.runtime import rounds
+from labeling.runtime import label_studio, pre_labels, rounds
 from labeling.runtime.config import LabelingConfig
 from labeling.runtime.errors import SeedFileError
 from labeling.runtime.feature_store import client_config
@@ -81,6 +81,37 @@ def find_unlabeled(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context
+def select_images(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """Event: run. Spends the round's budget on the most informative candidates (`<round>/selected.jsonl`)."""
+    config = _config()
+    run = RunIdentity.from_json(event["run"])
+    result = rounds.select_images(
+        _client("s3"), bucket=config.data_bucket, run_prefix=run.prefix, budget=config.max_images_per_job
+    )
+    logger.info("images selected", extra={"selection": result})
+    return result
+
+
+@logger.inject_lambda_context
+def pre_label(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """Event: run, cursor. The newest approved model's boxes for the selection (nothing without such a model)."""
+    config = _config()
+    run = RunIdentity.from_json(event["run"])
+    cursor = pre_labels.pre_label_images(
+        _client("s3"),
+        _client("sagemaker"),
+        bucket=config.data_bucket,
+        run_prefix=run.prefix,
+        group_name=config.model_package_group,
+        images=rounds.read_selected(_client("s3"), bucket=config.data_bucket, run_prefix=run.prefix),
+        cursor=pre_labels.PreLabelCursor.from_json(event.get("cursor")),
+        time_left=_time_left(context),
+    )
+    logger.info("pre-labels", extra={"cursor": cursor.to_json()})
+    return cursor.to_json()
+
+
+@logger.inject_lambda_context
 def prepare_labeling(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     """Event: run. Returns the bounding-box job's request (or images: 0 when nothing can be labeled)."""
     result = rounds.prepare_labeling_job(
@@ -118,6 +149,78 @@ def write_labels(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     )
     logger.info("labels written", extra={"cursor": cursor.to_json()})
     return cursor.to_json()
+
+
+# --------------------------------------------------------------------------------------------------
+# Label Studio
+# --------------------------------------------------------------------------------------------------
+
+
+def _label_studio(config: LabelingConfig) -> Any:
+    """A client per invocation: a rotated API token is read again on the next call."""
+    return label_studio.client_for(config, _client("secretsmanager"))
+
+
+@logger.inject_lambda_context
+def prepare_label_studio_tasks(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """Event: run. The round's boxes tasks (new ones with pre-labels, live ones taken over) and its view."""
+    config = _config()
+    result = label_studio.prepare_labeling_tasks(
+        _label_studio(config),
+        _client("s3"),
+        _client("sagemaker-featurestore-runtime"),
+        config=config,
+        run=RunIdentity.from_json(event["run"]),
+        region=_region(),
+    )
+    logger.info("Label Studio tasks ready", extra={"labeling": result})
+    return result
+
+
+@logger.inject_lambda_context
+def label_studio_progress(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """Event: run, project, deadline. How many of the round's tasks have an answer (after each Wait)."""
+    config = _config()
+    result = label_studio.progress(
+        _label_studio(config),
+        project_id=int(event["project"]),
+        run_id=RunIdentity.from_json(event["run"]).id,
+        deadline=str(event["deadline"]),
+    )
+    logger.info("Label Studio progress", extra={"progress": result})
+    return result
+
+
+@logger.inject_lambda_context
+def prepare_label_studio_review(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """Event: run. Review tasks for every answered boxes task of the round."""
+    config = _config()
+    result = label_studio.prepare_review_tasks(
+        _label_studio(config),
+        _client("s3"),
+        config=config,
+        run=RunIdentity.from_json(event["run"]),
+        region=_region(),
+    )
+    logger.info("Label Studio review ready", extra={"review": result})
+    return result
+
+
+@logger.inject_lambda_context
+def write_label_studio_labels(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """Event: run, cursor. The reviewed labels into the feature group; their tasks marked settled."""
+    config = _config()
+    cursor = label_studio.write_labels(
+        _label_studio(config),
+        _client("s3"),
+        _client("sagemaker-featurestore-runtime"),
+        config=config,
+        run=RunIdentity.from_json(event["run"]),
+        cursor=rounds.WriteCursor.from_json(event.get("cursor")),
+        time_left=_time_left(context),
+    )
+    logger.info("labels written", extra={"cursor": cursor.to_json()})
+    return dict(cursor.to_json())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 1. `start_round`: refuse to run beside another round; name the round and its two jobs.
 2. `find_unlabeled_images`: list the raw-image prefix page by page and keep the images whose newest label
-   is not approved. The list goes to S3 (`<round>/candidates/part-NNNNN.jsonl`), never into the state:
+   is not approved, with what ranks them (upload time; the device's uncertainty from the upload's
+   metadata). The list goes to S3 (`<round>/candidates/part-NNNNN.jsonl`), never into the state:
    the step returns a cursor and is called again until the listing is done, so it scales to millions
    of images. Non-images and zero-byte files are skipped and reported (`<round>/reports/`).
-3. `prepare_labeling_job`: take at most the configured number of candidates, check that each is a
-   complete JPEG or PNG (undecodable ones are reported, never sent), write the job's input manifest,
-   worker template and label categories, and build the CreateLabelingJob request.
+3. `select_images`: spend the round's budget (`selection.py`: most uncertain, then newest, fair across
+   devices), checking that each image is a complete JPEG or PNG (undecodable ones are reported, never
+   sent); the selection goes to `<round>/selected.jsonl` with each image's size. Pre-labels for it are
+   computed next (`pre_labels.py`), then the backend takes over:
+   `prepare_labeling_job` (Ground Truth: input manifest, worker files, the CreateLabelingJob request of a
+   bounding-box job, or of an adjustment job over the model's boxes) or `label_studio.py`.
 4. `prepare_review_job`: read the bounding-box job's output manifest (empty or malformed: the round
    fails, nothing is written), keep the images that got boxes and build the review job's request.
 5. `write_labels`: read the review job's output manifest, turn it into label records and write them to
@@ -19,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -29,6 +33,7 @@ from labeling.runtime.config import LabelingConfig
 from labeling.runtime.errors import ConcurrentRoundError, ManifestError, NoLabelsError
 from labeling.runtime.feature_store import WRITE_BATCH_DEFAULT, WriteReport, approved_images, write_records
 from labeling.runtime.images import UndecodableImage, read_image_info, skip_reason
+from labeling.runtime.pre_labels import read_pre_labels
 from labeling.runtime.s3io import (
     is_missing,
     list_keys,
@@ -39,11 +44,13 @@ from labeling.runtime.s3io import (
     write_jsonl,
     write_text,
 )
+from labeling.runtime.selection import Candidate, rank_candidates, source_of, uncertainty_from_metadata
 
 TimeLeft = Callable[[], float]
 PAGE_SIZE = 1000
 PART_SIZE = 50_000  # candidates per part file
 CHECK_BATCH = 64  # images checked in parallel when building a job's input manifest
+HEAD_WORKERS = 16  # parallel HeadObject calls reading the devices' upload metadata
 MIN_SECONDS_LEFT = 60.0  # a step stops and hands back its cursor when less time than this is left
 
 
@@ -161,13 +168,12 @@ def find_unlabeled_images(
         contents = page.get("Contents", [])
         images = _sort_page(contents, cursor, skipped)
         cursor.images += len(images)
-        approved = approved_images(featurestore, feature_group, [s3_uri(bucket, key) for key, _ in images])
-        for key, size in images:
-            if s3_uri(bucket, key) in approved:
-                cursor.approved += 1
-            else:
-                candidates.append({"key": key, "size": size})
-                cursor.candidates += 1
+        approved = approved_images(featurestore, feature_group, [s3_uri(bucket, key) for key, _, _ in images])
+        unlabeled = [(key, size, modified) for key, size, modified in images if s3_uri(bucket, key) not in approved]
+        cursor.approved += len(images) - len(unlabeled)
+        for candidate in _with_device_scores(s3, bucket, unlabeled):
+            candidates.append(candidate.to_json())
+            cursor.candidates += 1
         if contents:
             cursor.start_after = contents[-1]["Key"]
         cursor.done = not page.get("IsTruncated", False) or not contents
@@ -198,9 +204,9 @@ def list_unlabeled_images(
 
 def _sort_page(
     contents: list[dict[str, Any]], cursor: FindCursor, skipped: list[dict[str, Any]]
-) -> list[tuple[str, int]]:
-    """The page's images (key, size); non-images and empty files go to `skipped` with their reason."""
-    images: list[tuple[str, int]] = []
+) -> list[tuple[str, int, str]]:
+    """The page's images (key, size, last modified); non-images and empty files go to `skipped` with their reason."""
+    images: list[tuple[str, int, str]] = []
     for item in contents:
         key, size = item["Key"], int(item["Size"])
         cursor.listed += 1
@@ -211,18 +217,47 @@ def _sort_page(
             skipped.append({"key": key, "size": size, "reason": reason})
             cursor.skipped += 1
         else:
-            images.append((key, size))
+            modified: Any = item.get("LastModified")
+            images.append((key, size, modified.isoformat() if hasattr(modified, "isoformat") else str(modified or "")))
     return images
+
+
+def _with_device_scores(s3: Any, bucket: str, images: list[tuple[str, int, str]]) -> list[Candidate]:
+    """Candidates with the uncertainty their device recorded (HeadObject of each device upload, in parallel)."""
+
+    def score(image: tuple[str, int, str]) -> Candidate:
+        key, size, modified = image
+        if source_of(key) == "other":
+            return Candidate(key=key, size=size, modified=modified)
+        try:
+            metadata = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+        except ClientError as error:
+            if not is_missing(error):
+                raise
+            metadata = {}  # gone since the listing: ranked as unknown, reported as undecodable when selected
+        uncertainty, reason = uncertainty_from_metadata(metadata)
+        return Candidate(key=key, size=size, modified=modified, uncertainty=uncertainty, reason=reason)
+
+    if not images:
+        return []
+    with ThreadPoolExecutor(max_workers=min(HEAD_WORKERS, len(images))) as pool:
+        return list(pool.map(score, images))
 
 
 def iter_candidates(s3: Any, *, bucket: str, run_prefix: str) -> Iterator[tuple[str, int]]:
     """(key, size) of every candidate the listing wrote, in listing order, each image once."""
+    for candidate in iter_candidate_rows(s3, bucket=bucket, run_prefix=run_prefix):
+        yield candidate.key, candidate.size
+
+
+def iter_candidate_rows(s3: Any, *, bucket: str, run_prefix: str) -> Iterator[Candidate]:
+    """Every candidate the listing wrote, with what ranks it, in listing order, each image once."""
     seen: set[str] = set()
     for part in list_keys(s3, bucket, candidates_prefix(run_prefix)):
         for row in read_jsonl(s3, bucket, part):
             if row["key"] not in seen:
                 seen.add(row["key"])
-                yield row["key"], int(row["size"])
+                yield Candidate.from_json(row)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,54 +265,110 @@ def iter_candidates(s3: Any, *, bucket: str, run_prefix: str) -> Iterator[tuple[
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class InputManifest:
-    uri: str | None
-    images: list[str] = field(default_factory=list)  # image URIs in the manifest
-    undecodable: list[dict[str, Any]] = field(default_factory=list)
+@dataclass(frozen=True)
+class SelectedImage:
+    """An image the round sends to labeling: where it is, its size (from its header) and why it was chosen."""
+
+    uri: str
+    width: int
+    height: int
+    uncertainty: float
+    reason: str
+    source: str
+    modified: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> SelectedImage:
+        return cls(
+            uri=str(raw["uri"]),
+            width=int(raw["width"]),
+            height=int(raw["height"]),
+            uncertainty=float(raw["uncertainty"]),
+            reason=str(raw.get("reason", "")),
+            source=str(raw["source"]),
+            modified=str(raw.get("modified", "")),
+        )
 
 
-def build_input_manifest(
-    s3: Any, *, bucket: str, run_prefix: str, max_images: int, workers: int = 16, manifest_key: str | None = None
-) -> InputManifest:
-    """Write the bounding-box job's input manifest: up to `max_images` candidates that are complete images."""
-    manifest = InputManifest(uri=None)
+def selected_key(run_prefix: str) -> str:
+    return f"{run_prefix}selected.jsonl"
 
-    def check(candidate: tuple[str, int]) -> tuple[str, str | None]:
-        key, size = candidate
+
+def read_selected(s3: Any, *, bucket: str, run_prefix: str) -> list[SelectedImage]:
+    """The round's selection, best first (empty when nothing was selected)."""
+    try:
+        return [SelectedImage.from_json(row) for row in read_jsonl(s3, bucket, selected_key(run_prefix))]
+    except ClientError as error:
+        if is_missing(error):
+            return []
+        raise
+
+
+def select_images(s3: Any, *, bucket: str, run_prefix: str, budget: int, workers: int = 16) -> dict[str, Any]:
+    """Spend the round's budget on the best candidates that are complete JPEG or PNG images.
+
+    Writes `<round>/selected.jsonl` (best first) and, for unusable files, `reports/undecodable.jsonl`;
+    returns counts. A retry writes the same files again.
+    """
+    ranked = rank_candidates(iter_candidate_rows(s3, bucket=bucket, run_prefix=run_prefix), budget=budget)
+    selected: list[SelectedImage] = []
+    undecodable: list[dict[str, Any]] = []
+
+    def check(candidate: Candidate) -> tuple[Candidate, SelectedImage | None, str | None]:
         try:
-            read_image_info(s3, bucket=bucket, key=key, size=size)
-            return key, None
+            info = read_image_info(s3, bucket=bucket, key=candidate.key, size=candidate.size)
         except UndecodableImage as error:
-            return key, str(error)
+            return candidate, None, str(error)
         except ClientError as error:
             if is_missing(error) or error.response.get("Error", {}).get("Code") == "InvalidRange":
-                return key, "the object is gone or shorter than listed"
+                return candidate, None, "the object is gone or shorter than listed"
             raise
+        image = SelectedImage(
+            uri=s3_uri(bucket, candidate.key),
+            width=info.width,
+            height=info.height,
+            uncertainty=candidate.uncertainty,
+            reason=candidate.reason,
+            source=candidate.source,
+            modified=candidate.modified,
+        )
+        return candidate, image, None
 
-    candidates = iter_candidates(s3, bucket=bucket, run_prefix=run_prefix)
+    remaining = iter(ranked)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        while len(manifest.images) < max_images:
-            batch = [c for _, c in zip(range(CHECK_BATCH), candidates, strict=False)]
+        while len(selected) < budget:
+            batch = [c for _, c in zip(range(CHECK_BATCH), remaining, strict=False)]
             if not batch:
                 break
-            for key, problem in pool.map(check, batch):
+            for candidate, image, problem in pool.map(check, batch):
                 if problem:
-                    manifest.undecodable.append({"key": key, "reason": f"undecodable image: {problem}"})
-                elif len(manifest.images) < max_images:
-                    manifest.images.append(s3_uri(bucket, key))
-    if manifest.undecodable:
-        write_jsonl(s3, bucket, f"{reports_prefix(run_prefix)}undecodable.jsonl", manifest.undecodable)
-    if manifest.images:
-        key = manifest_key or f"{run_prefix}{gt.BOXES}/input.manifest"
-        manifest.uri = write_jsonl(s3, bucket, key, ({"source-ref": uri} for uri in manifest.images))
-    return manifest
+                    undecodable.append({"key": candidate.key, "reason": f"undecodable image: {problem}"})
+                elif image is not None and len(selected) < budget:
+                    selected.append(image)
+    if undecodable:
+        write_jsonl(s3, bucket, f"{reports_prefix(run_prefix)}undecodable.jsonl", undecodable)
+    write_jsonl(s3, bucket, selected_key(run_prefix), (image.to_json() for image in selected))
+    sources: dict[str, int] = {}
+    for image in selected:
+        sources[image.source] = sources.get(image.source, 0) + 1
+    return {
+        "images": len(selected),
+        "undecodable": len(undecodable),
+        "sources": len(sources),
+        "selection": s3_uri(bucket, selected_key(run_prefix)),
+        "reports": s3_uri(bucket, reports_prefix(run_prefix)),
+    }
 
 
-def _job_files(s3: Any, config: LabelingConfig, run_prefix: str, kind: str) -> tuple[str, str, str]:
+def _job_files(
+    s3: Any, config: LabelingConfig, run_prefix: str, kind: str, *, folder: str | None = None
+) -> tuple[str, str, str]:
     """Upload the worker template and label categories of a job; (template URI, categories URI, output URI)."""
     ui = gt.load_task_ui(config.class_names)
-    folder = f"{run_prefix}{kind}/"
+    folder = f"{run_prefix}{folder or kind}/"
     template = write_text(
         s3,
         config.data_bucket,
@@ -296,24 +387,37 @@ def _job_files(s3: Any, config: LabelingConfig, run_prefix: str, kind: str) -> t
 
 
 def prepare_labeling_job(s3: Any, *, config: LabelingConfig, run: gt.RunIdentity, region: str) -> dict[str, Any]:
-    """Input manifest, worker files and the CreateLabelingJob request of the round's bounding-box job."""
-    manifest = build_input_manifest(
-        s3, bucket=config.data_bucket, run_prefix=run.prefix, max_images=config.max_images_per_job
-    )
+    """Input manifest, worker files and the CreateLabelingJob request of the round's first job.
+
+    Without pre-labels, a bounding-box job (workers draw every box); with them, an adjustment job whose
+    manifest carries the model's boxes (workers correct them). Either writes its answer under the label
+    attribute `defect-boxes`, so the review reads both alike.
+    """
+    selected = read_selected(s3, bucket=config.data_bucket, run_prefix=run.prefix)
     result: dict[str, Any] = {
-        "images": len(manifest.images),
-        "undecodable": len(manifest.undecodable),
+        "images": len(selected),
+        "pre_labeled": 0,
         "reports": s3_uri(config.data_bucket, reports_prefix(run.prefix)),
     }
-    if not manifest.images:
+    if not selected:
         return result
-    template, categories, output = _job_files(s3, config, run.prefix, gt.BOXES)
+    pre_labels = read_pre_labels(s3, bucket=config.data_bucket, run_prefix=run.prefix)
+    kind = gt.PRE_LABELED if pre_labels else gt.BOXES
+    lines = []
+    for image in selected:
+        line: dict[str, Any] = {"source-ref": image.uri}
+        if pre_labels:
+            line.update(gt.pre_label_attribute(pre_labels.get(image.uri), image, config.class_names))
+        lines.append(line)
+    result["pre_labeled"] = sum(1 for image in selected if image.uri in pre_labels)
+    manifest = write_jsonl(s3, config.data_bucket, f"{run.prefix}{gt.BOXES}/input.manifest", lines)
+    template, categories, output = _job_files(s3, config, run.prefix, kind, folder=gt.BOXES)
     result["request"] = gt.labeling_job_request(
-        gt.BOXES,
+        kind,
         config=config,
         region=region,
         job_name=run.boxes_job,
-        manifest_uri=str(manifest.uri),
+        manifest_uri=manifest,
         output_uri=output,
         template_uri=template,
         categories_uri=categories,

@@ -7,6 +7,9 @@ Every app runs its own code; AWS is replaced only at the service boundary:
   the edge state machine is walked state by state here (moto cannot run its Greengrass task).
 * Ground Truth: `FakeGroundTruth` writes output manifests exactly as a job does, here with the boxes
   drawn into the synthetic images (rounded to whole pixels, as workers' boxes are).
+* Label Studio: a real server on loopback (`labeling/local/server.py`, reading the images from the
+  moto S3 through a moto server); labelers and reviewers answer through its API, with the same boxes,
+  while the state machine waits. Its URL is the only value the harness sets (where the server runs).
 * Feature Store runtime: `FakeFeatureStore` (requests validated against botocore's model); its
   recorded PutRecord calls become offline-store parquet files where Feature Store would write them.
 * SageMaker Pipelines: `tests/e2e/pipeline.py` runs the deployed definition with the step code.
@@ -49,9 +52,10 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 from moto.events.models import EventPattern
 
+from labeling.functions import HANDLERS
 from labeling.runtime.config import LabelingConfig
 from labeling.runtime.ground_truth import load_task_ui
-from shared.contracts import LabelRecord
+from shared.contracts import Annotation, LabelRecord
 from shared.names import RAW_IMAGE_PREFIX
 from shared.synthetic import Sample, write_dataset
 from tests.e2e.pipeline import PipelineRun, Trainer
@@ -63,7 +67,7 @@ from tests.labeling.workflow_harness import Workflow
 THING = "line-1-camera-1"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 INFERENCE_VERSION_RESOURCE = "Custom::GreengrassComponentVersion"
-LABELING_HANDLERS = ("start_round", "find_unlabeled", "prepare_labeling", "prepare_review", "write_labels")
+LABELING_HANDLERS = tuple(h for h in HANDLERS if h != "seed_resource")  # every backend's round functions
 EDGE_HANDLERS = ("resolve", "prepare_model", "create_deployment", "check_rollout")
 # A real run of the pipeline with these run parameters (any execution may override them): a tiny model.
 TINY_TRAINING = {"Epochs": 2, "ImageSize": 96, "BatchSize": 16, "MinMap50to95": 0.0}
@@ -104,7 +108,16 @@ def wiring(apps: Apps) -> Wiring:
     from edge_deployment.runtime.components import inference_component_version, render_recipe_template
 
     workflow = apps.labeling_workflow
-    configs = {workflow.environment(f"labeling_lambda.{h}")["LABELING_CONFIG"] for h in LABELING_HANDLERS}
+    handlers = {
+        r["Properties"]["Handler"]
+        for r in workflow.of_type("AWS::Lambda::Function").values()
+        if r["Properties"]["Handler"].startswith("labeling_lambda.")
+    }
+    configs = {
+        workflow.environment(f"labeling_lambda.{h}")["LABELING_CONFIG"]
+        for h in LABELING_HANDLERS
+        if f"labeling_lambda.{h}" in handlers
+    }
     if len(configs) != 1:
         raise LoopBroken(f"the labeling functions run with {len(configs)} different configurations")
     (pipeline,) = apps.training_workflow.of_type("AWS::SageMaker::Pipeline").values()
@@ -210,6 +223,7 @@ class LoopResult:
     frames: int = 0
     uploads: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> its S3 metadata
     second_round_images: list[str] = field(default_factory=list)
+    second_round: dict[str, Any] = field(default_factory=dict)  # the second round's output (pre-labels, labels)
     trained_model: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -309,6 +323,7 @@ class Loop:
     images: int = 60
     frames: int = 12
     seed: int = 11
+    studio: Any = None  # a running Label Studio server (labeling/local/server.py) for that backend
 
     def __post_init__(self) -> None:
         self.result = LoopResult()
@@ -348,7 +363,8 @@ class Loop:
             self.result.raw_images[f"s3://{self.data_bucket}/{key}"] = sample
 
     def _labeling_round(self, name: str) -> dict[str, Any]:
-        described = self.workflow.run(name)
+        # a Label Studio round makes a few hundred calls to a real server: minutes on a busy machine
+        described = self.workflow.wait(self.workflow.start(name), timeout=900)
         if described["status"] != "SUCCEEDED":
             raise LoopBroken(
                 f"labeling round {name}: {described['status']}: {described.get('cause', described.get('error'))}"
@@ -641,6 +657,10 @@ class Loop:
         output = self._labeling_round("round-2")
         config = self.wiring.inference_recipe["ComponentConfiguration"]["DefaultConfiguration"]
         uploaded = {f"s3://{config['uploadBucket']}/{key}" for key in self.result.uploads}
+        self.result.second_round = output
+        if self.wiring.labeling.backend == "label_studio":
+            self._second_round_tasks(output, uploaded)
+            return
         if len(self.ground_truth.requests) == requests_before:
             raise LoopBroken(
                 f"next labeling round: found no image to label ({output.get('find')}), but the device uploaded "
@@ -658,6 +678,53 @@ class Loop:
                 f"next labeling round: labels {sorted(found - uploaded)[:3]} that the device did not upload "
                 f"and misses {sorted(uploaded - found)[:3]}"
             )
+
+    def _second_round_tasks(self, output: Mapping[str, Any], uploaded: set[str]) -> None:
+        """Label Studio: the round's tasks are exactly the device's frames."""
+        from labeling.runtime.label_studio import boxes_tasks_key
+
+        if "labels" not in output:
+            raise LoopBroken(
+                f"next labeling round: found no image to label ({output.get('find')}), but the device uploaded "
+                f"{len(uploaded)} frame(s): {sorted(uploaded)[:3]}"
+            )
+        key = boxes_tasks_key(f"{self.wiring.labeling.jobs_prefix}{output['round']}/")
+        rows = self.s3.get_object(Bucket=self.data_bucket, Key=key)["Body"].read().decode().splitlines()
+        self.result.second_round_images = [json.loads(row)["image"] for row in rows if row.strip()]
+        found = set(self.result.second_round_images)
+        if found != uploaded:
+            raise LoopBroken(
+                f"next labeling round: Label Studio tasks for {sorted(found - uploaded)[:3]} that the device did not "
+                f"upload, none for {sorted(uploaded - found)[:3]}"
+            )
+
+    def _label_studio_people(self, truth: Mapping[str, list[tuple[int, int, int, int, int]]]) -> Callable[..., None]:
+        """Labelers draw the true boxes and reviewers approve them, while the state machine waits."""
+        from labeling.runtime import label_studio as ls
+        from labeling.runtime.label_studio_api import LabelStudioClient
+
+        client = LabelStudioClient(self.studio.url, self.studio.token)
+        names = self.wiring.labeling.class_names
+        approve = load_task_ui(names).approve
+
+        def answer(handler: str, event: dict[str, Any]) -> None:
+            if handler != "label_studio_progress":
+                return
+            for listed in client.tasks(int(event["project"]), filters=[ls.data_filter("round", event["run"]["id"])]):
+                if listed.total_annotations:
+                    continue
+                width, height = int(listed.data["width"]), int(listed.data["height"])
+                boxes = [
+                    Annotation(c, left, top, left + w, top + h)
+                    for c, left, top, w, h in truth.get(listed.data["image"], [])
+                ]
+                result = ls.to_regions(boxes, width=width, height=height, class_names=names)
+                if "boxes_task" in listed.data:
+                    verdict = {"from_name": ls.VERDICT, "to_name": ls.IMAGE, "type": "choices"}
+                    result.append({**verdict, "value": {"choices": [approve]}})
+                client.create_annotation(listed.id, result=result)
+
+        return answer
 
     # -- all of it --------------------------------------------------------------------------------------
     def run(self) -> LoopResult:
@@ -690,7 +757,17 @@ class Loop:
                 featurestore=self.featurestore,
                 ground_truth=self.ground_truth,
             )
-            self.workflow.install(patch, self.wiring.labeling.to_json())
+            labeling = self.wiring.labeling
+            clients: dict[str, Any] = {}
+            if labeling.backend == "label_studio":
+                if self.studio is None:
+                    raise LoopBroken("the Label Studio backend needs a running server (Loop.studio)")
+                secrets = boto3.client("secretsmanager", region_name=REGION)
+                secrets.create_secret(Name=labeling.label_studio_token_secret, SecretString=self.studio.token)
+                clients["secretsmanager"] = secrets
+                labeling = dataclasses.replace(labeling, label_studio_url=self.studio.url)
+                self.workflow.before_call = self._label_studio_people(truth)
+            self.workflow.install(patch, labeling.to_json(), **clients)
             with stage("labeling"):
                 self._raw_images()
                 truth.update({uri: whole_pixels(sample) for uri, sample in self.result.raw_images.items()})

@@ -24,28 +24,38 @@ from tests.e2e.harness import THING, Loop, LoopBroken, LoopResult, Wiring, whole
 from tests.e2e.pipeline import copy_trained_model
 from tests.e2e.templates import ACCOUNT, REGION, Apps, synthesize
 from tests.helpers.cdk_assembly import REPO_ROOT
+from tests.labeling.stage import GROUND_TRUTH
 
 pytestmark = pytest.mark.slow
 
 
-def e2e_settings() -> Settings:
+def e2e_settings(backend: str = "label_studio") -> Settings:
     """config.yaml, except that the device sends back every frame a barely trained model is unsure of, and the
     test split may be as small as a few dozen tags allow.
 
     A two-epoch model scores every candidate box about 0.01: all frames are uncertain, which is what
     the device should then report (the configured band starts at 0.3 for a model that learned something).
+    config.yaml labels with Label Studio; `ground_truth` is an account that uses Ground Truth.
     """
     raw = yaml.safe_load((REPO_ROOT / "config.yaml").read_text(encoding="utf-8"))
     raw["edge_deployment"]["uncertainty_band"] = [0.0, 0.7]
     raw["edge_deployment"]["confident_sample_rate"] = 0.0
     # 60 synthetic tags cannot fill the configured minimum splits (30 test images, ...): smaller ones here.
     raw["training"].update(min_validation_images=6, min_test_images=8, min_test_defects=4)
+    if backend == "ground_truth":
+        raw["labeling"].update(GROUND_TRUTH)
+        raw["labeling"].pop("label_studio")
     return parse_settings(raw)
 
 
+@pytest.fixture(scope="module", params=["label_studio", "ground_truth"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def settings() -> Settings:
-    return e2e_settings()
+def settings(backend: str) -> Settings:
+    return e2e_settings(backend)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +64,11 @@ def apps(settings: Settings) -> Apps:
 
 
 @pytest.fixture(scope="module")
-def loop(apps: Apps, tmp_path_factory: pytest.TempPathFactory) -> LoopResult:
-    return Loop(wiring(apps), tmp_path_factory.mktemp("loop")).run()
+def loop(
+    apps: Apps, backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> LoopResult:
+    studio = request.getfixturevalue("studio") if backend == "label_studio" else None
+    return Loop(wiring(apps), tmp_path_factory.mktemp(f"loop-{backend}"), studio=studio).run()
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +149,14 @@ def test_the_next_labeling_round_finds_exactly_the_uploaded_frames(loop, names):
     assert set(loop.second_round_images) == uploaded
 
 
+def test_the_next_round_offers_the_approved_models_boxes(loop, names):
+    """Round two runs the model the loop approved over the device's frames (the device's own detector)."""
+    pre_labels = loop.second_round["pre_labels"]
+    assert pre_labels["model"] == loop.model_package["ModelPackageArn"]
+    assert pre_labels["done"] and pre_labels["labeled"] == loop.frames
+    assert loop.second_round["labels"]["written"] == loop.frames  # people confirmed "no defect" on each
+
+
 # --------------------------------------------------------------------------------------------------
 # ... and breaks when one side computes an interface differently
 # --------------------------------------------------------------------------------------------------
@@ -202,9 +223,11 @@ DRIFTS: list[Any] = [
 
 @pytest.mark.parametrize(("drift", "message"), DRIFTS)
 def test_the_loop_breaks_where_an_interface_drifts(
-    drift: Callable[[Wiring], Wiring], message: str, apps: Apps, loop: LoopResult, tmp_path
+    drift: Callable[[Wiring], Wiring], message: str, loop: LoopResult, tmp_path, request
 ):
     assert loop.trained_model is not None
-    drifted = Loop(drift(wiring(apps)), tmp_path, trainer=copy_trained_model(loop.trained_model))
+    apps: Apps = request.getfixturevalue("apps")
+    studio = request.getfixturevalue("studio") if request.getfixturevalue("backend") == "label_studio" else None
+    drifted = Loop(drift(wiring(apps)), tmp_path, trainer=copy_trained_model(loop.trained_model), studio=studio)
     with pytest.raises(LoopBroken, match=message):
         drifted.run()

@@ -32,14 +32,17 @@ from edge_deployment.components.inference.inspector.feedback import (
     ContainerCredentials,
     Credentials,
     CredentialsError,
+    EmptyFrameMonitor,
     FeedbackUploader,
     FrameUpload,
     S3Uploader,
     StaticCredentials,
     UploadError,
     UploadQueue,
+    UploadRateLimiter,
     credentials_from_environment,
     feedback_reason,
+    uncertainty,
     upload_key,
 )
 from shared.names import EDGE_UPLOAD_PREFIX
@@ -581,3 +584,43 @@ def test_a_process_killed_mid_upload_uploads_the_frame_exactly_once_after_the_re
     assert bucket.objects == {key: body} and restarted.pending == 0
     assert bucket.puts == 1 and uploader.uploaded == 1
     assert not [p for p in queue_dir.iterdir() if p.is_file() and p.name != "state.json"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The hourly cap, the empty-frame monitor, the device's uncertainty
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_upload_cap_is_a_sliding_hour() -> None:
+    now = [0.0]
+    limiter = UploadRateLimiter(3, clock=lambda: now[0])
+    assert [limiter.allow() for _ in range(5)] == [True, True, True, False, False]
+    now[0] = 3599.0
+    assert not limiter.allow()
+    now[0] = 3600.0
+    assert limiter.allow() and limiter.capped == 3
+    assert all(UploadRateLimiter(0).allow() for _ in range(1000))  # 0: no cap
+
+
+def test_the_empty_frame_monitor_judges_only_models_that_report_their_rate() -> None:
+    monitor = EmptyFrameMonitor(window=100, min_frames=50)
+    monitor.reset(0.3)
+    for index in range(49):
+        monitor.observe(index % 2 == 0)
+    assert not monitor.drifting  # too few frames to judge
+    for _ in range(100):
+        monitor.observe(index % 3 == 0)
+        index += 1
+    assert monitor.observed == pytest.approx(0.33, abs=0.02) and not monitor.drifting  # what the test split showed
+    for _ in range(100):
+        monitor.observe(True)
+    assert monitor.drifting  # blind
+    monitor.reset(None)
+    for _ in range(100):
+        monitor.observe(True)
+    assert not monitor.drifting  # no expectation (an older model.json): nothing to compare with
+
+
+@pytest.mark.parametrize(("score", "expected"), [(0.5, 1.0), (0.6, 0.5), (0.3, 0.0), (0.95, 0.0)])
+def test_the_recorded_uncertainty_is_highest_in_the_middle_of_the_band(score: float, expected: float) -> None:
+    assert uncertainty(score, (0.3, 0.7)) == pytest.approx(expected)

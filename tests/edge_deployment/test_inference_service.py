@@ -818,3 +818,55 @@ def test_a_frame_that_cannot_be_moved_off_a_full_disk_stays_and_is_served_once(
     device.drop("next.jpg", jpeg(tag()))
     service.step()
     assert [m["image"] for m in device.greengrass.messages(RESULTS)] == ["stuck.jpg", "next.jpg"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Effort where it matters: the hourly cap, and a model going blind
+# --------------------------------------------------------------------------------------------------
+
+
+def blind_model(directory: Path, *, empty_on_test_split: float) -> Path:
+    """A model that finds nothing on any frame, whose model.json says how often it found nothing on its test split."""
+    score_model(directory, 0.01)
+    top_scores = [0.0] * round(10 * empty_on_test_split) + [0.9] * round(10 * (1 - empty_on_test_split))
+    statistics = {"images": 10, "detection_rate": 1 - empty_on_test_split, "top_scores": top_scores}
+    manifest = {**MANIFEST, "test_statistics": statistics}
+    (directory / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return directory
+
+
+@pytest.mark.parametrize(("empty_on_test_split", "drifting"), [(0.2, True), (1.0, False)])
+def test_a_model_gone_blind_sends_its_empty_frames_back(
+    tmp_path: Path, empty_on_test_split: float, drifting: bool
+) -> None:
+    device = Device(tmp_path, confidentSampleRate=0.0, driftSampleRate=1.0, driftWindowFrames=10)
+    device.deploy_model("1.0.1", lambda d: blind_model(d, empty_on_test_split=empty_on_test_split))
+    service = device.service()
+    for index in range(30):
+        device.drop(f"{index:03d}.jpg", jpeg(tag()))
+    assert service.step() == 30
+    service.uploader.drain()  # type: ignore[union-attr]
+    reasons = [upload.metadata["reason"] for upload in device.store.uploads]
+    # from the tenth frame on (a full window), every empty frame goes back while the rate is off
+    assert reasons == (["drift"] * 21 if drifting else [])
+    heartbeat = service.publish_heartbeat()
+    assert heartbeat["empty_frame_rate"] == 1.0 and heartbeat["expected_empty_frame_rate"] == empty_on_test_split
+    assert heartbeat["empty_frames_drifting"] is drifting
+
+
+def test_uploads_are_capped_per_hour_and_the_heartbeat_counts_the_rest(tmp_path: Path) -> None:
+    device = Device(tmp_path, uncertaintyBand=[0.3, 0.7], confidentSampleRate=0.0, maxUploadsPerHour=5)
+    device.deploy_model("1.0.1", lambda d: score_model(d, 0.5))
+    service = device.service()
+    for index in range(8):
+        device.drop(f"{index:03d}.jpg", jpeg(tag()))
+    service.step()
+    service.uploader.drain()  # type: ignore[union-attr]
+    assert len(device.store.uploads) == 5
+    assert {upload.metadata["uncertainty"] for upload in device.store.uploads} == {"1.0000"}  # the band's middle
+    assert service.publish_heartbeat()["uploads_capped"] == 3
+    device.clock.now += 3600  # an hour later the cap has room again
+    device.drop("later.jpg", jpeg(tag()))
+    service.step()
+    service.uploader.drain()  # type: ignore[union-attr]
+    assert len(device.store.uploads) == 6

@@ -36,6 +36,8 @@ def make_config(**changes: Any) -> LabelingConfig:
         "ground_truth_role_arn": ROLE,
         "output_kms_key": "arn:aws:kms:eu-west-1:123456789012:alias/tag-inspect-data",
         "max_images_per_job": 500,
+        "pre_labels": True,
+        "model_package_group": "tag-inspect-scratch-detector",
     }
     values.update(changes)
     return LabelingConfig(**values)

@@ -195,6 +195,9 @@ class FakeGroundTruth:
         pre = request["HumanTaskConfig"]["PreHumanTaskLambdaArn"]
         for kind, task_type in gt.TASK_TYPES.items():
             if pre.endswith(f":function:PRE-{task_type}"):
+                # an adjustment task is the first job (over the model's boxes) or the review
+                if task_type == "AdjustmentBoundingBox":
+                    return gt.PRE_LABELED if request["LabelAttributeName"] == gt.BOXES_ATTRIBUTE else gt.ADJUSTMENT
                 return kind
         raise AssertionError(f"unexpected pre-annotation function {pre}")
 
@@ -247,14 +250,16 @@ class FakeGroundTruth:
                 metadata["worker-feedback"] = [{"comment": "the scratch at the bottom has no box"}]
             out[f"{attribute}-metadata"] = metadata
         else:
-            assert self.adjusted is not None, "script the adjusted boxes for an adjustment job"
-            boxes = self.adjusted(uri)
+            # the review corrects the labeler's boxes; a pre-labeled job's workers correct the model's to theirs
+            source = gt.PRE_LABEL_ATTRIBUTE if kind == gt.PRE_LABELED else gt.BOXES_ATTRIBUTE
+            answer = self.boxes if kind == gt.PRE_LABELED else self.adjusted
+            assert answer is not None, "script the adjusted boxes for an adjustment job"
+            boxes = answer(uri)
             if boxes is None:
                 out[f"{attribute}-metadata"] = self._failure(job)
                 return out
             original = [
-                (b["class_id"], b["left"], b["top"], b["width"], b["height"])
-                for b in line[gt.BOXES_ATTRIBUTE]["annotations"]
+                (b["class_id"], b["left"], b["top"], b["width"], b["height"]) for b in line[source]["annotations"]
             ]
             status = "unadjusted" if boxes == original else "adjusted"
             out[attribute] = self._box_label(boxes)

@@ -25,6 +25,13 @@ from shared.guardrails import apply_guardrails
 from tests.helpers.cdk_assembly import CDK_CONTEXT, REPO_ROOT, SynthesizedStack, stacks_of
 
 SEED_EXAMPLE = "labeling/examples/seed-labels.example.jsonl"
+WORK_TEAM = "arn:aws:sagemaker:eu-west-1:111111111111:workteam/private-crowd/tag-inspectors"
+GROUND_TRUTH: dict[str, Any] = {
+    "backend": "ground_truth",
+    "label_studio": None,
+    "workforce": {"type": "private", "work_team_arn": WORK_TEAM},
+}
+"""The labeling overrides of an account that uses Ground Truth (config.yaml's example uses Label Studio)."""
 
 
 def settings_with(**labeling: Any) -> Settings:

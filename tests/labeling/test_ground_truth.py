@@ -145,7 +145,8 @@ def test_requests_for_a_private_team_are_valid_create_labeling_job_calls(kind):
     )
     assert "PublicWorkforceTaskPrice" not in human
     assert "DataAttributes" not in request["InputConfig"]
-    assert request["LabelAttributeName"] == (gt.BOXES_ATTRIBUTE if kind == gt.BOXES else gt.REVIEW_ATTRIBUTES[kind])
+    first_job = kind in (gt.BOXES, gt.PRE_LABELED)  # both answer under the attribute the review reads
+    assert request["LabelAttributeName"] == (gt.BOXES_ATTRIBUTE if first_job else gt.REVIEW_ATTRIBUTES[kind])
     assert request["OutputConfig"]["KmsKeyId"] == "arn:aws:kms:eu-west-1:123456789012:alias/tag-inspect-data"
 
 
@@ -262,6 +263,10 @@ def test_templates_are_complete_crowd_forms(kind):
     assert "A thin line cut or rubbed into the metal" in template  # the class's worker instructions
     if kind == gt.BOXES:
         assert 'name="boundingBox"' in template and "initial-value" not in template
+    elif kind == gt.PRE_LABELED:
+        # workers start from the model's boxes, read from the pre-label attribute of the manifest line
+        assert f"task.input.manifestLine.{gt.PRE_LABEL_ATTRIBUTE}.annotations" in template
+        assert f"task.input.manifestLine.{gt.PRE_LABEL_ATTRIBUTE}-metadata.class-map[class_id]" in template
     else:
         # the review shows the labeling job's boxes, read from the manifest line by Liquid
         assert f"task.input.manifestLine.{gt.BOXES_ATTRIBUTE}.annotations" in template

@@ -127,8 +127,14 @@ def test_listing_10000_images_keeps_the_payload_small(s3, featurestore):
     assert featurestore.gets == 100  # one BatchGetRecord per 100 images
 
 
-def test_the_job_input_manifest_holds_only_complete_images_up_to_the_limit(s3, featurestore, mixed_prefix, config):
+def select(s3: Any, featurestore: FakeFeatureStore, config: Any) -> dict[str, Any]:
     find_all(s3, featurestore)
+    return rounds.select_images(s3, bucket=BUCKET, run_prefix=RUN.prefix, budget=config.max_images_per_job)
+
+
+def test_the_job_input_manifest_holds_only_complete_images_up_to_the_limit(s3, featurestore, mixed_prefix, config):
+    selection = select(s3, featurestore, config)
+    assert (selection["images"], selection["undecodable"]) == (4, 2)
     result = rounds.prepare_labeling_job(s3, config=config, run=RUN, region=REGION)
     manifest = [row["source-ref"] for row in read_jsonl(s3, BUCKET, f"{RUN.prefix}boxes/input.manifest")]
     assert sorted(manifest) == sorted(
@@ -140,7 +146,7 @@ def test_the_job_input_manifest_holds_only_complete_images_up_to_the_limit(s3, f
             "raw-images/line-1/rejected.jpg",
         )
     )
-    assert result["images"] == 4 and result["undecodable"] == 2
+    assert (result["images"], result["pre_labeled"]) == (4, 0)
     undecodable = {
         row["key"]: row["reason"] for row in read_jsonl(s3, BUCKET, f"{RUN.prefix}reports/undecodable.jsonl")
     }
@@ -155,21 +161,20 @@ def test_the_job_input_manifest_holds_only_complete_images_up_to_the_limit(s3, f
     categories = json.loads(read_text(s3, BUCKET, f"{RUN.prefix}boxes/label-categories.json"))
     assert categories["labels"] == [{"label": "scratch"}]
     assert "<crowd-bounding-box" in read_text(s3, BUCKET, f"{RUN.prefix}boxes/template.liquid.html")
-    limited = rounds.prepare_labeling_job(
-        s3, config=config.__class__(**{**config.__dict__, "max_images_per_job": 2}), run=RUN, region=REGION
-    )
+    assert rounds.select_images(s3, bucket=BUCKET, run_prefix=RUN.prefix, budget=2)["images"] == 2
+    limited = rounds.prepare_labeling_job(s3, config=config, run=RUN, region=REGION)
     assert limited["images"] == 2
 
 
 def test_nothing_decodable_means_no_job(s3, featurestore, config):
     put(s3, "raw-images/only-broken.jpg", b"\xff\xd8\xff\xe0 not really")
-    find_all(s3, featurestore)
+    assert select(s3, featurestore, config)["images"] == 0
     result = rounds.prepare_labeling_job(s3, config=config, run=RUN, region=REGION)
     assert result["images"] == 0 and "request" not in result
 
 
 def _boxes_job(s3, featurestore, config, ground_truth: FakeGroundTruth) -> str:
-    find_all(s3, featurestore)
+    select(s3, featurestore, config)
     request = rounds.prepare_labeling_job(s3, config=config, run=RUN, region=REGION)["request"]
     return ground_truth.run_job(request)["LabelingJobOutput"]["OutputDatasetS3Uri"]
 

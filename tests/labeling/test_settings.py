@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from shared.config import MAX_TASK_AVAILABILITY_SECONDS, ConfigError
-from tests.labeling.stage import settings_with
+from tests.labeling.stage import GROUND_TRUTH, settings_with
 
 PUBLIC = {
     "type": "public",
@@ -18,10 +18,18 @@ PUBLIC = {
 
 def test_the_example_configuration():
     labeling = settings_with().labeling
-    assert labeling.workforce.type == "private" and labeling.review == "verification"
-    assert labeling.effective_review_workforce == labeling.workforce  # one team does both unless configured
+    assert labeling.backend == "label_studio" and labeling.workforce is None  # what a new account can use
+    assert labeling.label_studio is not None and labeling.label_studio.url == "https://label-studio.example.com"
+    assert (labeling.label_studio.poll_interval_seconds, labeling.label_studio.presign_ttl_minutes) == (300, 5)
+    assert labeling.pre_labels and labeling.review == "verification" and labeling.max_images_per_job == 500
     assert labeling.task_availability_lifetime_seconds == 259_200 and not labeling.adopt_existing_data
     assert MAX_TASK_AVAILABILITY_SECONDS == 291_600
+
+
+def test_a_ground_truth_account_keeps_its_settings():
+    labeling = settings_with(**GROUND_TRUTH).labeling
+    assert labeling.workforce is not None and labeling.workforce.type == "private"
+    assert labeling.effective_review_workforce == labeling.workforce  # one team does both unless configured
 
 
 @pytest.mark.parametrize(

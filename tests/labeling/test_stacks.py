@@ -18,14 +18,24 @@ from shared.contracts import LABEL_FEATURES
 from shared.names import resource_names
 from tests.helpers import asl
 from tests.helpers.cdk_assembly import synthesized
-from tests.labeling.stage import SEED_EXAMPLE, Stage, settings_with, stage
+from tests.helpers.requirements import requirement_name
+from tests.labeling.stage import GROUND_TRUTH, SEED_EXAMPLE, Stage, settings_with, stage
 
 SUBSTITUTIONS = {"AWS::AccountId": "123456789012", "AWS::Region": "eu-west-1"}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CERTIFICATE = "arn:aws:acm:eu-west-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
 NAMES = resource_names(settings_with(), account="123456789012", region="eu-west-1")
 
 
 @pytest.fixture(scope="module")
 def default() -> Stage:
+    """An account that uses Ground Truth (the backend's own tests)."""
+    return stage(**GROUND_TRUTH)
+
+
+@pytest.fixture(scope="module")
+def studio() -> Stage:
+    """config.yaml as it is: Label Studio on an existing server, pre-labels on."""
     return stage()
 
 
@@ -176,7 +186,10 @@ def test_state_machine_is_named_logged_and_traced(default):
 
 def test_functions_run_the_bundled_runtime_with_the_deployment_settings(default):
     found = functions(default)
-    assert set(found) == {"start_round", "find_unlabeled", "prepare_labeling", "prepare_review", "write_labels"}
+    assert set(found) == {
+        "start_round", "find_unlabeled", "select_images", "pre_label",
+        "prepare_labeling", "prepare_review", "write_labels",
+    }  # fmt: skip
     for handler, (_, function) in found.items():
         properties = function["Properties"]
         assert properties["Runtime"] == "python3.14" and properties["Architectures"] == ["arm64"], handler
@@ -238,6 +251,14 @@ REQUIRED_ACTIONS = {
         "sagemaker:BatchGetRecord",
         "kms:Decrypt",
         "kms:GenerateDataKey",
+    ],
+    "select_images": ["s3:ListBucket", "s3:GetObject", "s3:PutObject", "kms:Decrypt", "kms:GenerateDataKey"],
+    "pre_label": [
+        "s3:GetObject",
+        "s3:PutObject",
+        "sagemaker:ListModelPackages",
+        "sagemaker:DescribeModelPackage",
+        "kms:Decrypt",
     ],
     "prepare_labeling": ["s3:ListBucket", "s3:GetObject", "s3:PutObject", "kms:Decrypt", "kms:GenerateDataKey"],
     "prepare_review": ["s3:ListBucket", "s3:GetObject", "s3:PutObject", "kms:Decrypt"],
@@ -315,6 +336,118 @@ def test_ground_truth_role_may_use_the_output_key_as_ground_truth_requires(defau
 
 
 # --------------------------------------------------------------------------------------------------
+# Label Studio and pre-labels
+# --------------------------------------------------------------------------------------------------
+
+LABEL_STUDIO_HANDLERS = {
+    "prepare_label_studio_tasks": ["s3:GetObject", "s3:PutObject", "sagemaker:BatchGetRecord"],
+    "label_studio_progress": [],
+    "prepare_label_studio_review": ["s3:GetObject", "s3:PutObject"],
+    "write_label_studio_labels": ["s3:GetObject", "s3:PutObject", "sagemaker:BatchGetRecord", "sagemaker:PutRecord"],
+}
+
+
+def test_label_studio_rounds_have_their_functions_and_no_ground_truth(studio):
+    found = functions(studio)
+    assert set(found) == {"start_round", "find_unlabeled", "select_images", "pre_label", *LABEL_STUDIO_HANDLERS}
+    roles = studio.resources("workflow", "AWS::IAM::Role")
+    assert not [lid for lid in roles if "GroundTruth" in lid]
+    template = studio.stack("workflow").template
+    (machine,) = asl.state_machines(template).values()
+    for action in ("sagemaker:CreateLabelingJob", "iam:PassRole", "events:PutRule"):
+        assert not asl.role_allows(template, machine.role_logical_id, action), action
+    _, function = found["prepare_label_studio_tasks"]
+    config = LabelingConfig.from_json(
+        rendered(function["Properties"]["Environment"]["Variables"]["LABELING_CONFIG"], SUBSTITUTIONS)
+    )
+    assert (config.backend, config.label_studio_url, config.label_studio_token_secret) == (
+        "label_studio",
+        "https://label-studio.example.com",
+        "tag-inspect/labeling/label-studio-api-token",
+    )
+    assert (config.workforce, config.ground_truth_role_arn, config.pre_labels) == (None, "", True)
+    assert config.model_package_group == "tag-inspect-scratch-detector"
+
+
+@pytest.mark.parametrize("handler", sorted(LABEL_STUDIO_HANDLERS))
+def test_label_studio_functions_read_the_token_secret_and_what_their_code_needs(studio, handler):
+    template = studio.stack("workflow").template
+    _, function = functions(studio)[handler]
+    role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    for action in LABEL_STUDIO_HANDLERS[handler]:
+        assert asl.role_allows(template, role_id, action), f"{handler} lacks {action}"
+    (secret,) = [s for s in asl.role_statements(template, role_id) if s["Action"] == "secretsmanager:GetSecretValue"]
+    assert rendered(secret["Resource"], SUBSTITUTIONS) == (
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:tag-inspect/labeling/label-studio-api-token-??????"
+    )
+    if handler != "write_label_studio_labels":
+        assert not asl.role_allows(template, role_id, "sagemaker:PutRecord")
+
+
+def test_the_deployed_server_is_reached_by_its_domain_with_the_shared_secret():
+    variant = stage(
+        label_studio={"server": {"domain_name": "labels.example.com", "certificate_arn": CERTIFICATE}},
+    )
+    _, function = functions(variant)["label_studio_progress"]
+    config = LabelingConfig.from_json(
+        rendered(function["Properties"]["Environment"]["Variables"]["LABELING_CONFIG"], SUBSTITUTIONS)
+    )
+    assert config.label_studio_url == "https://labels.example.com"
+    assert config.label_studio_token_secret == NAMES.label_studio_api_token_secret
+
+
+def test_the_pre_label_function_runs_the_device_detector_at_the_device_pins(studio):
+    _, function = functions(studio)["pre_label"]
+    assert function["Properties"]["MemorySize"] == 3008 and function["Properties"]["Timeout"] == 900
+    bundle = studio.directory / f"asset.{function['Properties']['Code']['S3Key'].removesuffix('.zip')}"
+    device = REPO_ROOT / "edge_deployment/components/inference/inspector/detector.py"
+    assert (bundle / "inspector" / "detector.py").read_bytes() == device.read_bytes()
+    for package in ("onnxruntime", "numpy", "PIL", "aws_lambda_powertools", "labeling", "shared"):
+        assert (bundle / package).is_dir(), package
+    # wheels for the functions' platform (arm64, the runtime's Python), not this machine's
+    (extension,) = (bundle / "onnxruntime" / "capi").glob("onnxruntime_pybind11_state*.so")
+    assert "cpython-314-aarch64-linux-gnu" in extension.name
+    size = sum(path.stat().st_size for path in bundle.rglob("*") if path.is_file())
+    assert size < 250 * 2**20  # Lambda's limit for an unzipped function
+    device_pins = requirement_pins(REPO_ROOT / "edge_deployment/components/inference/requirements.txt")
+    assert requirement_pins(REPO_ROOT / "labeling/pre_label_requirements.txt").items() <= device_pins.items()
+
+
+def test_the_pre_label_function_reads_only_the_training_apps_model_registry(studio):
+    template = studio.stack("workflow").template
+    _, function = functions(studio)["pre_label"]
+    role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    statements = asl.role_statements(template, role_id)
+    (describe,) = [s for s in statements if s["Action"] == "sagemaker:DescribeModelPackage"]
+    assert rendered(describe["Resource"], SUBSTITUTIONS) == (
+        "arn:aws:sagemaker:eu-west-1:123456789012:model-package/tag-inspect-scratch-detector/*"
+    )
+    reads = [
+        rendered(r, SUBSTITUTIONS) for s in statements if s["Action"] == "s3:GetObject" for r in _list(s["Resource"])
+    ]
+    assert "arn:aws:s3:::tag-inspect-models-123456789012-eu-west-1/*" in reads
+    keys = [s["Condition"] for s in statements if "kms:Decrypt" in _list(s["Action"])]
+    assert {"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/tag-inspect-models"}} in keys
+
+
+def test_without_pre_labels_there_is_no_pre_label_step():
+    variant = stage(pre_labels=False)
+    assert "pre_label" not in functions(variant)
+    (machine,) = asl.state_machines(variant.stack("workflow").template).values()
+    assert "PreLabel" not in machine.definition["States"]
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def requirement_pins(path: Path) -> dict[str, str]:
+    """name -> pinned version of a requirements file."""
+    lines = (raw.split("#", 1)[0].strip() for raw in path.read_text().splitlines())
+    return {requirement_name(line): line.split("==", 1)[1] for line in lines if "==" in line}
+
+
+# --------------------------------------------------------------------------------------------------
 # Configuration variants
 # --------------------------------------------------------------------------------------------------
 
@@ -370,6 +503,8 @@ def test_a_missing_seed_file_fails_synth_with_its_name():
 
 def test_public_crowd_and_adjustment_reviews_synthesize():
     variant = stage(
+        backend="ground_truth",
+        label_studio=None,
         workforce={
             "type": "public",
             "public_task_price_usd": 0.036,
@@ -413,7 +548,7 @@ def test_public_crowd_and_adjustment_reviews_synthesize():
 
 def test_templates_pass_cfn_lint():
     problems = []
-    for variant in (stage(), stage(seed_labels_file=SEED_EXAMPLE, adopt_existing_data=True)):
+    for variant in (stage(), stage(**GROUND_TRUTH), stage(seed_labels_file=SEED_EXAMPLE, adopt_existing_data=True)):
         for synthesized_stack in variant.stacks.values():
             config = ManualArgs(regions=["eu-west-1", "us-east-1"], ignore_checks=["W3005"])
             problems += [

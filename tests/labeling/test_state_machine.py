@@ -15,17 +15,26 @@ from labeling.runtime.ground_truth import REQUEST_KEYS
 from tests.helpers import asl
 from tests.labeling.conftest import BUCKET, FEATURE_GROUP, make_config
 from tests.labeling.fakes import FakeFeatureStore
-from tests.labeling.stage import stage
+from tests.labeling.stage import GROUND_TRUTH, stage
 from tests.labeling.test_feature_store import record
 from tests.labeling.workflow_harness import LABELING_JOB_SYNC, Workflow
 
-TASKS_WITH_LAMBDA = ("StartRound", "FindUnlabeled", "PrepareLabelingJob", "PrepareReviewJob", "WriteLabels")
+TASKS_WITH_LAMBDA = (
+    "StartRound",
+    "FindUnlabeled",
+    "SelectImages",
+    "PreLabel",
+    "PrepareLabelingJob",
+    "PrepareReviewJob",
+    "WriteLabels",
+)
 LABELING_JOBS = ("LabelBoxes", "ReviewBoxes")
 
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return stage().stack("workflow").template
+    """The state machine of a Ground Truth account (test_label_studio_workflow.py has the other backend)."""
+    return stage(**GROUND_TRUTH).stack("workflow").template
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +166,8 @@ def test_the_sync_integration_may_manage_only_step_functions_sagemaker_rules(tem
 
 def test_the_payload_carries_cursors_and_requests_never_image_lists(states):
     assert states["FindUnlabeled"]["Parameters"] == {"run.$": "$.run", "cursor.$": "$.find"}
+    assert states["PreLabel"]["Parameters"] == {"run.$": "$.run", "cursor.$": "$.pre_labels"}
+    assert states["AllPreLabeled?"]["Default"] == "PreLabel"
     assert states["FindUnlabeled"]["ResultPath"] == "$.find"
     assert states["ListingDone?"]["Default"] == "FindUnlabeled"
     assert states["AllLabelsWritten?"]["Default"] == "WriteLabels"
@@ -218,9 +229,10 @@ def test_a_round_labels_reviews_and_writes_the_verified_labels(workflow, s3, fea
     assert result["status"] == "SUCCEEDED", result
     output = json.loads(result["output"])
     assert workflow.visited(execution) == [
-        "StartRound", "InitListing", "FindUnlabeled", "ListingDone?", "PrepareLabelingJob", "AnyImageToLabel?",
-        "LabelBoxes", "PrepareReviewJob", "ReviewBoxes", "InitWriting", "WriteLabels", "AllLabelsWritten?",
-        "Summarize", "RoundComplete",
+        "StartRound", "InitListing", "FindUnlabeled", "ListingDone?", "SelectImages", "AnyImageToLabel?",
+        "InitPreLabels", "PreLabel", "AllPreLabeled?",  # no approved model yet: workers draw every box
+        "PrepareLabelingJob", "LabelBoxes", "PrepareReviewJob", "ReviewBoxes", "InitWriting", "WriteLabels",
+        "AllLabelsWritten?", "Summarize", "RoundComplete",
     ]  # fmt: skip
     boxes_request, review_request = workflow.ground_truth.requests
     manifest = s3.get_object(
@@ -248,6 +260,7 @@ def test_a_round_labels_reviews_and_writes_the_verified_labels(workflow, s3, fea
         "next": 3, "total": 3, "written": 3, "unchanged": 0, "superseded": 0,
         "approved": 2, "rejected": 1, "no_verdict": 0, "done": True,
     }  # fmt: skip
+    assert (output["pre_labels"]["done"], output["pre_labels"]["model"]) == (True, "")  # no approved model yet
     assert output["listing"]["skipped"] == 2  # notes.txt and empty.jpg, reported under the round's reports/
     reports = [
         o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=output["reports"].split(f"{BUCKET}/")[1])["Contents"]

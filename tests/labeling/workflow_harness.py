@@ -13,6 +13,8 @@
 * moto's ASL lexer reads the key `"RoleArn.$"` as the Credentials keyword and passes it on
   unevaluated (Step Functions evaluates it like any other key); in those two states the key is
   renamed for moto (`MOTO_ROLE_ARN_KEY`) and renamed back before the request is validated.
+* Label Studio rounds wait in Wait states between progress checks; moto waits for real, so the
+  harness shortens every Wait to `WAIT_SECONDS` (the definition's own value is checked by the tests).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ACCOUNT, REGION = "123456789012", "eu-west-1"
 FAKE_GROUND_TRUTH = "FakeGroundTruth"
 LABELING_JOB_SYNC = "arn:aws:states:::sagemaker:createLabelingJob.sync"
 MOTO_ROLE_ARN_KEY = "RoleArnForMoto"
+WAIT_SECONDS = 1
 
 
 class Context:
@@ -69,6 +72,8 @@ def runnable_definition(template: Mapping[str, Any]) -> dict[str, Any]:
     (machine,) = asl.state_machines(template, substitutions).values()
     definition = machine.definition
     for _, state in asl.iter_states(definition):
+        if state.get("Type") == "Wait":
+            state["Seconds"] = WAIT_SECONDS
         if state.get("Resource") == LABELING_JOB_SYNC:
             state["Resource"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{FAKE_GROUND_TRUTH}"
             state["Parameters"][f"{MOTO_ROLE_ARN_KEY}.$"] = state["Parameters"].pop("RoleArn.$")
@@ -120,7 +125,7 @@ class Workflow:
         except Exception as error:
             return {"errorType": type(error).__name__, "errorMessage": str(error)}, type(error).__name__
 
-    def install(self, monkeypatch: Any, config_json: str) -> None:
+    def install(self, monkeypatch: Any, config_json: str, **clients: Any) -> None:
         """Route moto's Lambda invocations to the handlers and give the handlers their clients."""
         workflow = self
 
@@ -135,8 +140,14 @@ class Workflow:
         monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
         monkeypatch.setenv("LABELING_CONFIG", config_json)
         handlers._config.cache_clear()
-        clients = {"s3": self.s3, "sagemaker-featurestore-runtime": self.featurestore, "stepfunctions": self.sfn}
-        monkeypatch.setattr(handlers, "_client", clients.__getitem__)
+        available = {
+            "s3": self.s3,
+            "sagemaker-featurestore-runtime": self.featurestore,
+            "stepfunctions": self.sfn,
+            "sagemaker": boto3.client("sagemaker", region_name=REGION),  # the model registry (pre-labels)
+            **clients,
+        }
+        monkeypatch.setattr(handlers, "_client", available.__getitem__)
 
     def start(self, name: str) -> str:
         return self.sfn.start_execution(stateMachineArn=self.arn, name=name, input=json.dumps({"trigger": "test"}))[

@@ -84,8 +84,10 @@ def test_unknown_environment_is_named(raw):
         ("training.epoch", 3, r"training\.epoch: unknown key"),
         ("training.approval_status", "Rejected", r"training\.approval_status: Input should be"),
         ("labeling.max_images_per_job", -5, r"labeling\.max_images_per_job: Input should be greater than"),
-        ("labeling.workforce.work_team_arn", _DELETE, r"labeling\.workforce: .*work_team_arn is required"),
-        ("labeling.workforce.type", "public", r"labeling\.workforce: .*public_task_price_usd is required"),
+        ("labeling.label_studio.poll_interval_seconds", 5, r"labeling\.label_studio\.poll_interval_seconds: .*10"),
+        ("labeling.label_studio.presign_ttl_minutes", 0, r"labeling\.label_studio\.presign_ttl_minutes: .*1"),
+        ("edge_deployment.max_uploads_per_hour", -1, r"edge_deployment\.max_uploads_per_hour: .*0"),
+        ("edge_deployment.drift_sample_rate", 1.5, r"edge_deployment\.drift_sample_rate: .*1"),
         ("source.connection_arn", _DELETE, r"source: .*connection_arn is required"),
         ("source.connection_arn", "arn:aws:s3:::nope", r"source\.connection_arn: does not match"),
         ("source.provider", "svn", r"source\.provider: Input should be 'codestar_connection' or 'codecommit'"),
@@ -239,6 +241,37 @@ _LS_SERVER = {
 }
 
 
+_WORKFORCE = {"type": "private", "work_team_arn": "arn:aws:sagemaker:eu-west-1:111111111111:workteam/private-crowd/t"}
+
+
+def _ground_truth(raw: dict[str, Any]) -> dict[str, Any]:
+    """config.yaml as an account that uses Ground Truth writes it (the example uses Label Studio)."""
+    document = _set(_set(raw, "labeling.backend", "ground_truth"), "labeling.label_studio", _DELETE)
+    return _set(document, "labeling.workforce", dict(_WORKFORCE))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("labeling.workforce.work_team_arn", _DELETE, r"labeling\.workforce: .*work_team_arn is required"),
+        ("labeling.workforce.type", "public", r"labeling\.workforce: .*public_task_price_usd is required"),
+        ("labeling.workforce", _DELETE, r"workforce is required when backend is ground_truth"),
+    ],
+)
+def test_a_ground_truth_workforce_is_checked(raw, key, value, message):
+    assert parse_settings(_ground_truth(raw)).labeling.workforce is not None
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(_set(_ground_truth(raw), key, value))
+
+
+def test_label_studio_needs_no_workforce_and_an_environment_may_keep_one(raw):
+    assert parse_settings(raw).labeling.workforce is None  # config.yaml: Label Studio, no Ground Truth team
+    # a file whose environments switch backend keeps the team: Label Studio leaves it unused
+    switched = _set(_set(_ground_truth(raw), "labeling.backend", "label_studio"), "labeling.label_studio", _LS_URL)
+    labeling = parse_settings(switched).labeling
+    assert labeling.backend == "label_studio" and labeling.workforce is not None
+
+
 @pytest.mark.parametrize(
     ("backend", "label_studio", "message"),
     [
@@ -256,9 +289,8 @@ _LS_SERVER = {
     ],
 )
 def test_labeling_backend_and_its_label_studio_server(raw, backend, label_studio, message):
-    document = _set(raw, "labeling.backend", backend)
-    if label_studio is not None:
-        document = _set(document, "labeling.label_studio", label_studio)
+    document = _set(_set(raw, "labeling.backend", backend), "labeling.workforce", dict(_WORKFORCE))
+    document = _set(document, "labeling.label_studio", _DELETE if label_studio is None else label_studio)
     if message is None:
         settings = parse_settings(document)
         assert settings.labeling.backend == backend

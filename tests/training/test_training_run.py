@@ -116,6 +116,11 @@ def test_the_report_has_every_metric_measured_on_the_held_out_test_split(tiny_mo
     report = EvaluationReport.from_json(json.loads(run.evaluation_path.read_text()))
     assert set(report.metrics) == set(REQUIRED_METRICS)
     assert all(0.0 <= value <= 1.0 for value in report.metrics.values())
+    # the share of test images with a detection at the deployment threshold (what devices compare against)
+    flagged = report.test_statistics["detection_rate"] * report.images
+    assert abs(flagged - round(flagged)) < 1e-9
+    confidence = report.confidence_threshold
+    assert round(flagged) == sum(score >= confidence for score in report.test_statistics["top_scores"])
     raw = json.loads(run.evaluation_path.read_text())
     assert raw["gate_metric"] == {"name": "mAP50-95", "value": report.metrics["mAP50-95"]}
     assert report.split == "test"

@@ -7,7 +7,10 @@ held-out **test** split, which training never saw (it validates on `val`):
 * mAP50 and mAP50-95 are the standard, threshold-free values (Ultralytics' validator, confidence
   0.001, NMS at the deployment IoU threshold), each with a 95% bootstrap interval over test images;
 * precision and recall are measured at the deployment confidence threshold, i.e. what the device
-  will actually report, with a detection counted correct at IoU >= 0.5.
+  will actually report, with a detection counted correct at IoU >= 0.5;
+* the test split's statistics (`test_statistics` in model.json): the share of test images with a
+  detection at that threshold and each image's top score, which the devices compare their own frames
+  with (a model gone blind, an uncertainty rate drifting up).
 
 When a **champion** exists (the approved model the devices run, `--champion` archive), it is scored
 in the same run on the same test images, at its own input size and thresholds; test images it was

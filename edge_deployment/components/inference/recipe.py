@@ -68,6 +68,8 @@ def configuration_from_settings(edge_settings: Any, *, upload_bucket: str, **val
         frameIntervalSeconds=edge_settings.frame_interval_seconds,
         uncertaintyBand=list(edge_settings.uncertainty_band),
         confidentSampleRate=edge_settings.confident_sample_rate,
+        driftSampleRate=edge_settings.drift_sample_rate,
+        maxUploadsPerHour=edge_settings.max_uploads_per_hour,
         offlineQueueMaxMB=edge_settings.offline_queue_mb,
         modelComponentName=edge_settings.model_component_name,
         uploadBucket=upload_bucket,

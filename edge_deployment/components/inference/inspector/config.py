@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "cameraDevice": 0,  # OpenCV device index, or a device path / stream URL
     "uncertaintyBand": [0.3, 0.7],
     "confidentSampleRate": 0.02,
+    "driftSampleRate": 0.5,  # empty frames sent back while their share departs from the model's test split
+    "driftWindowFrames": 200,  # frames over which that share is measured
+    "maxUploadsPerHour": 120,  # 0: no cap
     "uploadBucket": "",
     "uploadPrefix": "raw-images/edge/",
     "offlineQueueMaxMB": 512,
@@ -57,6 +60,9 @@ class ComponentConfig:
     camera_device: int | str
     uncertainty_band: tuple[float, float]
     confident_sample_rate: float
+    drift_sample_rate: float
+    drift_window_frames: int
+    max_uploads_per_hour: int
     upload_bucket: str
     upload_prefix: str
     offline_queue_max_bytes: int
@@ -109,6 +115,9 @@ class ComponentConfig:
             camera_device=camera,
             uncertainty_band=band,
             confident_sample_rate=reader.fraction("confidentSampleRate"),
+            drift_sample_rate=reader.fraction("driftSampleRate"),
+            drift_window_frames=int(reader.number("driftWindowFrames", minimum=10.0)),
+            max_uploads_per_hour=int(reader.number("maxUploadsPerHour", minimum=0.0)),
             upload_bucket=reader.text("uploadBucket", allow_empty=True),
             upload_prefix=prefix,
             offline_queue_max_bytes=int(reader.number("offlineQueueMaxMB", minimum=1.0) * 1024 * 1024),

@@ -2,6 +2,12 @@
 
 - `feedback_reason` decides which frames go (top score inside the uncertainty band, or a random
   sample of the confident ones); `upload_key` names them under the raw-image prefix.
+- `FeedbackSelector` adds what keeps that loop useful: a cap on uploads per hour (`UploadRateLimiter`),
+  and frames on which the model finds nothing at all sampled at `driftSampleRate` instead of the
+  confident rate while the share of such frames departs from what the model showed on its test split
+  (`EmptyFrameMonitor`, against model.json's `test_statistics`): a model gone blind sends its
+  frames back. Each upload records the frame's `uncertainty` (1 at the middle of the band, 0 at its
+  edges), which the labeling round ranks candidates by.
 - `UploadQueue` keeps them on local disk until they are uploaded: one file per frame, written to a
   temporary name, flushed and renamed, so a crash or restart loses nothing that was queued. Over
   its size cap it drops the oldest frames first and counts them (the count survives restarts).
@@ -55,6 +61,134 @@ def feedback_reason(top_score: float, band: tuple[float, float], sample_rate: fl
     if sample_rate > 0.0 and rng.random() < sample_rate:
         return "sample"
     return None
+
+
+def uncertainty(top_score: float, band: tuple[float, float]) -> float:
+    """1 at the middle of the uncertainty band, falling to 0 at its edges and outside it."""
+    low, high = band
+    middle, half = (low + high) / 2, (high - low) / 2
+    return max(0.0, 1.0 - abs(top_score - middle) / half) if half > 0 else 0.0
+
+
+def expected_empty_rate(model_directory: Path | None) -> float | None:
+    """The test split's share of frames with no detection: 1 - `test_statistics.detection_rate` of model.json."""
+    if model_directory is None:
+        return None
+    try:
+        raw = json.loads((model_directory / "model.json").read_text(encoding="utf-8"))
+        value = 1.0 - float(raw["test_statistics"]["detection_rate"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+class UploadRateLimiter:
+    """At most `max_per_hour` uploads in any sliding hour (0: no cap); counts the frames it turned away."""
+
+    def __init__(self, max_per_hour: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_per_hour = max_per_hour
+        self._clock = clock
+        self._sent: deque[float] = deque()
+        self.capped = 0
+
+    def allow(self) -> bool:
+        if self.max_per_hour <= 0:
+            return True
+        now = self._clock()
+        while self._sent and now - self._sent[0] >= 3600.0:
+            self._sent.popleft()
+        if len(self._sent) >= self.max_per_hour:
+            self.capped += 1
+            return False
+        self._sent.append(now)
+        return True
+
+
+class EmptyFrameMonitor:
+    """Whether the share of frames with no detection has left what the model showed on its test split.
+
+    Over the last `window` frames (at least `min_frames`), the observed rate departs when it differs
+    from the expected one by more than three binomial standard deviations and `tolerance`. A model
+    without `test_statistics` in its model.json is not judged.
+    """
+
+    def __init__(self, *, window: int = 200, min_frames: int = 50, tolerance: float = 0.05) -> None:
+        self.window = window
+        self.min_frames = min(min_frames, window)
+        self.tolerance = tolerance
+        self.expected: float | None = None
+        self._frames: deque[bool] = deque(maxlen=window)
+
+    def reset(self, expected: float | None) -> None:
+        """A new model: a new expectation, and a fresh window."""
+        self.expected = expected
+        self._frames.clear()
+
+    def observe(self, empty: bool) -> None:
+        self._frames.append(empty)
+
+    @property
+    def observed(self) -> float | None:
+        return sum(self._frames) / len(self._frames) if self._frames else None
+
+    @property
+    def drifting(self) -> bool:
+        if self.expected is None or len(self._frames) < self.min_frames:
+            return False
+        spread = 3.0 * (self.expected * (1.0 - self.expected) / len(self._frames)) ** 0.5
+        return abs(float(self.observed or 0.0) - self.expected) > spread + self.tolerance
+
+
+class FeedbackSelector:
+    """Which frames go back for labeling: uncertain ones, empty frames while the model drifts, a sample
+    of the rest; never more than the hourly cap. Not thread-safe: the inference loop calls it."""
+
+    def __init__(
+        self,
+        *,
+        band: tuple[float, float],
+        sample_rate: float,
+        drift_sample_rate: float,
+        max_per_hour: int,
+        window: int,
+        rng: random.Random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.band, self.sample_rate, self.drift_sample_rate = band, sample_rate, drift_sample_rate
+        self.rng = rng
+        self.limiter = UploadRateLimiter(max_per_hour, clock=clock)
+        self.monitor = EmptyFrameMonitor(window=window)
+        self._model: Path | None = None
+
+    def configure(
+        self, *, band: tuple[float, float], sample_rate: float, drift_sample_rate: float, max_per_hour: int
+    ) -> None:
+        self.band, self.sample_rate, self.drift_sample_rate = band, sample_rate, drift_sample_rate
+        self.limiter.max_per_hour = max_per_hour
+
+    def choose(self, top_score: float, *, empty: bool, model_directory: Path | None) -> str | None:
+        """The upload reason of a frame ("uncertain", "drift", "sample"), None to keep it on the device."""
+        if model_directory != self._model:
+            self._model = model_directory
+            self.monitor.reset(expected_empty_rate(model_directory))
+        self.monitor.observe(empty)
+        reason = feedback_reason(top_score, self.band, 0.0, self.rng)
+        if reason is None and empty and self.monitor.drifting and self.rng.random() < self.drift_sample_rate:
+            reason = "drift"
+        if reason is None and self.sample_rate > 0.0 and self.rng.random() < self.sample_rate:
+            reason = "sample"
+        if reason is not None and not self.limiter.allow():
+            return None
+        return reason
+
+    def status(self) -> dict[str, Any]:
+        observed = self.monitor.observed
+        return {
+            "uploads_capped": self.limiter.capped,
+            "empty_frame_rate": round(observed, 4) if observed is not None else None,
+            "expected_empty_frame_rate": self.monitor.expected,
+            "empty_frames_drifting": self.monitor.drifting,
+        }
 
 
 def upload_key(prefix: str, thing: str, captured_at: datetime, token: str | None = None) -> str:

@@ -27,13 +27,14 @@ from .detector import Detector, DetectorError, ImageError, ModelError, encode_jp
 from .feedback import (
     Credentials,
     CredentialSource,
+    FeedbackSelector,
     FeedbackUploader,
     FrameUpload,
     ObjectStore,
     S3Uploader,
     UploadQueue,
     credentials_from_environment,
-    feedback_reason,
+    uncertainty,
     upload_key,
 )
 from .greengrass import FixedModelLocator, Greengrass, IpcError, ModelComponentLocator, ModelUnavailable
@@ -388,6 +389,15 @@ class InferenceService:
             self._locator(config), load=self._loader(config), poll_s=config.model_poll_s, clock=clock
         )
         self.frames = make_frame_source(config)
+        self.selector = FeedbackSelector(
+            band=config.uncertainty_band,
+            sample_rate=config.confident_sample_rate,
+            drift_sample_rate=config.drift_sample_rate,
+            max_per_hour=config.max_uploads_per_hour,
+            window=config.drift_window_frames,
+            rng=self.rng,
+            clock=clock,
+        )
         self.queue: UploadQueue | None = None
         self.uploader: FeedbackUploader | None = None
         self._running = False
@@ -478,6 +488,12 @@ class InferenceService:
             self.models.load = self._loader(config)
             self.models.refresh(force=True)
         self.models.poll_s = config.model_poll_s
+        self.selector.configure(
+            band=config.uncertainty_band,
+            sample_rate=config.confident_sample_rate,
+            drift_sample_rate=config.drift_sample_rate,
+            max_per_hour=config.max_uploads_per_hour,
+        )
         if self.queue is not None:
             self.queue.max_bytes = config.offline_queue_max_bytes
         if config.uploads_enabled and self.uploader is None:
@@ -538,7 +554,7 @@ class InferenceService:
             "latency_ms": round(latency_ms, 2),
             "detections": [detection.to_json() for detection in result.detections],
         }
-        key, kept = self._queue_feedback(frame, data, image, result.top_score)
+        key, kept = self._queue_feedback(frame, data, image, result.top_score, empty=not result.detections)
         if key:
             payload["upload_key"] = key
         self._publish(self.config.results_topic, payload)
@@ -552,13 +568,13 @@ class InferenceService:
         return payload
 
     def _queue_feedback(
-        self, frame: Frame, data: bytes | None, image: np.ndarray, top_score: float
+        self, frame: Frame, data: bytes | None, image: np.ndarray, top_score: float, *, empty: bool = False
     ) -> tuple[str | None, bool]:
         """(upload key, keep the frame file) for a frame selected for labeling; (None, False) otherwise."""
         if self.queue is None:
             return None, False
         config = self.config
-        reason = feedback_reason(top_score, config.uncertainty_band, config.confident_sample_rate, self.rng)
+        reason = self.selector.choose(top_score, empty=empty, model_directory=self.models.directory)
         if reason is None:
             return None, False
         key = upload_key(config.upload_prefix, self.context.thing, frame.captured_at)
@@ -569,6 +585,7 @@ class InferenceService:
             metadata={
                 "reason": reason,
                 "top-score": f"{top_score:.4f}",
+                "uncertainty": f"{uncertainty(top_score, config.uncertainty_band):.4f}",
                 "model-version": self.models.version or "",
                 "source-frame": frame.name.encode("ascii", "replace").decode("ascii")[:200],
             },
@@ -627,6 +644,7 @@ class InferenceService:
         }
         if self.uploader is not None:
             payload.update(self.uploader.status())
+        payload.update(self.selector.status())
         return payload
 
     def publish_heartbeat(self) -> dict[str, Any]:
