@@ -951,13 +951,44 @@ EXAMPLE_ACCOUNTS = frozenset(
 )
 """Account ids of examples and documentation: fine for `make synth` and the tests, never deployed to."""
 EXAMPLE_REPOSITORY_OWNERS = frozenset({"example-org", "example", "my-org"})
-_EXAMPLE_EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
+_EXAMPLE_EMAIL_DOMAINS = ("example.com", "example.org", "example.net")  # and host names
 _ARN_ACCOUNT = re.compile(r"^arn:[^:]+:[^:]*:[^:]*:(?P<account>\d{12}):")
 
 
 def _arn_account(arn: str | None) -> str | None:
     match = _ARN_ACCOUNT.match(arn or "")
     return match["account"] if match else None
+
+
+def _labeling_placeholders(labeling: LabelingSettings) -> list[str]:
+    """The labeling section's example values: work teams of example accounts, the example Label Studio."""
+    problems = []
+    for key, workforce in (
+        ("labeling.workforce", labeling.workforce),
+        ("labeling.review_workforce", labeling.review_workforce),
+    ):
+        account = _arn_account(workforce.work_team_arn) if workforce is not None else None
+        if account in EXAMPLE_ACCOUNTS:
+            problems.append(
+                f"{key}.work_team_arn: a work team of example account {account}; give your private work team's ARN "
+                "(SageMaker Ground Truth > Labeling workforces)"
+            )
+    studio = labeling.label_studio
+    if studio is not None and studio.url is not None:
+        host = studio.url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+        if host.endswith(_EXAMPLE_EMAIL_DOMAINS):
+            problems.append(f"labeling.label_studio.url: {studio.url} is the example; the URL of your Label Studio")
+    if studio is not None and studio.server is not None:
+        if studio.server.domain_name.endswith(_EXAMPLE_EMAIL_DOMAINS):
+            problems.append(
+                f"labeling.label_studio.server.domain_name: {studio.server.domain_name} is an example domain; "
+                "the name your labelers will open"
+            )
+        if (account := _arn_account(studio.server.certificate_arn)) in EXAMPLE_ACCOUNTS:
+            problems.append(
+                f"labeling.label_studio.server.certificate_arn: example account {account}; your ACM certificate"
+            )
+    return problems
 
 
 def deployment_problems(settings: Settings) -> list[str]:
@@ -980,17 +1011,7 @@ def deployment_problems(settings: Settings) -> list[str]:
             problems.append(f"source.connection_arn: example account {account}; use your connection's ARN")
         if source.repository.split("/", 1)[0] in EXAMPLE_REPOSITORY_OWNERS:
             problems.append(f"source.repository: {source.repository!r} is the example; name your fork (owner/name)")
-    labeling = settings.labeling
-    for key, workforce in (
-        ("labeling.workforce", labeling.workforce),
-        ("labeling.review_workforce", labeling.review_workforce),
-    ):
-        account = _arn_account(workforce.work_team_arn) if workforce is not None else None
-        if account in EXAMPLE_ACCOUNTS:
-            problems.append(
-                f"{key}.work_team_arn: a work team of example account {account}; give your private work team's ARN "
-                "(SageMaker Ground Truth > Labeling workforces)"
-            )
+    problems += _labeling_placeholders(settings.labeling)
     if settings.environment is not None and settings.environment.account in EXAMPLE_ACCOUNTS:
         problems.append(
             f"environments.{settings.environment_name}.account: {settings.environment.account} is an example "

@@ -396,12 +396,13 @@ def test_the_default_server_image_is_the_pinned_official_release(raw):
 # A real deployment: example values and a notification target
 # --------------------------------------------------------------------------------------------------
 
+_CERTIFICATE = "arn:aws:acm:eu-west-1:{}:certificate/12345678-1234-1234-1234-123456789012"
 _DEPLOYABLE = {
     "source.connection_arn": (
         "arn:aws:codeconnections:eu-west-1:210987654321:connection/6f1c2e3d-4b5a-4c7d-8e9f-0a1b2c3d4e5f"
     ),
     "source.repository": "acme-tags/edge-quality-inspection",
-    "labeling.workforce.work_team_arn": "arn:aws:sagemaker:eu-west-1:210987654321:workteam/private-crowd/inspectors",
+    "labeling.label_studio.url": "https://labels.acme-tags.test",
     "notifications.email": "quality-ops@acme-tags.test",
     "environments.dev.account": "210987654321",
 }
@@ -419,12 +420,12 @@ def test_the_example_configuration_is_refused_for_a_real_deployment_naming_each_
     assert keys == [
         "source.connection_arn",
         "source.repository",
-        "labeling.workforce.work_team_arn",
+        "labeling.label_studio.url",
         "environments.dev.account",
         "notifications",
     ]
     assert "all-zero connection" in problems[0]
-    assert "example account 111111111111" in problems[2]
+    assert "https://label-studio.example.com is the example" in problems[2]
     with pytest.raises(ConfigError) as refused:
         check_deployable(parse_settings(raw, environment="dev"), source="config.yaml")
     message = str(refused.value)
@@ -463,6 +464,26 @@ def test_a_configuration_with_real_values_and_a_notification_target_is_deployabl
             "notifications.email: someone@example.com is an example address",
         ),
         ("notifications.email", None, "notifications: no target"),
+        (
+            "labeling.label_studio",
+            {
+                "server": {
+                    "domain_name": "labels.example.org",
+                    "certificate_arn": _CERTIFICATE.format("210987654321"),
+                }
+            },
+            "labeling.label_studio.server.domain_name: labels.example.org is an example domain",
+        ),
+        (
+            "labeling.label_studio",
+            {
+                "server": {
+                    "domain_name": "labels.acme-tags.test",
+                    "certificate_arn": _CERTIFICATE.format("111111111111"),
+                }
+            },
+            "labeling.label_studio.server.certificate_arn: example account 111111111111",
+        ),
     ],
 )
 def test_each_placeholder_is_named(raw, key, value, problem):
@@ -517,7 +538,7 @@ _PUBLIC = {"type": "public", "public_task_price_usd": 0.036}
         (
             {
                 "type": "private",
-                "work_team_arn": _DEPLOYABLE["labeling.workforce.work_team_arn"],
+                "work_team_arn": "arn:aws:sagemaker:eu-west-1:210987654321:workteam/private-crowd/inspectors",
                 "public_content": {"free_of_personal_data": True, "free_of_adult_content": True},
             },
             "public_content applies to the public workforce only",
