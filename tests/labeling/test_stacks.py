@@ -562,3 +562,9 @@ def test_the_app_synthesizes_as_app_py_builds_it():
     """`cdk synth -c app=labeling` with the toolchain stack; cdk-nag runs over every stack."""
     names = {stack.stack_name for stack in synthesized("labeling")}
     assert {"tag-inspect-labeling-toolchain", "tag-inspect-labeling-data", "tag-inspect-labeling-workflow"} <= names
+
+
+def test_only_ground_truth_rounds_expire_ground_truths_own_job_logs(default, studio):
+    (retention,) = default.resources("workflow", "Custom::ServiceLogRetention").values()
+    assert retention["Properties"]["LogGroupNames"] == ["/aws/sagemaker/LabelingJobs"]
+    assert not studio.resources("workflow", "Custom::ServiceLogRetention")  # Label Studio writes no such logs

@@ -76,7 +76,7 @@ def expected_empty_rate(model_directory: Path | None) -> float | None:
         return None
     try:
         raw = json.loads((model_directory / "model.json").read_text(encoding="utf-8"))
-        value = 1.0 - float(raw["test_statistics"]["detection_rate"])
+        value = round(1.0 - float(raw["test_statistics"]["detection_rate"]), 4)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return value if 0.0 <= value <= 1.0 else None
