@@ -68,6 +68,9 @@ def configuration_from_settings(edge_settings: Any, *, upload_bucket: str, **val
         confidentSampleRate=edge_settings.confident_sample_rate,
         offlineQueueMaxMB=edge_settings.offline_queue_mb,
         modelComponentName=edge_settings.model_component_name,
+        precision=edge_settings.model_precision,
+        int8MaxMap50Loss=edge_settings.int8_max_map50_loss,
+        executionProviders=list(edge_settings.execution_providers),
         uploadBucket=upload_bucket,
         **values,
     )

@@ -21,7 +21,7 @@ import logging
 import struct
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,25 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import DEFAULTS, PRECISION_SETTINGS
+
 LOG = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
+FP32, INT8 = "fp32", "int8"
+DEFAULT_INT8_MAX_MAP50_LOSS = DEFAULTS["int8MaxMap50Loss"]  # auto serves INT8 losing at most one mAP50 point
+# The execution providers the configuration may name, by onnxruntime's names; CPU is always the last resort.
+# CUDA and TensorRT need the onnxruntime-gpu build, OpenVINO the onnxruntime-openvino build.
+EXECUTION_PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+CPU_PROVIDER = EXECUTION_PROVIDERS["cpu"]
+# Providers on which an INT8 (QDQ) model runs in integer kernels; the CUDA provider runs it in float, slower.
+_INT8_PROVIDERS = frozenset({"CPUExecutionProvider", "TensorrtExecutionProvider", "OpenVINOExecutionProvider"})
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_CONFIDENCE = 0.25  # Ultralytics' predict defaults
 DEFAULT_IOU = 0.7
@@ -280,6 +295,15 @@ class DetectionResult:
 
 
 @dataclass(frozen=True)
+class ModelVariant:
+    """A model file of the archive at one precision and its recorded test mAP50 (model.json `precisions`)."""
+
+    precision: str
+    file: str
+    map50: float | None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What model.json (beside model.onnx) and the ONNX metadata say about a model."""
 
@@ -287,10 +311,19 @@ class ModelInfo:
     input_size: int | None = None
     confidence_threshold: float | None = None
     iou_threshold: float | None = None
+    variants: tuple[ModelVariant, ...] = ()  # FP32 first when the manifest lists precisions
+    problem: str | None = None  # why `precisions` could not be read (then only model.onnx is served)
+
+    def variant(self, precision: str) -> ModelVariant | None:
+        return next((variant for variant in self.variants if variant.precision == precision), None)
 
 
 def read_manifest(path: Path) -> ModelInfo:
-    """model.json (shared/contracts.py): class names, input size and thresholds; ModelError when malformed."""
+    """model.json (shared/contracts.py): class names, input size, thresholds, precisions; ModelError when malformed.
+
+    A malformed `precisions` entry does not make the model unusable: model.onnx (FP32) still serves, and
+    `problem` says why no other precision can.
+    """
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -309,7 +342,31 @@ def read_manifest(path: Path) -> ModelInfo:
         raise ModelError(f"{path}: missing or invalid field ({type(error).__name__}: {error})") from None
     if not names:
         raise ModelError(f"{path}: class_names is empty")
-    return info
+    try:
+        variants = _manifest_variants(raw)
+    except (TypeError, ValueError) as error:
+        return replace(info, problem=f"{path}: precisions cannot be read ({error})")
+    return replace(info, variants=variants)
+
+
+def _manifest_variants(raw: Mapping[str, Any]) -> tuple[ModelVariant, ...]:
+    precisions = raw.get("precisions")
+    if precisions is None:
+        return ()
+    if not isinstance(precisions, Mapping):
+        raise TypeError("precisions must be an object keyed by precision")
+    variants = []
+    for precision, entry in precisions.items():
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+            raise ValueError(f"precisions.{precision} needs a file")
+        name = entry["file"]
+        if Path(name).name != name or not name.endswith(".onnx"):
+            raise ValueError(f"precisions.{precision}.file {name!r} is not an .onnx file beside model.json")
+        metrics = entry.get("metrics") or {}
+        map50 = metrics.get("mAP50") if isinstance(metrics, Mapping) else None
+        variants.append(ModelVariant(str(precision), name, float(map50) if map50 is not None else None))
+    variants.sort(key=lambda variant: variant.precision != FP32)
+    return tuple(variants)
 
 
 def _metadata_names(metadata: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -336,10 +393,74 @@ def _check_threshold(name: str, value: float) -> float:
     return float(value)
 
 
+# --------------------------------------------------------------------------------------------------
+# Execution providers and precision
+# --------------------------------------------------------------------------------------------------
+
+
+def provider_names(requested: Sequence[str]) -> tuple[str, ...]:
+    """Configuration names (cpu, cuda, tensorrt, openvino) as onnxruntime's, in order, CPU last.
+
+    Raises ValueError for an unknown name.
+    """
+    names = []
+    for name in requested:
+        key = str(name).strip().lower()
+        if key not in EXECUTION_PROVIDERS:
+            raise ValueError(f"unknown execution provider {name!r} (known: {', '.join(EXECUTION_PROVIDERS)})")
+        if EXECUTION_PROVIDERS[key] not in names:
+            names.append(EXECUTION_PROVIDERS[key])
+    if CPU_PROVIDER in names:
+        names.remove(CPU_PROVIDER)
+    return (*names, CPU_PROVIDER)
+
+
+def select_providers(requested: Sequence[str], available: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The providers to give onnxruntime (CPU last) and, for each requested one left out, why."""
+    chosen, reasons = [], []
+    for name in provider_names(requested):
+        if name == CPU_PROVIDER or name in available:
+            chosen.append(name)
+        else:
+            reasons.append(
+                f"{name} is not available in this onnxruntime build (available: {', '.join(available) or 'none'})"
+            )
+    return chosen, reasons
+
+
+def choose_precision(info: ModelInfo, setting: str, *, max_map50_loss: float, provider: str) -> tuple[str, str]:
+    """(precision to serve, why) for a precision setting of auto, int8 or fp32.
+
+    auto: INT8 when model.json lists an INT8 file whose test mAP50 is at most `max_map50_loss` below FP32's
+    and the provider runs INT8 in integer kernels; FP32 otherwise. int8: INT8 when there is a file.
+    """
+    if setting not in PRECISION_SETTINGS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_SETTINGS)}, got {setting!r}")
+    if setting == FP32:
+        return FP32, "precision fp32 configured"
+    int8, fp32 = info.variant(INT8), info.variant(FP32)
+    if int8 is None:
+        missing = info.problem or "model.json lists no INT8 model"
+        return FP32, f"precision {setting} configured but {missing}: FP32 serves"
+    if setting == INT8:
+        return INT8, "precision int8 configured"
+    if provider not in _INT8_PROVIDERS:
+        return FP32, f"auto: {provider} runs INT8 (QDQ) models in float, slower than FP32"
+    if int8.map50 is None or fp32 is None or fp32.map50 is None:
+        return FP32, "auto: model.json records no test mAP50 for both INT8 and FP32"
+    loss = fp32.map50 - int8.map50
+    verdict = (
+        f"auto: INT8 test mAP50 {int8.map50:.4f} vs FP32 {fp32.map50:.4f} ({loss * 100:+.2f} points lost, "
+        f"tolerance {max_map50_loss * 100:.2f})"
+    )
+    return (INT8, verdict) if loss <= max_map50_loss + 1e-12 else (FP32, verdict + ": FP32 serves")
+
+
 class Detector:
     """A loaded YOLOv8 ONNX model that turns RGB images into detections in source pixels.
 
-    Not thread-safe (it reuses its input buffers): use one per thread.
+    Not thread-safe (it reuses its input buffers): use one per thread. `precision`, `precision_reason`,
+    `execution_provider` and `warnings` say what serves and why (load_detector fills in the reasons).
     """
 
     def __init__(
@@ -352,6 +473,7 @@ class Detector:
         input_size: int | None = None,
         threads: int = 0,
         max_detections: int = MAX_DETECTIONS,
+        providers: Sequence[str] = ("cpu",),
     ) -> None:
         import onnxruntime  # noqa: PLC0415 - keep `import detector` cheap for tools that only decode images
 
@@ -360,17 +482,26 @@ class Detector:
         options.log_severity_level = 3  # errors only; our own log says what happened
         if threads > 0:
             options.intra_op_num_threads = threads
+        chosen, self.warnings = select_providers(providers, onnxruntime.get_available_providers())
         try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self.session = onnxruntime.InferenceSession(str(self.model_path), sess_options=options, providers=chosen)
         except Exception as error:  # onnxruntime raises its own (pybind) exception types
             raise ModelError(f"{self.model_path}: cannot load the ONNX model ({error})") from None
+        active = self.session.get_providers()
+        self.execution_provider = active[0] if active else CPU_PROVIDER
+        if chosen[0] != self.execution_provider:
+            self.warnings.append(
+                f"{chosen[0]} could not be initialised (see onnxruntime's log); running on {self.execution_provider}"
+            )
+        for warning in self.warnings:
+            LOG.warning("%s: %s", self.model_path.name, warning)
         metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         if metadata.get("task", "detect") != "detect":
             raise ModelError(f"{self.model_path}: a {metadata['task']!r} model, expected a detection model")
         if str(metadata.get("end2end", "False")).lower() == "true":
             raise ModelError(f"{self.model_path}: an end-to-end export with NMS inside; expected raw YOLOv8 output")
+        self.precision = INT8 if metadata.get("precision") == INT8 else FP32
+        self.precision_reason = "the model file given"
         self.input_name, self.input_height, self.input_width = self._input_shape(input_size)
         outputs = self.session.get_outputs()
         self.output_name = outputs[0].name
@@ -511,11 +642,17 @@ def load_detector(
     confidence_threshold: float | None = None,
     iou_threshold: float | None = None,
     threads: int = 0,
+    precision: str | None = None,
+    int8_max_map50_loss: float = DEFAULT_INT8_MAX_MAP50_LOSS,
+    providers: Sequence[str] = ("cpu",),
 ) -> Detector:
     """A detector for model.onnx (or a folder holding it), with model.json beside it when there is one.
 
     Thresholds: the arguments, else model.json's, else Ultralytics' defaults (0.25, 0.7). Class names:
-    model.json's, else the ONNX metadata's, else class_<id>.
+    model.json's, else the ONNX metadata's, else class_<id>. `precision` None serves the file given;
+    auto, int8 or fp32 choose among the files model.json lists (choose_precision). An INT8 model that
+    does not load or does not give the detection output is replaced by the FP32 model, and the
+    detector's `warnings` say why.
     """
     path = Path(model_path)
     if path.is_dir():
@@ -524,11 +661,54 @@ def load_detector(
         raise ModelError(f"{path}: model file not found")
     manifest_path = path.with_name(MANIFEST_FILE)
     info = read_manifest(manifest_path) if manifest_path.is_file() else ModelInfo()
-    return Detector(
-        path,
-        class_names=info.class_names,
-        confidence_threshold=confidence_threshold if confidence_threshold is not None else info.confidence_threshold,
-        iou_threshold=iou_threshold if iou_threshold is not None else info.iou_threshold,
-        input_size=info.input_size,
-        threads=threads,
-    )
+
+    confidence = confidence_threshold if confidence_threshold is not None else info.confidence_threshold
+
+    def load(file: Path) -> Detector:
+        return Detector(
+            file,
+            class_names=info.class_names,
+            confidence_threshold=confidence,
+            iou_threshold=iou_threshold if iou_threshold is not None else info.iou_threshold,
+            input_size=info.input_size,
+            threads=threads,
+            providers=providers,
+        )
+
+    if precision is None:
+        detector = load(path)
+        listed = next((variant for variant in info.variants if variant.file == path.name), None)
+        if listed is not None and listed.precision in (FP32, INT8):
+            detector.precision = listed.precision
+        return detector
+    if not 0.0 <= int8_max_map50_loss <= 1.0:
+        raise ValueError(f"INT8 mAP50 tolerance must be between 0 and 1, got {int8_max_map50_loss}")
+    available = select_providers(providers, _available_providers())[0]
+    chosen, reason = choose_precision(info, precision, max_map50_loss=int8_max_map50_loss, provider=available[0])
+    fallback: str | None = None
+    if chosen == INT8:
+        int8 = info.variant(INT8)
+        assert int8 is not None
+        try:
+            detector = load(path.with_name(int8.file))
+            detector.precision = INT8
+        except ModelError as error:
+            fallback = f"the INT8 model could not be served ({error}): FP32 serves"
+            LOG.error("%s", fallback)
+            detector = load(path)
+            detector.precision = FP32
+    else:
+        detector = load(path)
+        detector.precision = FP32
+        if precision == INT8 or info.problem:
+            fallback = reason
+    detector.precision_reason = reason
+    if fallback:
+        detector.warnings.append(fallback)
+    return detector
+
+
+def _available_providers() -> list[str]:
+    import onnxruntime  # noqa: PLC0415
+
+    return list(onnxruntime.get_available_providers())
