@@ -349,8 +349,4 @@ def _variants(raw: Any) -> tuple[ModelVariant, ...]:
         return ()
     if not isinstance(raw, Mapping):
         raise ContractError(f"{MANIFEST_FILE}: precisions must be an object keyed by precision")
-    variants = tuple(ModelVariant.from_json(str(name), value) for name, value in raw.items() if name != FP32)
-    files = [variant.file for variant in variants]
-    if len(set(files)) != len(files):
-        raise ContractError(f"{MANIFEST_FILE}: two precisions name the same file ({', '.join(sorted(files))})")
-    return variants
+    return tuple(ModelVariant.from_json(str(name), value) for name, value in raw.items() if name != FP32)
