@@ -147,6 +147,27 @@ def test_detector_matches_ultralytics_at_device_thresholds_on_a_model_that_detec
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("conf", [0.25, 0.1])
+def test_detector_matches_ultralytics_on_the_int8_model_the_training_code_makes(
+    trained_model: TinyModel, int8_trained_model: Path, conf: float, tmp_path: Path
+) -> None:
+    """The other precision a device may serve: same decoding, NMS and scaling on the quantized file."""
+    detector = load_detector(int8_trained_model, confidence_threshold=conf, iou_threshold=0.7)
+    assert detector.precision == "int8"
+    assert detector.class_names == trained_model.class_names  # from the metadata the quantizer keeps
+    images = [sample.path for sample in trained_model.samples]
+    images += _variants(images[0], tmp_path / "variants")
+    compared = 0
+    for image in images:
+        theirs = ultralytics_boxes(
+            int8_trained_model, image, conf=conf, iou_threshold=0.7, size=trained_model.input_size
+        )
+        assert_same_detections(list(detector.detect_file(image).detections), theirs, image.name)
+        compared += len(theirs)
+    assert compared > 0, f"no box at confidence {conf} to compare"
+
+
+@pytest.mark.slow
 def test_a_frame_with_nothing_found_is_an_empty_result_like_ultralytics(tiny_model: TinyModel) -> None:
     # At the thresholds it was evaluated with, the barely trained model finds nothing on these tags.
     detector = load_detector(tiny_model.onnx_path, confidence_threshold=0.99)
