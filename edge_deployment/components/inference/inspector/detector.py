@@ -690,6 +690,8 @@ def load_detector(
         int8 = info.variant(INT8)
         assert int8 is not None
         try:
+            if not path.with_name(int8.file).is_file():
+                raise ModelError(f"{path.with_name(int8.file)}: model file not found")
             detector = load(path.with_name(int8.file))
             detector.precision = INT8
         except ModelError as error:
