@@ -184,6 +184,87 @@ def _linear_taps(source: int, target: int, clamp: bool) -> tuple[np.ndarray, np.
     return first, second, weight0, weight1
 
 
+class LinearResizer:
+    """OpenCV's INTER_LINEAR for one source and one target size, bit-exact, with buffers reused between frames.
+
+    OpenCV interpolates each needed source row horizontally (11-bit weights, then >> 4), then between two
+    such rows (>> 16 each, + 2, >> 2). Here each horizontal tap pair is one gather: the 8 bytes from a
+    pixel's first byte hold its R, G, B and the next pixel's (the right-hand tap is always the next pixel,
+    or has weight 0 at the border). Rows are copied into a padded buffer first so the last pixel's 8-byte
+    read stays inside it. The arithmetic runs on rows of 4 lanes per pixel (R, G, B and one ignored) so
+    every numpy pass is one long contiguous loop.
+    """
+
+    def __init__(self, source_height: int, source_width: int, height: int, width: int) -> None:
+        x0, x1, wx0, wx1 = _linear_taps(source_width, width, True)
+        y0, y1, wy0, wy1 = _linear_taps(source_height, height, False)
+        if not np.all((x1 == x0 + 1) | (wx1 == 0)):  # _linear_taps guarantees it; the gather relies on it
+            raise RuntimeError("horizontal taps are not neighbours")
+        rows = np.union1d(y0, y1)  # the source rows the output needs, each interpolated horizontally once
+        position = np.zeros(source_height, dtype=np.intp)
+        position[rows] = np.arange(rows.size)
+        self.source_shape = (source_height, source_width)
+        self.shape = (height, width)
+        self._rows, self._top_rows, self._bottom_rows = rows.astype(np.intp), position[y0], position[y1]
+        self._columns = x0.astype(np.intp)
+        stride = source_width * 3 + 8
+        self._source = np.zeros((rows.size, stride), dtype=np.uint8)
+        self._pixels = np.ndarray((rows.size, source_width), dtype="<u8", buffer=self._source, strides=(stride, 3))
+        self._left_weights, self._right_weights = np.repeat(wx0, 4), np.repeat(wx1, 4)
+        self._top_weights, self._bottom_weights = wy0[:, None], wy1[:, None]
+        self._taps = np.empty((rows.size, width), dtype=np.uint64)
+        self._lanes = np.empty((rows.size, width), dtype=np.uint32)
+        self._left = np.empty((rows.size, width * 4), dtype=np.int32)
+        self._right = np.empty((rows.size, width * 4), dtype=np.int32)
+        self._top = np.empty((height, width * 4), dtype=np.int32)
+        self._bottom = np.empty((height, width * 4), dtype=np.int32)
+
+    def _interpolate(self, image: np.ndarray) -> np.ndarray:
+        """(height, width * 4) int32: the resized pixels as R, G, B, ignored."""
+        source_height, source_width = self.source_shape
+        lines = image.reshape(source_height, source_width * 3)
+        np.take(lines, self._rows, axis=0, out=self._source[:, : source_width * 3], mode="clip")
+        taps, lanes, left, right = self._taps, self._lanes, self._left, self._right
+        np.copyto(taps, self._pixels[:, self._columns])  # fancy indexing: the fast gather for unaligned items
+        np.copyto(lanes, taps, casting="unsafe")  # bytes 0-3: the left pixel's R, G, B
+        np.copyto(left, lanes.view(np.uint8).reshape(left.shape))
+        taps >>= np.uint64(24)
+        np.copyto(lanes, taps, casting="unsafe")  # bytes 3-6: the right pixel's R, G, B
+        np.copyto(right, lanes.view(np.uint8).reshape(right.shape))
+        left *= self._left_weights
+        right *= self._right_weights
+        left += right
+        left >>= 4  # OpenCV's vertical pass works on (value >> 4) in 16 bits
+        top, bottom = self._top, self._bottom
+        np.take(left, self._top_rows, axis=0, out=top, mode="clip")
+        top *= self._top_weights
+        top >>= 16
+        np.take(left, self._bottom_rows, axis=0, out=bottom, mode="clip")
+        bottom *= self._bottom_weights
+        bottom >>= 16
+        top += bottom
+        top += 2
+        top >>= 2
+        return top
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """The resized (height, width, 3) uint8 image (a new array)."""
+        height, width = self.shape
+        return self._interpolate(image).reshape(height, width, 4)[:, :, :3].astype(np.uint8)
+
+    def resize_into(self, image: np.ndarray, out: np.ndarray) -> None:
+        """Write the resized image, divided by 255, into `out`: a (3, height, width) float32 (CHW) view."""
+        height, width = self.shape
+        pixels = self._interpolate(image).reshape(height, width, 4)[:, :, :3]
+        np.divide(pixels.transpose(2, 0, 1), np.float32(255), out=out, dtype=np.float32, casting="unsafe")
+
+
+@lru_cache(maxsize=4)
+def linear_resizer(source_height: int, source_width: int, height: int, width: int) -> LinearResizer:
+    """The resizer of one size pair (cached: a camera sends frames of one size; the buffers are reused)."""
+    return LinearResizer(source_height, source_width, height, width)
+
+
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize (H, W, 3) uint8 like cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)."""
     source_height, source_width = image.shape[:2]
@@ -191,51 +272,9 @@ def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
         return image
     if source_width == 2 * width and source_height == 2 * height:
         # OpenCV takes its INTER_AREA path for an exact 2x reduction: the rounded mean of 2x2 blocks,
-        # (sum + 2) >> 2, which is what Pillow's reduce(2) computes too, in C (a third of numpy's time).
+        # (sum + 2) >> 2, which is what Pillow's reduce(2) computes too, in C.
         return np.asarray(Image.fromarray(image).reduce(2))
-    channels = image.shape[2]
-    x0, x1, wx0, wx1 = _channel_taps(source_width, width, channels)
-    y0, y1, wy0, wy1 = _linear_taps(source_height, height, False)
-    # Rows as flat (W * C) lines: one gather per tap along a contiguous axis is ~3x faster than
-    # indexing the width axis of an (H, W, C) array.
-    lines = image.reshape(source_height, source_width * channels)
-
-    def horizontal(rows: np.ndarray) -> np.ndarray:
-        out = np.take(rows, x0, axis=1).astype(np.int32)
-        out *= wx0
-        second = np.take(rows, x1, axis=1).astype(np.int32)
-        second *= wx1
-        out += second
-        out >>= 4  # OpenCV's vertical pass works on (value >> 4) in 16 bits
-        return out
-
-    top = horizontal(lines[y0])
-    top *= wy0[:, None]
-    top >>= 16
-    bottom = horizontal(lines[y1])
-    bottom *= wy1[:, None]
-    bottom >>= 16
-    top += bottom
-    top += 2
-    top >>= 2
-    np.clip(top, 0, 255, out=top)
-    return top.astype(np.uint8).reshape(height, width, channels)
-
-
-@lru_cache(maxsize=32)
-def _channel_taps(source: int, target: int, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The horizontal taps of `_linear_taps` as indices and weights into a flat (W * C) row."""
-    first, second, weight0, weight1 = _linear_taps(source, target, True)
-    channel = np.arange(channels)
-    taps = (
-        (first[:, None] * channels + channel).ravel(),
-        (second[:, None] * channels + channel).ravel(),
-        np.repeat(weight0, channels),
-        np.repeat(weight1, channels),
-    )
-    for array in taps:
-        array.setflags(write=False)
-    return taps
+    return linear_resizer(source_height, source_width, height, width).resize(np.ascontiguousarray(image))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,8 +549,8 @@ class Detector:
             "confidence threshold", DEFAULT_CONFIDENCE if confidence_threshold is None else confidence_threshold
         )
         self.iou_threshold = _check_threshold("IoU threshold", DEFAULT_IOU if iou_threshold is None else iou_threshold)
-        self._canvas = np.full((self.input_height, self.input_width, 3), _PAD_VALUE, dtype=np.uint8)
         self._tensor = np.zeros((1, 3, self.input_height, self.input_width), dtype=np.float32)
+        self._geometry: Letterbox | None = None  # of the frame in _tensor; its padding is filled in
         # One warm-up run: checks the real output shape and takes the first-run cost out of frame one.
         output = self._run(self._tensor)
         self.num_classes = self._check_output(output, class_names)
@@ -568,13 +607,25 @@ class Detector:
         """Letterbox an (H, W, 3) uint8 RGB image into the model's input tensor (reused buffer)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ImageError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype}{list(image.shape)}")
-        geometry = letterbox_geometry(image.shape[0], image.shape[1], self.input_height, self.input_width)
-        resized = resize_linear(image, geometry.width, geometry.height)
-        canvas = self._canvas
-        canvas.fill(_PAD_VALUE)
-        canvas[geometry.top : geometry.top + geometry.height, geometry.left : geometry.left + geometry.width] = resized
-        np.divide(canvas.transpose(2, 0, 1), np.float32(255), out=self._tensor[0])
-        return self._tensor, geometry
+        height, width = image.shape[:2]
+        geometry = letterbox_geometry(height, width, self.input_height, self.input_width)
+        tensor = self._tensor
+        if geometry != self._geometry:  # the padding stays from one frame to the next of the same size
+            tensor.fill(np.float32(_PAD_VALUE) / np.float32(255))
+            self._geometry = geometry
+        region = tensor[
+            0, :, geometry.top : geometry.top + geometry.height, geometry.left : geometry.left + geometry.width
+        ]
+        if (geometry.width, geometry.height) == (width, height) or (width, height) == (
+            2 * geometry.width,
+            2 * geometry.height,
+        ):
+            resized = resize_linear(image, geometry.width, geometry.height)
+            np.divide(resized.transpose(2, 0, 1), np.float32(255), out=region)
+        else:
+            resizer = linear_resizer(height, width, geometry.height, geometry.width)
+            resizer.resize_into(np.ascontiguousarray(image), region)
+        return tensor, geometry
 
     def detect(self, image: np.ndarray) -> DetectionResult:
         """Detections in an (H, W, 3) uint8 RGB image, boxes in its pixels."""
