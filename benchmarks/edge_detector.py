@@ -308,16 +308,18 @@ def latencies(models: Models, files: Sequence[Path], *, rounds: int, ultralytics
         # Prepared once, outside the timing; the bare run uses the detector's own session (same options).
         tensors = [np.array(detector.prepare(image)[0]) for image in images]
         feeds = [{detector.input_name: tensor} for tensor in tensors]
-        methods[f"{precision}_detector"] = lambda i, d=detector: d.detect(images[i % count])
-        methods[f"{precision}_bare"] = lambda i, s=detector.session, f=feeds: s.run(None, f[i % count])
+        methods[f"{precision}_detector"] = _detect_call(detector, images)
+        methods[f"{precision}_bare"] = _run_call(detector.session, feeds)
     if ultralytics:
         from ultralytics import YOLO
 
         yolo = YOLO(str(models.fp32), task="detect")
         bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]  # Ultralytics takes OpenCV's BGR
         fp32 = detectors["fp32"]
-        options = {"conf": fp32.confidence_threshold, "iou": fp32.iou_threshold, "imgsz": fp32.input_width}
-        methods["ultralytics"] = lambda i: yolo.predict(bgr[i % count], verbose=False, device="cpu", **options)
+        conf, iou, size = fp32.confidence_threshold, fp32.iou_threshold, fp32.input_width
+        methods["ultralytics"] = lambda i: yolo.predict(
+            bgr[i % count], conf=conf, iou=iou, imgsz=size, verbose=False, device="cpu"
+        )
     times = interleaved(methods, frames=count, rounds=rounds)
     times["decode"] = interleaved({"decode": lambda i: load_image(files[i % count])}, frames=count, rounds=1)["decode"]
     result: dict[str, Any] = {name: spread(values) for name, values in times.items()}
@@ -330,6 +332,14 @@ def latencies(models: Models, files: Sequence[Path], *, rounds: int, ultralytics
     result["samples"] = len(times["decode"])
     result["input_size"] = detectors["fp32"].input_width
     return result
+
+
+def _detect_call(detector: Any, images: Sequence[Any]) -> Callable[[int], object]:
+    return lambda index: detector.detect(images[index % len(images)])
+
+
+def _run_call(session: Any, feeds: Sequence[dict[str, Any]]) -> Callable[[int], object]:
+    return lambda index: session.run(None, feeds[index % len(feeds)])
 
 
 def device_env() -> dict[str, str]:
