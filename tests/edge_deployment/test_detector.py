@@ -323,6 +323,25 @@ def test_letterbox_tensor_equals_ultralytics_preprocessing(tmp_path: Path, heigh
     assert geometry == letterbox_geometry(height, width, 64, 96)
 
 
+def test_frames_of_changing_sizes_each_get_their_own_letterbox(tmp_path: Path) -> None:
+    """The padding is kept from frame to frame of one size: a frame of another size must not see the old one."""
+    from ultralytics.data.augment import LetterBox
+
+    model = constant_model(tmp_path / "model.onnx", np.zeros((1, 5, 8), dtype=np.float32), input_shape=(1, 3, 64, 96))
+    detector = load_detector(model)
+    rng = np.random.default_rng(7)
+    for height, width in [(48, 200), (48, 200), (200, 48), (64, 96), (640, 960), (48, 200)]:
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        tensor, _ = detector.prepare(image)
+        bgr = LetterBox((64, 96), auto=False, stride=32)(image=np.ascontiguousarray(image[..., ::-1]))
+        expected = bgr[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255
+        np.testing.assert_array_equal(tensor, expected, err_msg=f"{width}x{height}")
+    # A frame that is a view (a camera's BGR-to-RGB flip) is letterboxed like a copy of it.
+    frame = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    flipped = frame[..., ::-1]
+    np.testing.assert_array_equal(detector.prepare(flipped)[0].copy(), detector.prepare(flipped.copy())[0])
+
+
 # --------------------------------------------------------------------------------------------------
 # Models: where thresholds and names come from, and models that cannot be served
 # --------------------------------------------------------------------------------------------------
