@@ -27,6 +27,7 @@ from edge_deployment.components.inference.inspector.detector import (
     letterbox_geometry,
     load_detector,
     load_image,
+    nms,
     resize_linear,
 )
 from tests.edge_deployment.device_support import constant_model, iou, restore_pillow_open
@@ -212,6 +213,21 @@ def test_multi_class_nms_and_scaling_match_ultralytics(
     for detection in ours:
         x1, y1, x2, y2 = detection.box
         assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1]
+
+
+@pytest.mark.parametrize("count", [1, 40, 512, 700])  # all pairs at once up to 512 boxes, box by box beyond
+def test_nms_keeps_what_torchvision_keeps(count: int) -> None:
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(count)
+    corner = rng.uniform(0, 300, (count, 2)).astype(np.float32)
+    boxes = np.concatenate([corner, corner + rng.uniform(0, 60, (count, 2)).astype(np.float32)], axis=1)
+    boxes[::7, 2:] = boxes[::7, :2]  # some empty boxes (IoU NaN: never suppress)
+    scores = rng.choice(np.linspace(0.3, 0.9, 13), count).astype(np.float32)  # ties keep the input order
+    for threshold in (0.3, 0.45, 0.7):
+        expected = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
+        np.testing.assert_array_equal(nms(boxes, scores, threshold), expected)
 
 
 def test_nms_is_class_aware_and_boxes_come_back_in_source_pixels(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ DEFAULT_CONFIDENCE = 0.25  # Ultralytics' predict defaults
 DEFAULT_IOU = 0.7
 MAX_DETECTIONS = 300
 _MAX_NMS_CANDIDATES = 30000
+_PAIRWISE_NMS = 512  # up to this many candidates NMS compares all pairs at once (a 512 x 512 matrix)
 _CLASS_OFFSET = np.float32(7680)  # max_wh: keeps boxes of different classes apart in one NMS pass
 _PAD_VALUE = 114
 _COEF_BITS = 11  # OpenCV INTER_RESIZE_COEF_BITS
@@ -283,24 +284,45 @@ def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS in float32 like torchvision.ops.nms: indices kept, highest score first."""
+    """Greedy NMS in float32 like torchvision.ops.nms: indices kept, highest score first.
+
+    Up to _PAIRWISE_NMS boxes (every frame of a trained model at a device's threshold) the IoU of every
+    pair is computed at once, with the same float32 arithmetic as box against box; beyond, box by box.
+    """
     if not len(boxes):
         return np.empty(0, dtype=np.int64)
-    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
-    areas = (x2 - x1) * (y2 - y1)
     order = np.argsort(-scores, kind="stable")
+    ranked = boxes[order]
+    x1, y1, x2, y2 = (np.ascontiguousarray(ranked[:, k]) for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    if len(boxes) <= _PAIRWISE_NMS:
+        width = np.maximum(np.float32(0), np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1))
+        height = np.maximum(np.float32(0), np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1))
+        inter = width * height
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 for two empty boxes: NaN
+            overlap = inter / (areas[:, None] + areas - inter)
+        # torchvision compares the float IoU with the double threshold; NaN (empty boxes) never suppresses.
+        suppresses = overlap.astype(np.float64) > iou_threshold
+        removed = np.zeros(len(boxes), dtype=bool)
+        kept = []
+        for index in range(len(boxes)):
+            if not removed[index]:
+                kept.append(index)
+                removed |= suppresses[index]
+        return order[kept]
     keep = []
-    while order.size:
-        i = order[0]
+    rank = np.arange(len(boxes))
+    while rank.size:
+        i = rank[0]
         keep.append(i)
-        rest = order[1:]
+        rest = rank[1:]
         width = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
         height = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
         inter = width * height
-        overlap = inter / (areas[i] + areas[rest] - inter)
-        # torchvision compares the float IoU with the double threshold; NaN (empty boxes) never suppresses.
-        order = rest[~(overlap.astype(np.float64) > iou_threshold)]
-    return np.asarray(keep, dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            overlap = inter / (areas[i] + areas[rest] - inter)
+        rank = rest[~(overlap.astype(np.float64) > iou_threshold)]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 @dataclass(frozen=True)
@@ -650,11 +672,8 @@ class Detector:
         scores = prediction[4:]
         if scores.shape[1] == 0:
             return (), 0.0
-        if self.num_classes == 1:
-            best, classes = scores[0], np.zeros(scores.shape[1], dtype=np.int64)
-        else:
-            classes = scores.argmax(axis=0)
-            best = np.take_along_axis(scores, classes[None, :], axis=0)[0]
+        classes = None if self.num_classes == 1 else scores.argmax(axis=0)
+        best = scores[0] if classes is None else np.take_along_axis(scores, classes[None, :], axis=0)[0]
         top_score = float(best.max())
         candidates = np.flatnonzero(best > np.float32(self.confidence_threshold))
         if not candidates.size:
@@ -665,26 +684,31 @@ class Detector:
         half = prediction[2:4, candidates].T / np.float32(2)
         boxes = np.concatenate([centre - half, centre + half], axis=1)
         confidences = best[candidates]
-        labels = classes[candidates]
-        offsets = (labels.astype(np.float32) * _CLASS_OFFSET)[:, None]
-        keep = nms(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
+        if classes is None:
+            labels = np.zeros(candidates.size, dtype=np.int64)
+            keep = nms(boxes, confidences, self.iou_threshold)[: self.max_detections]
+        else:
+            labels = classes[candidates]
+            offsets = (labels.astype(np.float32) * _CLASS_OFFSET)[:, None]
+            keep = nms(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
         boxes = boxes[keep]
-        boxes[:, [0, 2]] -= np.float32(geometry.left)
-        boxes[:, [1, 3]] -= np.float32(geometry.top)
-        boxes[:, [0, 2]] /= np.float32(geometry.gain_x)
-        boxes[:, [1, 3]] /= np.float32(geometry.gain_y)
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-        detections = tuple(
-            Detection(
-                box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-                class_id=int(label),
-                class_name=self.class_names[int(label)],
-                score=float(score),
-            )
-            for box, label, score in zip(boxes, labels[keep], confidences[keep], strict=True)
+        xs, ys = boxes[:, 0::2], boxes[:, 1::2]  # views: x1, x2 and y1, y2
+        xs -= np.float32(geometry.left)
+        ys -= np.float32(geometry.top)
+        xs /= np.float32(geometry.gain_x)
+        ys /= np.float32(geometry.gain_y)
+        np.clip(xs, 0, width, out=xs)
+        np.clip(ys, 0, height, out=ys)
+        names = self.class_names
+        return (
+            tuple(
+                Detection(box=(box[0], box[1], box[2], box[3]), class_id=label, class_name=names[label], score=score)
+                for box, label, score in zip(
+                    boxes.tolist(), labels[keep].tolist(), confidences[keep].tolist(), strict=True
+                )
+            ),
+            top_score,
         )
-        return detections, top_score
 
 
 def load_detector(
