@@ -253,6 +253,9 @@ def test_the_archive_ships_int8_beside_fp32_with_both_metrics(tiny_model, tmp_pa
     assert int8.details["calibration_images"] == CALIBRATION_IMAGES
     assert outcome.comparison.map50_loss == pytest.approx(fp32_metrics["mAP50"] - int8.metrics["mAP50"])
     assert set(outcome.comparison.to_json()["loss"]) == set(REQUIRED_METRICS)
+    report = json.loads(json.dumps(outcome.to_json()))
+    assert report["file"] == INT8_MODEL_FILE and report["int8"] == int8.metrics and report["fp32"] == fp32_metrics
+    assert report["details"]["float_nodes"] == len(outcome.quantization.float_nodes) > 0
     with tarfile.open(archive) as tar:
         member = tar.extractfile(INT8_MODEL_FILE)
         assert member is not None and member.read() == outcome.quantization.output.read_bytes()

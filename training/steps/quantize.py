@@ -418,6 +418,15 @@ class Int8Outcome:
     variant: ModelVariant
     archive: Path
 
+    def to_json(self) -> dict[str, Any]:
+        """A report of the quantization (e.g. `quantization.json` beside evaluation.json)."""
+        return {
+            "file": self.variant.file,
+            **self.comparison.to_json(),
+            "details": self.quantization.details(),
+            "agreement_on_calibration_frames": dict(self.quantization.agreement),
+        }
+
 
 def quantize_evaluate_and_add(
     archive: str | Path,
