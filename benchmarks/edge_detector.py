@@ -27,7 +27,9 @@ images, else the frames). Figures:
 Latencies: the methods take turns on every frame (FP32 detector, FP32 bare run, INT8 detector, INT8
 bare run, ...) for `--rounds` passes over the frames, so a busy machine slows them alike; ratios are
 taken per frame between neighbours in time and reported as median and interquartile range. onnxruntime
-runs with its default threading. The conditions (CPUs, load average before and after) are printed.
+runs with its default threading. A cross-check measures the CPU time of the process per call with
+onnxruntime on one thread, which other load on the machine hardly changes. The conditions (CPUs, load
+average before and after) are printed.
 """
 
 # ruff: noqa: PLC0415, S603 - heavy imports only where used; subprocesses run this interpreter
@@ -259,11 +261,18 @@ def scaled_frames(files: Sequence[Path], directory: Path, size: tuple[int, int])
 # --------------------------------------------------------------------------------------------------
 
 
-def interleaved(methods: dict[str, Callable[[int], object]], *, frames: int, rounds: int) -> dict[str, list[float]]:
+def interleaved(
+    methods: dict[str, Callable[[int], object]],
+    *,
+    frames: int,
+    rounds: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
     """Milliseconds per call of each method, the methods taking turns on every frame, `rounds` times over.
 
     The order of the turns rotates from frame to frame, so that no method always follows the same one
     (a method run right after a long one finds onnxruntime's threads parked and the caches cold).
+    `clock`: wall time, or time.process_time for the CPU time of the whole process.
     """
     names = list(methods)
     for index in range(min(frames, 5)):  # warm-up
@@ -275,9 +284,9 @@ def interleaved(methods: dict[str, Callable[[int], object]], *, frames: int, rou
         for index in range(frames):
             turn += 1
             for name in names[turn % len(names) :] + names[: turn % len(names)]:
-                started = time.perf_counter()
+                started = clock()
                 methods[name](index)
-                times[name].append((time.perf_counter() - started) * 1000.0)
+                times[name].append((clock() - started) * 1000.0)
     return times
 
 
@@ -290,6 +299,28 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 def ratios(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
     """Per-frame ratios of neighbours in time: robust to a machine whose load changes during the run."""
     return spread([a / b for a, b in zip(numerator, denominator, strict=True)])
+
+
+def cpu_work(models: Models, files: Sequence[Path], *, rounds: int) -> dict[str, Any]:
+    """A cross-check that a busy machine cannot blur: CPU time of the whole process per call, onnxruntime on
+    one thread (no thread ever waits or spins), detector against bare run of the same session."""
+    import numpy as np
+
+    from edge_deployment.components.inference.inspector.detector import load_detector, load_image
+
+    images = [load_image(path) for path in files]
+    methods: dict[str, Callable[[int], object]] = {}
+    for precision, path in (("fp32", models.fp32), ("int8", models.int8)):
+        detector = load_detector(path, threads=1)
+        feeds = [{detector.input_name: np.array(detector.prepare(image)[0])} for image in images]
+        methods[f"{precision}_detector"] = _detect_call(detector, images)
+        methods[f"{precision}_bare"] = _run_call(detector.session, feeds)
+    times = interleaved(methods, frames=len(images), rounds=rounds, clock=time.process_time)
+    result: dict[str, Any] = {name: spread(values) for name, values in times.items()}
+    for precision in ("fp32", "int8"):
+        result[f"{precision}_overhead"] = ratios(times[f"{precision}_detector"], times[f"{precision}_bare"])
+    result["int8_vs_fp32_bare"] = ratios(times["int8_bare"], times["fp32_bare"])
+    return result
 
 
 def latencies(models: Models, files: Sequence[Path], *, rounds: int, ultralytics: bool) -> dict[str, Any]:
@@ -434,6 +465,11 @@ def report(
         for key, label in labels.items()
         for precision in ("fp32", "int8")
     ]
+    for key, label in labels.items():
+        for precision in ("fp32", "int8"):
+            stats = timing[key]["cpu"][f"{precision}_overhead"]
+            name = f"  cross-check: {precision.upper()} CPU time, detector / bare, 1 thread, {label}"
+            figures.append(_ratio_figure(name, stats, 1.05))
     first = next(iter(labels))
     figures.append(
         _ratio_figure(f"INT8 / FP32 detector latency, {labels[first]}", timing[first]["int8_vs_fp32_detector"], 0.6)
@@ -538,6 +574,12 @@ def print_timing(timing: dict[str, dict[str, Any]], labels: dict[str, str]) -> N
         for name in ("fp32_detector", "fp32_bare", "int8_detector", "int8_bare", "ultralytics", "decode"):
             if name in t:
                 print(f"  {name:<15} {t[name]['median']:8.2f} ms  (IQR {t[name]['q1']:.2f}-{t[name]['q3']:.2f})")
+        cpu = t["cpu"]
+        print(
+            f"  CPU time, one onnxruntime thread: FP32 detector {cpu['fp32_detector']['median']:.2f} ms, bare "
+            f"{cpu['fp32_bare']['median']:.2f}; INT8 detector {cpu['int8_detector']['median']:.2f}, bare "
+            f"{cpu['int8_bare']['median']:.2f} (INT8 / FP32 bare {cpu['int8_vs_fp32_bare']['median']:.3f}x)"
+        )
         print(
             f"  INT8 / FP32 bare run {t['int8_vs_fp32_bare']['median']:.3f}x; overhead around the model: "
             f"FP32 {t['fp32_detector']['median'] - t['fp32_bare']['median']:+.2f} ms, "
@@ -570,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         key: latencies(models, chosen, rounds=args.rounds, ultralytics=key == "frames" and not args.no_ultralytics)
         for key, chosen in sets.items()
     }
+    for key, chosen in sets.items():
+        timing[key]["cpu"] = cpu_work(models, chosen, rounds=args.rounds)
     extra = device_figures(models, files)
     extra["dependency_mb"], sizes = dependency_size_mb(REQUIREMENTS)
     figures = report(models, timing, extra, labels)
