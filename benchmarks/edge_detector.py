@@ -1,24 +1,35 @@
-"""Benchmark of the edge detector (the inference component's `inspector` package). Prints figures; asserts nothing.
+"""Benchmark of the edge detector (the inference component's `inspector` package), FP32 and INT8 side by side.
 
-    .venv/bin/python benchmarks/edge_detector.py                      # trains a small model on synthetic tags first
-    .venv/bin/python benchmarks/edge_detector.py --model M.onnx --images DIR
+    .venv/bin/python benchmarks/edge_detector.py                        # trains YOLOv8n on the reference photos first
+    .venv/bin/python benchmarks/edge_detector.py --model DIR|M.onnx [--int8 Q.onnx] [--dataset YOLO_DIR]
+    .venv/bin/python benchmarks/edge_detector.py --untrained --model-size m   # latency only, random weights
 
-Without --model it trains YOLOv8n with the project's own training code (`training.local.run_local`)
-on synthetic tags, offline, and writes held-out synthetic frames; everything goes under
-benchmarks/results/edge-detector/ (git-ignored). Then, on that model and those frames, in one run:
+Prints figures and their goals; asserts nothing. Frames: the reference tag photos (450x300 JPEG,
+`../shared/datasets/reference-tags/images` beside the checkout) by default, `--images DIR` or
+`--synthetic` (synthetic tags of `--frame-size`) instead; every run also times the same frames
+scaled to 1920x1080. The INT8 model is the one model.json lists beside the FP32 model, or `--int8`, or
+made here by training.steps.quantize (calibrated on `--calibration`, else the dataset's training
+images, else the frames). Figures:
 
 1. per-frame latency of `Detector.detect` (letterbox + inference + NMS) against a bare
-   `InferenceSession.run` on an already prepared tensor             goal: <= 1.10x
-2. the same against Ultralytics' own ONNX prediction (`YOLO(model.onnx).predict`)   goal: faster
-3. peak RSS of a fresh process that imports only the device package and serves every frame
+   `InferenceSession.run` of the same session on an already prepared tensor, FP32 and INT8, on the
+   frames and at 1920x1080                                           goal: <= 1.05x
+2. INT8 detector latency against FP32's on the same frames            goal: <= 0.6x
+3. test mAP50 of INT8 against FP32 (model.json's, or `--dataset`'s test split evaluated here)
+                                                                      goal: at most 1 point lower
+4. the FP32 detector against Ultralytics' own ONNX prediction        goal: faster
+5. peak RSS of a fresh process that imports only the device package and serves every frame
                                                                       goal: <= 150 MB
-4. process start to first result (`python -m inspector.cli` on one frame, fresh process)
+6. process start to first result (`python -m inspector.cli` on one frame, fresh process)
                                                                       goal: <= 1 s
-5. installed size of the device dependencies (requirements.txt and everything they pull in,
-   measured from the installed distributions' file lists)            goal: <= 200 MB
+7. installed size of the device dependencies (requirements.txt and what it pulls in) goal: <= 200 MB
 
-Latencies are medians over --frames frames after a warm-up, all methods on the same decoded frames
-and with onnxruntime's default threading.
+Latencies: the methods take turns on every frame (FP32 detector, FP32 bare run, INT8 detector, INT8
+bare run, ...) for `--rounds` passes over the frames, so a busy machine slows them alike; ratios are
+taken per frame between neighbours in time and reported as median and interquartile range. onnxruntime
+runs with its default threading. A cross-check measures the CPU time of the process per call with
+onnxruntime on one thread, which other load on the machine hardly changes. The conditions (CPUs, load
+average before and after) are printed.
 """
 
 # ruff: noqa: PLC0415, S603 - heavy imports only where used; subprocesses run this interpreter
@@ -28,13 +39,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +57,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPONENT_DIR = REPO_ROOT / "edge_deployment" / "components" / "inference"
 REQUIREMENTS = COMPONENT_DIR / "requirements.txt"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results" / "edge-detector"
+REFERENCE_PHOTOS = REPO_ROOT.parent / "shared" / "datasets" / "reference-tags"
+HD = (1920, 1080)
 sys.path.insert(0, str(REPO_ROOT))
 
-# The device process of figures 3 and 4: the component folder alone on the path, as on a device.
+# The device process of figures 5 and 6: the component folder alone on the path, as on a device.
 RSS_SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -66,54 +81,179 @@ print(json.dumps({"peak_rss_kb": peak, "heavy": heavy, "frames": len(frames)}))
 @dataclass(frozen=True)
 class Figure:
     name: str
-    value: float
+    value: float | None
     unit: str
     goal: str
-    met: bool
+    met: bool | None
+    note: str = ""
 
     def line(self) -> str:
-        verdict = "met" if self.met else "NOT MET"
-        return f"{self.name:<54} {self.value:>8.2f} {self.unit:<3} goal {self.goal:<12} {verdict}"
+        verdict = "n/a" if self.met is None else ("met" if self.met else "NOT MET")
+        value = "   n/a  " if self.value is None else f"{self.value:>8.3f}"
+        return f"{self.name:<58} {value} {self.unit:<6} goal {self.goal:<14} {verdict:<8} {self.note}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "unit": self.unit, "goal": self.goal, "met": self.met}
+
+
+@dataclass
+class Models:
+    fp32: Path
+    int8: Path
+    map50: dict[str, float] = field(default_factory=dict)  # test mAP50 per precision, when known
+    source: str = ""
 
 
 # --------------------------------------------------------------------------------------------------
-# Model and frames
+# Models
 # --------------------------------------------------------------------------------------------------
 
 
-def train_model(output: Path, *, images: int, epochs: int, image_size: int) -> Path:
-    """model.onnx + model.json trained by the project's training code on synthetic tags (offline)."""
-    import tarfile
+def reference_source(directory: Path, output: Path) -> tuple[Path, Path]:
+    """The reference photos' labels (labels.jsonl, seed-file form) as an offline store; (store, images)."""
+    from labeling.runtime.seeding import parse_seed_file
+    from training.steps.dataset import write_offline_store
 
+    seed = parse_seed_file(
+        (directory / "labels.jsonl").read_text(encoding="utf-8"),
+        filename="labels.jsonl",
+        class_names=["scratch"],
+        base_uri="s3://reference-tags/",
+    )
+    if seed.errors:
+        raise SystemExit(f"{directory}/labels.jsonl: {seed.errors[:3]}")
+    write_offline_store(seed.records, output)
+    return output, directory
+
+
+def train_reference_model(output: Path, *, model_size: str, epochs: int, image_size: int) -> Models:
+    """YOLOv8 trained by the project's training code on the reference photos; INT8 added and evaluated."""
     from shared.config import DEFAULT_CONFIG_FILE, load_settings
-    from training.local import LocalRunOptions, run_local, write_synthetic_source
+    from training.local import LocalRunOptions, run_local
+    from training.steps.quantize import quantize_evaluate_and_add
 
+    store, images = reference_source(REFERENCE_PHOTOS, output / "offline-store")
     settings = load_settings(DEFAULT_CONFIG_FILE)
-    source = write_synthetic_source(output / "source", images, num_classes=len(settings.project.class_names), seed=11)
     options = LocalRunOptions.from_settings(
-        settings, epochs=epochs, image_size=image_size, batch_size=16, min_images=20, device="cpu", workers=0
+        settings, model_size=model_size, epochs=epochs, image_size=image_size, min_images=50, device="cpu", workers=0
     )
     started = time.perf_counter()
-    result = run_local(
-        offline_store=source.offline_store, images=source.images, output=output / "run", options=options, log=print
-    )
+    result = run_local(offline_store=store, images=images, output=output / "run", options=options, log=print)
     print(f"trained in {time.perf_counter() - started:.0f} s: {result.archive}")
-    model_dir = output / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(result.archive) as archive:
-        archive.extractall(model_dir, filter="data")
-    return model_dir / "model.onnx"
+    if result.manifest.variant("int8") is None:  # training.local does not quantize (yet): do it here
+        quantize_evaluate_and_add(
+            result.archive,
+            result.onnx_path,
+            result.prepared.root,
+            fp32_metrics=result.evaluation.metrics,
+            image_size=image_size,
+            confidence_threshold=result.manifest.confidence_threshold,
+            iou_threshold=result.manifest.iou_threshold,
+            work_dir=output / "quantize",
+        )
+    return unpack(result.archive, output / "model")
 
 
-def write_frames(directory: Path, count: int, *, width: int, height: int) -> Path:
+def unpack(archive: Path, directory: Path) -> Models:
+    directory.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(directory, filter="data")
+    return models_in(directory / "model.onnx", None)
+
+
+def models_in(model: Path, int8: Path | None) -> Models:
+    """The FP32 model and its INT8 file (given, or listed in model.json), with their recorded test mAP50."""
+    fp32 = model / "model.onnx" if model.is_dir() else model
+    manifest_path = fp32.with_name("model.json")
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    map50 = {
+        precision: float(entry["metrics"]["mAP50"])
+        for precision, entry in (manifest.get("precisions") or {}).items()
+        if isinstance(entry, dict) and "mAP50" in entry.get("metrics", {})
+    }
+    listed = (manifest.get("precisions") or {}).get("int8", {}).get("file")
+    chosen = int8 or (fp32.with_name(listed) if listed else None)
+    return Models(fp32=fp32, int8=chosen or Path(), map50=map50 if chosen and not int8 else {}, source=str(fp32))
+
+
+def untrained_model(output: Path, *, model_size: str, image_size: int) -> Path:
+    """A YOLOv8 of the given size with random weights, exported like the pipeline exports (latency only)."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from training.steps.train import export_onnx, offline_ultralytics
+
+    offline_ultralytics()
+    model = DetectionModel(f"yolov8{model_size}.yaml", nc=1, verbose=False)
+    model.names = {0: "scratch"}
+    weights = output / f"untrained-{model_size}.pt"
+    output.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model, "train_args": {"imgsz": image_size}}, weights)
+    return export_onnx(weights, output / f"untrained-{model_size}" / "model.onnx", image_size=image_size, opset=17)
+
+
+def quantize_here(models: Models, calibration: Path, output: Path) -> None:
+    from training.steps.quantize import quantize_model
+
+    result = quantize_model(models.fp32, calibration, output / "model.int8.onnx")
+    print(f"quantized on {result.calibration_images} image(s) of {calibration}: {result.output}")
+    manifest = models.fp32.with_name("model.json")
+    if manifest.is_file():  # the same class names and thresholds for both
+        shutil.copy(manifest, output / "model.json")
+    models.int8 = result.output
+
+
+def evaluate_both(models: Models, dataset: Path, output: Path) -> None:
+    """Test mAP50 of both models on a prepared (YOLO layout) dataset's test split, as the pipeline evaluates."""
+    from training.steps.evaluate import evaluate_model
+
+    manifest_path = models.fp32.with_name("model.json")
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    for precision, path in (("fp32", models.fp32), ("int8", models.int8)):
+        report = evaluate_model(
+            path,
+            dataset,
+            image_size=int(manifest.get("input_size", 0)) or _input_size(path),
+            confidence_threshold=float(manifest.get("confidence_threshold", 0.25)),
+            iou_threshold=float(manifest.get("iou_threshold", 0.45)),
+            work_dir=output / f"evaluate-{precision}",
+        )
+        models.map50[precision] = report.metrics["mAP50"]
+
+
+def _input_size(model: Path) -> int:
+    import onnxruntime
+
+    shape = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    return int(shape[2])
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames
+# --------------------------------------------------------------------------------------------------
+
+
+def frame_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+
+
+def synthetic_frames(directory: Path, count: int, *, width: int, height: int) -> Path:
     from shared.synthetic import write_dataset
 
     write_dataset(directory, count, seed=2024, width=width, height=height)
     return directory
 
 
-def frame_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+def scaled_frames(files: Sequence[Path], directory: Path, size: tuple[int, int]) -> Path:
+    """The frames scaled to `size` (JPEG): a camera's full-HD frames with the same content."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        target = directory / f"{path.stem}.jpg"
+        if not target.exists():
+            Image.open(path).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(target, quality=92)
+    return directory
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,57 +261,116 @@ def frame_files(directory: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------------
 
 
-def interleaved_medians(
-    methods: dict[str, Callable[[int], object]], *, frames: int, warmup: int = 5
-) -> dict[str, float]:
-    """Median ms per call of each method; the methods take turns on every frame, so a busy machine
-    (other processes on the same cores) slows them alike instead of whichever ran during the rush."""
-    for index in range(warmup):
+def interleaved(
+    methods: dict[str, Callable[[int], object]],
+    *,
+    frames: int,
+    rounds: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each method, the methods taking turns on every frame, `rounds` times over.
+
+    The order of the turns rotates from frame to frame, so that no method always follows the same one
+    (a method run right after a long one finds onnxruntime's threads parked and the caches cold).
+    `clock`: wall time, or time.process_time for the CPU time of the whole process.
+    """
+    names = list(methods)
+    for index in range(min(frames, 5)):  # warm-up
         for run in methods.values():
             run(index)
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for index in range(frames):
-        for name, run in methods.items():
-            started = time.perf_counter()
-            run(index)
-            times[name].append((time.perf_counter() - started) * 1000.0)
-    return {name: statistics.median(values) for name, values in times.items()}
+    turn = 0
+    for _ in range(rounds):
+        for index in range(frames):
+            turn += 1
+            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                started = clock()
+                methods[name](index)
+                times[name].append((clock() - started) * 1000.0)
+    return times
 
 
-def latencies(model: Path, files: list[Path], *, frames: int) -> dict[str, float]:
-    """Per-frame latency: the detector, a bare session on prepared tensors, Ultralytics; same decoded frames."""
+def spread(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+    return {"median": statistics.median(ordered), "q1": quartiles[0], "q3": quartiles[2]}
+
+
+def ratios(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
+    """Per-frame ratios of neighbours in time: robust to a machine whose load changes during the run."""
+    return spread([a / b for a, b in zip(numerator, denominator, strict=True)])
+
+
+def cpu_work(models: Models, files: Sequence[Path], *, rounds: int) -> dict[str, Any]:
+    """A cross-check that a busy machine cannot blur: CPU time of the whole process per call, onnxruntime on
+    one thread (no thread ever waits or spins), detector against bare run of the same session."""
     import numpy as np
-    import onnxruntime
-    from ultralytics import YOLO
 
     from edge_deployment.components.inference.inspector.detector import load_detector, load_image
 
-    detector = load_detector(model)
     images = [load_image(path) for path in files]
-    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    tensors = [np.array(detector.prepare(image)[0]) for image in images]  # prepared once, outside the timing
-    yolo = YOLO(str(model), task="detect")
-    bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]  # Ultralytics takes OpenCV's BGR arrays
-    settings: dict[str, Any] = {
-        "conf": detector.confidence_threshold,
-        "iou": detector.iou_threshold,
-        "imgsz": detector.input_width,
-        "verbose": False,
-        "device": "cpu",
-    }
+    methods: dict[str, Callable[[int], object]] = {}
+    for precision, path in (("fp32", models.fp32), ("int8", models.int8)):
+        detector = load_detector(path, threads=1)
+        feeds = [{detector.input_name: np.array(detector.prepare(image)[0])} for image in images]
+        methods[f"{precision}_detector"] = _detect_call(detector, images)
+        methods[f"{precision}_bare"] = _run_call(detector.session, feeds)
+    times = interleaved(methods, frames=len(images), rounds=rounds, clock=time.process_time)
+    result: dict[str, Any] = {name: spread(values) for name, values in times.items()}
+    for precision in ("fp32", "int8"):
+        result[f"{precision}_overhead"] = ratios(times[f"{precision}_detector"], times[f"{precision}_bare"])
+    result["int8_vs_fp32_bare"] = ratios(times["int8_bare"], times["fp32_bare"])
+    return result
+
+
+def latencies(models: Models, files: Sequence[Path], *, rounds: int, ultralytics: bool) -> dict[str, Any]:
+    """Detector and bare-session latencies of both precisions (and Ultralytics') on the same decoded frames."""
+    import numpy as np
+
+    from edge_deployment.components.inference.inspector.detector import load_detector, load_image
+
+    images = [load_image(path) for path in files]
+    methods: dict[str, Callable[[int], object]] = {}
     count = len(images)
-    figures = interleaved_medians(
-        {
-            "detector_ms": lambda i: detector.detect(images[i % count]),
-            "bare_run_ms": lambda i: session.run(None, {name: tensors[i % count]}),
-            "ultralytics_ms": lambda i: yolo.predict(bgr[i % count], **settings),
-            "decode_ms": lambda i: load_image(files[i % count]),
-        },
-        frames=frames,
-    )
-    figures["input_size"] = detector.input_width
-    return figures
+    detectors = {}
+    for precision, path in (("fp32", models.fp32), ("int8", models.int8)):
+        detector = load_detector(path)
+        detectors[precision] = detector
+        # Prepared once, outside the timing; the bare run uses the detector's own session (same options).
+        tensors = [np.array(detector.prepare(image)[0]) for image in images]
+        feeds = [{detector.input_name: tensor} for tensor in tensors]
+        methods[f"{precision}_detector"] = _detect_call(detector, images)
+        methods[f"{precision}_bare"] = _run_call(detector.session, feeds)
+    if ultralytics:
+        from ultralytics import YOLO
+
+        yolo = YOLO(str(models.fp32), task="detect")
+        bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]  # Ultralytics takes OpenCV's BGR
+        fp32 = detectors["fp32"]
+        conf, iou, size = fp32.confidence_threshold, fp32.iou_threshold, fp32.input_width
+        methods["ultralytics"] = lambda i: yolo.predict(
+            bgr[i % count], conf=conf, iou=iou, imgsz=size, verbose=False, device="cpu"
+        )
+    times = interleaved(methods, frames=count, rounds=rounds)
+    times["decode"] = interleaved({"decode": lambda i: load_image(files[i % count])}, frames=count, rounds=1)["decode"]
+    result: dict[str, Any] = {name: spread(values) for name, values in times.items()}
+    for precision in ("fp32", "int8"):
+        result[f"{precision}_overhead"] = ratios(times[f"{precision}_detector"], times[f"{precision}_bare"])
+    result["int8_vs_fp32_detector"] = ratios(times["int8_detector"], times["fp32_detector"])
+    result["int8_vs_fp32_bare"] = ratios(times["int8_bare"], times["fp32_bare"])
+    if ultralytics:
+        result["fp32_vs_ultralytics"] = ratios(times["fp32_detector"], times["ultralytics"])
+    result["samples"] = len(times["decode"])
+    result["input_size"] = detectors["fp32"].input_width
+    return result
+
+
+def _detect_call(detector: Any, images: Sequence[Any]) -> Callable[[int], object]:
+    return lambda index: detector.detect(images[index % len(images)])
+
+
+def _run_call(session: Any, feeds: Sequence[dict[str, Any]]) -> Callable[[int], object]:
+    return lambda index: session.run(None, feeds[index % len(feeds)])
 
 
 def device_env() -> dict[str, str]:
@@ -184,7 +383,7 @@ def peak_rss_mb(model: Path, frames_dir: Path, *, rounds: int) -> tuple[float, d
         capture_output=True,
         text=True,
         env=device_env(),
-        timeout=600,
+        timeout=900,
         check=True,
     )
     report = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -195,7 +394,7 @@ def start_to_first_result_s(model: Path, frame: Path, *, runs: int) -> float:
     """From starting `python -m inspector.cli` on one frame to reading its JSON line (median of runs)."""
     with tempfile.TemporaryDirectory() as folder:
         single = Path(folder)
-        (single / frame.name).write_bytes(frame.read_bytes())
+        shutil.copy(frame, single / frame.name)
         times = []
         for _ in range(runs):
             started = time.perf_counter()
@@ -209,7 +408,7 @@ def start_to_first_result_s(model: Path, frame: Path, *, runs: int) -> float:
             assert process.stdout is not None
             line = process.stdout.readline()
             times.append(time.perf_counter() - started)
-            process.wait(timeout=60)
+            process.wait(timeout=120)
             if not line.startswith("{"):
                 raise RuntimeError(f"inspector.cli gave no result line (exit {process.returncode})")
     return statistics.median(times)
@@ -247,70 +446,207 @@ def dependency_size_mb(requirements: Path) -> tuple[float, dict[str, float]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Main
+# Report
 # --------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="model.onnx (model.json beside it is used); default: train one")
-    parser.add_argument("--images", type=Path, help="folder of frames; default: synthetic tags")
-    parser.add_argument("--frames", type=int, default=60, help="timed frames per method (default 60)")
-    parser.add_argument("--train-images", type=int, default=96, help="synthetic training images (default 96)")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
-    parser.add_argument("--image-size", type=int, default=320, help="model input size when training (default 320)")
-    parser.add_argument("--frame-size", default="640x480", help="synthetic frame size WxH (default 640x480)")
-    args = parser.parse_args(argv)
+def _ratio_figure(name: str, stats: dict[str, float], goal: float) -> Figure:
+    value = stats["median"]
+    return Figure(name, value, "x", f"<= {goal:.2f}x", value <= goal, f"IQR {stats['q1']:.3f}-{stats['q3']:.3f}")
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    model = args.model or train_model(
-        RESULTS_DIR / "trained", images=args.train_images, epochs=args.epochs, image_size=args.image_size
+
+def report(
+    models: Models, timing: dict[str, dict[str, Any]], extra: dict[str, Any], labels: dict[str, str]
+) -> list[Figure]:
+    figures = [
+        _ratio_figure(
+            f"{precision.upper()} detector / bare session.run, {label}", timing[key][f"{precision}_overhead"], 1.05
+        )
+        for key, label in labels.items()
+        for precision in ("fp32", "int8")
+    ]
+    for key, label in labels.items():
+        for precision in ("fp32", "int8"):
+            stats = timing[key]["cpu"][f"{precision}_overhead"]
+            name = f"  cross-check: {precision.upper()} CPU time, detector / bare, 1 thread, {label}"
+            figures.append(_ratio_figure(name, stats, 1.05))
+    first = next(iter(labels))
+    figures.append(
+        _ratio_figure(f"INT8 / FP32 detector latency, {labels[first]}", timing[first]["int8_vs_fp32_detector"], 0.6)
     )
-    if args.images:
-        frames_dir = args.images
+    if {"fp32", "int8"} <= set(models.map50):
+        loss = (models.map50["fp32"] - models.map50["int8"]) * 100
+        figures.append(
+            Figure(
+                "test mAP50 lost by INT8 (points)",
+                loss,
+                "points",
+                "<= 1 point",
+                loss <= 1.0,
+                f"FP32 {models.map50['fp32']:.4f}, INT8 {models.map50['int8']:.4f}",
+            )
+        )
     else:
+        figures.append(Figure("test mAP50 lost by INT8 (points)", None, "points", "<= 1 point", None, "not evaluated"))
+    if "fp32_vs_ultralytics" in timing[first]:
+        stats = timing[first]["fp32_vs_ultralytics"]
+        figures.append(
+            Figure(
+                f"FP32 detector / Ultralytics ONNX predict, {labels[first]}",
+                stats["median"],
+                "x",
+                "< 1 (faster)",
+                stats["median"] < 1,
+                f"IQR {stats['q1']:.3f}-{stats['q3']:.3f}",
+            )
+        )
+    for precision in ("fp32", "int8"):
+        rss, name = extra[f"{precision}_rss_mb"], f"peak RSS of the running detector, {precision.upper()}"
+        figures.append(Figure(name, rss, "MB", "<= 150 MB", rss <= 150))
+    for precision in ("fp32", "int8"):
+        start, name = extra[f"{precision}_start_s"], f"process start to first result, {precision.upper()}"
+        figures.append(Figure(name, start, "s", "<= 1 s", start <= 1.0))
+    size = extra["dependency_mb"]
+    figures.append(Figure("installed device dependencies", size, "MB", "<= 200 MB", size <= 200))
+    return figures
+
+
+def conditions() -> str:
+    load = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="model folder, model.onnx or model.tar.gz; default: train one")
+    parser.add_argument("--int8", type=Path, help="the INT8 model (default: model.json's, else quantized here)")
+    parser.add_argument("--calibration", type=Path, help="calibration images when quantizing here")
+    parser.add_argument("--dataset", type=Path, help="prepared dataset (YOLO layout): evaluate both on its test split")
+    parser.add_argument("--images", type=Path, help="folder of frames (default: the reference photos)")
+    parser.add_argument("--synthetic", action="store_true", help="synthetic tags of --frame-size instead of photos")
+    parser.add_argument("--frame-size", default="640x480", help="synthetic frame size WxH (default 640x480)")
+    parser.add_argument("--frames", type=int, default=40, help="frames per set (default 40)")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the frames (default 3)")
+    parser.add_argument("--model-size", default="n", choices=["n", "s", "m", "l", "x"], help="to train (default n)")
+    parser.add_argument("--untrained", action="store_true", help="random weights of --model-size: latency only")
+    parser.add_argument("--epochs", type=int, default=60, help="training epochs when training (default 60)")
+    parser.add_argument("--image-size", type=int, default=320, help="model input size when training (default 320)")
+    parser.add_argument("--no-ultralytics", action="store_true", help="skip the comparison with Ultralytics")
+    return parser
+
+
+def choose_models(args: argparse.Namespace, work: Path) -> Models:
+    if args.untrained:
+        return Models(fp32=untrained_model(work, model_size=args.model_size, image_size=args.image_size), int8=Path())
+    if args.model is None:
+        output = work / f"trained-{args.model_size}"
+        return train_reference_model(output, model_size=args.model_size, epochs=args.epochs, image_size=args.image_size)
+    if args.model.name.endswith(".tar.gz"):
+        return unpack(args.model, work / "model")
+    return models_in(args.model, args.int8)
+
+
+def choose_frames(args: argparse.Namespace, work: Path) -> tuple[Path, list[Path]]:
+    if args.synthetic:
         width, height = (int(v) for v in args.frame_size.lower().split("x"))
-        frames_dir = write_frames(RESULTS_DIR / f"frames-{width}x{height}", 20, width=width, height=height)
-    files = frame_files(frames_dir)
+        frames_dir = synthetic_frames(work / f"frames-{width}x{height}", args.frames, width=width, height=height)
+    else:
+        frames_dir = args.images or REFERENCE_PHOTOS / "images"
+    return frames_dir, frame_files(frames_dir)[: args.frames]
+
+
+def device_figures(models: Models, files: Sequence[Path]) -> dict[str, Any]:
+    """Peak RSS and start to first result of both precisions, in fresh processes with the device code only."""
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="rss-frames-") as folder:
+        for path in files[:20]:
+            shutil.copy(path, Path(folder) / path.name)
+        for precision, path in (("fp32", models.fp32), ("int8", models.int8)):
+            extra[f"{precision}_rss_mb"], extra[f"{precision}_rss"] = peak_rss_mb(path, Path(folder), rounds=2)
+            extra[f"{precision}_start_s"] = start_to_first_result_s(path, files[0], runs=3)
+    return extra
+
+
+def print_timing(timing: dict[str, dict[str, Any]], labels: dict[str, str]) -> None:
+    for key, label in labels.items():
+        t = timing[key]
+        print(f"{label} (input {t['input_size']} px), medians over {t['samples']} frames:")
+        for name in ("fp32_detector", "fp32_bare", "int8_detector", "int8_bare", "ultralytics", "decode"):
+            if name in t:
+                print(f"  {name:<15} {t[name]['median']:8.2f} ms  (IQR {t[name]['q1']:.2f}-{t[name]['q3']:.2f})")
+        cpu = t["cpu"]
+        print(
+            f"  CPU time, one onnxruntime thread: FP32 detector {cpu['fp32_detector']['median']:.2f} ms, bare "
+            f"{cpu['fp32_bare']['median']:.2f}; INT8 detector {cpu['int8_detector']['median']:.2f}, bare "
+            f"{cpu['int8_bare']['median']:.2f} (INT8 / FP32 bare {cpu['int8_vs_fp32_bare']['median']:.3f}x)"
+        )
+        print(
+            f"  INT8 / FP32 bare run {t['int8_vs_fp32_bare']['median']:.3f}x; overhead around the model: "
+            f"FP32 {t['fp32_detector']['median'] - t['fp32_bare']['median']:+.2f} ms, "
+            f"INT8 {t['int8_detector']['median'] - t['int8_bare']['median']:+.2f} ms"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    started_under = conditions()
+    work = RESULTS_DIR / "work"
+    models = choose_models(args, work)
+    frames_dir, files = choose_frames(args, work)
     if not files:
         parser.error(f"no frames in {frames_dir}")
+    if not models.int8.is_file():
+        calibration = args.calibration or (args.dataset / "images" / "train" if args.dataset else frames_dir)
+        quantize_here(models, calibration, work / "quantized" / models.fp32.parent.name)
+    if args.dataset:
+        evaluate_both(models, args.dataset, work)
 
-    print(f"\nmodel {model}\nframes {frames_dir} ({len(files)} files)\n")
-    timing = latencies(model, files, frames=args.frames)
-    rss_mb, rss_report = peak_rss_mb(model, frames_dir, rounds=3)
-    start_s = start_to_first_result_s(model, files[0], runs=3)
-    size_mb, sizes = dependency_size_mb(REQUIREMENTS)
+    hd_dir = scaled_frames(files, work / f"frames-{HD[0]}x{HD[1]}-{frames_dir.name}", HD)
+    sets = {"frames": files, "hd": frame_files(hd_dir)}
+    labels = {"frames": f"{len(files)} frames {_image_size(files[0])}", "hd": f"same at {HD[0]}x{HD[1]}"}
+    print(f"\nFP32 model {models.fp32}\nINT8 model {models.int8}\nframes {frames_dir} ({len(files)} files)")
+    print(f"conditions at the start: {started_under}\n")
+    timing = {
+        key: latencies(models, chosen, rounds=args.rounds, ultralytics=key == "frames" and not args.no_ultralytics)
+        for key, chosen in sets.items()
+    }
+    for key, chosen in sets.items():
+        timing[key]["cpu"] = cpu_work(models, chosen, rounds=args.rounds)
+    extra = device_figures(models, files)
+    extra["dependency_mb"], sizes = dependency_size_mb(REQUIREMENTS)
+    figures = report(models, timing, extra, labels)
 
-    ratio = timing["detector_ms"] / timing["bare_run_ms"]
-    figures = [
-        Figure("detector latency / bare InferenceSession.run", ratio, "x", "<= 1.10x", ratio <= 1.10),
-        Figure(
-            "detector latency / Ultralytics ONNX predict",
-            timing["detector_ms"] / timing["ultralytics_ms"],
-            "x",
-            "< 1 (faster)",
-            timing["detector_ms"] < timing["ultralytics_ms"],
-        ),
-        Figure("peak RSS of the running detector (device code only)", rss_mb, "MB", "<= 150 MB", rss_mb <= 150),
-        Figure("process start to first result", start_s, "s", "<= 1 s", start_s <= 1.0),
-        Figure("installed device dependencies", size_mb, "MB", "<= 200 MB", size_mb <= 200),
-    ]
-    print(f"input {timing['input_size']:.0f} px, {len(files)} frames of {frames_dir.name}, {os.cpu_count()} CPUs")
-    print(f"  detector (letterbox + inference + NMS) {timing['detector_ms']:8.2f} ms/frame (median)")
-    print(f"  bare InferenceSession.run              {timing['bare_run_ms']:8.2f} ms/frame")
-    print(f"  Ultralytics ONNX predict               {timing['ultralytics_ms']:8.2f} ms/frame")
-    print(f"  decoding a frame (not in the above)    {timing['decode_ms']:8.2f} ms/frame")
-    print(f"  device process loaded: {rss_report['heavy'] or 'no torch, ultralytics or cv2'}")
-    print("  dependency sizes: " + ", ".join(f"{name} {mb:.1f}" for name, mb in sizes.items()) + " (MB)\n")
+    print_timing(timing, labels)
+    print(f"  device process loaded: {extra['fp32_rss']['heavy'] or 'no torch, ultralytics or cv2'}")
+    print("  dependency sizes: " + ", ".join(f"{name} {mb:.1f}" for name, mb in sizes.items()) + " (MB)")
+    print(f"conditions at the end: {conditions()}\n")
     for figure in figures:
         print(figure.line())
     (RESULTS_DIR / "figures.json").write_text(
         json.dumps(
-            {"timing": timing, "rss_mb": rss_mb, "start_s": start_s, "dependency_mb": sizes, "model": str(model)},
+            {
+                "fp32_model": str(models.fp32),
+                "int8_model": str(models.int8),
+                "map50": models.map50,
+                "timing": timing,
+                "extra": {k: v for k, v in extra.items() if not k.endswith("_rss")},
+                "dependency_mb": sizes,
+                "figures": [figure.to_json() for figure in figures],
+                "conditions": {"start": started_under, "end": conditions()},
+            },
             indent=1,
         )
     )
     return 0
+
+
+def _image_size(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return f"{image.width}x{image.height}"
 
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ def inference_configuration(settings: Settings, *, upload_bucket: str) -> dict[s
         "uploadPrefix": EDGE_UPLOAD_PREFIX,
         "offlineQueueMaxMB": edge.offline_queue_mb,
         "modelComponentName": edge.model_component_name,
+        "precision": edge.model_precision,
+        "int8MaxMap50Loss": edge.int8_max_map50_loss,
+        "executionProviders": list(edge.execution_providers),
     }
     if edge.confidence_threshold is not None:
         values["confidenceThreshold"] = edge.confidence_threshold

@@ -897,6 +897,16 @@ class EdgeDeploymentSettings(_Section):
         default=None, gt=0.0, lt=1.0, description="Overrides the model's own threshold (model.json) on the device."
     )
     iou_threshold: float | None = Field(default=None, gt=0.0, lt=1.0, description="Overrides model.json's NMS IoU.")
+    model_precision: Literal["auto", "int8", "fp32"] = Field(
+        default="auto",
+        description="Which model file the devices serve: auto picks INT8 when it loses at most int8_max_map50_loss.",
+    )
+    int8_max_map50_loss: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Largest test mAP50 loss against FP32 auto accepts (0.01: 1 point)."
+    )
+    execution_providers: tuple[Literal["tensorrt", "cuda", "openvino", "cpu"], ...] = Field(
+        default=("cpu",), min_length=1, description="onnxruntime execution providers in order of preference; CPU last."
+    )
     simulated_device: bool = Field(default=False, description="Adds an EC2 instance that runs Greengrass.")
     simulated_device_instance_type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*g[a-z0-9]*\.[a-z0-9]+$")] = Field(
         default="t4g.medium", description="Graviton (arm64) instance type of the simulated device."

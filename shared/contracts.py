@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -196,10 +196,64 @@ def latest_per_image(records: Sequence[LabelRecord]) -> dict[str, LabelRecord]:
 # Model archive (model.tar.gz of a model package)
 # --------------------------------------------------------------------------------------------------
 
-MODEL_ARCHIVE_SCHEMA_VERSION = 1
+# 2: the optional `precisions` object (an INT8 file beside the FP32 model); archives of version 1 stay valid.
+MODEL_ARCHIVE_SCHEMA_VERSION = 2
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
+INT8_MODEL_FILE = "model.int8.onnx"
 REQUIRED_METRICS = ("precision", "recall", "mAP50", "mAP50-95")
+FP32 = "fp32"
+INT8 = "int8"
+PRECISIONS = (FP32, INT8)
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """One ONNX file of the archive: the model at one numeric precision, with its own test metrics.
+
+    `details` says how a variant other than FP32 was made (for INT8: the quantization method, the
+    number of calibration images, the nodes kept in float); it is informative, nothing reads it.
+    """
+
+    precision: str
+    file: str
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"file": self.file, "metrics": dict(self.metrics)}
+        if self.details:
+            document["details"] = dict(self.details)
+        return document
+
+    @classmethod
+    def from_json(cls, precision: str, raw: Any) -> ModelVariant:
+        where = f"{MANIFEST_FILE}: precisions.{precision}"
+        if not isinstance(raw, Mapping):
+            raise ContractError(f"{where} must be an object with file and metrics")
+        try:
+            variant = cls(
+                precision=precision,
+                file=str(raw["file"]),
+                metrics={str(k): float(v) for k, v in dict(raw.get("metrics", {})).items()},
+                details=dict(raw.get("details", {})),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ContractError(f"{where}: missing or invalid field ({error})") from None
+        variant.check()
+        return variant
+
+    def check(self) -> None:
+        where = f"{MANIFEST_FILE}: precisions.{self.precision}"
+        if self.precision not in PRECISIONS:
+            raise ContractError(f"{where}: unknown precision (known: {', '.join(PRECISIONS)})")
+        if "/" in self.file or "\\" in self.file or not self.file.endswith(".onnx") or self.file == ".onnx":
+            raise ContractError(f"{where}: file must be an .onnx file at the archive root, got {self.file!r}")
+        if (self.precision == FP32) != (self.file == MODEL_FILE):
+            raise ContractError(f"{where}: the FP32 model is {MODEL_FILE} and only it, got {self.file!r}")
+        missing = [metric for metric in REQUIRED_METRICS if metric not in self.metrics]
+        if missing:
+            raise ContractError(f"{where}: metrics lack {', '.join(missing)}")
 
 
 @dataclass(frozen=True)
@@ -243,7 +297,13 @@ class SplitStatistics:
 
 @dataclass(frozen=True)
 class ModelManifest:
-    """`model.json` beside `model.onnx` at the root of the model archive."""
+    """`model.json` beside `model.onnx` at the root of the model archive.
+
+    `model.onnx` is always the FP32 model and `metrics` are its test metrics (every reader of version 1
+    reads these). `variants` are further files of the same model at other precisions (an INT8 model),
+    each with its own test metrics; in model.json all of them, FP32 included, are listed under
+    `precisions` (`{"fp32": {"file": "model.onnx", "metrics": ...}, "int8": {...}}`).
+    """
 
     class_names: tuple[str, ...]
     input_size: int  # square letterbox side the model was exported and evaluated at
@@ -254,6 +314,7 @@ class ModelManifest:
     onnx_opset: int = 17
     test_statistics: SplitStatistics | None = None  # absent in archives made before it existed
     schema_version: int = MODEL_ARCHIVE_SCHEMA_VERSION
+    variants: tuple[ModelVariant, ...] = ()  # precisions other than FP32 (model.onnx)
 
     def to_json(self) -> dict[str, Any]:
         document = {
@@ -266,10 +327,30 @@ class ModelManifest:
             "metrics": dict(self.metrics),
             "dataset_version": self.dataset_version,
             "onnx_opset": self.onnx_opset,
+            "precisions": {variant.precision: variant.to_json() for variant in self.all_variants()},
         }
         if self.test_statistics is not None:
             document["test_statistics"] = self.test_statistics.to_json()
         return document
+
+    def all_variants(self) -> tuple[ModelVariant, ...]:
+        """Every model file of the archive, FP32 (model.onnx) first."""
+        return (ModelVariant(precision=FP32, file=MODEL_FILE, metrics=dict(self.metrics)), *self.variants)
+
+    def variant(self, precision: str) -> ModelVariant | None:
+        return next((variant for variant in self.all_variants() if variant.precision == precision), None)
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        return tuple(variant.file for variant in self.all_variants())
+
+    def with_variant(self, variant: ModelVariant) -> ModelManifest:
+        """This manifest with `variant` added (or replacing the one of the same precision)."""
+        variant.check()
+        if variant.precision == FP32:
+            raise ContractError(f"{MANIFEST_FILE}: the FP32 model is model_file and metrics, not a variant")
+        others = tuple(v for v in self.variants if v.precision != variant.precision)
+        return replace(self, variants=(*others, variant), schema_version=MODEL_ARCHIVE_SCHEMA_VERSION)
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ModelManifest:
@@ -303,4 +384,17 @@ class ModelManifest:
         missing = [metric for metric in REQUIRED_METRICS if metric not in manifest.metrics]
         if missing:
             raise ContractError(f"{MANIFEST_FILE}: metrics lack {', '.join(missing)}")
-        return manifest
+        precisions = raw.get("precisions")
+        fp32 = precisions.get(FP32) if isinstance(precisions, Mapping) else None
+        if fp32 is not None and ModelVariant.from_json(FP32, fp32).metrics != manifest.metrics:
+            raise ContractError(f"{MANIFEST_FILE}: precisions.fp32.metrics differ from metrics (both are model.onnx's)")
+        return replace(manifest, variants=_variants(precisions))
+
+
+def _variants(raw: Any) -> tuple[ModelVariant, ...]:
+    """The non-FP32 entries of model.json's `precisions` (absent in version 1 manifests)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ContractError(f"{MANIFEST_FILE}: precisions must be an object keyed by precision")
+    return tuple(ModelVariant.from_json(str(name), value) for name, value in raw.items() if name != FP32)

@@ -63,6 +63,16 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     return _train(tmp_path_factory.mktemp("trained-model"), TRAINED_TRAINING_IMAGES, TRAINED_EPOCHS, TRAINED_IMAGE_SIZE)
 
 
+@pytest.fixture(scope="session")
+def int8_trained_model(trained_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`trained_model` quantized to INT8 by the training code (training.steps.quantize) on its training images."""
+    from training.steps.quantize import quantize_model
+
+    output = tmp_path_factory.mktemp("int8-trained-model") / "model.int8.onnx"
+    training_images = trained_model.run.prepared.root / "images" / "train"  # type: ignore[attr-defined]
+    return quantize_model(trained_model.onnx_path, training_images, output, max_images=32).output
+
+
 def _train(root: Path, images: int, epochs: int, image_size: int) -> TinyModel:
     from shared.config import DEFAULT_CONFIG_FILE, load_settings
     from training.local import LocalRunOptions, run_local, write_synthetic_source

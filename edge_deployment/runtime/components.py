@@ -103,7 +103,8 @@ def model_component_recipe(
     if manifest is not None:
         metrics = ", ".join(f"{name} {value:.3f}" for name, value in sorted(manifest.metrics.items()))
         description += f" (classes: {', '.join(manifest.class_names)}; test {metrics})"
-    check = f"test -s '{MODEL_DIR}/model.onnx' && test -s '{MODEL_DIR}/model.json'"
+    files = manifest.model_files if manifest is not None else ("model.onnx",)
+    check = " && ".join(f"test -s '{MODEL_DIR}/{name}'" for name in (files[0], "model.json", *files[1:]))
     return {
         "RecipeFormatVersion": RECIPE_FORMAT_VERSION,
         "ComponentName": component_name,

@@ -1,8 +1,9 @@
 """Step 2a: check a model archive (model.tar.gz) and repackage it as the model component's model.zip.
 
 The archive must be a gzip tar with `model.onnx` and a valid `model.json` (shared.contracts.
-ModelManifest) at its root and be no larger than the configured limit. The ZIP holds exactly those
-two files at its root (shared/contracts.py; the device finds them under `.../model/`), written with fixed
+ModelManifest) at its root and be no larger than the configured limit; every other precision
+model.json lists (`precisions`, e.g. `model.int8.onnx`) must be there too. The ZIP holds exactly those
+files at its root (shared/contracts.py; the device finds them under `.../model/`), written with fixed
 timestamps so the same archive always gives the same bytes.
 """
 
@@ -76,18 +77,7 @@ def repackage_model_archive(
     check_archive_size(archive.stat().st_size, max_bytes=max_archive_bytes, source=source)
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
-            members: dict[str, tarfile.TarInfo] = {}
-            for member in tar.getmembers():
-                name = _root_name(member.name)
-                if name not in (MODEL_FILE, MANIFEST_FILE):
-                    continue  # extra files are allowed and left out
-                if name in members:
-                    raise InvalidModelArchive(f"model archive {source}: {name} appears twice; nothing was created")
-                if not member.isfile():
-                    raise InvalidModelArchive(
-                        f"model archive {source}: {name} is not a regular file (link or folder); nothing was created"
-                    )
-                members[name] = member
+            members = _model_members(tar, source)
             missing = [name for name in (MODEL_FILE, MANIFEST_FILE) if name not in members]
             if missing:
                 raise InvalidModelArchive(
@@ -101,13 +91,21 @@ def repackage_model_archive(
                     f"model archive {source}: model.json class_names {list(manifest.class_names)} differ from "
                     f"the configured project.class_names {list(expected_class_names)}; nothing was created"
                 )
+            for variant in manifest.variants:
+                if variant.file not in members:
+                    raise InvalidModelArchive(
+                        f"model archive {source}: model.json lists {variant.file} (precisions.{variant.precision}) "
+                        "but the archive has no such file at its root; nothing was created"
+                    )
             onnx = members[MODEL_FILE]
-            _check_onnx(tar, onnx, source, max_bytes=max_archive_bytes * MAX_EXPANSION)
+            total = sum(members[name].size for name in manifest.model_files)
+            for name in manifest.model_files:
+                _check_onnx(tar, members[name], source, total=total, max_bytes=max_archive_bytes * MAX_EXPANSION)
             destination.parent.mkdir(parents=True, exist_ok=True)
             # Written beside the destination and renamed when complete: never a half-written model.zip.
             partial = destination.with_name(destination.name + ".partial")
             with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as out:
-                for name in (MODEL_FILE, MANIFEST_FILE):
+                for name in (MODEL_FILE, MANIFEST_FILE, *manifest.model_files[1:]):
                     info = zipfile.ZipInfo(name, date_time=_ZIP_TIMESTAMP)
                     info.compress_type = zipfile.ZIP_DEFLATED
                     info.external_attr = 0o644 << 16
@@ -137,6 +135,23 @@ def repackage_model_archive(
     )
 
 
+def _model_members(tar: tarfile.TarFile, source: str) -> dict[str, tarfile.TarInfo]:
+    """model.json and the .onnx files at the archive's root, each a regular file and there once."""
+    members: dict[str, tarfile.TarInfo] = {}
+    for member in tar.getmembers():
+        name = _root_name(member.name)
+        if name is None or (name != MANIFEST_FILE and not name.endswith(".onnx")):
+            continue  # extra files are allowed and left out
+        if name in members:
+            raise InvalidModelArchive(f"model archive {source}: {name} appears twice; nothing was created")
+        if not member.isfile():
+            raise InvalidModelArchive(
+                f"model archive {source}: {name} is not a regular file (link or folder); nothing was created"
+            )
+        members[name] = member
+    return members
+
+
 def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo, source: str) -> ModelManifest:
     if member.size > MAX_MANIFEST_BYTES:
         raise InvalidModelArchive(f"model archive {source}: model.json is {member.size} bytes; nothing was created")
@@ -155,17 +170,20 @@ def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo, source: str) -
         raise InvalidModelArchive(f"model archive {source}: {error}; nothing was created") from None
 
 
-def _check_onnx(tar: tarfile.TarFile, member: tarfile.TarInfo, source: str, *, max_bytes: int) -> None:
+def _check_onnx(tar: tarfile.TarFile, member: tarfile.TarInfo, source: str, *, total: int, max_bytes: int) -> None:
+    """One model file of the archive; `total` is the size of all of them, which must stay under `max_bytes`."""
+    name = _root_name(member.name)
     if member.size == 0:
-        raise InvalidModelArchive(f"model archive {source}: model.onnx is empty; nothing was created")
-    if member.size > max_bytes:
+        raise InvalidModelArchive(f"model archive {source}: {name} is empty; nothing was created")
+    if total > max_bytes:
+        models = "model.onnx" if name == MODEL_FILE and total == member.size else "the model files"
         raise ModelArchiveTooLarge(
-            f"model archive {source}: model.onnx is {member.size / 2**20:.1f} MiB uncompressed, over "
-            f"{max_bytes / 2**20:.0f} MiB; nothing was created"
+            f"model archive {source}: {models} {'is' if models == 'model.onnx' else 'are'} {total / 2**20:.1f} MiB "
+            f"uncompressed, over {max_bytes / 2**20:.0f} MiB; nothing was created"
         )
     reader = tar.extractfile(member)
     first = reader.read(1) if reader else b""
     if not first or first[0] != _ONNX_FIRST_BYTE:
         raise InvalidModelArchive(
-            f"model archive {source}: model.onnx is not an ONNX model (no ModelProto header); nothing was created"
+            f"model archive {source}: {name} is not an ONNX model (no ModelProto header); nothing was created"
         )

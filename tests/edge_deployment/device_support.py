@@ -148,6 +148,45 @@ def model_folder(directory: Path, onnx_path: Path, manifest: Mapping[str, Any] |
     return directory
 
 
+METRICS = {"precision": 0.9, "recall": 0.8, "mAP50": 0.85, "mAP50-95": 0.55}
+
+
+def precisions_manifest(
+    manifest: Mapping[str, Any], *, int8_map50: float | None, fp32_map50: float = METRICS["mAP50"]
+) -> dict[str, Any]:
+    """`manifest` as model.json version 2: FP32 (model.onnx) metrics, and an INT8 file with its mAP50 unless None."""
+    fp32 = {**METRICS, "mAP50": fp32_map50}
+    precisions: dict[str, Any] = {"fp32": {"file": "model.onnx", "metrics": fp32}}
+    if int8_map50 is not None:
+        precisions["int8"] = {"file": "model.int8.onnx", "metrics": {**METRICS, "mAP50": int8_map50}}
+    return {**manifest, "schema_version": 2, "metrics": fp32, "precisions": precisions}
+
+
+def two_precision_model(
+    directory: Path,
+    manifest: Mapping[str, Any],
+    *,
+    fp32_score: float,
+    int8_score: float,
+    int8_map50: float | None = 0.845,
+    int8: str | None = "good",
+    box: tuple[float, float, float, float] = (32, 32, 20, 20),
+) -> Path:
+    """model.onnx and model.int8.onnx stand-ins (64 x 64 input) that answer one box with their own score,
+    and model.json version 2 listing both. `int8`: "good", "corrupt", "wrong-shape" or None (no file)."""
+    constant_model(directory / "model.onnx", raw_prediction([box], [[fp32_score]]))
+    if int8 == "good":
+        constant_model(
+            directory / "model.int8.onnx", raw_prediction([box], [[int8_score]]), metadata={"precision": "int8"}
+        )
+    elif int8 == "corrupt":
+        (directory / "model.int8.onnx").write_bytes(b"\x08\x07 truncated")
+    elif int8 == "wrong-shape":
+        constant_model(directory / "model.int8.onnx", np.zeros((1, 6, 8), np.float32), metadata={"precision": "int8"})
+    (directory / "model.json").write_text(json.dumps(precisions_manifest(manifest, int8_map50=int8_map50)))
+    return directory
+
+
 def tiny_manifest(tiny_model: Any, **overrides: Any) -> dict[str, Any]:
     document = {
         "schema_version": 1,

@@ -111,6 +111,28 @@ def test_the_model_recipe_is_a_valid_data_only_component_per_the_contract():
     assert {m["Platform"]["architecture"] for m in recipe["Manifests"]} == {"aarch64", "amd64"}
 
 
+def test_the_model_recipe_checks_every_model_file_the_manifest_lists():
+    from shared.contracts import ModelManifest, ModelVariant
+    from tests.edge_deployment.conftest import manifest as manifest_document
+
+    manifest = ModelManifest.from_json(manifest_document()).with_variant(
+        ModelVariant(precision="int8", file="model.int8.onnx", metrics=manifest_document()["metrics"])
+    )
+    recipe = model_component_recipe(
+        component_name=COMPONENT,
+        component_version="1.0.7",
+        artifact_uri=f"s3://{BUCKET}/{ZIP_KEY}",
+        package=PACKAGE,
+        manifest=manifest,
+    )
+    model_dir = "{artifacts:decompressedPath}/model"
+    for platform in recipe["Manifests"]:
+        assert platform["Lifecycle"]["install"]["Script"] == (
+            f"test -s '{model_dir}/model.onnx' && test -s '{model_dir}/model.json' && "
+            f"test -s '{model_dir}/model.int8.onnx'"
+        )
+
+
 def test_the_first_run_validates_repackages_uploads_and_creates_the_version(s3, greengrass):
     client, stub, sent = greengrass
     s3.put_object(Bucket=MODEL_BUCKET, Key=ARCHIVE_KEY, Body=model_archive())

@@ -27,6 +27,7 @@ from edge_deployment.components.inference.inspector.detector import (
     letterbox_geometry,
     load_detector,
     load_image,
+    nms,
     resize_linear,
 )
 from tests.edge_deployment.device_support import constant_model, iou, restore_pillow_open
@@ -147,6 +148,27 @@ def test_detector_matches_ultralytics_at_device_thresholds_on_a_model_that_detec
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("conf", [0.25, 0.1])
+def test_detector_matches_ultralytics_on_the_int8_model_the_training_code_makes(
+    trained_model: TinyModel, int8_trained_model: Path, conf: float, tmp_path: Path
+) -> None:
+    """The other precision a device may serve: same decoding, NMS and scaling on the quantized file."""
+    detector = load_detector(int8_trained_model, confidence_threshold=conf, iou_threshold=0.7)
+    assert detector.precision == "int8"
+    assert detector.class_names == trained_model.class_names  # from the metadata the quantizer keeps
+    images = [sample.path for sample in trained_model.samples]
+    images += _variants(images[0], tmp_path / "variants")
+    compared = 0
+    for image in images:
+        theirs = ultralytics_boxes(
+            int8_trained_model, image, conf=conf, iou_threshold=0.7, size=trained_model.input_size
+        )
+        assert_same_detections(list(detector.detect_file(image).detections), theirs, image.name)
+        compared += len(theirs)
+    assert compared > 0, f"no box at confidence {conf} to compare"
+
+
+@pytest.mark.slow
 def test_a_frame_with_nothing_found_is_an_empty_result_like_ultralytics(tiny_model: TinyModel) -> None:
     # At the thresholds it was evaluated with, the barely trained model finds nothing on these tags.
     detector = load_detector(tiny_model.onnx_path, confidence_threshold=0.99)
@@ -191,6 +213,21 @@ def test_multi_class_nms_and_scaling_match_ultralytics(
     for detection in ours:
         x1, y1, x2, y2 = detection.box
         assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1]
+
+
+@pytest.mark.parametrize("count", [1, 40, 512, 700])  # all pairs at once up to 512 boxes, box by box beyond
+def test_nms_keeps_what_torchvision_keeps(count: int) -> None:
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(count)
+    corner = rng.uniform(0, 300, (count, 2)).astype(np.float32)
+    boxes = np.concatenate([corner, corner + rng.uniform(0, 60, (count, 2)).astype(np.float32)], axis=1)
+    boxes[::7, 2:] = boxes[::7, :2]  # some empty boxes (IoU NaN: never suppress)
+    scores = rng.choice(np.linspace(0.3, 0.9, 13), count).astype(np.float32)  # ties keep the input order
+    for threshold in (0.3, 0.45, 0.7):
+        expected = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
+        np.testing.assert_array_equal(nms(boxes, scores, threshold), expected)
 
 
 def test_nms_is_class_aware_and_boxes_come_back_in_source_pixels(tmp_path: Path) -> None:
@@ -300,6 +337,25 @@ def test_letterbox_tensor_equals_ultralytics_preprocessing(tmp_path: Path, heigh
     expected = bgr[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255
     np.testing.assert_array_equal(tensor, expected)
     assert geometry == letterbox_geometry(height, width, 64, 96)
+
+
+def test_frames_of_changing_sizes_each_get_their_own_letterbox(tmp_path: Path) -> None:
+    """The padding is kept from frame to frame of one size: a frame of another size must not see the old one."""
+    from ultralytics.data.augment import LetterBox
+
+    model = constant_model(tmp_path / "model.onnx", np.zeros((1, 5, 8), dtype=np.float32), input_shape=(1, 3, 64, 96))
+    detector = load_detector(model)
+    rng = np.random.default_rng(7)
+    for height, width in [(48, 200), (48, 200), (200, 48), (64, 96), (640, 960), (48, 200)]:
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        tensor, _ = detector.prepare(image)
+        bgr = LetterBox((64, 96), auto=False, stride=32)(image=np.ascontiguousarray(image[..., ::-1]))
+        expected = bgr[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255
+        np.testing.assert_array_equal(tensor, expected, err_msg=f"{width}x{height}")
+    # A frame that is a view (a camera's BGR-to-RGB flip) is letterboxed like a copy of it.
+    frame = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    flipped = frame[..., ::-1]
+    np.testing.assert_array_equal(detector.prepare(flipped)[0].copy(), detector.prepare(flipped.copy())[0])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from edge_deployment.components.inference.inspector.detector import load_detector
-from tests.edge_deployment.device_support import constant_model
+from tests.edge_deployment.device_support import constant_model, two_precision_model
 from tests.model_fixtures import TinyModel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -103,9 +103,41 @@ def test_without_output_lines_go_to_standard_output_and_bad_images_are_skipped(t
 
 
 @pytest.mark.parametrize(
+    ("arguments", "score", "served"),
+    [
+        ([], 0.9, "serving model.onnx (FP32) on CPUExecutionProvider"),
+        (["--precision", "auto"], 0.8, "serving model.int8.onnx (INT8) on CPUExecutionProvider"),
+        (["--precision", "fp32"], 0.9, "serving model.onnx (FP32)"),
+        (
+            ["--precision", "int8", "--providers", "cuda,cpu"],
+            0.8,
+            "(INT8) on CPUExecutionProvider; CUDAExecutionProvider is not available in this onnxruntime build",
+        ),
+    ],
+)
+def test_the_precision_and_providers_are_chosen_as_on_a_device(
+    tmp_path: Path, arguments: list[str], score: float, served: str
+) -> None:
+    manifest = {"class_names": ["scratch"], "input_size": 64, "confidence_threshold": 0.25, "iou_threshold": 0.45}
+    model = two_precision_model(tmp_path / "model", manifest, fp32_score=0.9, int8_score=0.8) / "model.onnx"
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 64), (100, 100, 100)).save(images / "a.jpg")
+    completed = run_cli("--model", model, "--images", images, *arguments)
+    assert completed.returncode == 0, completed.stderr
+    (line,) = [json.loads(text) for text in completed.stdout.splitlines()]
+    assert [detection["score"] for detection in line["detections"]] == [score]
+    assert served in completed.stderr
+
+
+@pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (["--model", "{tmp}/missing.onnx", "--images", "{tmp}"], "model file not found"),
+        (
+            ["--model", "{tmp}/model/model.onnx", "--images", "{tmp}", "--providers", "gpu"],
+            "unknown execution provider",
+        ),
         (["--model", "{tmp}/model/model.onnx", "--images", "{tmp}/nowhere"], "not a folder"),
         (["--model", "{tmp}/model/model.onnx", "--images", "{tmp}", "--conf", "1.5"], "must be between 0 and 1"),
         (["--model", "{tmp}/broken.onnx", "--images", "{tmp}"], "cannot load the ONNX model"),

@@ -47,6 +47,7 @@ from tests.edge_deployment.device_support import (
     model_folder,
     restore_pillow_open,
     tiny_manifest,
+    two_precision_model,
 )
 from tests.model_fixtures import TinyModel
 
@@ -397,6 +398,103 @@ def test_until_a_model_is_deployed_frames_wait_and_the_heartbeat_says_why(tmp_pa
 
 
 # --------------------------------------------------------------------------------------------------
+# Precision and execution provider
+# --------------------------------------------------------------------------------------------------
+
+
+def two_precisions(fp32_score: float, int8_score: float, **options: Any) -> Callable[[Path], Path]:
+    """A model version with model.onnx (answers fp32_score) and model.int8.onnx (int8_score) listed in model.json."""
+    return lambda d: two_precision_model(d, MANIFEST, fp32_score=fp32_score, int8_score=int8_score, **options)
+
+
+def test_the_heartbeat_says_which_precision_serves_on_which_provider_and_why(tmp_path: Path) -> None:
+    device = Device(tmp_path)  # precision auto (the default): INT8 loses 0.5 points, within 1
+    device.deploy_model("1.0.1", two_precisions(0.9, 0.8))
+    service = device.service()
+    device.drop("a.jpg", jpeg(tag()))
+    service.step()
+    (result,) = device.greengrass.messages(RESULTS)
+    assert result["detections"][0]["score"] == 0.8  # the INT8 file answered
+    (heartbeat,) = device.greengrass.messages(HEARTBEAT)
+    assert heartbeat["model_precision"] == "int8"
+    assert heartbeat["model_precision_reason"].startswith("auto: INT8 test mAP50 0.8450 vs FP32 0.8500")
+    assert heartbeat["execution_provider"] == "CPUExecutionProvider"
+    assert heartbeat["model_warning"] is None and heartbeat["model_error"] is None
+
+
+def test_hot_swaps_between_precisions_and_a_broken_int8_file_falls_back_to_fp32(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = Device(tmp_path)
+    device.deploy_model("1.0.1", lambda d: score_model(d, 0.9))  # FP32 only (a version 1 archive)
+    service = device.service()
+    heartbeats = []
+    for version, make in [
+        ("1.0.2", two_precisions(0.7, 0.6)),  # INT8 within tolerance: INT8 serves
+        ("1.0.3", two_precisions(0.5, 0.4, int8_map50=0.7)),  # INT8 15 points worse: FP32 serves
+        ("1.0.4", two_precisions(0.3, 0.2, int8="corrupt")),  # INT8 does not load: FP32 serves, heartbeat says why
+        ("1.0.5", two_precisions(0.85, 0.75, int8="wrong-shape")),  # INT8 gives the wrong output: FP32 too
+        ("1.0.6", two_precisions(0.95, 0.65)),  # a good INT8 again
+    ]:
+        device.drop(f"{version}.jpg", jpeg(tag()))
+        with caplog.at_level(logging.ERROR):
+            service.step()
+        heartbeats.append(service.publish_heartbeat())
+        device.deploy_model(version, make)
+    device.drop("last.jpg", jpeg(tag()))
+    service.step()
+    served = [(r["model_version"], r["detections"][0]["score"]) for r in device.greengrass.messages(RESULTS)]
+    assert served == [
+        ("1.0.1", 0.9),
+        ("1.0.2", 0.6),
+        ("1.0.3", 0.5),
+        ("1.0.4", 0.3),
+        ("1.0.5", 0.85),
+        ("1.0.6", 0.65),
+    ]
+    beats = {beat["model_version"]: beat for beat in heartbeats}
+    assert [beats[v]["model_precision"] for v in ("1.0.1", "1.0.2", "1.0.3", "1.0.4", "1.0.5")] == [
+        "fp32",
+        "int8",
+        "fp32",
+        "fp32",
+        "fp32",
+    ]
+    assert "lists no INT8 model" in beats["1.0.1"]["model_precision_reason"] and beats["1.0.1"]["model_warning"] is None
+    assert "+15.00 points lost" in beats["1.0.3"]["model_precision_reason"] and beats["1.0.3"]["model_warning"] is None
+    for version, cause in (("1.0.4", "cannot load the ONNX model"), ("1.0.5", "2 class scores but 1 class names")):
+        beat = beats[version]
+        assert beat["status"] == "serving" and beat["model_error"] is None  # this version serves, in FP32
+        assert beat["model_warning"].startswith("the INT8 model could not be served (")
+        assert cause in beat["model_warning"] and beat["model_warning"].endswith("): FP32 serves")
+    assert service.models.detector.precision == "int8" and service.models.detector.warnings == []
+    assert any("the INT8 model could not be served" in r.getMessage() for r in caplog.records)
+
+
+def test_changing_precision_or_providers_reloads_the_model_without_a_restart(tmp_path: Path) -> None:
+    device = Device(tmp_path)
+    device.deploy_model("1.0.1", two_precisions(0.9, 0.8))
+    service = device.service()
+    service.step()
+    assert service.models.detector.precision == "int8"
+    device.greengrass.update(None, precision="fp32")
+    device.drop("a.jpg", jpeg(tag()))
+    service.step()
+    assert service.models.detector.precision == "fp32"
+    assert device.greengrass.messages(RESULTS)[-1]["detections"][0]["score"] == 0.9
+    device.greengrass.update(None, precision="auto", int8MaxMap50Loss=0.001)  # INT8 loses 0.5 points: too many
+    service.step()
+    assert service.models.detector.precision == "fp32"
+    assert "tolerance 0.10" in service.models.detector.precision_reason
+    device.greengrass.update(None, executionProviders=["openvino", "cpu"])
+    service.step()
+    assert service.config.execution_providers == ("openvino", "cpu")
+    heartbeat = service.publish_heartbeat()
+    assert heartbeat["execution_provider"] == "CPUExecutionProvider"
+    assert heartbeat["model_warning"].startswith("OpenVINOExecutionProvider is not available in this onnxruntime build")
+
+
+# --------------------------------------------------------------------------------------------------
 # Feedback
 # --------------------------------------------------------------------------------------------------
 
@@ -528,6 +626,10 @@ def test_an_upload_bucket_configured_after_the_start_takes_effect_without_a_rest
         ({"offlineQueueMaxMB": 0}, "offlineQueueMaxMB: must be at least 1"),
         ({"confidenceThreshold": 1.5}, "confidenceThreshold: expected a number between 0 and 1"),
         ({"keepProcessedFrames": "yes"}, "keepProcessedFrames: expected true or false"),
+        ({"precision": "int4"}, "precision: expected one of auto, int8, fp32, got 'int4'"),
+        ({"int8MaxMap50Loss": -0.01}, "int8MaxMap50Loss: expected a number between 0 and 1"),
+        ({"executionProviders": ["gpu"]}, "executionProviders: expected a list of tensorrt, cuda, openvino, cpu"),
+        ({"executionProviders": []}, "executionProviders: expected a list of tensorrt, cuda, openvino, cpu"),
     ],
 )
 def test_an_invalid_configuration_stops_the_start_with_the_key_named(

@@ -62,6 +62,61 @@ def test_files_written_as_dot_slash_paths_count_as_root_files(tmp_path):
     assert sorted(zipfile.ZipFile(_repackage(tmp_path, data).zip_path).namelist()) == ["model.json", "model.onnx"]
 
 
+INT8_ENTRY = {"file": "model.int8.onnx", "metrics": {"precision": 0.9, "recall": 0.87, "mAP50": 0.897, "mAP50-95": 0.6}}
+
+
+def _with_int8(**overrides: bytes | None) -> bytes:
+    """A valid archive that also carries an INT8 model listed in model.json."""
+    document = manifest(precisions={"int8": INT8_ENTRY})
+    files = {"model_json": json.dumps(document).encode(), "model.int8.onnx": onnx_bytes() + b"\x12\x00"}
+    return model_archive(**{**files, **overrides})
+
+
+def test_an_archive_with_an_int8_model_carries_it_into_the_zip(tmp_path):
+    result = _repackage(tmp_path, _with_int8())
+    with zipfile.ZipFile(result.zip_path) as zipped:
+        assert zipped.namelist() == ["model.onnx", "model.json", "model.int8.onnx"]
+        assert zipped.read("model.int8.onnx") == onnx_bytes() + b"\x12\x00"
+        assert json.loads(zipped.read("model.json"))["precisions"] == {"int8": INT8_ENTRY}
+    assert result.manifest.model_files == ("model.onnx", "model.int8.onnx")
+    assert result.manifest.variant("int8").metrics["mAP50"] == 0.897
+
+
+def test_onnx_files_that_model_json_does_not_list_are_left_out(tmp_path):
+    result = _repackage(tmp_path, model_archive(**{"model.int8.onnx": onnx_bytes()}))
+    assert zipfile.ZipFile(result.zip_path).namelist() == ["model.onnx", "model.json"]
+
+
+@pytest.mark.parametrize(
+    ("archive", "message"),
+    [
+        (lambda: _with_int8(**{"model.int8.onnx": None}), r"lists model\.int8\.onnx \(precisions\.int8\) but"),
+        (lambda: _with_int8(**{"model.int8.onnx": b"not onnx"}), r"model\.int8\.onnx is not an ONNX model"),
+        (lambda: _with_int8(**{"model.int8.onnx": b""}), r"model\.int8\.onnx is empty"),
+        (
+            lambda: model_archive(
+                model_json=json.dumps(manifest(precisions={"int8": {**INT8_ENTRY, "metrics": {}}})).encode(),
+                **{"model.int8.onnx": onnx_bytes()},
+            ),
+            r"precisions\.int8: metrics lack precision, recall, mAP50, mAP50-95",
+        ),
+    ],
+    ids=["int8-missing", "int8-not-onnx", "int8-empty", "int8-without-metrics"],
+)
+def test_bad_int8_entries_fail_with_a_reason_and_write_no_zip(tmp_path, archive, message):
+    with pytest.raises(InvalidModelArchive, match=message) as raised:
+        _repackage(tmp_path, archive())
+    assert "nothing was created" in str(raised.value)
+    assert not (tmp_path / "out" / "model.zip").exists()
+
+
+def test_the_model_files_together_must_stay_under_the_expansion_limit(tmp_path):
+    half = b"\x08" + bytes(3 * MB)  # each alone is under the 4 x 1 MiB limit, both together are not
+    data = _with_int8(model_onnx=half, **{"model.int8.onnx": half})
+    with pytest.raises(ModelArchiveTooLarge, match=r"the model files are 6\.0 MiB uncompressed, over 4 MiB"):
+        _repackage(tmp_path, data, max_archive_bytes=1 * MB)
+
+
 @pytest.mark.parametrize(
     ("archive", "message"),
     [

@@ -14,6 +14,7 @@ from shared.contracts import (
     ContractError,
     LabelRecord,
     ModelManifest,
+    ModelVariant,
     format_event_time,
     latest_per_image,
 )
@@ -196,3 +197,69 @@ def test_the_test_splits_statistics_travel_with_the_model():
 def test_bad_model_manifests(changes, message):
     with pytest.raises(ContractError, match=message):
         ModelManifest.from_json(_manifest(**changes))
+
+
+INT8_METRICS = {"precision": 0.89, "recall": 0.8, "mAP50": 0.845, "mAP50-95": 0.59}
+
+
+def _int8(**changes):
+    return {"file": "model.int8.onnx", "metrics": dict(INT8_METRICS), **changes}
+
+
+def test_a_version_1_manifest_without_precisions_is_the_fp32_model_alone():
+    manifest = ModelManifest.from_json({**_manifest(), "schema_version": 1})
+    assert manifest.variants == ()
+    assert manifest.model_files == ("model.onnx",)
+    fp32 = manifest.variant("fp32")
+    assert fp32 is not None and (fp32.file, fp32.metrics) == ("model.onnx", manifest.metrics)
+    assert manifest.variant("int8") is None
+    assert manifest.to_json()["precisions"] == {"fp32": {"file": "model.onnx", "metrics": manifest.metrics}}
+
+
+def test_a_manifest_says_which_file_is_fp32_and_which_int8_with_each_ones_metrics():
+    manifest = ModelManifest.from_json(_manifest())
+    with_int8 = manifest.with_variant(
+        ModelVariant(precision="int8", file="model.int8.onnx", metrics=INT8_METRICS, details={"calibration_images": 8})
+    )
+    document = with_int8.to_json()
+    assert document["schema_version"] == 2
+    assert document["model_file"] == "model.onnx" and document["metrics"] == manifest.metrics
+    assert document["precisions"] == {
+        "fp32": {"file": "model.onnx", "metrics": manifest.metrics},
+        "int8": {"file": "model.int8.onnx", "metrics": INT8_METRICS, "details": {"calibration_images": 8}},
+    }
+    read_back = ModelManifest.from_json(json.loads(json.dumps(document)))
+    assert read_back == with_int8
+    assert read_back.model_files == ("model.onnx", "model.int8.onnx")
+    assert read_back.variant("int8").metrics["mAP50"] == 0.845
+    replaced = read_back.with_variant(ModelVariant(precision="int8", file="model.int8.onnx", metrics=manifest.metrics))
+    assert [v.metrics for v in replaced.variants] == [manifest.metrics]  # one INT8 entry, the newer one
+
+
+@pytest.mark.parametrize(
+    ("precisions", "message"),
+    [
+        ({"int8": _int8(file="models/model.int8.onnx")}, "precisions.int8: file must be an .onnx file at the archive"),
+        ({"int8": _int8(file="model.int8.bin")}, "file must be an .onnx file"),
+        ({"int8": _int8(file="model.onnx")}, "the FP32 model is model.onnx and only it"),
+        ({"fp32": _int8(file="model.fp32.onnx")}, "precisions.fp32: the FP32 model is model.onnx"),
+        ({"int8": _int8(metrics={"mAP50": 0.8})}, "precisions.int8: metrics lack precision, recall, mAP50-95"),
+        ({"int8": _int8(metrics={"mAP50": "high"})}, "precisions.int8: missing or invalid field"),
+        ({"int8": "model.int8.onnx"}, "precisions.int8 must be an object with file and metrics"),
+        ({"int4": _int8(file="model.int4.onnx")}, "precisions.int4: unknown precision"),
+        (["int8"], "precisions must be an object keyed by precision"),
+        (
+            {"fp32": {"file": "model.onnx", "metrics": INT8_METRICS}},
+            "precisions.fp32.metrics differ from metrics",
+        ),
+    ],
+)
+def test_bad_precisions_in_a_manifest(precisions, message):
+    with pytest.raises(ContractError, match=re.escape(message)):
+        ModelManifest.from_json(_manifest(precisions=precisions))
+
+
+def test_the_fp32_model_is_never_a_variant():
+    manifest = ModelManifest.from_json(_manifest())
+    with pytest.raises(ContractError, match="the FP32 model is model_file and metrics, not a variant"):
+        manifest.with_variant(ModelVariant(precision="fp32", file="model.onnx", metrics=INT8_METRICS))

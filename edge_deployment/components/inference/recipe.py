@@ -72,6 +72,9 @@ def configuration_from_settings(edge_settings: Any, *, upload_bucket: str, **val
         maxUploadsPerHour=edge_settings.max_uploads_per_hour,
         offlineQueueMaxMB=edge_settings.offline_queue_mb,
         modelComponentName=edge_settings.model_component_name,
+        precision=edge_settings.model_precision,
+        int8MaxMap50Loss=edge_settings.int8_max_map50_loss,
+        executionProviders=list(edge_settings.execution_providers),
         uploadBucket=upload_bucket,
         **values,
     )

@@ -1,6 +1,7 @@
 """Run the device detector over a folder of images, without Greengrass.
 
     python -m edge_deployment.inference --model MODEL.onnx --images DIR [--output FILE] [--conf C] [--iou I]
+        [--precision auto|int8|fp32] [--providers cuda,cpu]
 
 (on a device, from the unzipped artifact: `python -m inspector.cli ...`). Writes one JSON line per
 image: {"image": path, "detections": [{"box": [x1, y1, x2, y2], "class_id", "class_name", "score"}]}
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from .config import PRECISION_SETTINGS
 from .detector import IMAGE_SUFFIXES, Detector, DetectorError, ImageError, load_detector
 
 LOG = logging.getLogger("inspector.cli")
@@ -64,6 +66,17 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--conf", type=_threshold, help="confidence threshold (default: model.json's, else 0.25)")
     result.add_argument("--iou", type=_threshold, help="NMS IoU threshold (default: model.json's, else 0.7)")
     result.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: one per core)")
+    result.add_argument(
+        "--precision",
+        choices=PRECISION_SETTINGS,
+        help="choose among the files model.json lists, as the component does (default: the --model file itself)",
+    )
+    result.add_argument(
+        "--providers",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=["cpu"],
+        help="onnxruntime execution providers in order of preference, e.g. cuda,cpu (default: cpu)",
+    )
     return result
 
 
@@ -75,11 +88,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         detector = load_detector(
-            args.model, confidence_threshold=args.conf, iou_threshold=args.iou, threads=args.threads
+            args.model,
+            confidence_threshold=args.conf,
+            iou_threshold=args.iou,
+            threads=args.threads,
+            precision=args.precision,
+            providers=args.providers,
         )
     except (DetectorError, ValueError) as error:
         LOG.error("cannot use the model: %s", error)
         return 2
+    LOG.info(
+        "serving %s (%s) on %s%s",
+        detector.model_path.name,
+        detector.precision.upper(),
+        detector.execution_provider,
+        "".join(f"; {warning}" for warning in detector.warnings),
+    )
     images = image_files(args.images)
     if args.output is None:
         try:

@@ -39,6 +39,16 @@ DEFAULTS: dict[str, Any] = {
     "modelPollSeconds": 30,
     "inferenceThreads": 0,  # 0: onnxruntime's default (one per physical core)
 }
+# The model's precision and the hardware it runs on (model.json lists the files and their test metrics).
+PRECISION_SETTINGS = ("auto", "int8", "fp32")
+EXECUTION_PROVIDER_NAMES = ("tensorrt", "cuda", "openvino", "cpu")  # onnxruntime's, by their short names
+DEFAULTS.update(
+    {
+        "precision": "auto",  # auto: INT8 when its recorded test mAP50 loss is within int8MaxMap50Loss
+        "int8MaxMap50Loss": 0.01,  # in mAP units: 0.01 = one point
+        "executionProviders": ["cpu"],  # in order of preference; CPU is always the last resort
+    }
+)
 OPTIONAL_KEYS = ("confidenceThreshold", "iouThreshold")
 IGNORED_KEYS = ("accessControl",)  # Greengrass keeps the IPC authorization policies in the configuration
 KNOWN_KEYS = frozenset(DEFAULTS) | frozenset(OPTIONAL_KEYS)
@@ -72,6 +82,9 @@ class ComponentConfig:
     inference_threads: int
     confidence_threshold: float | None
     iou_threshold: float | None
+    precision: str = "auto"
+    int8_max_map50_loss: float = 0.01
+    execution_providers: tuple[str, ...] = ("cpu",)
 
     @property
     def uploads_enabled(self) -> bool:
@@ -127,6 +140,9 @@ class ComponentConfig:
             inference_threads=int(reader.number("inferenceThreads", minimum=0.0)),
             confidence_threshold=reader.optional_fraction("confidenceThreshold"),
             iou_threshold=reader.optional_fraction("iouThreshold"),
+            precision=reader.choice("precision", PRECISION_SETTINGS),
+            int8_max_map50_loss=reader.fraction("int8MaxMap50Loss"),
+            execution_providers=reader.choice_list("executionProviders", EXECUTION_PROVIDER_NAMES),
         )
         if errors:
             raise ConfigError("invalid component configuration: " + "; ".join(errors))
@@ -194,6 +210,21 @@ class _Reader:
             self.errors.append(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
             return choices[0]
         return str(value)
+
+    def choice_list(self, key: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+        """A non-empty list of distinct names out of `choices` (case-insensitive), lower-cased."""
+        value = self.values[key]
+        if isinstance(value, str):
+            value = [value]
+        if (
+            not isinstance(value, (list, tuple))
+            or not value
+            or not all(isinstance(item, str) and item.strip().lower() in choices for item in value)
+        ):
+            self.errors.append(f"{key}: expected a list of {', '.join(choices)}, got {value!r}")
+            return tuple(DEFAULTS[key])
+        names = tuple(dict.fromkeys(item.strip().lower() for item in value))
+        return names
 
     def topic(self, key: str, thing: str) -> str:
         value = self.text(key, allow_empty=False)

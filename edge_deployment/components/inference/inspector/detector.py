@@ -21,7 +21,7 @@ import logging
 import struct
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,31 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import DEFAULTS, PRECISION_SETTINGS
+
 LOG = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
+FP32, INT8 = "fp32", "int8"
+DEFAULT_INT8_MAX_MAP50_LOSS = DEFAULTS["int8MaxMap50Loss"]  # auto serves INT8 losing at most one mAP50 point
+# The execution providers the configuration may name, by onnxruntime's names; CPU is always the last resort.
+# CUDA and TensorRT need the onnxruntime-gpu build, OpenVINO the onnxruntime-openvino build.
+EXECUTION_PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+CPU_PROVIDER = EXECUTION_PROVIDERS["cpu"]
+# Providers on which an INT8 (QDQ) model runs in integer kernels; the CUDA provider runs it in float, slower.
+_INT8_PROVIDERS = frozenset({"CPUExecutionProvider", "TensorrtExecutionProvider", "OpenVINOExecutionProvider"})
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_CONFIDENCE = 0.25  # Ultralytics' predict defaults
 DEFAULT_IOU = 0.7
 MAX_DETECTIONS = 300
 _MAX_NMS_CANDIDATES = 30000
+_PAIRWISE_NMS = 512  # up to this many candidates NMS compares all pairs at once (a 512 x 512 matrix)
 _CLASS_OFFSET = np.float32(7680)  # max_wh: keeps boxes of different classes apart in one NMS pass
 _PAD_VALUE = 114
 _COEF_BITS = 11  # OpenCV INTER_RESIZE_COEF_BITS
@@ -169,6 +185,87 @@ def _linear_taps(source: int, target: int, clamp: bool) -> tuple[np.ndarray, np.
     return first, second, weight0, weight1
 
 
+class LinearResizer:
+    """OpenCV's INTER_LINEAR for one source and one target size, bit-exact, with buffers reused between frames.
+
+    OpenCV interpolates each needed source row horizontally (11-bit weights, then >> 4), then between two
+    such rows (>> 16 each, + 2, >> 2). Here each horizontal tap pair is one gather: the 8 bytes from a
+    pixel's first byte hold its R, G, B and the next pixel's (the right-hand tap is always the next pixel,
+    or has weight 0 at the border). Rows are copied into a padded buffer first so the last pixel's 8-byte
+    read stays inside it. The arithmetic runs on rows of 4 lanes per pixel (R, G, B and one ignored) so
+    every numpy pass is one long contiguous loop.
+    """
+
+    def __init__(self, source_height: int, source_width: int, height: int, width: int) -> None:
+        x0, x1, wx0, wx1 = _linear_taps(source_width, width, True)
+        y0, y1, wy0, wy1 = _linear_taps(source_height, height, False)
+        if not np.all((x1 == x0 + 1) | (wx1 == 0)):  # _linear_taps guarantees it; the gather relies on it
+            raise RuntimeError("horizontal taps are not neighbours")
+        rows = np.union1d(y0, y1)  # the source rows the output needs, each interpolated horizontally once
+        position = np.zeros(source_height, dtype=np.intp)
+        position[rows] = np.arange(rows.size)
+        self.source_shape = (source_height, source_width)
+        self.shape = (height, width)
+        self._rows, self._top_rows, self._bottom_rows = rows.astype(np.intp), position[y0], position[y1]
+        self._columns = x0.astype(np.intp)
+        stride = source_width * 3 + 8
+        self._source = np.zeros((rows.size, stride), dtype=np.uint8)
+        self._pixels = np.ndarray((rows.size, source_width), dtype="<u8", buffer=self._source, strides=(stride, 3))
+        self._left_weights, self._right_weights = np.repeat(wx0, 4), np.repeat(wx1, 4)
+        self._top_weights, self._bottom_weights = wy0[:, None], wy1[:, None]
+        self._taps = np.empty((rows.size, width), dtype=np.uint64)
+        self._lanes = np.empty((rows.size, width), dtype=np.uint32)
+        self._left = np.empty((rows.size, width * 4), dtype=np.int32)
+        self._right = np.empty((rows.size, width * 4), dtype=np.int32)
+        self._top = np.empty((height, width * 4), dtype=np.int32)
+        self._bottom = np.empty((height, width * 4), dtype=np.int32)
+
+    def _interpolate(self, image: np.ndarray) -> np.ndarray:
+        """(height, width * 4) int32: the resized pixels as R, G, B, ignored."""
+        source_height, source_width = self.source_shape
+        lines = image.reshape(source_height, source_width * 3)
+        np.take(lines, self._rows, axis=0, out=self._source[:, : source_width * 3], mode="clip")
+        taps, lanes, left, right = self._taps, self._lanes, self._left, self._right
+        np.copyto(taps, self._pixels[:, self._columns])  # fancy indexing: the fast gather for unaligned items
+        np.copyto(lanes, taps, casting="unsafe")  # bytes 0-3: the left pixel's R, G, B
+        np.copyto(left, lanes.view(np.uint8).reshape(left.shape))
+        taps >>= np.uint64(24)
+        np.copyto(lanes, taps, casting="unsafe")  # bytes 3-6: the right pixel's R, G, B
+        np.copyto(right, lanes.view(np.uint8).reshape(right.shape))
+        left *= self._left_weights
+        right *= self._right_weights
+        left += right
+        left >>= 4  # OpenCV's vertical pass works on (value >> 4) in 16 bits
+        top, bottom = self._top, self._bottom
+        np.take(left, self._top_rows, axis=0, out=top, mode="clip")
+        top *= self._top_weights
+        top >>= 16
+        np.take(left, self._bottom_rows, axis=0, out=bottom, mode="clip")
+        bottom *= self._bottom_weights
+        bottom >>= 16
+        top += bottom
+        top += 2
+        top >>= 2
+        return top
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """The resized (height, width, 3) uint8 image (a new array)."""
+        height, width = self.shape
+        return self._interpolate(image).reshape(height, width, 4)[:, :, :3].astype(np.uint8)
+
+    def resize_into(self, image: np.ndarray, out: np.ndarray) -> None:
+        """Write the resized image, divided by 255, into `out`: a (3, height, width) float32 (CHW) view."""
+        height, width = self.shape
+        pixels = self._interpolate(image).reshape(height, width, 4)[:, :, :3]
+        np.divide(pixels.transpose(2, 0, 1), np.float32(255), out=out, dtype=np.float32, casting="unsafe")
+
+
+@lru_cache(maxsize=4)
+def linear_resizer(source_height: int, source_width: int, height: int, width: int) -> LinearResizer:
+    """The resizer of one size pair (cached: a camera sends frames of one size; the buffers are reused)."""
+    return LinearResizer(source_height, source_width, height, width)
+
+
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize (H, W, 3) uint8 like cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)."""
     source_height, source_width = image.shape[:2]
@@ -176,51 +273,9 @@ def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
         return image
     if source_width == 2 * width and source_height == 2 * height:
         # OpenCV takes its INTER_AREA path for an exact 2x reduction: the rounded mean of 2x2 blocks,
-        # (sum + 2) >> 2, which is what Pillow's reduce(2) computes too, in C (a third of numpy's time).
+        # (sum + 2) >> 2, which is what Pillow's reduce(2) computes too, in C.
         return np.asarray(Image.fromarray(image).reduce(2))
-    channels = image.shape[2]
-    x0, x1, wx0, wx1 = _channel_taps(source_width, width, channels)
-    y0, y1, wy0, wy1 = _linear_taps(source_height, height, False)
-    # Rows as flat (W * C) lines: one gather per tap along a contiguous axis is ~3x faster than
-    # indexing the width axis of an (H, W, C) array.
-    lines = image.reshape(source_height, source_width * channels)
-
-    def horizontal(rows: np.ndarray) -> np.ndarray:
-        out = np.take(rows, x0, axis=1).astype(np.int32)
-        out *= wx0
-        second = np.take(rows, x1, axis=1).astype(np.int32)
-        second *= wx1
-        out += second
-        out >>= 4  # OpenCV's vertical pass works on (value >> 4) in 16 bits
-        return out
-
-    top = horizontal(lines[y0])
-    top *= wy0[:, None]
-    top >>= 16
-    bottom = horizontal(lines[y1])
-    bottom *= wy1[:, None]
-    bottom >>= 16
-    top += bottom
-    top += 2
-    top >>= 2
-    np.clip(top, 0, 255, out=top)
-    return top.astype(np.uint8).reshape(height, width, channels)
-
-
-@lru_cache(maxsize=32)
-def _channel_taps(source: int, target: int, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The horizontal taps of `_linear_taps` as indices and weights into a flat (W * C) row."""
-    first, second, weight0, weight1 = _linear_taps(source, target, True)
-    channel = np.arange(channels)
-    taps = (
-        (first[:, None] * channels + channel).ravel(),
-        (second[:, None] * channels + channel).ravel(),
-        np.repeat(weight0, channels),
-        np.repeat(weight1, channels),
-    )
-    for array in taps:
-        array.setflags(write=False)
-    return taps
+    return linear_resizer(source_height, source_width, height, width).resize(np.ascontiguousarray(image))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,24 +284,45 @@ def _channel_taps(source: int, target: int, channels: int) -> tuple[np.ndarray, 
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS in float32 like torchvision.ops.nms: indices kept, highest score first."""
+    """Greedy NMS in float32 like torchvision.ops.nms: indices kept, highest score first.
+
+    Up to _PAIRWISE_NMS boxes (every frame of a trained model at a device's threshold) the IoU of every
+    pair is computed at once, with the same float32 arithmetic as box against box; beyond, box by box.
+    """
     if not len(boxes):
         return np.empty(0, dtype=np.int64)
-    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
-    areas = (x2 - x1) * (y2 - y1)
     order = np.argsort(-scores, kind="stable")
+    ranked = boxes[order]
+    x1, y1, x2, y2 = (np.ascontiguousarray(ranked[:, k]) for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    if len(boxes) <= _PAIRWISE_NMS:
+        width = np.maximum(np.float32(0), np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1))
+        height = np.maximum(np.float32(0), np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1))
+        inter = width * height
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 for two empty boxes: NaN
+            overlap = inter / (areas[:, None] + areas - inter)
+        # torchvision compares the float IoU with the double threshold; NaN (empty boxes) never suppresses.
+        suppresses = overlap.astype(np.float64) > iou_threshold
+        removed = np.zeros(len(boxes), dtype=bool)
+        kept = []
+        for index in range(len(boxes)):
+            if not removed[index]:
+                kept.append(index)
+                removed |= suppresses[index]
+        return order[kept]
     keep = []
-    while order.size:
-        i = order[0]
+    rank = np.arange(len(boxes))
+    while rank.size:
+        i = rank[0]
         keep.append(i)
-        rest = order[1:]
+        rest = rank[1:]
         width = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
         height = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
         inter = width * height
-        overlap = inter / (areas[i] + areas[rest] - inter)
-        # torchvision compares the float IoU with the double threshold; NaN (empty boxes) never suppresses.
-        order = rest[~(overlap.astype(np.float64) > iou_threshold)]
-    return np.asarray(keep, dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            overlap = inter / (areas[i] + areas[rest] - inter)
+        rank = rest[~(overlap.astype(np.float64) > iou_threshold)]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 @dataclass(frozen=True)
@@ -280,6 +356,15 @@ class DetectionResult:
 
 
 @dataclass(frozen=True)
+class ModelVariant:
+    """A model file of the archive at one precision and its recorded test mAP50 (model.json `precisions`)."""
+
+    precision: str
+    file: str
+    map50: float | None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What model.json (beside model.onnx) and the ONNX metadata say about a model."""
 
@@ -287,10 +372,19 @@ class ModelInfo:
     input_size: int | None = None
     confidence_threshold: float | None = None
     iou_threshold: float | None = None
+    variants: tuple[ModelVariant, ...] = ()  # FP32 first when the manifest lists precisions
+    problem: str | None = None  # why `precisions` could not be read (then only model.onnx is served)
+
+    def variant(self, precision: str) -> ModelVariant | None:
+        return next((variant for variant in self.variants if variant.precision == precision), None)
 
 
 def read_manifest(path: Path) -> ModelInfo:
-    """model.json (shared/contracts.py): class names, input size and thresholds; ModelError when malformed."""
+    """model.json (shared/contracts.py): class names, input size, thresholds, precisions; ModelError when malformed.
+
+    A malformed `precisions` entry does not make the model unusable: model.onnx (FP32) still serves, and
+    `problem` says why no other precision can.
+    """
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -309,7 +403,31 @@ def read_manifest(path: Path) -> ModelInfo:
         raise ModelError(f"{path}: missing or invalid field ({type(error).__name__}: {error})") from None
     if not names:
         raise ModelError(f"{path}: class_names is empty")
-    return info
+    try:
+        variants = _manifest_variants(raw)
+    except (TypeError, ValueError) as error:
+        return replace(info, problem=f"{path}: precisions cannot be read ({error})")
+    return replace(info, variants=variants)
+
+
+def _manifest_variants(raw: Mapping[str, Any]) -> tuple[ModelVariant, ...]:
+    precisions = raw.get("precisions")
+    if precisions is None:
+        return ()
+    if not isinstance(precisions, Mapping):
+        raise TypeError("precisions must be an object keyed by precision")
+    variants = []
+    for precision, entry in precisions.items():
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("file"), str):
+            raise ValueError(f"precisions.{precision} needs a file")
+        name = entry["file"]
+        if Path(name).name != name or not name.endswith(".onnx"):
+            raise ValueError(f"precisions.{precision}.file {name!r} is not an .onnx file beside model.json")
+        metrics = entry.get("metrics") or {}
+        map50 = metrics.get("mAP50") if isinstance(metrics, Mapping) else None
+        variants.append(ModelVariant(str(precision), name, float(map50) if map50 is not None else None))
+    variants.sort(key=lambda variant: variant.precision != FP32)
+    return tuple(variants)
 
 
 def _metadata_names(metadata: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -336,10 +454,74 @@ def _check_threshold(name: str, value: float) -> float:
     return float(value)
 
 
+# --------------------------------------------------------------------------------------------------
+# Execution providers and precision
+# --------------------------------------------------------------------------------------------------
+
+
+def provider_names(requested: Sequence[str]) -> tuple[str, ...]:
+    """Configuration names (cpu, cuda, tensorrt, openvino) as onnxruntime's, in order, CPU last.
+
+    Raises ValueError for an unknown name.
+    """
+    names = []
+    for name in requested:
+        key = str(name).strip().lower()
+        if key not in EXECUTION_PROVIDERS:
+            raise ValueError(f"unknown execution provider {name!r} (known: {', '.join(EXECUTION_PROVIDERS)})")
+        if EXECUTION_PROVIDERS[key] not in names:
+            names.append(EXECUTION_PROVIDERS[key])
+    if CPU_PROVIDER in names:
+        names.remove(CPU_PROVIDER)
+    return (*names, CPU_PROVIDER)
+
+
+def select_providers(requested: Sequence[str], available: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The providers to give onnxruntime (CPU last) and, for each requested one left out, why."""
+    chosen, reasons = [], []
+    for name in provider_names(requested):
+        if name == CPU_PROVIDER or name in available:
+            chosen.append(name)
+        else:
+            reasons.append(
+                f"{name} is not available in this onnxruntime build (available: {', '.join(available) or 'none'})"
+            )
+    return chosen, reasons
+
+
+def choose_precision(info: ModelInfo, setting: str, *, max_map50_loss: float, provider: str) -> tuple[str, str]:
+    """(precision to serve, why) for a precision setting of auto, int8 or fp32.
+
+    auto: INT8 when model.json lists an INT8 file whose test mAP50 is at most `max_map50_loss` below FP32's
+    and the provider runs INT8 in integer kernels; FP32 otherwise. int8: INT8 when there is a file.
+    """
+    if setting not in PRECISION_SETTINGS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_SETTINGS)}, got {setting!r}")
+    if setting == FP32:
+        return FP32, "precision fp32 configured"
+    int8, fp32 = info.variant(INT8), info.variant(FP32)
+    if int8 is None:
+        missing = info.problem or "model.json lists no INT8 model"
+        return FP32, f"precision {setting} configured but {missing}: FP32 serves"
+    if setting == INT8:
+        return INT8, "precision int8 configured"
+    if provider not in _INT8_PROVIDERS:
+        return FP32, f"auto: {provider} runs INT8 (QDQ) models in float, slower than FP32"
+    if int8.map50 is None or fp32 is None or fp32.map50 is None:
+        return FP32, "auto: model.json records no test mAP50 for both INT8 and FP32"
+    loss = fp32.map50 - int8.map50
+    verdict = (
+        f"auto: INT8 test mAP50 {int8.map50:.4f} vs FP32 {fp32.map50:.4f} ({loss * 100:+.2f} points lost, "
+        f"tolerance {max_map50_loss * 100:.2f})"
+    )
+    return (INT8, verdict) if loss <= max_map50_loss + 1e-12 else (FP32, verdict + ": FP32 serves")
+
+
 class Detector:
     """A loaded YOLOv8 ONNX model that turns RGB images into detections in source pixels.
 
-    Not thread-safe (it reuses its input buffers): use one per thread.
+    Not thread-safe (it reuses its input buffers): use one per thread. `precision`, `precision_reason`,
+    `execution_provider` and `warnings` say what serves and why (load_detector fills in the reasons).
     """
 
     def __init__(
@@ -352,6 +534,7 @@ class Detector:
         input_size: int | None = None,
         threads: int = 0,
         max_detections: int = MAX_DETECTIONS,
+        providers: Sequence[str] = ("cpu",),
     ) -> None:
         import onnxruntime  # noqa: PLC0415 - keep `import detector` cheap for tools that only decode images
 
@@ -360,17 +543,26 @@ class Detector:
         options.log_severity_level = 3  # errors only; our own log says what happened
         if threads > 0:
             options.intra_op_num_threads = threads
+        chosen, self.warnings = select_providers(providers, onnxruntime.get_available_providers())
         try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self.session = onnxruntime.InferenceSession(str(self.model_path), sess_options=options, providers=chosen)
         except Exception as error:  # onnxruntime raises its own (pybind) exception types
             raise ModelError(f"{self.model_path}: cannot load the ONNX model ({error})") from None
+        active = self.session.get_providers()
+        self.execution_provider = active[0] if active else CPU_PROVIDER
+        if chosen[0] != self.execution_provider:
+            self.warnings.append(
+                f"{chosen[0]} could not be initialised (see onnxruntime's log); running on {self.execution_provider}"
+            )
+        for warning in self.warnings:
+            LOG.warning("%s: %s", self.model_path.name, warning)
         metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         if metadata.get("task", "detect") != "detect":
             raise ModelError(f"{self.model_path}: a {metadata['task']!r} model, expected a detection model")
         if str(metadata.get("end2end", "False")).lower() == "true":
             raise ModelError(f"{self.model_path}: an end-to-end export with NMS inside; expected raw YOLOv8 output")
+        self.precision = INT8 if metadata.get("precision") == INT8 else FP32
+        self.precision_reason = "the model file given"
         self.input_name, self.input_height, self.input_width = self._input_shape(input_size)
         outputs = self.session.get_outputs()
         self.output_name = outputs[0].name
@@ -379,8 +571,8 @@ class Detector:
             "confidence threshold", DEFAULT_CONFIDENCE if confidence_threshold is None else confidence_threshold
         )
         self.iou_threshold = _check_threshold("IoU threshold", DEFAULT_IOU if iou_threshold is None else iou_threshold)
-        self._canvas = np.full((self.input_height, self.input_width, 3), _PAD_VALUE, dtype=np.uint8)
         self._tensor = np.zeros((1, 3, self.input_height, self.input_width), dtype=np.float32)
+        self._geometry: Letterbox | None = None  # of the frame in _tensor; its padding is filled in
         # One warm-up run: checks the real output shape and takes the first-run cost out of frame one.
         output = self._run(self._tensor)
         self.num_classes = self._check_output(output, class_names)
@@ -437,13 +629,25 @@ class Detector:
         """Letterbox an (H, W, 3) uint8 RGB image into the model's input tensor (reused buffer)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ImageError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype}{list(image.shape)}")
-        geometry = letterbox_geometry(image.shape[0], image.shape[1], self.input_height, self.input_width)
-        resized = resize_linear(image, geometry.width, geometry.height)
-        canvas = self._canvas
-        canvas.fill(_PAD_VALUE)
-        canvas[geometry.top : geometry.top + geometry.height, geometry.left : geometry.left + geometry.width] = resized
-        np.divide(canvas.transpose(2, 0, 1), np.float32(255), out=self._tensor[0])
-        return self._tensor, geometry
+        height, width = image.shape[:2]
+        geometry = letterbox_geometry(height, width, self.input_height, self.input_width)
+        tensor = self._tensor
+        if geometry != self._geometry:  # the padding stays from one frame to the next of the same size
+            tensor.fill(np.float32(_PAD_VALUE) / np.float32(255))
+            self._geometry = geometry
+        region = tensor[
+            0, :, geometry.top : geometry.top + geometry.height, geometry.left : geometry.left + geometry.width
+        ]
+        if (geometry.width, geometry.height) == (width, height) or (width, height) == (
+            2 * geometry.width,
+            2 * geometry.height,
+        ):
+            resized = resize_linear(image, geometry.width, geometry.height)
+            np.divide(resized.transpose(2, 0, 1), np.float32(255), out=region)
+        else:
+            resizer = linear_resizer(height, width, geometry.height, geometry.width)
+            resizer.resize_into(np.ascontiguousarray(image), region)
+        return tensor, geometry
 
     def detect(self, image: np.ndarray) -> DetectionResult:
         """Detections in an (H, W, 3) uint8 RGB image, boxes in its pixels."""
@@ -468,11 +672,8 @@ class Detector:
         scores = prediction[4:]
         if scores.shape[1] == 0:
             return (), 0.0
-        if self.num_classes == 1:
-            best, classes = scores[0], np.zeros(scores.shape[1], dtype=np.int64)
-        else:
-            classes = scores.argmax(axis=0)
-            best = np.take_along_axis(scores, classes[None, :], axis=0)[0]
+        classes = None if self.num_classes == 1 else scores.argmax(axis=0)
+        best = scores[0] if classes is None else np.take_along_axis(scores, classes[None, :], axis=0)[0]
         top_score = float(best.max())
         candidates = np.flatnonzero(best > np.float32(self.confidence_threshold))
         if not candidates.size:
@@ -483,26 +684,31 @@ class Detector:
         half = prediction[2:4, candidates].T / np.float32(2)
         boxes = np.concatenate([centre - half, centre + half], axis=1)
         confidences = best[candidates]
-        labels = classes[candidates]
-        offsets = (labels.astype(np.float32) * _CLASS_OFFSET)[:, None]
-        keep = nms(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
+        if classes is None:
+            labels = np.zeros(candidates.size, dtype=np.int64)
+            keep = nms(boxes, confidences, self.iou_threshold)[: self.max_detections]
+        else:
+            labels = classes[candidates]
+            offsets = (labels.astype(np.float32) * _CLASS_OFFSET)[:, None]
+            keep = nms(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
         boxes = boxes[keep]
-        boxes[:, [0, 2]] -= np.float32(geometry.left)
-        boxes[:, [1, 3]] -= np.float32(geometry.top)
-        boxes[:, [0, 2]] /= np.float32(geometry.gain_x)
-        boxes[:, [1, 3]] /= np.float32(geometry.gain_y)
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-        detections = tuple(
-            Detection(
-                box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-                class_id=int(label),
-                class_name=self.class_names[int(label)],
-                score=float(score),
-            )
-            for box, label, score in zip(boxes, labels[keep], confidences[keep], strict=True)
+        xs, ys = boxes[:, 0::2], boxes[:, 1::2]  # views: x1, x2 and y1, y2
+        xs -= np.float32(geometry.left)
+        ys -= np.float32(geometry.top)
+        xs /= np.float32(geometry.gain_x)
+        ys /= np.float32(geometry.gain_y)
+        np.clip(xs, 0, width, out=xs)
+        np.clip(ys, 0, height, out=ys)
+        names = self.class_names
+        return (
+            tuple(
+                Detection(box=(box[0], box[1], box[2], box[3]), class_id=label, class_name=names[label], score=score)
+                for box, label, score in zip(
+                    boxes.tolist(), labels[keep].tolist(), confidences[keep].tolist(), strict=True
+                )
+            ),
+            top_score,
         )
-        return detections, top_score
 
 
 def load_detector(
@@ -511,11 +717,17 @@ def load_detector(
     confidence_threshold: float | None = None,
     iou_threshold: float | None = None,
     threads: int = 0,
+    precision: str | None = None,
+    int8_max_map50_loss: float = DEFAULT_INT8_MAX_MAP50_LOSS,
+    providers: Sequence[str] = ("cpu",),
 ) -> Detector:
     """A detector for model.onnx (or a folder holding it), with model.json beside it when there is one.
 
     Thresholds: the arguments, else model.json's, else Ultralytics' defaults (0.25, 0.7). Class names:
-    model.json's, else the ONNX metadata's, else class_<id>.
+    model.json's, else the ONNX metadata's, else class_<id>. `precision` None serves the file given;
+    auto, int8 or fp32 choose among the files model.json lists (choose_precision). An INT8 model that
+    does not load or does not give the detection output is replaced by the FP32 model, and the
+    detector's `warnings` say why.
     """
     path = Path(model_path)
     if path.is_dir():
@@ -524,11 +736,56 @@ def load_detector(
         raise ModelError(f"{path}: model file not found")
     manifest_path = path.with_name(MANIFEST_FILE)
     info = read_manifest(manifest_path) if manifest_path.is_file() else ModelInfo()
-    return Detector(
-        path,
-        class_names=info.class_names,
-        confidence_threshold=confidence_threshold if confidence_threshold is not None else info.confidence_threshold,
-        iou_threshold=iou_threshold if iou_threshold is not None else info.iou_threshold,
-        input_size=info.input_size,
-        threads=threads,
-    )
+
+    confidence = confidence_threshold if confidence_threshold is not None else info.confidence_threshold
+
+    def load(file: Path) -> Detector:
+        return Detector(
+            file,
+            class_names=info.class_names,
+            confidence_threshold=confidence,
+            iou_threshold=iou_threshold if iou_threshold is not None else info.iou_threshold,
+            input_size=info.input_size,
+            threads=threads,
+            providers=providers,
+        )
+
+    if precision is None:
+        detector = load(path)
+        listed = next((variant for variant in info.variants if variant.file == path.name), None)
+        if listed is not None and listed.precision in (FP32, INT8):
+            detector.precision = listed.precision
+        return detector
+    if not 0.0 <= int8_max_map50_loss <= 1.0:
+        raise ValueError(f"INT8 mAP50 tolerance must be between 0 and 1, got {int8_max_map50_loss}")
+    available = select_providers(providers, _available_providers())[0]
+    chosen, reason = choose_precision(info, precision, max_map50_loss=int8_max_map50_loss, provider=available[0])
+    fallback: str | None = None
+    if chosen == INT8:
+        int8 = info.variant(INT8)
+        assert int8 is not None
+        try:
+            if not path.with_name(int8.file).is_file():
+                raise ModelError(f"{path.with_name(int8.file)}: model file not found")
+            detector = load(path.with_name(int8.file))
+            detector.precision = INT8
+        except ModelError as error:
+            fallback = f"the INT8 model could not be served ({error}): FP32 serves"
+            LOG.error("%s", fallback)
+            detector = load(path)
+            detector.precision = FP32
+    else:
+        detector = load(path)
+        detector.precision = FP32
+        if precision == INT8 or info.problem:
+            fallback = reason
+    detector.precision_reason = reason
+    if fallback:
+        detector.warnings.append(fallback)
+    return detector
+
+
+def _available_providers() -> list[str]:
+    import onnxruntime  # noqa: PLC0415
+
+    return list(onnxruntime.get_available_providers())

@@ -227,13 +227,18 @@ class ModelLocator(Protocol):
     def locate(self) -> tuple[str, Path]: ...
 
 
-def _model_files_state(directory: Path) -> tuple[tuple[int, int] | None, ...]:
-    """(size, mtime) of model.onnx and model.json, None for a missing file: tells whether a retry can help."""
-    state: list[tuple[int, int] | None] = []
-    for name in ("model.onnx", "model.json"):
+def _model_files_state(directory: Path) -> tuple[tuple[str, int, int] | None, ...]:
+    """(name, size, mtime) of model.onnx, model.json and the other precisions' files (None for a missing
+    model.onnx or model.json): tells whether a retry can help."""
+    state: list[tuple[str, int, int] | None] = []
+    try:
+        others = sorted(path.name for path in directory.glob("*.onnx") if path.name != "model.onnx")
+    except OSError:
+        others = []
+    for name in ("model.onnx", "model.json", *others):
         try:
             stat = (directory / name).stat()
-            state.append((stat.st_size, stat.st_mtime_ns))
+            state.append((name, stat.st_size, stat.st_mtime_ns))
         except OSError:
             state.append(None)
     return tuple(state)
@@ -263,7 +268,7 @@ class ModelManager:
         self.version: str | None = None
         self.directory: Path | None = None
         self.error: str | None = None
-        self._failed: tuple[str, Path, tuple[tuple[int, int] | None, ...]] | None = None
+        self._failed: tuple[str, Path, tuple[tuple[str, int, int] | None, ...]] | None = None
         self._requested = threading.Event()
         self._next_poll = 0.0
 
@@ -306,13 +311,16 @@ class ModelManager:
         self.detector, self.version, self.directory = detector, version, directory
         self.error, self._failed = None, None
         LOG.info(
-            "serving model %s from %s (%s; %d classes, input %dx%d)%s",
+            "serving model %s from %s (%s; %d classes, input %dx%d; %s on %s: %s)%s",
             version,
             directory,
             ", ".join(detector.class_names),
             detector.num_classes,
             detector.input_width,
             detector.input_height,
+            detector.precision.upper(),
+            detector.execution_provider,
+            detector.precision_reason,
             f", replacing {previous}" if previous and previous != version else "",
         )
         return True
@@ -434,6 +442,9 @@ class InferenceService:
                 confidence_threshold=config.confidence_threshold,
                 iou_threshold=config.iou_threshold,
                 threads=config.inference_threads,
+                precision=config.precision,
+                int8_max_map50_loss=config.int8_max_map50_loss,
+                providers=config.execution_providers,
             )
 
         return load
@@ -482,6 +493,9 @@ class InferenceService:
             "confidence_threshold",
             "iou_threshold",
             "inference_threads",
+            "precision",
+            "int8_max_map50_loss",
+            "execution_providers",
         )
         if any(getattr(old, key) != getattr(config, key) for key in model_keys):
             self.models.locator = self._locator(config)
@@ -625,12 +639,18 @@ class InferenceService:
 
     def heartbeat_payload(self) -> dict[str, Any]:
         mean = self._window_latency / self._window_frames if self._window_frames else None
+        detector = self.models.detector
         payload: dict[str, Any] = {
             "thing": self.context.thing,
             "timestamp": iso(self._now()),
-            "status": "serving" if self.models.detector is not None else "waiting for a model",
+            "status": "serving" if detector is not None else "waiting for a model",
             "model_version": self.models.version,
             "model_error": self.models.error,
+            "model_precision": detector.precision if detector is not None else None,
+            "model_precision_reason": detector.precision_reason if detector is not None else None,
+            "execution_provider": detector.execution_provider if detector is not None else None,
+            # Why the model serves otherwise than configured (an INT8 file that failed, a missing provider).
+            "model_warning": "; ".join(detector.warnings) if detector is not None and detector.warnings else None,
             "frames_processed": self.frames_processed,
             "frames_failed": self.frames_failed,
             "frames_since_last_heartbeat": self._window_frames,

@@ -1,0 +1,473 @@
+"""Quantize: the exported FP32 ONNX model as an INT8 model for CPUs at the edge, and the archive that carries both.
+
+* **Static quantization, QDQ format** (onnxruntime.quantization): weights int8 per output channel,
+  activations uint8 with ranges calibrated on training images, letterboxed exactly as the device and
+  Ultralytics feed them. onnxruntime fuses the QuantizeLinear/DequantizeLinear pairs around each
+  supported operator into integer kernels (QLinearConv, ...); any runtime that reads ONNX can still
+  run the file.
+* **The decoding tail stays in float.** A YOLOv8 detection export ends in one output tensor that
+  mixes box coordinates in input pixels (0 .. 640) with class scores (0 .. 1): one 8-bit scale
+  cannot hold both, and quantizing it scores mAP 0. Every node between the head's last convolutions
+  and the output (the per-scale reshapes and concatenations, the DFL softmax and its expectation,
+  the box decoding, the class sigmoid) is kept in float; the convolutions before it, head branches
+  included, run in INT8. `float_nodes()` finds that tail from the graph's structure alone.
+* **Checked before it is used**: `compare_outputs()` runs both models on the same frames; an INT8
+  model whose output shape differs, or that does not load, is a QuantizationError.
+
+`quantize_model()` makes the INT8 file; `evaluate_int8()` scores it on the FP32 model's test split;
+`add_int8_variant()` puts it and its metrics into a model archive beside the FP32 model (model.json's
+`precisions`, shared.contracts.ModelManifest); `quantize_evaluate_and_add()` does all three.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.contracts import INT8, INT8_MODEL_FILE, MANIFEST_FILE, MODEL_FILE, REQUIRED_METRICS, ModelVariant
+
+LOG = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_CALIBRATION_IMAGES = 100
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+PAD_VALUE = 114  # Ultralytics' letterbox padding, as on the device
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+class QuantizationError(Exception):
+    """The model cannot be quantized or the INT8 model is unusable; the message says why."""
+
+
+@dataclass(frozen=True)
+class QuantizationResult:
+    output: Path
+    calibration_images: int
+    method: str
+    float_nodes: tuple[str, ...]  # nodes kept in float (the decoding tail)
+    quantized_nodes: int  # QuantizeLinear / DequantizeLinear nodes in the INT8 graph
+    agreement: dict[str, float] = field(default_factory=dict)  # compare_outputs() on calibration frames
+
+    def details(self) -> dict[str, Any]:
+        """What model.json records about how the INT8 file was made."""
+        return {
+            "format": "onnx static quantization, QDQ",
+            "weights": "int8, per channel",
+            "activations": "uint8",
+            "calibration": self.method,
+            "calibration_images": self.calibration_images,
+            "float_nodes": len(self.float_nodes),
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibration images
+# --------------------------------------------------------------------------------------------------
+
+
+def image_files(directory: str | Path) -> list[Path]:
+    """Image files (by suffix) in `directory` and its sub-folders, sorted."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise QuantizationError(f"calibration folder {root} does not exist or is not a folder")
+    return sorted(path for path in root.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def letterbox(image_rgb: Any, size: int) -> Any:
+    """(H, W, 3) uint8 RGB -> (1, 3, size, size) float32 in [0, 1], as Ultralytics' LetterBox and the device."""
+    import cv2  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    height, width = image_rgb.shape[:2]
+    ratio = min(size / height, size / width)
+    new_width, new_height = max(round(width * ratio), 1), max(round(height * ratio), 1)
+    if (new_width, new_height) != (width, height):
+        image_rgb = cv2.resize(image_rgb, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+    top, left = round((size - new_height) / 2 - 0.1), round((size - new_width) / 2 - 0.1)
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[top : top + new_height, left : left + new_width] = image_rgb
+    return (canvas.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255)).copy()
+
+
+def read_rgb(path: Path) -> Any | None:
+    """An image file as (H, W, 3) uint8 RGB, or None when it cannot be decoded."""
+    import cv2  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    return None if image is None else np.ascontiguousarray(image[..., ::-1])
+
+
+def calibration_frames(directory: str | Path, *, size: int, limit: int = DEFAULT_CALIBRATION_IMAGES) -> list[Any]:
+    """Up to `limit` readable images of the folder (spread evenly over its sorted files), letterboxed.
+
+    Unreadable files are skipped with a warning; a folder without one readable image is an error that
+    names it.
+    """
+    if limit < 1:
+        raise QuantizationError(f"the number of calibration images must be at least 1, got {limit}")
+    files = image_files(directory)
+    if len(files) > limit:
+        step = len(files) / limit
+        files = [files[int(index * step)] for index in range(limit)]
+    frames, unreadable = [], []
+    for path in files:
+        image = read_rgb(path)
+        if image is None:
+            unreadable.append(path.name)
+            continue
+        frames.append(letterbox(image, size))
+    if unreadable:
+        LOG.warning("calibration: %d unreadable image(s) skipped: %s", len(unreadable), ", ".join(unreadable[:10]))
+    if not frames:
+        found = f"{len(files)} image file(s), none readable" if files else f"no {'/'.join(IMAGE_SUFFIXES)} file"
+        raise QuantizationError(f"calibration folder {directory} has no readable image: {found}")
+    return frames
+
+
+def _data_reader(frames: Sequence[Any], input_name: str) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader  # noqa: PLC0415
+
+    class Frames(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._frames: Iterator[Any] = iter(frames)
+
+        def get_next(self) -> dict[str, Any] | None:
+            frame = next(self._frames, None)
+            return None if frame is None else {input_name: frame}
+
+    return Frames()
+
+
+# --------------------------------------------------------------------------------------------------
+# The graph: what stays in float
+# --------------------------------------------------------------------------------------------------
+
+
+def float_nodes(model: Any) -> list[str]:
+    """Names of the nodes between the last convolutions and the outputs: the decoding tail, kept in float.
+
+    Walks back from every graph output and stops at convolutions, except a convolution fed by a Softmax:
+    that is the DFL's expectation over distance bins (part of decoding, not of feature extraction).
+    """
+    producers = {output: node for node in model.graph.node for output in node.output}
+    pending = [producers[output.name] for output in model.graph.output if output.name in producers]
+    tail: dict[str, Any] = {}
+    while pending:
+        node = pending.pop()
+        if node.name in tail:
+            continue
+        if node.op_type == "Conv" and not any(
+            name in producers and producers[name].op_type == "Softmax" for name in node.input
+        ):
+            continue
+        tail[node.name] = node
+        pending.extend(producers[name] for name in node.input if name in producers)
+    unnamed = [node for node in tail.values() if not node.name]
+    if unnamed:
+        raise QuantizationError(f"{len(unnamed)} node(s) of the decoding tail have no name; cannot keep them in float")
+    return sorted(tail)
+
+
+def _input_size(model: Any) -> tuple[str, int]:
+    (graph_input,) = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] != 3 or not dims[2] or dims[2] != dims[3]:
+        raise QuantizationError(
+            f"the model's input {graph_input.name} has shape {dims}; expected a static [1, 3, S, S] image input"
+        )
+    return graph_input.name, int(dims[2])
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantization
+# --------------------------------------------------------------------------------------------------
+
+
+def quantize_model(
+    model_path: str | Path,
+    calibration_dir: str | Path,
+    output_path: str | Path,
+    *,
+    max_images: int = DEFAULT_CALIBRATION_IMAGES,
+    method: str = "minmax",
+    check_frames: int = 8,
+) -> QuantizationResult:
+    """Write the INT8 (QDQ) model of `model_path` to `output_path`, calibrated on the folder's images.
+
+    The INT8 model keeps the FP32 model's input, output and metadata (class names, stride, image size),
+    so the device and Ultralytics run it like the original. It is checked against the FP32 model on up to
+    `check_frames` calibration frames before this returns.
+    """
+    import onnx  # noqa: PLC0415
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
+
+    if method not in CALIBRATION_METHODS:
+        raise QuantizationError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+    source = Path(model_path)
+    try:
+        original = onnx.load(str(source))
+    except Exception as error:  # onnx raises DecodeError, OSError, ...
+        raise QuantizationError(f"{source}: cannot read the ONNX model ({error})") from None
+    input_name, size = _input_size(original)
+    frames = calibration_frames(calibration_dir, size=size, limit=max_images)
+    output = Path(output_path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="quantize-") as work:
+        prepared = Path(work) / "prepared.onnx"
+        # Shape inference and onnxruntime's basic graph optimizations first, as onnxruntime recommends.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        keep_float = float_nodes(onnx.load(str(prepared)))
+        partial = output.with_name(output.name + ".partial")
+        quantize_static(
+            str(prepared),
+            str(partial),
+            _data_reader(frames, input_name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy,
+            }[method],
+        )
+    quantized = onnx.load(str(partial))
+    del quantized.metadata_props[:]
+    for entry in original.metadata_props:  # class names, stride, image size: Ultralytics and the device read them
+        if entry.key != "precision":
+            quantized.metadata_props.add(key=entry.key, value=entry.value)
+    quantized.metadata_props.add(key="precision", value=INT8)  # the device reports it
+    onnx.save(quantized, str(partial))
+    qdq = sum(node.op_type in QDQ_OPS for node in quantized.graph.node)
+    if not qdq:
+        partial.unlink(missing_ok=True)
+        raise QuantizationError(f"{source}: no node was quantized (no convolution outside the decoding tail?)")
+    try:
+        agreement = compare_outputs(source, partial, frames[:check_frames])
+    except QuantizationError:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(output)
+    return QuantizationResult(
+        output=output,
+        calibration_images=len(frames),
+        method=method,
+        float_nodes=tuple(keep_float),
+        quantized_nodes=qdq,
+        agreement=agreement,
+    )
+
+
+def compare_outputs(fp32_path: str | Path, int8_path: str | Path, frames: Sequence[Any]) -> dict[str, float]:
+    """Run both models on the same letterboxed frames: how far the INT8 model's raw output is from FP32's.
+
+    Returns the largest absolute difference of any class score, the mean absolute difference of the box
+    coordinates (input pixels) of the boxes FP32 scores above 0.25, and the two models' largest scores.
+    Raises QuantizationError when the INT8 model does not load, or its output shape differs.
+    """
+    import numpy as np  # noqa: PLC0415
+    import onnxruntime  # noqa: PLC0415
+
+    sessions = []
+    for path in (fp32_path, int8_path):
+        try:
+            sessions.append(onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+        except Exception as error:  # onnxruntime's pybind exceptions
+            raise QuantizationError(f"{path}: onnxruntime cannot load the model ({error})") from None
+    input_name = sessions[0].get_inputs()[0].name
+    score_diff, box_diffs, top = 0.0, [], [0.0, 0.0]
+    for frame in frames:
+        reference, quantized = (np.asarray(s.run(None, {input_name: frame})[0]) for s in sessions)
+        if reference.shape != quantized.shape:
+            raise QuantizationError(
+                f"{int8_path}: output shape {list(quantized.shape)} differs from the FP32 model's "
+                f"{list(reference.shape)}"
+            )
+        scores, int8_scores = reference[0, 4:], quantized[0, 4:]
+        score_diff = max(score_diff, float(np.abs(scores - int8_scores).max(initial=0.0)))
+        top = [max(top[0], float(scores.max(initial=0.0))), max(top[1], float(int8_scores.max(initial=0.0)))]
+        confident = scores.max(axis=0) > 0.25
+        if confident.any():
+            box_diffs.append(float(np.abs(reference[0, :4, confident] - quantized[0, :4, confident]).mean()))
+    return {
+        "max_score_difference": score_diff,
+        "mean_box_difference_px": float(np.mean(box_diffs)) if box_diffs else 0.0,
+        "top_score_fp32": top[0],
+        "top_score_int8": top[1],
+        "frames": float(len(frames)),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation and the archive
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrecisionComparison:
+    """The INT8 model's test metrics beside the FP32 model's, on the same test split and thresholds."""
+
+    fp32: dict[str, float]
+    int8: dict[str, float]
+
+    @property
+    def map50_loss(self) -> float:
+        """FP32 mAP50 minus INT8 mAP50 (positive: INT8 is worse), in mAP units (0.01 = one point)."""
+        return self.fp32["mAP50"] - self.int8["mAP50"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fp32": dict(self.fp32),
+            "int8": dict(self.int8),
+            "loss": {name: self.fp32[name] - self.int8[name] for name in REQUIRED_METRICS},
+        }
+
+
+def evaluate_int8(
+    int8_path: str | Path,
+    dataset_dir: str | Path,
+    fp32_metrics: dict[str, float],
+    *,
+    image_size: int,
+    confidence_threshold: float,
+    iou_threshold: float,
+    work_dir: str | Path,
+) -> PrecisionComparison:
+    """Evaluate the INT8 model exactly as the FP32 model was (training.steps.evaluate, test split)."""
+    from training.steps.evaluate import evaluate_model  # noqa: PLC0415 - Ultralytics loads only when evaluating
+
+    report = evaluate_model(
+        int8_path,
+        dataset_dir,
+        image_size=image_size,
+        confidence_threshold=confidence_threshold,
+        iou_threshold=iou_threshold,
+        work_dir=work_dir,
+    )
+    return PrecisionComparison(fp32={k: fp32_metrics[k] for k in REQUIRED_METRICS}, int8=dict(report.metrics))
+
+
+def int8_variant(result: QuantizationResult, metrics: dict[str, float]) -> ModelVariant:
+    """model.json's `precisions.int8` entry for the INT8 file (at the archive root as INT8_MODEL_FILE)."""
+    variant = ModelVariant(
+        precision=INT8,
+        file=INT8_MODEL_FILE,
+        metrics={name: float(metrics[name]) for name in REQUIRED_METRICS},
+        details=result.details(),
+    )
+    variant.check()
+    return variant
+
+
+def add_int8_variant(archive: str | Path, int8_path: str | Path, variant: ModelVariant) -> Path:
+    """Rewrite `archive` (model.tar.gz) with the INT8 file added and model.json listing it with its metrics.
+
+    Every other member is kept as it was; the new archive replaces the old one only once it is complete.
+    """
+    from shared.contracts import ModelManifest  # noqa: PLC0415
+
+    path = Path(archive)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with tarfile.open(path, "r:gz") as source, tarfile.open(partial, "w:gz") as target:
+            members = source.getmembers()
+            names = {member.name.removeprefix("./"): member for member in members}
+            if MANIFEST_FILE not in names or MODEL_FILE not in names:
+                raise QuantizationError(f"{path}: no {MODEL_FILE} and {MANIFEST_FILE} at the archive root")
+            manifest_file = source.extractfile(names[MANIFEST_FILE])
+            assert manifest_file is not None
+            manifest = ModelManifest.from_json(json.loads(manifest_file.read())).with_variant(variant)
+            document = json.dumps(manifest.to_json(), indent=1).encode()
+            for member in members:
+                name = member.name.removeprefix("./")
+                if name == variant.file:
+                    continue  # replaced below
+                if name == MANIFEST_FILE:
+                    info = tarfile.TarInfo(MANIFEST_FILE)
+                    info.size, info.mode = len(document), 0o644
+                    target.addfile(info, io.BytesIO(document))
+                else:
+                    target.addfile(member, source.extractfile(member) if member.isfile() else None)
+            target.add(str(int8_path), arcname=variant.file)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class Int8Outcome:
+    quantization: QuantizationResult
+    comparison: PrecisionComparison
+    variant: ModelVariant
+    archive: Path
+
+    def to_json(self) -> dict[str, Any]:
+        """A report of the quantization (e.g. `quantization.json` beside evaluation.json)."""
+        return {
+            "file": self.variant.file,
+            **self.comparison.to_json(),
+            "details": self.quantization.details(),
+            "agreement_on_calibration_frames": dict(self.quantization.agreement),
+        }
+
+
+def quantize_evaluate_and_add(
+    archive: str | Path,
+    fp32_onnx: str | Path,
+    dataset_dir: str | Path,
+    *,
+    fp32_metrics: dict[str, float],
+    image_size: int,
+    confidence_threshold: float,
+    iou_threshold: float,
+    work_dir: str | Path,
+    calibration_split: str = "train",
+    max_images: int = DEFAULT_CALIBRATION_IMAGES,
+    method: str = "minmax",
+) -> Int8Outcome:
+    """Quantize on the prepared dataset's training images, evaluate on its test split, add to the archive.
+
+    The pipeline's evaluate step calls this after packaging the FP32 model: `archive` gains
+    `model.int8.onnx` and model.json its `precisions.int8` metrics (the device decides with them).
+    """
+    work = Path(work_dir)
+    result = quantize_model(
+        fp32_onnx,
+        Path(dataset_dir) / "images" / calibration_split,
+        work / INT8_MODEL_FILE,
+        max_images=max_images,
+        method=method,
+    )
+    comparison = evaluate_int8(
+        result.output,
+        dataset_dir,
+        fp32_metrics,
+        image_size=image_size,
+        confidence_threshold=confidence_threshold,
+        iou_threshold=iou_threshold,
+        work_dir=work / "evaluate-int8",
+    )
+    variant = int8_variant(result, comparison.int8)
+    return Int8Outcome(
+        quantization=result,
+        comparison=comparison,
+        variant=variant,
+        archive=add_int8_variant(archive, result.output, variant),
+    )
