@@ -205,20 +205,22 @@ def quantize_here(models: Models, calibration: Path, output: Path) -> None:
 
 def evaluate_both(models: Models, dataset: Path, output: Path) -> None:
     """Test mAP50 of both models on a prepared (YOLO layout) dataset's test split, as the pipeline evaluates."""
-    from training.steps.evaluate import evaluate_model
+    from training.steps.comparison import mean_average_precision
+    from training.steps.evaluate import score_images
+    from training.steps.prepare import PreparedDataset
 
     manifest_path = models.fp32.with_name("model.json")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     for precision, path in (("fp32", models.fp32), ("int8", models.int8)):
-        report = evaluate_model(
+        results, _ = score_images(
             path,
-            dataset,
+            PreparedDataset.load(dataset),
             image_size=int(manifest.get("input_size", 0)) or _input_size(path),
-            confidence_threshold=float(manifest.get("confidence_threshold", 0.25)),
             iou_threshold=float(manifest.get("iou_threshold", 0.45)),
             work_dir=output / f"evaluate-{precision}",
+            name=precision,
         )
-        models.map50[precision] = report.metrics["mAP50"]
+        models.map50[precision] = mean_average_precision(results)[0]
 
 
 def _input_size(model: Path) -> int:

@@ -781,6 +781,11 @@ class TrainingSettings(_Section):
     max_runtime_seconds: int = Field(default=86_400, ge=600, le=2_419_200, description="Training job limit.")
     onnx_opset: int = Field(default=17, ge=11, le=21)
     optimizer: Literal["SGD", "AdamW"] = Field(default="AdamW", description="Optimizer of every training run.")
+    quantize_int8: bool = Field(
+        default=True,
+        description="The evaluation also makes an INT8 model, scored on the same test images; the archive carries "
+        "both and the devices choose (edge_deployment.model_precision).",
+    )
     augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)

@@ -54,7 +54,7 @@ TRAINED_TRAINING_IMAGES = 96
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """Train, export, evaluate and package a tiny model (about half a minute on two cores), once."""
-    return _train(tmp_path_factory.mktemp("tiny-model"), TINY_TRAINING_IMAGES, TINY_EPOCHS, TINY_IMAGE_SIZE)
+    return _train(tmp_path_factory.mktemp("tiny-model"), TINY_TRAINING_IMAGES, TINY_EPOCHS, TINY_IMAGE_SIZE, int8=False)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +73,8 @@ def int8_trained_model(trained_model: TinyModel, tmp_path_factory: pytest.TempPa
     return quantize_model(trained_model.onnx_path, training_images, output, max_images=32).output
 
 
-def _train(root: Path, images: int, epochs: int, image_size: int) -> TinyModel:
+def _train(root: Path, images: int, epochs: int, image_size: int, *, int8: bool = True) -> TinyModel:
+    """`int8=False`: an FP32-only archive (the tiny model, also the shape of archives made before INT8)."""
     from shared.config import DEFAULT_CONFIG_FILE, load_settings
     from training.local import LocalRunOptions, run_local, write_synthetic_source
 
@@ -86,6 +87,7 @@ def _train(root: Path, images: int, epochs: int, image_size: int) -> TinyModel:
         batch_size=16,
         min_images=20,
         **SMALL_SPLITS,
+        quantize_int8=int8,
         device="cpu",
         workers=0,
     )

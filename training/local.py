@@ -91,6 +91,7 @@ class LocalRunOptions:
     confidence_threshold: float
     iou_threshold: float
     onnx_opset: int
+    quantize_int8: bool
     pretrained_weights: Path | None = None
     champion: Path | None = None  # an approved model's model.tar.gz to compare with
     device: str | None = None
@@ -288,8 +289,12 @@ def run_local(
         work_dir=work / "evaluate",
         champion=champion,
         training_summary=trained.onnx_path.parent / TRAINING_SUMMARY_FILE,
+        quantize_int8=options.quantize_int8,
     )
     report = evaluation.report
+    if report.int8 is not None:
+        int8 = report.int8
+        log(f"      INT8: {int8['error']}" if "error" in int8 else f"      INT8 mAP50 {int8['int8']['mAP50']:.4f}")
     intervals = report.intervals
     log(
         "      "

@@ -524,6 +524,8 @@ def evaluate_step(
             champion_output(chain, "champion_package_arn"),
             "--champion-model-url",
             champion_output(chain, "champion_model_url"),
+            "--quantize-int8",
+            str(training.quantize_int8).lower(),
         ],
         inputs=[
             _processing_input("model", model_uri),

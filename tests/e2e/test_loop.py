@@ -125,7 +125,8 @@ def test_the_approval_deploys_exactly_that_package_to_the_thing_group(loop, sett
     assert edge.inference_component_name in request["components"]
     configuration = loop.model_recipe["ComponentConfiguration"]["DefaultConfiguration"]
     assert configuration["modelPackageArn"] == package["ModelPackageArn"]
-    assert loop.model_files == ["model/model.json", "model/model.onnx"]
+    # the model component carries both precisions the training pipeline shipped; the device picks one
+    assert loop.model_files == ["model/model.int8.onnx", "model/model.json", "model/model.onnx"]
 
 
 def test_the_device_serves_the_model_and_sends_uncertain_frames_under_the_raw_image_prefix(loop, names, settings):

@@ -36,6 +36,9 @@ from training.steps.quantize import (
 )
 
 CALIBRATION_IMAGES = 16
+# The pipeline calibrates on up to 100 training images. On the trained fixture 16 left INT8's top score 0.07
+# below FP32's (measured), 64 keep it within 0.01: the accuracy check calibrates as the pipeline does.
+TRAINED_CALIBRATION_IMAGES = 64
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,7 @@ def test_the_int8_model_stays_close_to_fp32_on_the_same_frames(trained_model, tm
         trained_model.onnx_path,
         trained_model.run.prepared.root / "images" / "train",
         tmp_path / INT8_MODEL_FILE,
-        max_images=CALIBRATION_IMAGES,
+        max_images=TRAINED_CALIBRATION_IMAGES,
     )
     frames = frames_of([sample.path for sample in trained_model.samples], trained_model.input_size)
     agreement = compare_outputs(trained_model.onnx_path, result.output, frames)
@@ -320,3 +323,51 @@ def test_the_command_fails_with_a_message_naming_the_bad_folder(tmp_path, capsys
     assert f"error: calibration folder {tmp_path / 'empty'} has no readable image" in capsys.readouterr().err
     assert quantize_command.main(["--model", str(tmp_path / "none.onnx"), "--calibration", "x", "--output", "y"]) == 1
     assert "model " in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# The evaluation step ships both precisions
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_training_run_ships_int8_scored_on_the_same_test_images(trained_model):
+    run = trained_model.run
+    int8 = run.evaluation.int8
+    assert int8 is not None and "error" not in int8
+    assert int8["fp32"] == run.evaluation.metrics and set(int8["int8"]) == set(REQUIRED_METRICS)
+    paired = int8["int8_minus_fp32"]  # image by image on the very test images FP32 was scored on
+    assert paired["images"] == run.prepared.counts["test"]
+    assert paired["difference"]["mAP50"] == pytest.approx(int8["int8"]["mAP50"] - int8["fp32"]["mAP50"], abs=1e-9)
+    manifest, _, names = read_model_archive(run.archive)
+    assert INT8_MODEL_FILE in names and manifest.variant("int8").metrics == int8["int8"]
+    assert "<h2>INT8 model</h2>" in run.report_path.read_text()
+
+
+def test_a_model_that_cannot_be_quantized_ships_as_fp32_with_the_reason(tiny_model, tmp_path, monkeypatch):
+    from training.steps import quantize
+    from training.steps.evaluate import evaluate_and_package
+
+    def refuse(*_args, **_kwargs):
+        raise quantize.QuantizationError("calibration folder x holds no readable image")
+
+    monkeypatch.setattr(quantize, "quantize_model", refuse)
+    evaluation, archive = evaluate_and_package(
+        tiny_model.onnx_path,
+        tiny_model.run.prepared.root,
+        evaluation_dir=tmp_path / "evaluation",
+        package_dir=tmp_path / "package",
+        image_size=tiny_model.input_size,
+        confidence_threshold=0.25,
+        iou_threshold=0.45,
+        map50_95_threshold=0.5,
+        regression_margin=0.02,
+        onnx_opset=17,
+        work_dir=tmp_path / "work",
+        quantize_int8=True,
+    )
+    assert evaluation.report.int8 == {"error": "calibration folder x holds no readable image"}
+    manifest, _, names = read_model_archive(archive)
+    assert INT8_MODEL_FILE not in names and manifest.variant("int8") is None
+    page = (tmp_path / "evaluation" / "report" / "index.html").read_text()
+    assert "Not made: calibration folder x holds no readable image" in page

@@ -17,7 +17,7 @@ from training.steps.prepare import PreparedDataset
 from training.steps.train import TrainingError
 
 GATE = ["--map50-95-threshold", "0.5", "--regression-margin", "0.02"]
-NO_CHAMPION = ["--champion-package", "none", "--champion-model-url", "none"]
+NO_CHAMPION = ["--champion-package", "none", "--champion-model-url", "none", "--quantize-int8", "false"]
 MINIMUMS = ["--min-validation-images", "15", "--min-test-images", "30", "--min-test-defects", "20"]
 
 
@@ -103,7 +103,7 @@ def test_evaluate_unpacks_the_training_output_and_writes_report_and_archive(tiny
     arguments = ["evaluate", "--model", str(training_output), "--dataset", str(tiny_model.run.prepared.root)]
     arguments += ["--evaluation-output", str(tmp_path / "evaluation"), "--package-output", str(tmp_path / "package")]
     arguments += ["--confidence-threshold", "0.3", "--iou-threshold", "0.5", "--work", str(tmp_path / "work")]
-    arguments += [*GATE, "--champion-package", "none", "--champion-model-url", "none"]  # as the lookup answers
+    arguments += [*GATE, *NO_CHAMPION]  # as the lookup answers
     assert cli.main(arguments) == 0
     report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert report["input_size"] == 96  # what the model was trained and exported at (training.json)
@@ -124,7 +124,7 @@ def test_evaluate_fetches_the_champion_from_s3_and_names_it_when_it_cannot(tiny_
     package = "arn:aws:sagemaker:eu-west-1:123456789012:model-package/tag-inspect-scratch-detector/7"
     arguments = ["evaluate", "--model", str(tiny_model.run.output / "work" / "model")]
     arguments += ["--dataset", str(tiny_model.run.prepared.root), "--confidence-threshold", "0.25"]
-    arguments += ["--iou-threshold", "0.45", *GATE, "--champion-package", package]
+    arguments += ["--iou-threshold", "0.45", *GATE, "--champion-package", package, "--quantize-int8", "false"]
     outputs = ["--evaluation-output", str(tmp_path / "evaluation"), "--package-output", str(tmp_path / "package")]
     good = [*arguments, "--champion-model-url", "s3://models/pipeline-runs/e0/package/model.tar.gz"]
     assert cli.main([*good, *outputs, "--work", str(tmp_path / "work")]) == 0

@@ -188,6 +188,7 @@ def run_evaluate(args: argparse.Namespace, *, s3_client: Any = None) -> int:
         work_dir=work / "evaluate",
         champion=champion,
         training_summary=summary_path,
+        quantize_int8=args.quantize_int8 == "true",
     )
     print(
         json.dumps({"evaluation": evaluation.report.metrics, "gate": evaluation.report.gate, "archive": str(archive)})
@@ -251,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--regression-margin", type=float, required=True, help="allowed drop below the champion")
     evaluate.add_argument("--champion-package", required=True, help=f"approved model package ARN, or {NO_CHAMPION}")
     evaluate.add_argument("--champion-model-url", required=True, help=f"its model.tar.gz (s3://), or {NO_CHAMPION}")
+    evaluate.add_argument("--quantize-int8", choices=["true", "false"], required=True, help="also ship an INT8 model")
     evaluate.add_argument("--work", default="/tmp/evaluation")  # noqa: S108
     return root
 

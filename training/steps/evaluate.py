@@ -33,7 +33,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shared.contracts import MANIFEST_FILE, MODEL_FILE, REQUIRED_METRICS, ContractError, ModelManifest, SplitStatistics
+from shared.contracts import (
+    INT8_MODEL_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    REQUIRED_METRICS,
+    ContractError,
+    ModelManifest,
+    ModelVariant,
+    SplitStatistics,
+)
 from training.steps import comparison
 from training.steps.comparison import Comparison, ImageResult, Score
 from training.steps.dataset import DatasetError
@@ -219,6 +228,7 @@ class EvaluationReport:
     comparison: dict[str, Any] | None = None
     bootstrap: dict[str, Any] = field(default_factory=dict)
     registry_metadata: dict[str, str] = field(default_factory=dict)  # the model package's metadata (strings)
+    int8: dict[str, Any] | None = None  # the INT8 model's metrics beside FP32's, or why there is none
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -241,6 +251,7 @@ class EvaluationReport:
             "comparison": self.comparison,
             "bootstrap": dict(self.bootstrap),
             "registry_metadata": dict(self.registry_metadata),
+            "int8": self.int8,
         }
 
     @classmethod
@@ -266,6 +277,7 @@ class EvaluationReport:
             comparison=raw.get("comparison"),
             bootstrap=dict(raw.get("bootstrap", {})),
             registry_metadata={str(k): str(v) for k, v in raw.get("registry_metadata", {}).items()},
+            int8=raw.get("int8"),
         )
 
     @property
@@ -591,8 +603,14 @@ def evaluate_and_package(
     work_dir: str | Path,
     champion: ChampionModel | None = None,
     training_summary: str | Path | None = None,
+    quantize_int8: bool = False,
 ) -> tuple[Evaluation, Path]:
-    """The pipeline's Evaluate step: `evaluation.json` and `report/` in one folder, `model.tar.gz` in the other."""
+    """The pipeline's Evaluate step: `evaluation.json` and `report/` in one folder, `model.tar.gz` in the other.
+
+    With `quantize_int8`, the model is also quantized to INT8 (calibrated on the training images) and scored
+    on the same test images; the archive then carries both files, model.json both sets of metrics, and the
+    device picks one. A model that cannot be quantized ships as FP32 only, with the reason in the report.
+    """
     from training.steps.report import write_html_report  # noqa: PLC0415 - plotting only where a report is written
 
     evaluation = evaluate_model(
@@ -608,8 +626,14 @@ def evaluate_and_package(
     )
     summary = Path(training_summary) if training_summary else None
     trained_with = json.loads(summary.read_text(encoding="utf-8")).get("config", {}) if summary else {}
+    int8_report, int8_variant, int8_file = None, None, None
+    if quantize_int8:
+        int8_report, int8_variant, int8_file = _quantize(onnx_path, evaluation, image_size, Path(work_dir) / "int8")
     evaluation = replace(
-        evaluation, report=replace(evaluation.report, registry_metadata=registry_metadata(evaluation, trained_with))
+        evaluation,
+        report=replace(
+            evaluation.report, registry_metadata=registry_metadata(evaluation, trained_with), int8=int8_report
+        ),
     )
     report_path = write_evaluation(evaluation.report, evaluation_dir)
     write_html_report(evaluation, Path(evaluation_dir) / "report", training_summary=summary)
@@ -619,10 +643,37 @@ def evaluate_and_package(
     }
     if summary is not None:
         extras[TRAINING_SUMMARY_FILE] = summary
-    archive = build_model_archive(
-        onnx_path,
-        model_manifest(evaluation.report, onnx_opset=onnx_opset),
-        Path(package_dir) / ARCHIVE_FILE,
-        extra_files=extras,
-    )
+    manifest = model_manifest(evaluation.report, onnx_opset=onnx_opset)
+    if int8_variant is not None and int8_file is not None:
+        manifest = manifest.with_variant(int8_variant)
+        extras[int8_variant.file] = int8_file
+    archive = build_model_archive(onnx_path, manifest, Path(package_dir) / ARCHIVE_FILE, extra_files=extras)
     return evaluation, archive
+
+
+def _quantize(
+    onnx_path: str | Path, evaluation: Evaluation, image_size: int, work: Path
+) -> tuple[dict[str, Any], ModelVariant | None, Path | None]:
+    """INT8 model of the new one: (what the report says, model.json's entry, the file), or why there is none."""
+    from training.steps import quantize  # noqa: PLC0415 - onnxruntime's quantization tools only when used
+
+    dataset = evaluation.dataset
+    try:
+        result = quantize.quantize_model(onnx_path, dataset.root / "images" / "train", work / INT8_MODEL_FILE)
+        compared = quantize.evaluate_int8(
+            result.output,
+            dataset.root,
+            evaluation.report.metrics,
+            image_size=image_size,
+            confidence_threshold=evaluation.report.confidence_threshold,
+            iou_threshold=evaluation.report.iou_threshold,
+            work_dir=work / "evaluate",
+            fp32_results=evaluation.challenger.results,
+        )
+    except quantize.QuantizationError as error:
+        return {"error": str(error)}, None, None
+    return (
+        {"file": INT8_MODEL_FILE, **compared.to_json(), "details": result.details()},
+        quantize.int8_variant(result, compared.int8),
+        result.output,
+    )

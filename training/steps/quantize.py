@@ -320,10 +320,12 @@ def compare_outputs(fp32_path: str | Path, int8_path: str | Path, frames: Sequen
 
 @dataclass(frozen=True)
 class PrecisionComparison:
-    """The INT8 model's test metrics beside the FP32 model's, on the same test split and thresholds."""
+    """The INT8 model's test metrics beside the FP32 model's, on the same test images and thresholds, and
+    (given FP32's per-image results) the paired difference INT8 - FP32 with its 95% interval."""
 
     fp32: dict[str, float]
     int8: dict[str, float]
+    paired: dict[str, Any] | None = None
 
     @property
     def map50_loss(self) -> float:
@@ -335,6 +337,7 @@ class PrecisionComparison:
             "fp32": dict(self.fp32),
             "int8": dict(self.int8),
             "loss": {name: self.fp32[name] - self.int8[name] for name in REQUIRED_METRICS},
+            "int8_minus_fp32": self.paired,
         }
 
 
@@ -347,19 +350,27 @@ def evaluate_int8(
     confidence_threshold: float,
     iou_threshold: float,
     work_dir: str | Path,
+    fp32_results: Sequence[Any] | None = None,
 ) -> PrecisionComparison:
-    """Evaluate the INT8 model exactly as the FP32 model was (training.steps.evaluate, test split)."""
-    from training.steps.evaluate import evaluate_model  # noqa: PLC0415 - Ultralytics loads only when evaluating
+    """Score the INT8 model exactly as the FP32 model was (training.steps.evaluate, the test split); with
+    FP32's per-image results, the two are compared image by image (a paired bootstrap)."""
+    from training.steps import comparison  # noqa: PLC0415 - Ultralytics loads only when evaluating
+    from training.steps.evaluate import score_images  # noqa: PLC0415
+    from training.steps.prepare import PreparedDataset  # noqa: PLC0415
 
-    report = evaluate_model(
+    results, _ = score_images(
         int8_path,
-        dataset_dir,
+        PreparedDataset.load(dataset_dir),
         image_size=image_size,
-        confidence_threshold=confidence_threshold,
         iou_threshold=iou_threshold,
         work_dir=work_dir,
+        name="int8",
     )
-    return PrecisionComparison(fp32={k: fp32_metrics[k] for k in REQUIRED_METRICS}, int8=dict(report.metrics))
+    map50, map50_95 = comparison.mean_average_precision(results)
+    precision, recall = comparison.precision_recall_at(results, confidence_threshold)
+    int8 = {"precision": precision, "recall": recall, "mAP50": map50, "mAP50-95": map50_95}
+    paired = comparison.compare(results, list(fp32_results)).to_json() if fp32_results else None
+    return PrecisionComparison(fp32={k: fp32_metrics[k] for k in REQUIRED_METRICS}, int8=int8, paired=paired)
 
 
 def int8_variant(result: QuantizationResult, metrics: dict[str, float]) -> ModelVariant:
@@ -441,6 +452,7 @@ def quantize_evaluate_and_add(
     calibration_split: str = "train",
     max_images: int = DEFAULT_CALIBRATION_IMAGES,
     method: str = "minmax",
+    fp32_results: Sequence[Any] | None = None,
 ) -> Int8Outcome:
     """Quantize on the prepared dataset's training images, evaluate on its test split, add to the archive.
 
@@ -463,6 +475,7 @@ def quantize_evaluate_and_add(
         confidence_threshold=confidence_threshold,
         iou_threshold=iou_threshold,
         work_dir=work / "evaluate-int8",
+        fp32_results=fp32_results,
     )
     variant = int8_variant(result, comparison.int8)
     return Int8Outcome(

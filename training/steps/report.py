@@ -312,6 +312,33 @@ figure img { max-width: 100%; }
 """
 
 
+def _int8_section(int8: dict[str, Any] | None) -> str:
+    """The INT8 model beside the FP32 one (same test images), or why the archive carries FP32 only."""
+    if int8 is None:
+        return ""
+    if "error" in int8:
+        return f"<h2>INT8 model</h2><p>Not made: {html.escape(str(int8['error']))}. The devices run the FP32 model.</p>"
+    names = ("mAP50", "mAP50-95", "precision", "recall")
+    rows = "".join(
+        f"<tr><th>{name}</th><td>{int8['fp32'][name]:.3f}</td><td>{int8['int8'][name]:.3f}</td>"
+        f"<td>{int8['int8'][name] - int8['fp32'][name]:+.3f}</td></tr>"
+        for name in names
+    )
+    paired = int8.get("int8_minus_fp32") or {}
+    interval = (paired.get("intervals") or {}).get("mAP50")
+    note = (
+        f"<p>INT8 minus FP32, mAP50 on the same images: 95% interval {interval[0]:+.3f} to {interval[1]:+.3f}. "
+        "The devices serve INT8 when it loses no more mAP50 than they are configured to accept.</p>"
+        if interval
+        else ""
+    )
+    return (
+        "<h2>INT8 model</h2><p>Quantized for the devices' CPUs (calibrated on the training images), scored on the "
+        "same test images.</p><table><tr><th></th><th>FP32</th><th>INT8</th><th>INT8 - FP32</th></tr>"
+        f"{rows}</table>{note}"
+    )
+
+
 def _legend() -> str:
     names = {"label": "label", "correct": "found", "missed": "missed", "false alarm": "false alarm"}
     return "".join(f'<span style="border-color: rgb{_BOX[kind]}">{text}</span>' for kind, text in names.items())
@@ -381,6 +408,7 @@ bootstrap over test images ({report.bootstrap.get("samples")} draws).</p>
 {_model_rows(models)}
 {compared}
 <img src="comparison.png" alt="mAP with intervals">
+{_int8_section(report.int8)}
 <h2>Precision and recall</h2>
 <p>The dot is where the device works: detections at or above the deployment confidence threshold.</p>
 <img src="precision_recall.png" alt="precision-recall curve">
