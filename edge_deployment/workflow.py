@@ -20,7 +20,6 @@ by `workflow_state_machine`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -38,8 +37,9 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from edge_deployment.fleet import DeviceFleet, resource_finding
+from edge_deployment.function_config import function_environment
 from edge_deployment.naming import EdgeNames
-from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY, RolloutPolicy
+from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY
 from shared.building_blocks import (
     EventDeadLetters,
     grant_key_by_alias,
@@ -112,21 +112,6 @@ def runtime_bundle() -> Path:
     return target
 
 
-def rollout_policy(settings: Settings) -> RolloutPolicy:
-    rollout = settings.edge_deployment.rollout
-    return RolloutPolicy(
-        base_rate_per_minute=rollout.base_rate_per_minute,
-        increment_factor=rollout.increment_factor,
-        notified_things_per_step=rollout.notified_things_per_step,
-        maximum_per_minute=rollout.maximum_per_minute,
-        abort_failure_percentage=rollout.abort_failure_percentage,
-        abort_min_executed_things=rollout.abort_min_executed_things,
-        job_timeout_minutes=rollout.job_timeout_minutes,
-        component_update_timeout_seconds=rollout.component_update_timeout_seconds,
-        max_wait_minutes=rollout.max_wait_minutes,
-    )
-
-
 def model_approved_pattern(*, group_name: str) -> events.EventPattern:
     """Approved packages of this group only: a merely registered (pending) package does not match."""
     return events.EventPattern(
@@ -155,7 +140,9 @@ class DeploymentWorkflow(Construct):
         edge = settings.edge_deployment
         retention = log_retention(settings.toolchain.log_retention_days)
         code = runtime_bundle()
-        rollout_json = json.dumps(rollout_policy(settings).to_json(), sort_keys=True)
+        environment = function_environment(
+            settings, names=names, shared_names=shared_names, component_bucket=fleet.bucket.bucket_name
+        )
 
         self.resolve_function = python_function(
             self,
@@ -163,24 +150,16 @@ class DeploymentWorkflow(Construct):
             code_dir=code,
             handler="index.resolve",
             description="Edge workflow step 1: the model package to deploy",
-            environment={"MODEL_PACKAGE_GROUP": shared_names.model_package_group},
+            environment=environment,
             log_retention=retention,
         )
-        max_archive_bytes = edge.max_model_archive_mb * 1024 * 1024
         self.prepare_function = python_function(
             self,
             "PrepareModelFunction",
             code_dir=code,
             handler="index.prepare_model",
             description="Edge workflow step 2: validate the model archive, create the model component version",
-            environment={
-                "MODEL_COMPONENT_NAME": edge.model_component_name,
-                "COMPONENT_BUCKET": fleet.bucket.bucket_name,
-                "MODEL_BUCKET": shared_names.model_bucket,
-                "MODEL_ARCHIVE_PREFIX": MODEL_ARCHIVE_PREFIX,
-                "MAX_ARCHIVE_BYTES": str(max_archive_bytes),
-                "CLASS_NAMES": json.dumps(list(settings.project.class_names)),
-            },
+            environment=environment,
             timeout=cdk.Duration.minutes(15),
             memory_size=1024,
             log_retention=retention,
@@ -197,12 +176,7 @@ class DeploymentWorkflow(Construct):
             code_dir=code,
             handler="index.create_deployment",
             description="Edge workflow step 3: the Greengrass deployment to the thing group",
-            environment={
-                "THING_GROUP_NAME": edge.thing_group_name,
-                "DEPLOYMENT_NAME": names.deployment_name,
-                "ROLLOUT": rollout_json,
-                "MODEL_PACKAGE_GROUP": shared_names.model_package_group,
-            },
+            environment=environment,
             timeout=cdk.Duration.minutes(2),
             log_retention=retention,
         )
@@ -212,13 +186,7 @@ class DeploymentWorkflow(Construct):
             code_dir=code,
             handler="index.check_rollout",
             description="Edge workflow step 4: one look at the rollout's IoT job (the state machine waits between)",
-            environment={
-                "THING_GROUP_NAME": edge.thing_group_name,
-                "DEPLOYMENT_NAME": names.deployment_name,
-                "ROLLOUT": rollout_json,
-                "MODEL_PACKAGE_GROUP": shared_names.model_package_group,
-                "MODEL_COMPONENT_NAME": edge.model_component_name,
-            },
+            environment=environment,
             timeout=cdk.Duration.minutes(2),
             log_retention=retention,
         )

@@ -1,14 +1,14 @@
 """Lambda entry points of the edge deployment workflow: thin wrappers over the plain functions.
 
-Each handler reads its settings from the environment, builds its clients (with backoff), calls one
-plain function and returns JSON for the state machine. Errors keep their type name, which the
-state machine sees as the error name: `TransientError` is retried, input errors are not.
+Each handler reads the deployment's settings once from EDGE_DEPLOYMENT_CONFIG (`config.py`), builds its
+clients (with backoff), calls one plain function and returns JSON for the state machine. Errors keep
+their type name, which the state machine sees as the error name: `TransientError` is retried, input
+errors are not.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
@@ -18,15 +18,14 @@ from aws_lambda_powertools import Logger
 from edge_deployment.runtime.aws import DeploymentInputError, account_of, client, component_arn, thing_group_arn
 from edge_deployment.runtime.components import (
     VERSION_PLACEHOLDER,
-    ModelComponentSettings,
     inference_component_version,
     prepare_model_component,
     publish_inference_component,
     render_recipe_template,
 )
+from edge_deployment.runtime.config import EdgeDeploymentConfig
 from edge_deployment.runtime.deployment import (
     REDEPLOY,
-    RolloutPolicy,
     client_token,
     create_or_reuse_deployment,
     deployment_request,
@@ -45,11 +44,8 @@ from edge_deployment.runtime.model_package import (
 logger = Logger()
 
 
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise RuntimeError(f"environment variable {name} is not set")
-    return value
+def _config() -> EdgeDeploymentConfig:
+    return EdgeDeploymentConfig.from_environment()
 
 
 def _now() -> datetime:
@@ -59,7 +55,7 @@ def _now() -> datetime:
 @logger.inject_lambda_context(log_event=True)
 def resolve(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Step 1. Input: the state machine input (`modelPackageArn` from the approval event, or nothing)."""
-    group = _env("MODEL_PACKAGE_GROUP")
+    group = _config().model_package_group
     detail = event.get("detail") or {}
     arn = event.get("modelPackageArn") or detail.get("ModelPackageArn")
     named_group = event.get("modelPackageGroupName") or detail.get("ModelPackageGroupName")
@@ -76,29 +72,18 @@ def resolve(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @logger.inject_lambda_context(log_event=True)
 def prepare_model(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Step 2. Input: `{"package": {...}}` from step 1. Output: the model component version."""
+    config = _config()
     partition, region, account = account_of(context.invoked_function_arn)
-    settings = ModelComponentSettings(
-        component_name=_env("MODEL_COMPONENT_NAME"),
-        bucket=_env("COMPONENT_BUCKET"),
-        model_bucket=_env("MODEL_BUCKET"),
-        model_archive_prefix=_env("MODEL_ARCHIVE_PREFIX"),
-        max_archive_bytes=int(_env("MAX_ARCHIVE_BYTES")),
-        class_names=json.loads(_env("CLASS_NAMES")),
-        partition=partition,
-        region=region,
-        account=account,
-    )
+    settings = config.model_component(partition=partition, region=region, account=account)
     package = ModelPackage.from_json(event["package"])
     return prepare_model_component(
         s3=client("s3"), greengrass=client("greengrassv2"), package=package, settings=settings
     )
 
 
-def _still_newest(package: dict[str, Any]) -> bool:
-    """Whether no approved package of the group is newer than `package` (asked at the moment of use)."""
-    newer = newer_approved_package(
-        client("sagemaker"), group_name=_env("MODEL_PACKAGE_GROUP"), version=int(package["version"])
-    )
+def _still_newest(package: dict[str, Any], *, group: str) -> bool:
+    """Whether no approved package of `group` is newer than `package` (asked at the moment of use)."""
+    newer = newer_approved_package(client("sagemaker"), group_name=group, version=int(package["version"]))
     return newer is None
 
 
@@ -117,11 +102,12 @@ def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     Right before creating, a package that a newer approved one overtook deploys nothing (`superseded`).
     """
+    config = _config()
     partition, region, account = account_of(context.invoked_function_arn)
-    group = _env("THING_GROUP_NAME")
+    group = config.thing_group_name
     package = event["package"]
     newer = newer_approved_package(
-        client("sagemaker"), group_name=_env("MODEL_PACKAGE_GROUP"), version=int(package["version"])
+        client("sagemaker"), group_name=config.model_package_group, version=int(package["version"])
     )
     if newer is not None:
         superseded = superseded_result(package, newer, thing_group=group)
@@ -131,9 +117,9 @@ def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
     components = {model["name"]: model["version"], inference["name"]: inference["version"]}
     request = deployment_request(
         thing_group_arn=thing_group_arn(partition=partition, region=region, account=account, name=group),
-        deployment_name=_env("DEPLOYMENT_NAME"),
+        deployment_name=config.deployment_name,
         components=components,
-        rollout=RolloutPolicy.from_json(json.loads(_env("ROLLOUT"))),
+        rollout=config.rollout,
         # A retried call of one attempt creates one deployment; a new attempt (REDEPLOY) creates a new one.
         client_token=client_token(
             str(event.get("executionId", "")),
@@ -149,17 +135,17 @@ def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @logger.inject_lambda_context(log_event=True)
 def check_rollout(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Step 4, one poll. Input: `{"deployment": {...}, "package": {...}}`. Output: finished? and the report."""
-    policy = RolloutPolicy.from_json(json.loads(_env("ROLLOUT")))
+    config = _config()
     package = event.get("package") or {}
     status = rollout_status(
         client("greengrassv2"),
         client("iot"),
         deployment=event["deployment"],
-        policy=policy,
+        policy=config.rollout,
         now=_now(),
-        thing_group=_env("THING_GROUP_NAME"),
-        model_component=_env("MODEL_COMPONENT_NAME"),
-        still_newest=lambda: _still_newest(package),
+        thing_group=config.thing_group_name,
+        model_component=config.model_component_name,
+        still_newest=lambda: _still_newest(package, group=config.model_package_group),
         older_runs=_older_runs(event),
     )
     if status["outcome"] == REDEPLOY:
@@ -171,8 +157,8 @@ def check_rollout(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 status,
                 deployment=event["deployment"],
                 package=package,
-                thing_group=_env("THING_GROUP_NAME"),
-                deployment_name=_env("DEPLOYMENT_NAME"),
+                thing_group=config.thing_group_name,
+                deployment_name=config.deployment_name,
             )
         )
         logger.info(status["subject"], extra={"rollout": status})

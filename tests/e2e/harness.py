@@ -52,6 +52,8 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 from moto.events.models import EventPattern
 
+from edge_deployment.runtime.config import ENVIRONMENT_VARIABLE as EDGE_CONFIG_VARIABLE
+from edge_deployment.runtime.config import EdgeDeploymentConfig
 from labeling.functions import HANDLERS
 from labeling.runtime.config import LabelingConfig
 from labeling.runtime.ground_truth import load_task_ui
@@ -99,7 +101,7 @@ class Wiring:
     apps: Apps
     labeling: LabelingConfig  # the labeling functions' LABELING_CONFIG
     pipeline: dict[str, Any]  # the training pipeline's definition as deployed
-    edge_environment: dict[str, dict[str, str]]  # edge handler -> its environment variables
+    edge: EdgeDeploymentConfig  # the edge workflow functions' EDGE_DEPLOYMENT_CONFIG
     inference_recipe: dict[str, Any]  # the inference component version's recipe (the device's configuration)
     archive_drops: tuple[str, ...] = ()  # files the training packaging would leave out of model.tar.gz
 
@@ -125,6 +127,9 @@ def wiring(apps: Apps) -> Wiring:
         apps.training_workflow.render(pipeline["Properties"]["PipelineDefinition"])["PipelineDefinitionBody"]
     )
     edge = apps.edge_workflow
+    edge_configs = {edge.environment(f"index.{h}")[EDGE_CONFIG_VARIABLE] for h in EDGE_HANDLERS}
+    if len(edge_configs) != 1:
+        raise LoopBroken(f"the edge workflow functions run with {len(edge_configs)} different configurations")
     ((resource_id, resource),) = edge.of_type(INFERENCE_VERSION_RESOURCE).items()
     properties = edge.render(resource["Properties"])
     # What the custom resource's function computes at deploy time (edge_deployment.runtime.handlers).
@@ -136,7 +141,7 @@ def wiring(apps: Apps) -> Wiring:
         apps=apps,
         labeling=LabelingConfig.from_json(configs.pop()),
         pipeline=definition,
-        edge_environment={h: edge.environment(f"index.{h}") for h in EDGE_HANDLERS},
+        edge=EdgeDeploymentConfig.from_json(edge_configs.pop()),
         inference_recipe=render_recipe_template(properties["RecipeTemplate"], version),
     )
 
@@ -484,8 +489,8 @@ class Loop:
 
         greengrass = boto3.client("greengrassv2", region_name=REGION)
         iot = boto3.client("iot", region_name=REGION)
-        environment = self.wiring.edge_environment
-        component = environment["prepare_model"]["MODEL_COMPONENT_NAME"]
+        edge_config = self.wiring.edge
+        component = edge_config.model_component_name
         version = model_component_version(int(self.result.model_package["ModelPackageVersion"]))
         arn = component_arn(partition=PARTITION, region=REGION, account=ACCOUNT, name=component, version=version)
         now = datetime.now(UTC)
@@ -542,8 +547,7 @@ class Loop:
         def call_lambda(resource: str, payload: dict[str, Any]) -> Any:
             handler = by_arn[resource]
             with pytest.MonkeyPatch.context() as patch:
-                for name, value in environment[handler].items():
-                    patch.setenv(name, value)
+                patch.setenv(EDGE_CONFIG_VARIABLE, edge_config.to_json())
                 patch.setattr(handlers, "client", lambda service, region=None: clients[service])
                 return getattr(handlers, handler)(payload, LambdaContext(handler, resource))
 

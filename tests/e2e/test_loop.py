@@ -177,10 +177,8 @@ def _export_argument(wired: Wiring, option: str, value: str) -> Wiring:
     return dataclasses.replace(wired, pipeline=pipeline)
 
 
-def _edge_environment(wired: Wiring, handler: str, **changes: str) -> Wiring:
-    environment = copy.deepcopy(wired.edge_environment)
-    environment[handler].update(changes)
-    return dataclasses.replace(wired, edge_environment=environment)
+def _edge_config(wired: Wiring, **changes: Any) -> Wiring:
+    return dataclasses.replace(wired, edge=dataclasses.replace(wired.edge, **changes))
 
 
 DRIFTS: list[Any] = [
@@ -205,7 +203,7 @@ DRIFTS: list[Any] = [
         id="feature-group-name-in-training",
     ),
     pytest.param(
-        lambda w: _edge_environment(w, "resolve", MODEL_PACKAGE_GROUP="tag-inspect-detector"),
+        lambda w: _edge_config(w, model_package_group="tag-inspect-detector"),
         r"edge deployment workflow: WrongModelPackageGroup: .*'tag-inspect-detector'",
         id="model-package-group-in-edge",
     ),

@@ -8,6 +8,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from edge_deployment.function_config import rollout_policy
 from edge_deployment.runtime.deployment import (
     ABORTED,
     CANCELED,
@@ -24,7 +25,6 @@ from edge_deployment.runtime.deployment import (
     rollout_status,
     superseded_result,
 )
-from edge_deployment.workflow import rollout_policy
 from tests.edge_deployment.conftest import ACCOUNT, REGION
 
 GROUP_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/tag-inspection-line-1"

@@ -10,11 +10,13 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from edge_deployment.function_config import rollout_policy
 from edge_deployment.runtime import handlers
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version
+from edge_deployment.runtime.config import ENVIRONMENT_VARIABLE, EdgeDeploymentConfig
 from edge_deployment.runtime.model_package import WrongModelPackageGroup
-from edge_deployment.workflow import rollout_policy
-from tests.edge_deployment.conftest import ACCOUNT, GROUP, NEWEST_APPROVED_QUERY, REGION
+from shared.names import MODEL_ARCHIVE_PREFIX
+from tests.edge_deployment.conftest import ACCOUNT, GROUP, MODEL_BUCKET, NEWEST_APPROVED_QUERY, REGION
 
 FUNCTION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:tag-inspect-edge-step"
 
@@ -43,16 +45,20 @@ def clients(monkeypatch):
 
 @pytest.fixture
 def environment(monkeypatch, settings):
-    values = {
-        "MODEL_PACKAGE_GROUP": GROUP,
-        "THING_GROUP_NAME": "tag-inspection-line-1",
-        "DEPLOYMENT_NAME": "tag-inspection-line-1",
-        "ROLLOUT": json.dumps(rollout_policy(settings).to_json()),
-        "MODEL_COMPONENT_NAME": "com.example.tag-inspection.ScratchModel",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
+    config = EdgeDeploymentConfig(
+        model_package_group=GROUP,
+        thing_group_name="tag-inspection-line-1",
+        deployment_name="tag-inspection-line-1",
+        model_component_name="com.example.tag-inspection.ScratchModel",
+        component_bucket=f"tag-inspect-edge-components-{ACCOUNT}-{REGION}",
+        model_bucket=MODEL_BUCKET,
+        model_archive_prefix=MODEL_ARCHIVE_PREFIX,
+        max_archive_bytes=512 * 1024 * 1024,
+        class_names=("scratch",),
+        rollout=rollout_policy(settings),
+    )
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, config.to_json())
+    return config
 
 
 def test_an_event_for_another_group_fails_before_any_call(clients, environment):

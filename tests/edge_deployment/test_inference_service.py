@@ -31,14 +31,9 @@ from edge_deployment.components.inference.inspector.feedback import (
     UploadError,
     wait_for,
 )
+from edge_deployment.components.inference.inspector.frame_sources import PROCESSED_DIR, REJECTED_DIR
 from edge_deployment.components.inference.inspector.greengrass import GreengrassIpc, IpcError
-from edge_deployment.components.inference.inspector.service import (
-    PROCESSED_DIR,
-    REJECTED_DIR,
-    DeviceContext,
-    InferenceService,
-    create_service,
-)
+from edge_deployment.components.inference.inspector.service import DeviceContext, InferenceService, create_service
 from tests.edge_deployment.device_support import (
     MODEL_COMPONENT,
     THING,
@@ -899,19 +894,19 @@ def test_a_frame_that_cannot_be_moved_off_a_full_disk_stays_and_is_served_once(
 ) -> None:
     import errno
 
-    from edge_deployment.components.inference.inspector import service as service_module
+    from edge_deployment.components.inference.inspector import frame_sources
 
     device = Device(tmp_path, uncertaintyBand=[0.3, 0.7], confidentSampleRate=0.0, keepProcessedFrames=True)
     device.deploy_model("1.0.1", lambda d: score_model(d, 0.9))
     service = device.service()
-    replace = service_module.os.replace
+    replace = frame_sources.os.replace
 
     def disk_full(source: Any, destination: Any) -> None:
         if Path(destination).parent.name == "processed":
             raise OSError(errno.ENOSPC, "No space left on device")
         replace(source, destination)
 
-    monkeypatch.setattr(service_module.os, "replace", disk_full)
+    monkeypatch.setattr(frame_sources.os, "replace", disk_full)
     stuck = device.drop("stuck.jpg", jpeg(tag()))
     service.step()
     service.step()  # the next pass does not serve it again

@@ -15,6 +15,7 @@ from cfnlint.api import ManualArgs, lint_file
 from moto import mock_aws
 
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version, render_recipe_template
+from edge_deployment.runtime.config import ENVIRONMENT_VARIABLE, EdgeDeploymentConfig
 from shared.names import MODEL_ARCHIVE_PREFIX
 from tests.edge_deployment.conftest import GROUP, REGION
 from tests.edge_deployment.recipes import recipe_problems
@@ -46,6 +47,13 @@ def _by_prefix(template: dict[str, Any], resource_type: str, prefix: str) -> tup
     ]
     assert len(found) == 1, (prefix, [lid for lid, _ in found])
     return found[0]
+
+
+def _function_config(function: dict[str, Any]) -> EdgeDeploymentConfig:
+    """The settings a workflow function runs with (a bucket it references reads `${LogicalId}`)."""
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert {name for name in variables if not name.startswith("POWERTOOLS_")} == {ENVIRONMENT_VARIABLE}
+    return EdgeDeploymentConfig.from_json(render_token(variables[ENVIRONMENT_VARIABLE], {}))
 
 
 def _text(value: Any) -> str:
@@ -295,25 +303,28 @@ def test_the_prepare_function_reads_only_the_model_archives_training_writes(work
         if "models" in _text(resource)
     ]
     assert reads == ["arn:aws:s3:::tag-inspect-models-123456789012-eu-west-1/pipeline-runs/*"]
-    assert function["Properties"]["Environment"]["Variables"]["MODEL_ARCHIVE_PREFIX"] == MODEL_ARCHIVE_PREFIX
+    assert _function_config(function).model_archive_prefix == MODEL_ARCHIVE_PREFIX
 
 
 def test_the_functions_get_their_settings_from_the_configuration(workflow_stack, settings):
     template = workflow_stack.template
     edge = settings.edge_deployment
-    environment = {
-        prefix: _by_prefix(template, "AWS::Lambda::Function", prefix)[1]["Properties"]["Environment"]["Variables"]
+    configs = {
+        prefix: _function_config(_by_prefix(template, "AWS::Lambda::Function", prefix)[1])
         for prefix in FUNCTION_CALLS
         if prefix.startswith("Workflow")
     }
-    assert environment["WorkflowResolveFunction"]["MODEL_PACKAGE_GROUP"] == GROUP
-    prepare = environment["WorkflowPrepareModelFunction"]
-    assert prepare["MODEL_COMPONENT_NAME"] == edge.model_component_name
-    assert prepare["MAX_ARCHIVE_BYTES"] == str(edge.max_model_archive_mb * 1024 * 1024)
-    assert json.loads(prepare["CLASS_NAMES"]) == settings.project.class_names
-    rollout = json.loads(environment["WorkflowCreateDeploymentFunction"]["ROLLOUT"])
-    assert rollout["abort_failure_percentage"] == edge.rollout.abort_failure_percentage
-    assert environment["WorkflowCreateDeploymentFunction"]["DEPLOYMENT_NAME"] == edge.effective_deployment_name
+    assert len(set(configs.values())) == 1, "every function of the workflow runs with the same settings"
+    assert configs["WorkflowResolveFunction"].model_package_group == GROUP
+    prepare = configs["WorkflowPrepareModelFunction"]
+    assert prepare.model_component_name == edge.model_component_name
+    assert prepare.max_archive_bytes == edge.max_model_archive_mb * 1024 * 1024
+    assert list(prepare.class_names) == settings.project.class_names
+    rollout = configs["WorkflowCreateDeploymentFunction"].rollout
+    assert rollout.abort_failure_percentage == edge.rollout.abort_failure_percentage
+    assert configs["WorkflowCreateDeploymentFunction"].deployment_name == edge.effective_deployment_name
+    bucket_id, _ = _by_prefix(template, "AWS::S3::Bucket", "FleetComponentBucket")
+    assert prepare.component_bucket == f"${{{bucket_id}}}"  # the fleet's bucket, by reference
     _, prepare_function = _by_prefix(template, "AWS::Lambda::Function", "WorkflowPrepareModelFunction")
     assert prepare_function["Properties"]["EphemeralStorage"]["Size"] >= 2 * edge.max_model_archive_mb
 

@@ -26,7 +26,7 @@ def check() -> int:
     import onnxruntime  # noqa: PLC0415
     import PIL  # noqa: PLC0415
 
-    from . import __version__, detector, feedback, greengrass, service  # noqa: F401, PLC0415
+    from . import __version__, detector, feedback, frame_sources, greengrass, model_manager, service  # noqa: F401, PLC0415
 
     print(
         f"inspector {__version__}: python {sys.version.split()[0]}, onnxruntime {onnxruntime.__version__}, "
