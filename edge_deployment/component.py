@@ -16,7 +16,8 @@ from constructs import Construct
 from edge_deployment.fleet import DeviceFleet
 from edge_deployment.inference_component import InferenceComponent
 from edge_deployment.naming import edge_names
-from edge_deployment.workflow import APP, DeploymentWorkflow
+from edge_deployment.telemetry_store import TelemetryStore
+from edge_deployment.workflow import APP, DeploymentWorkflow, runtime_bundle
 from shared.config import Settings
 from shared.names import resource_names
 from shared.pipelines import WorkflowPipeline
@@ -47,6 +48,9 @@ class WorkflowStack(cdk.Stack):
             shared_names=shared_names,
             fleet=self.fleet,
             inference=self.inference,
+        )
+        self.telemetry = TelemetryStore(
+            self, "Telemetry", settings=settings, function_code=runtime_bundle(), handler="index.process_telemetry"
         )
         WorkflowPipeline(
             self,

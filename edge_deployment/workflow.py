@@ -59,7 +59,14 @@ APP: AppName = "edge_deployment"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
-HANDLERS = ("resolve", "prepare_model", "create_deployment", "check_rollout", "inference_component")
+HANDLERS = (
+    "resolve",
+    "prepare_model",
+    "create_deployment",
+    "check_rollout",
+    "inference_component",
+    "process_telemetry",
+)
 # Errors worth another try: Lambda service faults, a function timeout, AWS calls still throttled.
 TRANSIENT_ERRORS = [
     "Lambda.ServiceException",

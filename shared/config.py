@@ -863,6 +863,20 @@ class RolloutSettings(_Section):
         return self
 
 
+class TelemetrySettings(_Section):
+    """Where the devices' results and heartbeats are kept (S3 + Athena) and how they become metrics."""
+
+    buffer_seconds: int = Field(
+        default=300, ge=60, le=900, description="How long Firehose gathers messages before it writes a file to S3."
+    )
+    retention_days: int | None = Field(
+        default=None, ge=1, description="Delete stored results and heartbeats after this many days; null: never."
+    )
+    metrics_namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/#:-]{1,255}$")] | None = Field(
+        default=None, description="CloudWatch namespace of the device metrics; default: <prefix>/Devices."
+    )
+
+
 class EdgeDeploymentSettings(_Section):
     """The IoT team's app: thing group, components, what the device does and how a model rolls out."""
 
@@ -876,6 +890,7 @@ class EdgeDeploymentSettings(_Section):
     heartbeat_topic: Annotated[str, Field(pattern=_MQTT_TOPIC)] = "inspection/{thing}/heartbeat"
     heartbeat_interval_seconds: int = Field(default=60, ge=5, le=3600)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     max_model_archive_mb: int = Field(
         default=200, ge=1, le=2048, description="Larger model archives are refused before anything is created."
     )

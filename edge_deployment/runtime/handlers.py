@@ -41,8 +41,10 @@ from edge_deployment.runtime.model_package import (
     newer_approved_package,
     resolve_model_package,
 )
+from edge_deployment.runtime.telemetry import TelemetryConfig, transform
 
 logger = Logger()
+_telemetry_config: TelemetryConfig | None = None
 
 
 def _env(name: str) -> str:
@@ -242,3 +244,13 @@ def inference_component(event: dict[str, Any], context: Any) -> None:
         logger.exception("inference component version failed")
         kind = "bad input" if isinstance(error, DeploymentInputError) else type(error).__name__
         _send_cfn_response(event, "FAILED", physical_id=physical_id, reason=f"{kind}: {error}")
+
+
+def process_telemetry(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Firehose data transformation of the device telemetry (no event logging: it is the devices' data)."""
+    global _telemetry_config  # noqa: PLW0603 - read once per container
+    if _telemetry_config is None:
+        _telemetry_config = TelemetryConfig.from_environment()
+    response = transform(event, _telemetry_config)
+    logger.info("telemetry batch", extra={"records": len(response["records"])})
+    return response

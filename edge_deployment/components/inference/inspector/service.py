@@ -52,6 +52,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# The version of the result and heartbeat messages (shared/contracts.py, DEVICE_MESSAGE_VERSION): the cloud
+# keeps a message of a version it does not know aside instead of misreading it.
+MESSAGE_VERSION = 1
+
+
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -561,6 +566,7 @@ class InferenceService:
             return None
         latency_ms = (time.perf_counter() - started) * 1000.0
         payload: dict[str, Any] = {
+            "message_version": MESSAGE_VERSION,
             "thing": self.context.thing,
             "image": frame.name,
             "timestamp": iso(frame.captured_at),
@@ -641,6 +647,7 @@ class InferenceService:
         mean = self._window_latency / self._window_frames if self._window_frames else None
         detector = self.models.detector
         payload: dict[str, Any] = {
+            "message_version": MESSAGE_VERSION,
             "thing": self.context.thing,
             "timestamp": iso(self._now()),
             "status": "serving" if detector is not None else "waiting for a model",
