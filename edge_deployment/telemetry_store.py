@@ -93,6 +93,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("empty_frame_rate", "double"),
         ("expected_empty_frame_rate", "double"),
         ("empty_frames_drifting", "boolean"),
+        ("expected_uncertain_frame_rate", "double"),
         ("message_version", "int"),
     ],
     REJECTED: [

@@ -442,6 +442,13 @@ def _milliseconds(raw: Mapping[str, Any], name: str, *, optional: bool = False) 
     return float(value)
 
 
+def _score(raw: Mapping[str, Any], name: str, *, optional: bool = False) -> float | None:
+    value = _field(raw, name, (int, float), optional=optional)
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ContractError(f"{name}: must be in [0, 1], got {value}")
+    return None if value is None else float(value)
+
+
 def _device_header(raw: Any, kind: str) -> tuple[str, datetime]:
     """The fields every device message starts with: its version, the thing and the moment."""
     if not isinstance(raw, Mapping):
@@ -513,10 +520,14 @@ class DeviceResult:
     latency_ms: float
     detections: tuple[DeviceDetection, ...]
     upload_key: str | None = None
+    top_candidate_score: float | None = None  # `top_score`: the best candidate, also below the threshold
 
     FIELDS = frozenset(
-        ("message_version", "thing", "image", "timestamp", "model_version", "latency_ms", "detections", "upload_key")
-    )
+        (
+            "message_version", "thing", "image", "timestamp", "model_version", "latency_ms", "detections",
+            "upload_key", "top_score",
+        )
+    )  # fmt: skip
 
     @property
     def defect(self) -> bool:
@@ -525,6 +536,9 @@ class DeviceResult:
 
     @property
     def top_score(self) -> float:
+        """The best candidate's score (the device's `top_score`), else the best detection's, else 0."""
+        if self.top_candidate_score is not None:
+            return self.top_candidate_score
         return max((detection.score for detection in self.detections), default=0.0)
 
     def to_json(self) -> dict[str, Any]:
@@ -537,6 +551,7 @@ class DeviceResult:
             "latency_ms": self.latency_ms,
             "detections": [detection.to_json() for detection in self.detections],
             "upload_key": self.upload_key,
+            "top_score": self.top_score,
         }
 
     @classmethod
@@ -552,6 +567,7 @@ class DeviceResult:
             latency_ms=float(_milliseconds(raw, "latency_ms") or 0.0),
             detections=tuple(DeviceDetection.from_json(d, f"detections[{i}]") for i, d in enumerate(detections)),
             upload_key=_field(raw, "upload_key", str, optional=True),
+            top_candidate_score=_score(raw, "top_score", optional=True),
         )
 
 
@@ -586,6 +602,7 @@ class DeviceHeartbeat:
     empty_frame_rate: float | None = None
     expected_empty_frame_rate: float | None = None
     empty_frames_drifting: bool = False
+    expected_uncertain_frame_rate: float | None = None  # the test split's share of top scores in the band
 
     FIELDS = frozenset(
         (
@@ -593,7 +610,7 @@ class DeviceHeartbeat:
             "model_precision_reason", "execution_provider", "model_warning", "frames_processed", "frames_failed",
             "frames_since_last_heartbeat", "mean_latency_ms", "publish_failures", "uploads_enabled",
             "uploads_pending", "uploads_dropped", "uploads_done", "upload_error", "uploads_capped",
-            "empty_frame_rate", "expected_empty_frame_rate", "empty_frames_drifting",
+            "empty_frame_rate", "expected_empty_frame_rate", "empty_frames_drifting", "expected_uncertain_frame_rate",
         )
     )  # fmt: skip
 
@@ -610,10 +627,7 @@ class DeviceHeartbeat:
             return _field(raw, name, str, optional=True)
 
         def rate(name: str) -> float | None:
-            value = _field(raw, name, (int, float), optional=True)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ContractError(f"{name}: must be in [0, 1], got {value}")
-            return None if value is None else float(value)
+            return _score(raw, name, optional=True)
 
         return cls(
             thing=thing,
@@ -639,4 +653,5 @@ class DeviceHeartbeat:
             empty_frame_rate=rate("empty_frame_rate"),
             expected_empty_frame_rate=rate("expected_empty_frame_rate"),
             empty_frames_drifting=bool(_field(raw, "empty_frames_drifting", bool, optional=True)),
+            expected_uncertain_frame_rate=rate("expected_uncertain_frame_rate"),
         )

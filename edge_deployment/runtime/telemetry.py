@@ -271,7 +271,8 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
 
     Results: Frames, DefectFrames, UncertainFrames (counts), TopScore and LatencyMs (every value, so
     CloudWatch computes averages and percentiles). Heartbeats: Heartbeats, FramesFailedTotal,
-    PublishFailuresTotal, UploadsPending, UploadsDroppedTotal, Serving (1 or 0), and Heartbeats by
+    PublishFailuresTotal, UploadsPending, UploadsDroppedTotal, Serving and EmptyFramesDrifting (1 or 0),
+    ExpectedUncertainShare (the serving model's test split, when known), and DeviceHeartbeats by
     ModelVersion. Rejected messages: RejectedMessages (thing group only).
     """
     minutes: dict[tuple[str, datetime], _DeviceMinute] = defaultdict(_DeviceMinute)
@@ -312,7 +313,10 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
                 "UploadsPending": ("Count", heartbeat.uploads_pending),
                 "UploadsDroppedTotal": ("Count", heartbeat.uploads_dropped),
                 "Serving": ("None", 1 if heartbeat.serving else 0),
+                "EmptyFramesDrifting": ("None", 1 if heartbeat.empty_frames_drifting else 0),
             }
+            if heartbeat.expected_uncertain_frame_rate is not None:
+                health["ExpectedUncertainShare"] = ("None", heartbeat.expected_uncertain_frame_rate)
             properties = {"ModelVersion": heartbeat.model_version or "none", "Status": heartbeat.status}
             documents.append(_document(config, moment, dimensions, DEVICE_DIMENSIONS, health, properties))
             documents.append(

@@ -121,7 +121,9 @@ def test_the_device_s_results_and_heartbeats_satisfy_their_contract(tmp_path: Pa
         assert parsed.thing == THING and parsed.model_version == "1.0.1" and parsed.latency_ms > 0
     flagged, empty = (DeviceResult.from_json(raw) for raw in results)
     assert flagged.defect and flagged.top_score == pytest.approx(0.9)
-    assert not empty.defect and empty.top_score == 0.0
+    # Nothing above the confidence threshold (0.25), yet the best candidate's score travels: it decides
+    # whether the frame was uncertain.
+    assert not empty.defect and empty.detections == () and empty.top_score == pytest.approx(0.1)
     for raw in heartbeats:
         assert set(raw) <= DeviceHeartbeat.FIELDS, set(raw) - DeviceHeartbeat.FIELDS
         heartbeat = DeviceHeartbeat.from_json(raw)
@@ -215,6 +217,7 @@ BAD_RECORDS: dict[str, tuple[Callable[[], bytes], str]] = {
         lambda: envelope(_result(detections=[{"box": [1, 2, 3, 4], "class_id": 0, "class_name": "s", "score": 7}])),
         "detections[0].score",
     ),
+    "candidate score above 1": (lambda: envelope(_result(top_score=1.5)), "top_score: must be in [0, 1]"),
     "box of three": (
         lambda: envelope(_result(detections=[{"box": [1, 2, 3], "class_id": 0, "class_name": "s", "score": 0.5}])),
         "detections[0].box",
@@ -316,6 +319,33 @@ def test_a_time_cloudwatch_would_refuse_counts_when_received() -> None:
     assert rows[0]["timestamp"].startswith("2026-11-14"), "the row keeps the device's time"
     (document,) = [d for d in documents if "Frames" in d]
     assert document["_aws"]["Timestamp"] == int(NOW.replace(second=0).timestamp() * 1000)
+
+
+def test_a_result_without_the_candidate_score_falls_back_to_its_best_detection() -> None:
+    assert DeviceResult.from_json(_result()).top_score == 0.8
+    assert DeviceResult.from_json(_result(detections=[])).top_score == 0.0
+    assert DeviceResult.from_json(_result(top_score=0.42)).top_score == 0.42
+
+
+def test_the_heartbeat_carries_what_the_model_showed_in_the_band_on_its_test_split(tmp_path: Path) -> None:
+    device = Device(tmp_path, uncertaintyBand=[0.3, 0.7])
+    statistics = {"images": 4, "detection_rate": 0.5, "top_scores": [0.1, 0.35, 0.69, 0.9]}
+
+    def model(directory: Path) -> None:
+        score_model(directory, 0.9)
+        manifest = json.loads((directory / "model.json").read_text())
+        (directory / "model.json").write_text(json.dumps({**manifest, "test_statistics": statistics}))
+
+    device.deploy_model("1.0.2", model)
+    service = device.service()
+    device.drop("f.jpg", jpeg(tag()))
+    service.step()
+    heartbeat = service.publish_heartbeat()
+    assert heartbeat["expected_uncertain_frame_rate"] == 0.5  # 0.35 and 0.69 of four
+    assert DeviceHeartbeat.from_json(heartbeat).expected_uncertain_frame_rate == 0.5
+    _, _, documents = run(envelope(heartbeat, kind="heartbeat"))
+    assert metric_values(documents, "ExpectedUncertainShare", Device=THING) == [0.5]
+    assert metric_values(documents, "EmptyFramesDrifting", Device=THING) == [0]
 
 
 def test_a_heartbeat_becomes_health_metrics_and_a_count_per_model_version(tmp_path: Path) -> None:

@@ -573,6 +573,8 @@ class InferenceService:
             "model_version": self.models.version,
             "latency_ms": round(latency_ms, 2),
             "detections": [detection.to_json() for detection in result.detections],
+            # The highest candidate score, also below the confidence threshold: the uncertainty band's measure.
+            "top_score": round(result.top_score, 5),
         }
         key, kept = self._queue_feedback(frame, data, image, result.top_score, empty=not result.detections)
         if key:
