@@ -32,6 +32,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from edge_deployment.fleet import resource_finding
 from edge_deployment.runtime.telemetry import HEARTBEATS, REJECTED, RESULTS, TelemetryConfig
 from shared.building_blocks import (
     access_log_bucket,
@@ -41,7 +42,6 @@ from shared.building_blocks import (
     python_function,
 )
 from shared.config import Settings
-from edge_deployment.fleet import resource_finding
 from shared.guardrails import acknowledge
 
 IAM5 = "AwsSolutions-IAM5"
