@@ -38,7 +38,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from edge_deployment.fleet import DeviceFleet, resource_finding
-from edge_deployment.naming import EdgeNames
+from edge_deployment.naming import APP, EdgeNames
 from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY, RolloutPolicy
 from shared.building_blocks import (
     EventDeadLetters,
@@ -48,14 +48,13 @@ from shared.building_blocks import (
     python_function,
     workflow_state_machine,
 )
-from shared.config import ROLLOUT_OVERHEAD_MINUTES, AppName, Settings
+from shared.config import ROLLOUT_OVERHEAD_MINUTES, Settings
 from shared.guardrails import IAM5, acknowledge
 from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
 
 if TYPE_CHECKING:  # the inference component's construct module uses runtime_bundle() from here
     from edge_deployment.inference_component import InferenceComponent
 
-APP: AppName = "edge_deployment"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"

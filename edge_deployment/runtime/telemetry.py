@@ -40,6 +40,18 @@ ENVIRONMENT_VARIABLE = "TELEMETRY_CONFIG"
 RESULTS, HEARTBEATS, REJECTED = "results", "heartbeats", "rejected"
 TABLE_OF_KIND = {"result": RESULTS, "heartbeat": HEARTBEATS}
 DEVICE_DIMENSIONS = [["ThingGroup"], ["ThingGroup", "Device"]]
+# Metric names, read by the alarms and dashboards (edge_deployment/fleet_monitoring.py, device_alarms.py).
+FRAMES, DEFECT_FRAMES, UNCERTAIN_FRAMES, TOP_SCORE, LATENCY = (
+    "Frames",
+    "DefectFrames",
+    "UncertainFrames",
+    "TopScore",
+    "LatencyMs",
+)
+HEARTBEAT_COUNT, SERVING, EMPTY_FRAMES_DRIFTING = "Heartbeats", "Serving", "EmptyFramesDrifting"
+EXPECTED_UNCERTAIN, UPLOADS_PENDING, UPLOADS_DROPPED = "ExpectedUncertainShare", "UploadsPending", "UploadsDroppedTotal"
+FRAMES_FAILED, PUBLISH_FAILURES, REJECTED_MESSAGES = "FramesFailedTotal", "PublishFailuresTotal", "RejectedMessages"
+HEARTBEATS_BY_VERSION = "DeviceHeartbeats"
 MAX_EMF_VALUES = 100  # values of one metric in one EMF document
 # CloudWatch takes data points up to two weeks old and two hours ahead; others count when received.
 METRIC_PAST, METRIC_FUTURE = timedelta(days=13), timedelta(hours=1)
@@ -299,24 +311,24 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
                 metrics: dict[str, tuple[str, float | list[float]]] = {}
                 if index == 0:
                     metrics |= {
-                        "Frames": ("Count", bucket.frames),
-                        "DefectFrames": ("Count", bucket.defects),
-                        "UncertainFrames": ("Count", bucket.uncertain),
+                        FRAMES: ("Count", bucket.frames),
+                        DEFECT_FRAMES: ("Count", bucket.defects),
+                        UNCERTAIN_FRAMES: ("Count", bucket.uncertain),
                     }
-                metrics |= {"TopScore": ("None", scores[index]), "LatencyMs": ("Milliseconds", latencies[index])}
+                metrics |= {TOP_SCORE: ("None", scores[index]), LATENCY: ("Milliseconds", latencies[index])}
                 documents.append(_document(config, moment, dimensions, DEVICE_DIMENSIONS, metrics))
         for heartbeat in bucket.heartbeats:
             health: dict[str, tuple[str, float | list[float]]] = {
-                "Heartbeats": ("Count", 1),
-                "FramesFailedTotal": ("Count", heartbeat.frames_failed),
-                "PublishFailuresTotal": ("Count", heartbeat.publish_failures),
-                "UploadsPending": ("Count", heartbeat.uploads_pending),
-                "UploadsDroppedTotal": ("Count", heartbeat.uploads_dropped),
-                "Serving": ("None", 1 if heartbeat.serving else 0),
-                "EmptyFramesDrifting": ("None", 1 if heartbeat.empty_frames_drifting else 0),
+                HEARTBEAT_COUNT: ("Count", 1),
+                FRAMES_FAILED: ("Count", heartbeat.frames_failed),
+                PUBLISH_FAILURES: ("Count", heartbeat.publish_failures),
+                UPLOADS_PENDING: ("Count", heartbeat.uploads_pending),
+                UPLOADS_DROPPED: ("Count", heartbeat.uploads_dropped),
+                SERVING: ("None", 1 if heartbeat.serving else 0),
+                EMPTY_FRAMES_DRIFTING: ("None", 1 if heartbeat.empty_frames_drifting else 0),
             }
             if heartbeat.expected_uncertain_frame_rate is not None:
-                health["ExpectedUncertainShare"] = ("None", heartbeat.expected_uncertain_frame_rate)
+                health[EXPECTED_UNCERTAIN] = ("None", heartbeat.expected_uncertain_frame_rate)
             properties = {"ModelVersion": heartbeat.model_version or "none", "Status": heartbeat.status}
             documents.append(_document(config, moment, dimensions, DEVICE_DIMENSIONS, health, properties))
             documents.append(
@@ -325,7 +337,7 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
                     moment,
                     {"ThingGroup": config.thing_group, "ModelVersion": heartbeat.model_version or "none"},
                     [["ThingGroup", "ModelVersion"]],
-                    {"DeviceHeartbeats": ("Count", 1)},
+                    {HEARTBEATS_BY_VERSION: ("Count", 1)},
                     {"Device": thing},
                 )
             )
@@ -336,7 +348,7 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
                 moment,
                 {"ThingGroup": config.thing_group},
                 [["ThingGroup"]],
-                {"RejectedMessages": ("Count", count)},
+                {REJECTED_MESSAGES: ("Count", count)},
             )
         )
     return documents
