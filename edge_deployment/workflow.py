@@ -65,6 +65,7 @@ HANDLERS = (
     "check_rollout",
     "inference_component",
     "process_telemetry",
+    "retrain_on_drift_alarm",
 )
 # Errors worth another try: Lambda service faults, a function timeout, AWS calls still throttled.
 TRANSIENT_ERRORS = [

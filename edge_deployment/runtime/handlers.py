@@ -41,6 +41,7 @@ from edge_deployment.runtime.model_package import (
     newer_approved_package,
     resolve_model_package,
 )
+from edge_deployment.runtime.retraining import AlarmChange, RetrainingConfig, retrain_on_drift
 from edge_deployment.runtime.telemetry import TelemetryConfig, transform
 
 logger = Logger()
@@ -254,3 +255,14 @@ def process_telemetry(event: dict[str, Any], context: Any) -> dict[str, Any]:
     response = transform(event, _telemetry_config)
     logger.info("telemetry batch", extra={"records": len(response["records"])})
     return response
+
+
+@logger.inject_lambda_context(log_event=True)
+def retrain_on_drift_alarm(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A drift alarm went off: start the labeling workflow pipeline unless a run is recent."""
+    config = RetrainingConfig.from_environment()
+    outcome = retrain_on_drift(
+        client("codepipeline"), client("sns"), config=config, change=AlarmChange.from_event(event), now=_now()
+    )
+    logger.info("retraining on drift", extra=outcome)
+    return outcome
