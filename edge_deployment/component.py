@@ -14,9 +14,11 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from edge_deployment.fleet import DeviceFleet
+from edge_deployment.fleet_monitoring import FleetMonitoring
 from edge_deployment.inference_component import InferenceComponent
 from edge_deployment.naming import edge_names
-from edge_deployment.workflow import APP, DeploymentWorkflow
+from edge_deployment.telemetry_store import TelemetryStore
+from edge_deployment.workflow import APP, DeploymentWorkflow, runtime_bundle
 from shared.config import Settings
 from shared.names import resource_names
 from shared.pipelines import WorkflowPipeline
@@ -48,6 +50,19 @@ class WorkflowStack(cdk.Stack):
             fleet=self.fleet,
             inference=self.inference,
         )
+        self.telemetry = TelemetryStore(
+            self, "Telemetry", settings=settings, function_code=runtime_bundle(), handler="index.process_telemetry"
+        )
+        self.monitoring = FleetMonitoring(
+            self,
+            "Monitoring",
+            settings=settings,
+            names=own,
+            state_machine=self.workflow.state_machine,
+            telemetry_logs=self.telemetry.processor.log_group,
+            function_code=runtime_bundle(),
+            retrain_handler="index.retrain_on_drift_alarm",
+        )
         WorkflowPipeline(
             self,
             "WorkflowPipeline",
@@ -68,6 +83,7 @@ class WorkflowStack(cdk.Stack):
             ("ComponentBucketName", self.fleet.bucket.bucket_name, "Component artifacts (inference.zip, model.zip)"),
             ("InferenceComponentVersion", self.inference.version, "Inference component version this commit built"),
             ("StateMachineArn", self.workflow.state_machine.state_machine_arn, "The edge deployment workflow"),
+            ("DashboardName", self.monitoring.dashboard.dashboard_name, "CloudWatch dashboard of the fleet"),
         ):
             cdk.CfnOutput(self, output_id, value=value, description=description)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.config import Settings
-from shared.names import resource_names
+from shared.names import AppName, resource_names
+
+APP: AppName = "edge_deployment"
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class EdgeNames:
     model_component: str
     results_topic: str
     heartbeat_topic: str
+    metrics_namespace: str  # of the device metrics (edge_deployment/runtime/telemetry.py)
+    alarm_prefix: str  # the app's alarm names start with it: only those may publish to its topic
+    notification_topic: str
 
     @property
     def role_alias(self) -> str:
@@ -36,14 +41,19 @@ class EdgeNames:
         return f"{self.prefix}-edge-device-"
 
     @property
+    def notification_topic_arn(self) -> str:
+        return f"arn:{partition(self.region)}:sns:{self.region}:{self.account}:{self.notification_topic}"
+
+    @property
     def component_key_alias(self) -> str:
         return f"alias/{self.prefix}-edge-components"
 
 
 def edge_names(settings: Settings, *, account: str, region: str) -> EdgeNames:
     edge = settings.edge_deployment
+    shared = resource_names(settings, account=account, region=region)
     return EdgeNames(
-        prefix=resource_names(settings, account=account, region=region).prefix,
+        prefix=shared.prefix,
         account=account,
         region=region,
         thing_group=edge.thing_group_name,
@@ -52,9 +62,21 @@ def edge_names(settings: Settings, *, account: str, region: str) -> EdgeNames:
         model_component=edge.model_component_name,
         results_topic=edge.results_topic,
         heartbeat_topic=edge.heartbeat_topic,
+        metrics_namespace=edge.telemetry.metrics_namespace or f"{shared.prefix}/Devices",
+        alarm_prefix=shared.alarm_prefix(APP),
+        notification_topic=shared.notification_topic(APP),
     )
 
 
 def device_topic(template: str, thing: str) -> str:
     """A configured topic for one device (`{thing}` is the device's thing name)."""
     return template.replace("{thing}", thing)
+
+
+def partition(region: str) -> str:
+    """The AWS partition of a region (for ARNs written outside CloudFormation)."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"

@@ -15,9 +15,11 @@ Greengrass installer needs: data and credentials endpoints, role alias, thing na
 The edge_deployment app must be deployed first. If a step fails, what the script created so far is
 removed again.
 
---update-policy writes the device's policy again from the configuration (after a change of the result
-or heartbeat topics); --remove takes the device out of the group and deletes its certificate, policy,
-Greengrass core device and thing.
+It also creates the device's own alarms (edge_deployment/device_alarms.py: silent, uploads dropped).
+
+--update-policy writes the device's policy and alarms again from the configuration (after a change of
+the result or heartbeat topics, or of edge_deployment.monitoring); --remove takes the device out of
+the group and deletes its certificate, policy, Greengrass core device, thing and alarms.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from edge_deployment.device_alarms import delete_device_alarms, put_device_alarms
 from edge_deployment.device_policy import MAX_POLICY_CHARACTERS, device_policy_document, device_policy_name, policy_json
 from edge_deployment.naming import EdgeNames, edge_names
 from shared.config import DEFAULT_CONFIG_FILE, ConfigError, load_settings
@@ -400,7 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--remove", action="store_true", help="remove the device: group, certificate, policy, thing")
     mode.add_argument(
-        "--update-policy", action="store_true", help="write the device's IoT policy again from the configuration"
+        "--update-policy",
+        action="store_true",
+        help="write the device's IoT policy and alarms again from the configuration",
     )
     parser.add_argument(
         "--output-dir",
@@ -437,13 +442,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Standard retry mode: throttling and transient errors are retried with backoff.
         retrying = Config(retries={"mode": "standard", "max_attempts": 8})
         iot = session.client("iot", region_name=region, config=retrying)
+        cloudwatch = session.client("cloudwatch", region_name=region, config=retrying)
+        monitoring = settings.edge_deployment.monitoring
         if args.remove:
             greengrass = session.client("greengrassv2", region_name=region, config=retrying)
-            print("\n".join(remove_device(iot, greengrass, names=names, thing_name=args.thing_name)))
+            done = remove_device(iot, greengrass, names=names, thing_name=args.thing_name)
+            done += [f"deleted alarm {name}" for name in delete_device_alarms(cloudwatch, names, args.thing_name)]
+            print("\n".join(done))
             return 0
         if args.update_policy:
             policy = update_device_policy(iot, names=names, thing_name=args.thing_name)
             print(f"IoT policy {policy} of {args.thing_name} now has the configuration's topics and role alias")
+            alarms = put_device_alarms(cloudwatch, names, monitoring, args.thing_name)
+            print(f"alarms {', '.join(alarms)} now have the configuration's thresholds")
             return 0
         registration = register_device(
             iot,
@@ -453,6 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             region=region,
             keep_other_groups=args.keep_other_groups,
         )
+        try:
+            put_device_alarms(cloudwatch, names, monitoring, args.thing_name)
+        except (ClientError, BotoCoreError) as error:
+            # The device is registered and works; only its alarms are missing, and --update-policy adds them.
+            print(
+                f"warning: the device's alarms were not created ({error}); run --update-policy to add them",
+                file=sys.stderr,
+            )
     except (RegistrationError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

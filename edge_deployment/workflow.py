@@ -38,7 +38,7 @@ from constructs import Construct
 
 from edge_deployment.fleet import DeviceFleet, resource_finding
 from edge_deployment.function_config import function_environment
-from edge_deployment.naming import EdgeNames
+from edge_deployment.naming import APP, EdgeNames
 from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY
 from shared.building_blocks import (
     EventDeadLetters,
@@ -48,18 +48,25 @@ from shared.building_blocks import (
     python_function,
     workflow_state_machine,
 )
-from shared.config import ROLLOUT_OVERHEAD_MINUTES, AppName, Settings
+from shared.config import ROLLOUT_OVERHEAD_MINUTES, Settings
 from shared.guardrails import IAM5, acknowledge
 from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
 
 if TYPE_CHECKING:  # the inference component's construct module uses runtime_bundle() from here
     from edge_deployment.inference_component import InferenceComponent
 
-APP: AppName = "edge_deployment"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
-HANDLERS = ("resolve", "prepare_model", "create_deployment", "check_rollout", "inference_component")
+HANDLERS = (
+    "resolve",
+    "prepare_model",
+    "create_deployment",
+    "check_rollout",
+    "inference_component",
+    "process_telemetry",
+    "retrain_on_drift_alarm",
+)
 # Errors worth another try: Lambda service faults, a function timeout, AWS calls still throttled.
 TRANSIENT_ERRORS = [
     "Lambda.ServiceException",

@@ -863,6 +863,57 @@ class RolloutSettings(_Section):
         return self
 
 
+class TelemetrySettings(_Section):
+    """Where the devices' results and heartbeats are kept (S3 + Athena) and how they become metrics."""
+
+    buffer_seconds: int = Field(
+        default=300, ge=60, le=900, description="How long Firehose gathers messages before it writes a file to S3."
+    )
+    retention_days: int | None = Field(
+        default=None, ge=1, description="Delete stored results and heartbeats after this many days; null: never."
+    )
+    metrics_namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/#:-]{1,255}$")] | None = Field(
+        default=None, description="CloudWatch namespace of the device metrics; default: <prefix>/Devices."
+    )
+
+
+class FleetMonitoringSettings(_Section):
+    """When the devices' telemetry raises an alarm, and when a drifting model starts a new labeling round."""
+
+    silent_minutes: int = Field(
+        default=10, ge=2, le=1440, description="A device without a heartbeat this long raises its silence alarm."
+    )
+    latency_p95_ms: float = Field(
+        default=1000.0, gt=0.0, description="Alarm when the thing group's p95 inference latency stays above this."
+    )
+    defect_rate_band: float = Field(
+        default=3.0, ge=1.0, le=10.0, description="Width (standard deviations) of the defect rate's normal band."
+    )
+    uncertainty_drift_tolerance: float = Field(
+        default=0.15,
+        gt=0.0,
+        le=1.0,
+        description="Alarm when the share of uncertain frames exceeds the model's test split share by this much.",
+    )
+    drift_minutes: int = Field(
+        default=60, ge=15, le=1440, description="How long a drift must last before its alarm (and retraining)."
+    )
+    min_frames_for_drift: int = Field(
+        default=100, ge=1, description="Fewer frames in a drift window are not judged (a quiet line is not drift)."
+    )
+    retrain_on_drift: bool = Field(default=True, description="A drift alarm starts the labeling workflow pipeline.")
+    retrain_min_hours: int = Field(
+        default=24, ge=1, le=720, description="At most one drift-started run in this many hours (any run counts)."
+    )
+
+    @field_validator("drift_minutes")
+    @classmethod
+    def _whole_periods(cls, value: int) -> int:
+        if value % 5:
+            raise ValueError("must be a multiple of 5 (the drift alarms evaluate 5-minute periods)")
+        return value
+
+
 class EdgeDeploymentSettings(_Section):
     """The IoT team's app: thing group, components, what the device does and how a model rolls out."""
 
@@ -876,6 +927,8 @@ class EdgeDeploymentSettings(_Section):
     heartbeat_topic: Annotated[str, Field(pattern=_MQTT_TOPIC)] = "inspection/{thing}/heartbeat"
     heartbeat_interval_seconds: int = Field(default=60, ge=5, le=3600)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    monitoring: FleetMonitoringSettings = Field(default_factory=FleetMonitoringSettings)
     max_model_archive_mb: int = Field(
         default=200, ge=1, le=2048, description="Larger model archives are refused before anything is created."
     )

@@ -398,3 +398,260 @@ def _variants(raw: Any) -> tuple[ModelVariant, ...]:
     if not isinstance(raw, Mapping):
         raise ContractError(f"{MANIFEST_FILE}: precisions must be an object keyed by precision")
     return tuple(ModelVariant.from_json(str(name), value) for name, value in raw.items() if name != FP32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Device telemetry: what every device publishes over MQTT (read by the edge app's telemetry store)
+# --------------------------------------------------------------------------------------------------
+
+DEVICE_MESSAGE_VERSION = 1
+MAX_DEVICE_MESSAGE_BYTES = 128 * 1024  # AWS IoT Core's largest MQTT payload
+_THING_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_-")
+
+
+def _field(raw: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    """raw[name] checked against `kind` (bool is not a number here); None allowed when optional."""
+    if name not in raw:
+        if optional:
+            return None
+        raise ContractError(f"{name}: missing")
+    value = raw[name]
+    if value is None and optional:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ContractError(f"{name}: expected {' or '.join(k.__name__ for k in kinds)}, got a boolean")
+    if not isinstance(value, kinds):
+        raise ContractError(f"{name}: expected {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+    return value
+
+
+def _count(raw: Mapping[str, Any], name: str) -> int:
+    value = _field(raw, name, int)
+    if value < 0:
+        raise ContractError(f"{name}: must not be negative, got {value}")
+    return int(value)
+
+
+def _milliseconds(raw: Mapping[str, Any], name: str, *, optional: bool = False) -> float | None:
+    value = _field(raw, name, (int, float), optional=optional)
+    if value is None:
+        return None
+    if not math.isfinite(value) or value < 0:
+        raise ContractError(f"{name}: must be a finite number of milliseconds >= 0, got {value}")
+    return float(value)
+
+
+def _score(raw: Mapping[str, Any], name: str, *, optional: bool = False) -> float | None:
+    value = _field(raw, name, (int, float), optional=optional)
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ContractError(f"{name}: must be in [0, 1], got {value}")
+    return None if value is None else float(value)
+
+
+def _device_header(raw: Any, kind: str) -> tuple[str, datetime]:
+    """The fields every device message starts with: its version, the thing and the moment."""
+    if not isinstance(raw, Mapping):
+        raise ContractError(f"a {kind} must be a JSON object, got {type(raw).__name__}")
+    version = _field(raw, "message_version", int)
+    if version != DEVICE_MESSAGE_VERSION:
+        raise ContractError(f"message_version: {version} is not a version this reader knows ({DEVICE_MESSAGE_VERSION})")
+    thing = _field(raw, "thing", str)
+    if not 1 <= len(thing) <= 128 or not set(thing) <= _THING_NAME_CHARACTERS:
+        raise ContractError(f"thing: {thing[:140]!r} is not an IoT thing name")
+    stamp = _field(raw, "timestamp", str)
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        raise ContractError(f"timestamp: {stamp[:60]!r} is not an ISO-8601 time") from None
+    if moment.tzinfo is None:
+        raise ContractError(f"timestamp: {stamp[:60]!r} has no time zone (devices send UTC, ending in Z)")
+    return thing, moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class DeviceDetection:
+    """One box a device found: source-image pixels (x1, y1, x2, y2), its class and score."""
+
+    box: tuple[float, float, float, float]
+    class_id: int
+    class_name: str
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"box": list(self.box), "class_id": self.class_id, "class_name": self.class_name, "score": self.score}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> DeviceDetection:
+        if not isinstance(raw, Mapping):
+            raise ContractError(f"{where}: expected an object")
+        try:
+            box = _field(raw, "box", list)
+            if len(box) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box):
+                raise ContractError("box: expected four numbers")
+            score = float(_field(raw, "score", (int, float)))
+            if not 0.0 <= score <= 1.0:
+                raise ContractError(f"score: must be in [0, 1], got {score}")
+            detection = cls(
+                box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                class_id=_count(raw, "class_id"),
+                class_name=_field(raw, "class_name", str),
+                score=score,
+            )
+        except ContractError as error:
+            raise ContractError(f"{where}.{error}") from None
+        if not all(math.isfinite(v) for v in detection.box):
+            raise ContractError(f"{where}.box: coordinates must be finite")
+        return detection
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    """The result of one frame (`edge_deployment.results_topic`), published whether or not it found a defect.
+
+    `model_version` is the model component version serving (None before a model has loaded);
+    `upload_key` names the frame in the data bucket when it was sent back for labeling.
+    """
+
+    thing: str
+    image: str
+    timestamp: datetime
+    model_version: str | None
+    latency_ms: float
+    detections: tuple[DeviceDetection, ...]
+    upload_key: str | None = None
+    top_candidate_score: float | None = None  # `top_score`: the best candidate, also below the threshold
+
+    FIELDS = frozenset(
+        (
+            "message_version", "thing", "image", "timestamp", "model_version", "latency_ms", "detections",
+            "upload_key", "top_score",
+        )
+    )  # fmt: skip
+
+    @property
+    def defect(self) -> bool:
+        """The frame was flagged: at least one detection at the device's confidence threshold."""
+        return bool(self.detections)
+
+    @property
+    def top_score(self) -> float:
+        """The best candidate's score (the device's `top_score`), else the best detection's, else 0."""
+        if self.top_candidate_score is not None:
+            return self.top_candidate_score
+        return max((detection.score for detection in self.detections), default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "message_version": DEVICE_MESSAGE_VERSION,
+            "thing": self.thing,
+            "image": self.image,
+            "timestamp": format_event_time(self.timestamp),
+            "model_version": self.model_version,
+            "latency_ms": self.latency_ms,
+            "detections": [detection.to_json() for detection in self.detections],
+            "upload_key": self.upload_key,
+            "top_score": self.top_score,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> DeviceResult:
+        """Parse a result message; ContractError names the field. Unknown fields are ignored (kept raw)."""
+        thing, moment = _device_header(raw, "result")
+        detections = _field(raw, "detections", list)
+        return cls(
+            thing=thing,
+            image=_field(raw, "image", str),
+            timestamp=moment,
+            model_version=_field(raw, "model_version", str, optional=True),
+            latency_ms=float(_milliseconds(raw, "latency_ms") or 0.0),
+            detections=tuple(DeviceDetection.from_json(d, f"detections[{i}]") for i, d in enumerate(detections)),
+            upload_key=_field(raw, "upload_key", str, optional=True),
+            top_candidate_score=_score(raw, "top_score", optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceHeartbeat:
+    """A device's health (`edge_deployment.heartbeat_topic`), every `heartbeat_interval_seconds`.
+
+    Counters (`frames_processed`, `frames_failed`, `publish_failures`, `uploads_*`) count since the
+    component started; `frames_since_last_heartbeat` and `mean_latency_ms` cover the last interval.
+    """
+
+    thing: str
+    timestamp: datetime
+    status: str  # "serving" or "waiting for a model"
+    model_version: str | None
+    model_error: str | None
+    model_precision: str | None  # fp32 | int8
+    execution_provider: str | None
+    frames_processed: int
+    frames_failed: int
+    frames_since_last_heartbeat: int
+    mean_latency_ms: float | None
+    publish_failures: int
+    uploads_enabled: bool
+    uploads_pending: int
+    uploads_dropped: int
+    uploads_done: int
+    model_precision_reason: str | None = None
+    model_warning: str | None = None
+    upload_error: str | None = None
+    uploads_capped: int = 0  # frames not sent back because of the hourly cap
+    empty_frame_rate: float | None = None
+    expected_empty_frame_rate: float | None = None
+    empty_frames_drifting: bool = False
+    expected_uncertain_frame_rate: float | None = None  # the test split's share of top scores in the band
+
+    FIELDS = frozenset(
+        (
+            "message_version", "thing", "timestamp", "status", "model_version", "model_error", "model_precision",
+            "model_precision_reason", "execution_provider", "model_warning", "frames_processed", "frames_failed",
+            "frames_since_last_heartbeat", "mean_latency_ms", "publish_failures", "uploads_enabled",
+            "uploads_pending", "uploads_dropped", "uploads_done", "upload_error", "uploads_capped",
+            "empty_frame_rate", "expected_empty_frame_rate", "empty_frames_drifting", "expected_uncertain_frame_rate",
+        )
+    )  # fmt: skip
+
+    @property
+    def serving(self) -> bool:
+        return self.status == "serving"
+
+    @classmethod
+    def from_json(cls, raw: Any) -> DeviceHeartbeat:
+        """Parse a heartbeat message; ContractError names the field. Unknown fields are ignored (kept raw)."""
+        thing, moment = _device_header(raw, "heartbeat")
+
+        def text(name: str) -> str | None:
+            return _field(raw, name, str, optional=True)
+
+        def rate(name: str) -> float | None:
+            return _score(raw, name, optional=True)
+
+        return cls(
+            thing=thing,
+            timestamp=moment,
+            status=_field(raw, "status", str),
+            model_version=text("model_version"),
+            model_error=text("model_error"),
+            model_precision=text("model_precision"),
+            execution_provider=text("execution_provider"),
+            frames_processed=_count(raw, "frames_processed"),
+            frames_failed=_count(raw, "frames_failed"),
+            frames_since_last_heartbeat=_count(raw, "frames_since_last_heartbeat"),
+            mean_latency_ms=_milliseconds(raw, "mean_latency_ms", optional=True),
+            publish_failures=_count(raw, "publish_failures"),
+            uploads_enabled=_field(raw, "uploads_enabled", bool),
+            uploads_pending=_count(raw, "uploads_pending"),
+            uploads_dropped=_count(raw, "uploads_dropped"),
+            uploads_done=_count(raw, "uploads_done"),
+            model_precision_reason=text("model_precision_reason"),
+            model_warning=text("model_warning"),
+            upload_error=text("upload_error"),
+            uploads_capped=_count(raw, "uploads_capped") if raw.get("uploads_capped") is not None else 0,
+            empty_frame_rate=rate("empty_frame_rate"),
+            expected_empty_frame_rate=rate("expected_empty_frame_rate"),
+            empty_frames_drifting=bool(_field(raw, "empty_frames_drifting", bool, optional=True)),
+            expected_uncertain_frame_rate=rate("expected_uncertain_frame_rate"),
+        )

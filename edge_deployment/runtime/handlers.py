@@ -40,8 +40,11 @@ from edge_deployment.runtime.model_package import (
     newer_approved_package,
     resolve_model_package,
 )
+from edge_deployment.runtime.retraining import AlarmChange, RetrainingConfig, retrain_on_drift
+from edge_deployment.runtime.telemetry import TelemetryConfig, transform
 
 logger = Logger()
+_telemetry_config: TelemetryConfig | None = None
 
 
 def _config() -> EdgeDeploymentConfig:
@@ -228,3 +231,24 @@ def inference_component(event: dict[str, Any], context: Any) -> None:
         logger.exception("inference component version failed")
         kind = "bad input" if isinstance(error, DeploymentInputError) else type(error).__name__
         _send_cfn_response(event, "FAILED", physical_id=physical_id, reason=f"{kind}: {error}")
+
+
+def process_telemetry(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Firehose data transformation of the device telemetry (no event logging: it is the devices' data)."""
+    global _telemetry_config  # noqa: PLW0603 - read once per container
+    if _telemetry_config is None:
+        _telemetry_config = TelemetryConfig.from_environment()
+    response = transform(event, _telemetry_config)
+    logger.info("telemetry batch", extra={"records": len(response["records"])})
+    return response
+
+
+@logger.inject_lambda_context(log_event=True)
+def retrain_on_drift_alarm(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A drift alarm went off: start the labeling workflow pipeline unless a run is recent."""
+    config = RetrainingConfig.from_environment()
+    outcome = retrain_on_drift(
+        client("codepipeline"), client("sns"), config=config, change=AlarmChange.from_event(event), now=_now()
+    )
+    logger.info("retraining on drift", extra=outcome)
+    return outcome

@@ -458,7 +458,12 @@ class Loop:
                 "ModelPackageStatus": package["ModelPackageStatus"],
             },
         }
-        rule = self.apps.edge_workflow.one("AWS::Events::Rule")["Properties"]
+        # The rule that listens to the registry (the other one, of the drift alarms, starts retraining).
+        (rule,) = [
+            r["Properties"]
+            for r in self.apps.edge_workflow.of_type("AWS::Events::Rule").values()
+            if r["Properties"]["EventPattern"].get("source") == ["aws.sagemaker"]
+        ]
         pattern = self.apps.edge_workflow.render(rule["EventPattern"])
         # moto's TestEventPattern answers nothing; its rule matcher (what PutEvents uses) decides instead.
         if not EventPattern.load(json.dumps(pattern)).matches_event(event):

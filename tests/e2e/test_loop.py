@@ -7,15 +7,19 @@ computed differently by one side (reusing that training's model) and expect it t
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
+import json
 import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import boto3
 import pytest
 import yaml
+from moto import mock_aws
 
 from shared.config import Settings, parse_settings
 from shared.contracts import Annotation
@@ -156,6 +160,81 @@ def test_the_next_round_offers_the_approved_models_boxes(loop, names):
     assert pre_labels["model"] == loop.model_package["ModelPackageArn"]
     assert pre_labels["done"] and pre_labels["labeled"] == loop.frames
     assert loop.second_round["labels"]["written"] == loop.frames  # people confirmed "no defect" on each
+
+
+def _rule_envelope(rules: list[dict[str, Any]], topic: str, payload: dict[str, Any], received_ms: int) -> bytes:
+    """What the synthesized topic rule whose filter matches `topic` puts into Firehose for `payload`."""
+    for rule in rules:
+        sql = rule["TopicRulePayload"]["Sql"]
+        (topic_filter,) = re.findall(r"FROM '([^']+)'", sql)
+        levels, wanted = topic.split("/"), topic_filter.split("/")
+        if len(levels) == len(wanted) and all(w in ("+", level) for w, level in zip(wanted, levels, strict=True)):
+            (kind,) = re.findall(r"'(\w+)' AS kind", sql)
+            (level,) = re.findall(r"topic\((\d+)\) AS topic_thing", sql)
+            assert "encode(*, 'base64') AS payload" in sql
+            return json.dumps(
+                {
+                    "payload": base64.b64encode(json.dumps(payload).encode()).decode(),
+                    "kind": kind,
+                    "topic_thing": levels[int(level) - 1],
+                    "received_at": received_ms,
+                }
+            ).encode()
+    raise AssertionError(f"no topic rule reads {topic}: the device's messages would be lost")
+
+
+def test_the_device_s_results_and_heartbeats_reach_the_telemetry_store_and_the_metrics(loop, apps):
+    """The device's messages through the synthesized rules, the record processor with its deployed settings,
+    and Firehose's prefix into the bucket (moto), where the Glue tables' partition template finds them."""
+    from edge_deployment.runtime.telemetry import TelemetryConfig, transform
+
+    edge = apps.edge_workflow
+    rules = [edge.render(r["Properties"]) for r in edge.of_type("AWS::IoT::TopicRule").values()]
+    (config_json,) = [
+        variables["TELEMETRY_CONFIG"]
+        for r in edge.of_type("AWS::Lambda::Function").values()
+        if "TELEMETRY_CONFIG" in (variables := edge.render(r["Properties"].get("Environment", {}).get("Variables", {})))
+    ]
+    destination = edge.render(edge.one("AWS::KinesisFirehose::DeliveryStream")["Properties"])[
+        "ExtendedS3DestinationConfiguration"
+    ]
+    bucket = destination["BucketARN"].removeprefix("arn:aws:s3:::")
+    records = [
+        {"recordId": str(index), "approximateArrivalTimestamp": 1_796_000_000_000,
+         "data": base64.b64encode(_rule_envelope(rules, topic, payload, 1_796_000_000_000)).decode()}
+        for index, (topic, payload) in enumerate(loop.results)
+    ]  # fmt: skip
+    metric_lines: list[str] = []
+    response = transform({"records": records}, TelemetryConfig.from_json(config_json), emit=metric_lines.append)
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+        for index, answer in enumerate(response["records"]):
+            assert answer["result"] == "Ok"
+            prefix = destination["Prefix"]
+            for key, value in answer["metadata"]["partitionKeys"].items():
+                prefix = prefix.replace(f"!{{partitionKeyFromLambda:{key}}}", value)
+            s3.put_object(Bucket=bucket, Key=f"{prefix}part-{index}.json", Body=base64.b64decode(answer["data"]))
+        tables = {
+            t["TableInput"]["Name"]: t["TableInput"]["Parameters"]["storage.location.template"]
+            for t in (edge.render(r["Properties"]) for r in edge.of_type("AWS::Glue::Table").values())
+        }
+        found: dict[str, list[dict[str, Any]]] = {}
+        for table, template in tables.items():
+            for day in sorted({answer["metadata"]["partitionKeys"]["date"] for answer in response["records"]}):
+                location = template.replace("${date}", day).removeprefix(f"s3://{bucket}/")
+                for item in s3.list_objects_v2(Bucket=bucket, Prefix=location).get("Contents", []):
+                    body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                    found.setdefault(table, []).extend(json.loads(line) for line in body.splitlines())
+    assert len(found["results"]) == loop.frames and "rejected" not in found
+    assert {row["thing"] for row in found["results"]} == {THING}
+    assert {row["model_version"] for row in found["results"]} == {loop.model_recipe["ComponentVersion"]}
+    assert found["heartbeats"] and {row["thing"] for row in found["heartbeats"]} == {THING}
+    documents = [json.loads(line) for line in metric_lines]
+    frames = sum(d["Frames"] for d in documents if "Frames" in d)
+    assert frames == loop.frames
+    assert sum(d.get("Heartbeats", 0) for d in documents) == len(found["heartbeats"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ def _table_name(what: str) -> str:
         ("workflow pipeline", "AWS::CodePipeline::Pipeline", "Name"),
         ("notification topic", "AWS::SNS::Topic", "TopicName"),
         ("IoT role alias", "AWS::IoT::RoleAlias", "RoleAlias"),
+        ("fleet dashboard", "AWS::CloudWatch::Dashboard", "DashboardName"),
     ],
 )
 def test_the_name_table_names_real_resources(edge_stacks, what, resource_type, name_property):
@@ -51,7 +52,11 @@ def test_the_device_policy_row_names_what_register_device_creates(workflow_stack
 
 def test_the_model_package_group_is_the_one_the_approval_rule_listens_to(workflow_stack):
     assert _table_name("model package group") == GROUP
-    (rule,) = [r for r in workflow_stack.template["Resources"].values() if r["Type"] == "AWS::Events::Rule"]
+    (rule,) = [
+        r
+        for r in workflow_stack.template["Resources"].values()
+        if r["Type"] == "AWS::Events::Rule" and r["Properties"]["EventPattern"]["source"] == ["aws.sagemaker"]
+    ]
     assert rule["Properties"]["EventPattern"]["detail"]["ModelPackageGroupName"] == [_table_name("model package group")]
 
 
@@ -68,3 +73,15 @@ def test_the_state_machine_it_points_to_is_the_workflow(edge_stacks):
     machines = _names(edge_stacks, "AWS::StepFunctions::StateMachine", "StateMachineName")
     pointed = set(re.findall(r"\*\*Step Functions console\*\* → `([^`]+)`", README))
     assert pointed and pointed <= machines
+
+
+def test_the_alarm_table_names_the_stack_s_alarms_and_register_device_s(edge_stacks):
+    section = README.split("Alarms go to the notification topic", 1)[1].split("**Retraining on drift.**", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z0-9-]+)(?:-<thing>)?` \|", section, flags=re.MULTILINE))
+    prefix = "tag-inspect-edge-deployment-"
+    in_stack = {name.removeprefix(prefix) for name in _names(edge_stacks, "AWS::CloudWatch::Alarm", "AlarmName")}
+    made_per_device = {"device-silent", "uploads-dropped"}
+    assert listed - made_per_device <= in_stack, (listed - made_per_device) - in_stack
+    assert made_per_device <= listed
+    undocumented = in_stack - listed - {"approval-events-undelivered", "drift-events-undelivered"}
+    assert not undocumented, undocumented

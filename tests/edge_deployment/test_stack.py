@@ -356,7 +356,7 @@ def _package_event(group: str, status: str) -> dict[str, Any]:
 
 
 def test_only_an_approved_package_of_this_group_starts_the_workflow(workflow_stack):
-    _, rule = _only(workflow_stack.template, "AWS::Events::Rule")
+    _, rule = _by_prefix(workflow_stack.template, "AWS::Events::Rule", "WorkflowModelApprovedRule")
     pattern = rule["Properties"]["EventPattern"]
     assert pattern == {
         "source": ["aws.sagemaker"],
@@ -387,7 +387,7 @@ def test_only_an_approved_package_of_this_group_starts_the_workflow(workflow_sta
 
 
 def test_the_rule_passes_that_package_s_arn_to_the_workflow(workflow_stack):
-    _, rule = _only(workflow_stack.template, "AWS::Events::Rule")
+    _, rule = _by_prefix(workflow_stack.template, "AWS::Events::Rule", "WorkflowModelApprovedRule")
     (target,) = rule["Properties"]["Targets"]
     transformer = target["InputTransformer"]
     assert transformer["InputPathsMap"]["detail-ModelPackageArn"] == "$.detail.ModelPackageArn"
@@ -397,10 +397,10 @@ def test_the_rule_passes_that_package_s_arn_to_the_workflow(workflow_stack):
 
 def test_an_approval_that_cannot_start_the_workflow_is_kept_encrypted_and_alarmed(workflow_stack):
     template = workflow_stack.template
-    _, rule = _only(template, "AWS::Events::Rule")
+    _, rule = _by_prefix(template, "AWS::Events::Rule", "WorkflowModelApprovedRule")
     assert rule["Properties"]["Name"] == "tag-inspect-edge-model-approved"
     (target,) = rule["Properties"]["Targets"]
-    queue_id, queue = _only(template, "AWS::SQS::Queue")
+    queue_id, queue = _by_prefix(template, "AWS::SQS::Queue", "WorkflowApprovalDeadLetters")
     assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}}
     assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 86_400
     key_id = queue["Properties"]["KmsMasterKeyId"]["Fn::GetAtt"][0]
@@ -409,14 +409,14 @@ def test_an_approval_that_cannot_start_the_workflow_is_kept_encrypted_and_alarme
     assert _text(events_may["Condition"]["ArnEquals"]["aws:SourceArn"]) == (
         "arn:aws:events:eu-west-1:123456789012:rule/tag-inspect-edge-model-approved"
     )
-    _, queue_policy = _only(template, "AWS::SQS::QueuePolicy")
+    _, queue_policy = _by_prefix(template, "AWS::SQS::QueuePolicy", "WorkflowApprovalDeadLetters")
     statements = queue_policy["Properties"]["PolicyDocument"]["Statement"]
     assert any(
         s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements
     )
     (send,) = [s for s in statements if s.get("Principal") == {"Service": "events.amazonaws.com"}]
     assert send["Action"] == "sqs:SendMessage"
-    _, alarm = _only(template, "AWS::CloudWatch::Alarm")
+    _, alarm = _by_prefix(template, "AWS::CloudWatch::Alarm", "WorkflowApprovalDeadLetters")
     properties = alarm["Properties"]
     assert properties["AlarmName"] == "tag-inspect-edge-deployment-approval-events-undelivered"
     assert properties["MetricName"] == "ApproximateNumberOfMessagesVisible"

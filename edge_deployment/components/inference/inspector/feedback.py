@@ -82,6 +82,20 @@ def expected_empty_rate(model_directory: Path | None) -> float | None:
     return value if 0.0 <= value <= 1.0 else None
 
 
+def expected_uncertain_rate(model_directory: Path | None, band: tuple[float, float]) -> float | None:
+    """The test split's share of images whose top score falls in the uncertainty band (model.json's
+    `test_statistics.top_scores`): what the cloud compares the line's share of uncertain frames with."""
+    if model_directory is None:
+        return None
+    try:
+        raw = json.loads((model_directory / "model.json").read_text(encoding="utf-8"))
+        scores = [float(score) for score in raw["test_statistics"]["top_scores"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    low, high = band
+    return round(sum(1 for score in scores if low <= score < high) / len(scores), 4) if scores else None
+
+
 class UploadRateLimiter:
     """At most `max_per_hour` uploads in any sliding hour (0: no cap); counts the frames it turned away."""
 
@@ -159,6 +173,7 @@ class FeedbackSelector:
         self.limiter = UploadRateLimiter(max_per_hour, clock=clock)
         self.monitor = EmptyFrameMonitor(window=window)
         self._model: Path | None = None
+        self._expected_uncertain: tuple[Path | None, tuple[float, float], float | None] | None = None
 
     def configure(
         self, *, band: tuple[float, float], sample_rate: float, drift_sample_rate: float, max_per_hour: int
@@ -181,9 +196,16 @@ class FeedbackSelector:
             return None
         return reason
 
+    def expected_uncertain_rate(self) -> float | None:
+        """expected_uncertain_rate of the serving model and band, read once per model and band."""
+        if self._expected_uncertain is None or self._expected_uncertain[:2] != (self._model, self.band):
+            self._expected_uncertain = (self._model, self.band, expected_uncertain_rate(self._model, self.band))
+        return self._expected_uncertain[2]
+
     def status(self) -> dict[str, Any]:
         observed = self.monitor.observed
         return {
+            "expected_uncertain_frame_rate": self.expected_uncertain_rate(),
             "uploads_capped": self.limiter.capped,
             "empty_frame_rate": round(observed, 4) if observed is not None else None,
             "expected_empty_frame_rate": self.monitor.expected,

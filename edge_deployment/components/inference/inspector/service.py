@@ -47,6 +47,11 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
+# The version of the result and heartbeat messages (shared/contracts.py, DEVICE_MESSAGE_VERSION): the cloud
+# keeps a message of a version it does not know aside instead of misreading it.
+MESSAGE_VERSION = 1
+
+
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -281,12 +286,15 @@ class InferenceService:
             return None
         latency_ms = (time.perf_counter() - started) * 1000.0
         payload: dict[str, Any] = {
+            "message_version": MESSAGE_VERSION,
             "thing": self.context.thing,
             "image": frame.name,
             "timestamp": iso(frame.captured_at),
             "model_version": self.models.version,
             "latency_ms": round(latency_ms, 2),
             "detections": [detection.to_json() for detection in result.detections],
+            # The highest candidate score, also below the confidence threshold: the uncertainty band's measure.
+            "top_score": round(result.top_score, 5),
         }
         key, kept = self._queue_feedback(frame, data, image, result.top_score, empty=not result.detections)
         if key:
@@ -361,6 +369,7 @@ class InferenceService:
         mean = self._window_latency / self._window_frames if self._window_frames else None
         detector = self.models.detector
         payload: dict[str, Any] = {
+            "message_version": MESSAGE_VERSION,
             "thing": self.context.thing,
             "timestamp": iso(self._now()),
             "status": "serving" if detector is not None else "waiting for a model",

@@ -1,0 +1,101 @@
+"""Each device's own alarms, made and removed with the device by register_device.
+
+A device that falls silent has no metric left to alarm on in a thing-group query, so each device gets
+its own alarms, named after it (the notification names the device), as it gets its own IoT policy:
+
+* `<alarm prefix>device-silent-<thing>`: no heartbeat for `monitoring.silent_minutes` minutes
+  (missing data counts as silence);
+* `<alarm prefix>uploads-dropped-<thing>`: the device's upload queue dropped frames in the last
+  five minutes (its running count of dropped frames went up).
+
+Both notify the edge app's topic, which accepts alarms whose names start with the app's alarm prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_deployment.naming import EdgeNames
+from edge_deployment.runtime.telemetry import HEARTBEAT_COUNT, UPLOADS_DROPPED
+from shared.config import FleetMonitoringSettings
+
+
+def silent_alarm_name(names: EdgeNames, thing_name: str) -> str:
+    return f"{names.alarm_prefix}device-silent-{thing_name}"
+
+
+def uploads_dropped_alarm_name(names: EdgeNames, thing_name: str) -> str:
+    return f"{names.alarm_prefix}uploads-dropped-{thing_name}"
+
+
+def device_alarm_requests(
+    names: EdgeNames, monitoring: FleetMonitoringSettings, thing_name: str
+) -> list[dict[str, Any]]:
+    """The PutMetricAlarm requests of one device's alarms."""
+    dimensions = [{"Name": "ThingGroup", "Value": names.thing_group}, {"Name": "Device", "Value": thing_name}]
+    actions = {"AlarmActions": [names.notification_topic_arn], "OKActions": [names.notification_topic_arn]}
+    minutes = monitoring.silent_minutes
+    return [
+        {
+            "AlarmName": silent_alarm_name(names, thing_name),
+            "AlarmDescription": f"Device {thing_name} sent no heartbeat for {minutes} minutes: offline, stopped or "
+            "its inference component is not running (Greengrass logs on the device; edge_deployment/README.md).",
+            "Namespace": names.metrics_namespace,
+            "MetricName": HEARTBEAT_COUNT,
+            "Dimensions": dimensions,
+            "Statistic": "Sum",
+            "Period": 60,
+            "EvaluationPeriods": minutes,
+            "DatapointsToAlarm": minutes,
+            "Threshold": 1.0,
+            "ComparisonOperator": "LessThanThreshold",
+            "TreatMissingData": "breaching",
+            **actions,
+        },
+        {
+            "AlarmName": uploads_dropped_alarm_name(names, thing_name),
+            "AlarmDescription": f"Device {thing_name} dropped frames meant for labeling: its offline queue is full "
+            "(long offline, or edge_deployment.offline_queue_mb too small).",
+            "Metrics": [
+                {
+                    "Id": "dropped",
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": names.metrics_namespace,
+                            "MetricName": UPLOADS_DROPPED,
+                            "Dimensions": dimensions,
+                        },
+                        "Period": 300,
+                        "Stat": "Maximum",
+                    },
+                    "ReturnData": False,
+                },
+                # The count runs since the component started: its rise is what was dropped in the period.
+                {"Id": "newly_dropped", "Expression": "DIFF(dropped)", "Label": "frames dropped", "ReturnData": True},
+            ],
+            "EvaluationPeriods": 1,
+            "Threshold": 0.0,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "TreatMissingData": "notBreaching",
+            **actions,
+        },
+    ]
+
+
+def put_device_alarms(
+    cloudwatch: Any, names: EdgeNames, monitoring: FleetMonitoringSettings, thing_name: str
+) -> list[str]:
+    """Create (or update) the device's alarms; their names."""
+    requests = device_alarm_requests(names, monitoring, thing_name)
+    for request in requests:
+        cloudwatch.put_metric_alarm(**request)
+    return [request["AlarmName"] for request in requests]
+
+
+def delete_device_alarms(cloudwatch: Any, names: EdgeNames, thing_name: str) -> list[str]:
+    """Delete the device's alarms that exist; their names (none: nothing to delete)."""
+    wanted = [silent_alarm_name(names, thing_name), uploads_dropped_alarm_name(names, thing_name)]
+    found = [alarm["AlarmName"] for alarm in cloudwatch.describe_alarms(AlarmNames=wanted).get("MetricAlarms", [])]
+    if found:
+        cloudwatch.delete_alarms(AlarmNames=found)
+    return found
