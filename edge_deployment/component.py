@@ -46,7 +46,7 @@ class WorkflowStack(cdk.Stack):
             names=own,
             shared_names=shared_names,
             fleet=self.fleet,
-            inference=self.inference,
+            inference_version=self.inference.version,
         )
         WorkflowPipeline(
             self,

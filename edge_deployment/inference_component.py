@@ -26,7 +26,7 @@ from edge_deployment.components.inference.recipe import (
 )
 from edge_deployment.fleet import DeviceFleet, resource_finding
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, artifact_key
-from edge_deployment.workflow import runtime_bundle
+from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
 from shared.building_blocks import log_retention, python_function
 from shared.config import Settings
 from shared.guardrails import IAM5, acknowledge
@@ -129,7 +129,7 @@ class InferenceComponent(Construct):
             self,
             "PublishFunction",
             code_dir=runtime_bundle(),
-            handler="index.inference_component",
+            handler=f"{HANDLER_MODULE}.inference_component",
             description=f"Publishes the {edge.inference_component_name} component version (deploy time)",
             timeout=cdk.Duration.minutes(5),
             log_retention=log_retention(settings.toolchain.log_retention_days),

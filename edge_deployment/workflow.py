@@ -19,13 +19,7 @@ by `workflow_state_machine`.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
@@ -40,6 +34,7 @@ from constructs import Construct
 from edge_deployment.fleet import DeviceFleet, resource_finding
 from edge_deployment.naming import EdgeNames
 from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY, RolloutPolicy
+from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
 from shared.building_blocks import (
     EventDeadLetters,
     grant_key_by_alias,
@@ -52,14 +47,8 @@ from shared.config import ROLLOUT_OVERHEAD_MINUTES, AppName, Settings
 from shared.guardrails import IAM5, acknowledge
 from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
 
-if TYPE_CHECKING:  # the inference component's construct module uses runtime_bundle() from here
-    from edge_deployment.inference_component import InferenceComponent
-
 APP: AppName = "edge_deployment"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
-HANDLERS = ("resolve", "prepare_model", "create_deployment", "check_rollout", "inference_component")
 # Errors worth another try: Lambda service faults, a function timeout, AWS calls still throttled.
 TRANSIENT_ERRORS = [
     "Lambda.ServiceException",
@@ -77,39 +66,6 @@ MODEL_COMPONENT_MAX_POLLS = 60
 # An older package's deployment can replace this run's only while its run was between its check and its
 # CreateDeployment call; more than this many in a row means something else keeps deploying.
 MAX_REDEPLOYS = 3
-
-
-def runtime_bundle() -> Path:
-    """The functions' code: `edge_deployment/runtime` + `shared/contracts.py`, importable as in the repo.
-
-    Staged in a folder named by its content hash, so synth is repeatable and the asset hash changes
-    only when the code does.
-    """
-    files: dict[str, bytes] = {
-        "index.py": (
-            "from edge_deployment.runtime.handlers import " + ", ".join(HANDLERS) + "\n\n"
-            f"__all__ = {list(HANDLERS)!r}\n"
-        ).encode(),
-        "edge_deployment/__init__.py": b"",
-        "shared/__init__.py": b"",
-        "shared/contracts.py": (REPO_ROOT / "shared" / "contracts.py").read_bytes(),
-    }
-    for path in sorted(RUNTIME_DIR.glob("*.py")):
-        files[f"edge_deployment/runtime/{path.name}"] = path.read_bytes()
-    digest = hashlib.sha256()
-    for name, content in sorted(files.items()):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
-    target = Path(tempfile.gettempdir()) / f"edge-deployment-runtime-{digest.hexdigest()[:20]}"
-    if not target.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix="edge-deployment-runtime-"))
-        for name, content in files.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            (staging / name).write_bytes(content)
-        try:
-            os.rename(staging, target)
-        except OSError:  # staged meanwhile by another synth: the same content
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def rollout_policy(settings: Settings) -> RolloutPolicy:
@@ -148,7 +104,7 @@ class DeploymentWorkflow(Construct):
         names: EdgeNames,
         shared_names: ResourceNames,
         fleet: DeviceFleet,
-        inference: InferenceComponent,
+        inference_version: str,
     ) -> None:
         super().__init__(scope, construct_id)
         self._stack = stack = cdk.Stack.of(self)
@@ -161,7 +117,7 @@ class DeploymentWorkflow(Construct):
             self,
             "ResolveFunction",
             code_dir=code,
-            handler="index.resolve",
+            handler=f"{HANDLER_MODULE}.resolve",
             description="Edge workflow step 1: the model package to deploy",
             environment={"MODEL_PACKAGE_GROUP": shared_names.model_package_group},
             log_retention=retention,
@@ -171,7 +127,7 @@ class DeploymentWorkflow(Construct):
             self,
             "PrepareModelFunction",
             code_dir=code,
-            handler="index.prepare_model",
+            handler=f"{HANDLER_MODULE}.prepare_model",
             description="Edge workflow step 2: validate the model archive, create the model component version",
             environment={
                 "MODEL_COMPONENT_NAME": edge.model_component_name,
@@ -195,7 +151,7 @@ class DeploymentWorkflow(Construct):
             self,
             "CreateDeploymentFunction",
             code_dir=code,
-            handler="index.create_deployment",
+            handler=f"{HANDLER_MODULE}.create_deployment",
             description="Edge workflow step 3: the Greengrass deployment to the thing group",
             environment={
                 "THING_GROUP_NAME": edge.thing_group_name,
@@ -210,7 +166,7 @@ class DeploymentWorkflow(Construct):
             self,
             "CheckRolloutFunction",
             code_dir=code,
-            handler="index.check_rollout",
+            handler=f"{HANDLER_MODULE}.check_rollout",
             description="Edge workflow step 4: one look at the rollout's IoT job (the state machine waits between)",
             environment={
                 "THING_GROUP_NAME": edge.thing_group_name,
@@ -228,7 +184,9 @@ class DeploymentWorkflow(Construct):
             self,
             "StateMachine",
             state_machine_name=shared_names.workflow_state_machine(APP),
-            definition=self._definition(settings=settings, shared_names=shared_names, inference=inference),
+            definition=self._definition(
+                settings=settings, shared_names=shared_names, inference_version=inference_version
+            ),
             timeout=cdk.Duration.minutes(edge.rollout.max_wait_minutes + ROLLOUT_OVERHEAD_MINUTES),
             log_retention=retention,
         )
@@ -453,9 +411,7 @@ class DeploymentWorkflow(Construct):
         )
         return task
 
-    def _definition(
-        self, *, settings: Settings, shared_names: ResourceNames, inference: InferenceComponent
-    ) -> sfn.IChainable:
+    def _definition(self, *, settings: Settings, shared_names: ResourceNames, inference_version: str) -> sfn.IChainable:
         edge = settings.edge_deployment
         stack = self._stack
         topic = sns.Topic.from_topic_arn(
@@ -573,7 +529,7 @@ class DeploymentWorkflow(Construct):
                 {
                     "package.$": "$.resolution.package",
                     "modelComponent.$": "$.modelComponent",
-                    "inferenceComponent": {"name": edge.inference_component_name, "version": inference.version},
+                    "inferenceComponent": {"name": edge.inference_component_name, "version": inference_version},
                     "executionId.$": "$$.Execution.Id",
                     "attempt.$": "$.deploymentAttempts.count",
                 },

@@ -30,6 +30,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk.interfaces import aws_events as events_interfaces
 from constructs import Construct
 
+from shared.code_bundle import code_bundle, handler_file
 from shared.guardrails import acknowledge, checkov_skip, render
 
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -446,8 +447,8 @@ class ServiceLogRetention(Construct):
         self.function = python_function(
             self,
             "Function",
-            code_dir=Path(__file__).resolve().parent / "runtime",
-            handler="service_log_groups.handler",
+            code_dir=code_bundle("shared-runtime", ["shared/runtime"]),
+            handler="shared.runtime.service_log_groups.handler",
             description="Sets the retention of log groups AWS services create: " + ", ".join(log_group_names),
             timeout=cdk.Duration.minutes(2),
             log_retention=log_retention(retention_days),
@@ -555,12 +556,13 @@ def python_function(
 ) -> lambda_.Function:
     """A Python Lambda function from a folder of plain modules (the handler stays thin).
 
-    `code_dir` is bundled as is; with `powertools=True` Powertools for AWS Lambda is added beside it.
+    `code_dir` is bundled as is (a `shared.code_bundle` folder, so that `handler` is the dotted path of a
+    module in the repository); with `powertools=True` Powertools for AWS Lambda is added beside it.
     The function gets its own log group with a retention, X-Ray active tracing and the service name
     Powertools uses in its structured logs.
     """
     code_dir = Path(code_dir)
-    if not (code_dir / (handler.split(".", maxsplit=1)[0] + ".py")).is_file():
+    if not handler_file(handler, code_dir).is_file():
         raise ValueError(f"handler module for {handler!r} not found in {code_dir}")
     if powertools:
         code = lambda_.Code.from_asset(

@@ -42,6 +42,7 @@ from shared.building_blocks import (
     python_function,
     secure_bucket,
 )
+from shared.code_bundle import code_bundle
 from shared.config import APP_NAMES, AppName, Settings
 from shared.guardrails import IAM5, acknowledge, checkov_skip, render
 from shared.names import ResourceNames, app_slug, resource_names, upstream_app
@@ -434,8 +435,8 @@ class AppToolchainStack(cdk.Stack):
         filter_fn = python_function(
             self,
             "PathFilter",
-            code_dir=REPO_ROOT / "shared" / "runtime",
-            handler="path_filter.handler",
+            code_dir=code_bundle("shared-runtime", ["shared/runtime"]),
+            handler="shared.runtime.path_filter.handler",
             description=f"Starts {self.names.asset_pipeline(self.app_name)} for pushes that touch its paths",
             environment={
                 "PIPELINE_NAME": self.names.asset_pipeline(self.app_name),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import shutil
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from shared.building_blocks import grant_key_by_alias, python_function
+from shared.code_bundle import bundle_files, code_bundle
 from shared.config import Settings
 from shared.guardrails import IAM5, acknowledge, render
 from shared.names import OFFLINE_STORE_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
@@ -39,23 +39,13 @@ from training.pipeline_definition import PipelineResources, pipeline_definition
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEPS_DIR = REPO_ROOT / "training" / "steps"
-CONTRACTS_FILE = REPO_ROOT / "shared" / "contracts.py"
+STEP_PACKAGES = ("training/steps",)
 SAGEMAKER = iam.ServicePrincipal("sagemaker.amazonaws.com")
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
-@jsii.implements(cdk.ILocalBundling)
-class _StepCodeBundling:
-    """Lay out the step code as it is imported: `training/steps/...` and `shared/contracts.py`."""
-
-    def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_: object) -> bool:
-        out = Path(output_dir)
-        shutil.copytree(STEPS_DIR, out / "training" / "steps", dirs_exist_ok=True, ignore=_IGNORED)
-        (out / "training" / "__init__.py").write_text("", encoding="utf-8")
-        (out / "shared").mkdir(exist_ok=True)
-        (out / "shared" / "__init__.py").write_text("", encoding="utf-8")
-        shutil.copyfile(CONTRACTS_FILE, out / "shared" / "contracts.py")
-        return True
+def step_code_dir() -> Path:
+    """The step code as it is imported (`training/steps/...`, `shared/contracts.py`), staged once per content."""
+    return code_bundle("training-steps", STEP_PACKAGES)
 
 
 @jsii.implements(cdk.ILocalBundling)
@@ -66,19 +56,13 @@ class _TrainingSourceBundling:
     order, so the same code always gives the same archive."""
 
     def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_: object) -> bool:
-        files = {
-            "requirements.txt": STEPS_DIR / "requirements.lock",
-            "training/__init__.py": None,
-            "shared/__init__.py": None,
-            "shared/contracts.py": CONTRACTS_FILE,
-        }
-        for path in sorted(STEPS_DIR.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                files[f"training/steps/{path.relative_to(STEPS_DIR).as_posix()}"] = path
+        files = bundle_files(
+            STEP_PACKAGES, extra_files={"requirements.txt": (STEPS_DIR / "requirements.lock").read_bytes()}
+        )
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for name in sorted(files):
-                data = files[name].read_bytes() if files[name] is not None else b""  # type: ignore[union-attr]
+                data = files[name]
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o755 if name.endswith(".sh") else 0o644, 0
                 archive.addfile(info, io.BytesIO(data))
@@ -103,17 +87,8 @@ def training_source_asset(scope: Construct, construct_id: str) -> s3_assets.Asse
 
 
 def step_code_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
-    return s3_assets.Asset(
-        scope,
-        construct_id,
-        path=str(STEPS_DIR),
-        bundling=cdk.BundlingOptions(
-            # Never pulled: local bundling always succeeds (no Docker needed). CDK requires an image.
-            image=cdk.DockerImage.from_registry("public.ecr.aws/docker/library/python:3.12-slim"),
-            local=_StepCodeBundling(),
-        ),
-        asset_hash_type=cdk.AssetHashType.OUTPUT,  # shared/contracts.py changes the hash too
-    )
+    """The step code for processing jobs: a zip of `step_code_dir()` (its hash changes with shared/contracts.py too)."""
+    return s3_assets.Asset(scope, construct_id, path=str(step_code_dir()))
 
 
 class _Policy:
@@ -328,8 +303,8 @@ class TrainingPipeline(Construct):
         function = python_function(
             self,
             "FindChampion",
-            code_dir=STEPS_DIR,
-            handler="gate.handler",
+            code_dir=step_code_dir(),
+            handler="training.steps.gate.handler",
             description="Training pipeline: the newest approved model package (the champion) and its archive",
             timeout=cdk.Duration.seconds(60),
             powertools=False,

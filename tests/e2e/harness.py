@@ -111,12 +111,12 @@ def wiring(apps: Apps) -> Wiring:
     handlers = {
         r["Properties"]["Handler"]
         for r in workflow.of_type("AWS::Lambda::Function").values()
-        if r["Properties"]["Handler"].startswith("labeling_lambda.")
+        if r["Properties"]["Handler"].startswith("labeling.runtime.handlers.")
     }
     configs = {
-        workflow.environment(f"labeling_lambda.{h}")["LABELING_CONFIG"]
+        workflow.environment(f"labeling.runtime.handlers.{h}")["LABELING_CONFIG"]
         for h in LABELING_HANDLERS
-        if f"labeling_lambda.{h}" in handlers
+        if f"labeling.runtime.handlers.{h}" in handlers
     }
     if len(configs) != 1:
         raise LoopBroken(f"the labeling functions run with {len(configs)} different configurations")
@@ -136,7 +136,7 @@ def wiring(apps: Apps) -> Wiring:
         apps=apps,
         labeling=LabelingConfig.from_json(configs.pop()),
         pipeline=definition,
-        edge_environment={h: edge.environment(f"index.{h}") for h in EDGE_HANDLERS},
+        edge_environment={h: edge.environment(f"edge_deployment.runtime.handlers.{h}") for h in EDGE_HANDLERS},
         inference_recipe=render_recipe_template(properties["RecipeTemplate"], version),
     )
 
@@ -475,7 +475,7 @@ class Loop:
 
         edge = self.apps.edge_workflow
         functions = {
-            lid: props["Handler"].removeprefix("index.")
+            lid: props["Handler"].removeprefix("edge_deployment.runtime.handlers.")
             for lid, props in ((lid, r["Properties"]) for lid, r in edge.of_type("AWS::Lambda::Function").items())
         }
         substitutions = {f"{lid}.Arn": edge.arn(lid) for lid in functions} | dict(edge.attributes)

@@ -399,10 +399,15 @@ def test_the_recipe_must_name_the_artifact_it_publishes(s3, greengrass):
 
 def test_module_paths_are_stable_for_the_lambda_bundle():
     """The functions import the runtime as edge_deployment.runtime.*: the bundle keeps that layout."""
-    from edge_deployment.workflow import runtime_bundle
+    from edge_deployment.runtime_bundle import runtime_bundle
 
     bundle = runtime_bundle()
-    for name in ("index.py", "edge_deployment/runtime/handlers.py", "shared/contracts.py", "shared/__init__.py"):
+    for name in (
+        "edge_deployment/__init__.py",
+        "edge_deployment/runtime/handlers.py",
+        "shared/contracts.py",
+        "shared/__init__.py",
+    ):
         assert (bundle / name).is_file(), name
     assert (bundle / "shared/contracts.py").read_bytes() == (
         Path(__file__).parents[2] / "shared/contracts.py"

@@ -185,9 +185,10 @@ class EdgeWorkflow:
         self.sns = boto3.client("sns", region_name=REGION)
         self.sqs = boto3.client("sqs", region_name=REGION)
         self.functions = {
-            logical_id: resource["Properties"]["Handler"].split(".", 1)[1]
+            logical_id: resource["Properties"]["Handler"].rsplit(".", 1)[1]
             for logical_id, resource in self.template["Resources"].items()
-            if resource["Type"] == "AWS::Lambda::Function" and resource["Properties"]["Handler"].startswith("index.")
+            if resource["Type"] == "AWS::Lambda::Function"
+            and resource["Properties"]["Handler"].startswith("edge_deployment.runtime.handlers.")
         }
         topic = self.sns.create_topic(Name=TOPIC)["TopicArn"]
         self.queue = self.sqs.create_queue(QueueName="notifications")["QueueUrl"]

@@ -2,7 +2,7 @@
 
 * The definition comes from the synthesized template (`tests/helpers/asl.state_machines`), with the
   functions' ARNs filled in.
-* Each Lambda task runs the handler its function names (`labeling_lambda.<handler>`), in process,
+* Each Lambda task runs the handler its function names (`labeling.runtime.handlers.<handler>`), in process,
   against moto S3 and Step Functions and the Feature Store double: moto's Lambda without Docker is
   told to dispatch instead of echoing the payload. A handler's exception becomes a Lambda function
   error named after the exception class, as in AWS.
@@ -57,10 +57,10 @@ class Context:
 def lambda_functions(template: Mapping[str, Any]) -> dict[str, str]:
     """Logical id -> handler name of the labeling functions in a template."""
     return {
-        logical_id: resource["Properties"]["Handler"].split(".", 1)[1]
+        logical_id: resource["Properties"]["Handler"].rsplit(".", 1)[1]
         for logical_id, resource in template["Resources"].items()
         if resource["Type"] == "AWS::Lambda::Function"
-        and resource["Properties"]["Handler"].startswith("labeling_lambda.")
+        and resource["Properties"]["Handler"].startswith("labeling.runtime.handlers.")
     }
 
 

@@ -290,7 +290,9 @@ def test_a_full_image_uri_is_used_as_configured(settings):
 
 def test_the_champion_lookup_reads_the_registry_only(workflow_stack):
     functions = workflow_stack.resources("AWS::Lambda::Function")
-    ((function_id, function),) = [(i, f) for i, f in functions.items() if f["Properties"]["Handler"] == "gate.handler"]
+    ((function_id, function),) = [
+        (i, f) for i, f in functions.items() if f["Properties"]["Handler"] == "training.steps.gate.handler"
+    ]
     assert function["Properties"]["Runtime"] == "python3.14"
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
     actions = _actions(workflow_stack.template, role)
