@@ -24,14 +24,13 @@ import json
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from edge_deployment.fleet import DeviceFleet, resource_finding
+from edge_deployment.fleet import DeviceFleet
 from edge_deployment.naming import EdgeNames
 from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY, RolloutPolicy
 from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
@@ -44,7 +43,7 @@ from shared.building_blocks import (
     workflow_state_machine,
 )
 from shared.config import ROLLOUT_OVERHEAD_MINUTES, AppName, Settings
-from shared.guardrails import IAM5, acknowledge
+from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
 
 APP: AppName = "edge_deployment"
@@ -244,132 +243,136 @@ class DeploymentWorkflow(Construct):
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME if colon else cdk.ArnFormat.SLASH_RESOURCE_NAME,
         )
 
-    def _allow(self, function: lambda_.Function, sid: str, actions: list[str], resources: list[str]) -> None:
-        function.add_to_role_policy(iam.PolicyStatement(sid=sid, actions=actions, resources=resources))
-
-    def _acknowledge(self, function: lambda_.Function, reason: str, *, resource: str | None = None) -> None:
-        finding = resource_finding(self._stack, resource) if resource else None
-        assert function.role is not None
-        acknowledge(function.role, IAM5, reason, finding=finding)
-
     def _grant_functions(self, *, settings: Settings, shared_names: ResourceNames, fleet: DeviceFleet) -> None:
         edge = settings.edge_deployment
         stack = self._stack
         # Step 1: read the model registry of this app's group.
         package_arns = self._arn("sagemaker", "model-package", f"{shared_names.model_package_group.lower()}/*")
-        self._allow(self.resolve_function, "DescribeGroupPackages", ["sagemaker:DescribeModelPackage"], [package_arns])
-        self._allow(self.resolve_function, "ListGroupPackages", ["sagemaker:ListModelPackages"], ["*"])
-        self._acknowledge(
+        allow(
             self.resolve_function,
-            "Any version of this app's model package group (versions are created by training).",
-            resource=package_arns,
+            ["sagemaker:DescribeModelPackage"],
+            [package_arns],
+            sid="DescribeGroupPackages",
+            why="Any version of this app's model package group (versions are created by training).",
         )
-        self._acknowledge(
+        allow(
             self.resolve_function,
-            "sagemaker:ListModelPackages supports no resource-level permission; the function lists only "
+            ["sagemaker:ListModelPackages"],
+            ["*"],
+            sid="ListGroupPackages",
+            why="sagemaker:ListModelPackages supports no resource-level permission; the function lists only "
             "the group named in its environment.",
-            resource="*",
         )
 
         # Step 2: read the model archive, write model.zip, create the model component version.
         archives = f"arn:{stack.partition}:s3:::{shared_names.model_bucket}/{MODEL_ARCHIVE_PREFIX}*"
-        self._allow(self.prepare_function, "ReadModelArchives", ["s3:GetObject"], [archives])
-        grant_key_by_alias(self.prepare_function, alias=shared_names.model_key_alias, stack=stack)
-        self._acknowledge(
+        allow(
             self.prepare_function,
-            f"Model archives under {MODEL_ARCHIVE_PREFIX} of training's model bucket (one per pipeline run): the "
-            "package names the key, unknown in advance.",
-            resource=archives,
+            ["s3:GetObject"],
+            [archives],
+            sid="ReadModelArchives",
+            why=f"Model archives under {MODEL_ARCHIVE_PREFIX} of training's model bucket (one per pipeline run): "
+            "the package names the key, unknown in advance.",
         )
+        grant_key_by_alias(self.prepare_function, alias=shared_names.model_key_alias, stack=stack)
         fleet.grant_artifact_publishing(self.prepare_function, component_name=edge.model_component_name)
         model_component = self._arn("greengrass", "components", edge.model_component_name, colon=True)
-        self._allow(
+        allow(
             self.prepare_function,
-            "CreateModelComponentVersions",
             ["greengrass:CreateComponentVersion"],
             [model_component],
+            sid="CreateModelComponentVersions",
         )
-        self._allow(
+        allow(
             self.prepare_function,
-            "ReadModelComponentVersions",
             ["greengrass:DescribeComponent", "greengrass:GetComponent"],
             [f"{model_component}:versions:*"],
-        )
-        self._acknowledge(
-            self.prepare_function,
-            "Versions of the model component (one per model package version).",
-            resource=f"{model_component}:versions:*",
+            sid="ReadModelComponentVersions",
+            why="Versions of the model component (one per model package version).",
         )
 
         # Step 3: the deployment, and the IoT job Greengrass creates with the caller's permissions.
         group_arn = fleet.thing_group_arn
         deployments = self._arn("greengrass", "deployments", "*", colon=True)
         jobs = self._arn("iot", "job", "*")
-        self._allow(
+        new_deployments = "Deployments are created at run time; ids unknown in advance."
+        rollout_jobs = "Greengrass names the rollout's IoT job itself (a generated id)."
+        allow(
             self.create_function,
-            "CreateAndListDeployments",
             ["greengrass:CreateDeployment", "greengrass:ListDeployments"],
             ["*"],
+            sid="CreateAndListDeployments",
+            why="greengrass:CreateDeployment and ListDeployments take no resource ARN in IAM; the function deploys "
+            "only to the thing group named in its environment.",
         )
-        self._allow(self.create_function, "ReadDeployments", ["greengrass:GetDeployment"], [deployments])
+        allow(
+            self.create_function,
+            ["greengrass:GetDeployment"],
+            [deployments],
+            sid="ReadDeployments",
+            why=new_deployments,
+        )
         # Why `job/*` stays: Greengrass creates the deployment's continuous IoT job with a generated id, and revises
         # (UpdateJob) or cancels (CancelJob) the previous one, all with the caller's permissions (CreateDeployment's
         # dependent actions in the service authorization reference). No IoT condition key tells a Greengrass
         # deployment job from another job of the account, and the id is known only after the call. The function's
         # own code only reads jobs; the job's targets are narrowed to this app's thing group below.
-        self._allow(
+        allow(
             self.create_function,
-            "DeploymentJobs",
             ["iot:CreateJob", "iot:CancelJob", "iot:UpdateJob", "iot:DescribeJob"],
             [jobs],
+            sid="DeploymentJobs",
+            why=rollout_jobs,
         )
-        self._allow(self.create_function, "TargetThingGroup", ["iot:CreateJob", "iot:DescribeThingGroup"], [group_arn])
-        self._acknowledge(
+        allow(
             self.create_function,
-            "greengrass:CreateDeployment and ListDeployments take no resource ARN in IAM; the function deploys "
-            "only to the thing group named in its environment.",
-            resource="*",
+            ["iot:CreateJob", "iot:DescribeThingGroup"],
+            [group_arn],
+            sid="TargetThingGroup",
         )
-        for function in (self.create_function, self.check_function):
-            self._acknowledge(
-                function, "Deployments are created at run time; ids unknown in advance.", resource=deployments
-            )
-            self._acknowledge(
-                function, "Greengrass names the rollout's IoT job itself (a generated id).", resource=jobs
-            )
 
         # Steps 3 and 4 ask which package is the newest approved one (a newer approval overtakes a run).
         for function in (self.create_function, self.check_function):
-            self._allow(function, "NewestApprovedPackage", ["sagemaker:ListModelPackages"], ["*"])
-        self._acknowledge(
-            self.check_function,
-            "sagemaker:ListModelPackages and greengrass:ListDeployments support no resource-level permission; the "
-            "function lists only this app's group and thing group.",
-            resource="*",
-        )
-        self._acknowledge(
-            self.create_function,
-            "sagemaker:ListModelPackages supports no resource-level permission; only this app's group is listed.",
-            resource="*",
-        )
+            allow(
+                function,
+                ["sagemaker:ListModelPackages"],
+                ["*"],
+                sid="NewestApprovedPackage",
+                why="sagemaker:ListModelPackages supports no resource-level permission; only this app's group "
+                "is listed.",
+            )
 
         # Step 4: follow the job, see which deployment replaced a cancelled one, ask Greengrass why a device failed.
         core_devices = self._arn("greengrass", "coreDevices", "*", colon=True)
-        self._allow(self.check_function, "ReadDeployments", ["greengrass:GetDeployment"], [deployments])
-        self._allow(self.check_function, "LatestDeployment", ["greengrass:ListDeployments"], ["*"])
+        allow(
+            self.check_function, ["greengrass:GetDeployment"], [deployments], sid="ReadDeployments", why=new_deployments
+        )
+        allow(
+            self.check_function,
+            ["greengrass:ListDeployments"],
+            ["*"],
+            sid="LatestDeployment",
+            why="greengrass:ListDeployments supports no resource-level permission; the function lists only the "
+            "deployments of this app's thing group.",
+        )
         # the executions of its own state machine that started earlier and still run (overlapping runs)
         own_machine = self._arn("states", "stateMachine", shared_names.workflow_state_machine(APP), colon=True)
-        self._allow(self.check_function, "OlderRuns", ["states:ListExecutions"], [own_machine])
-        self._allow(
-            self.check_function, "FollowDeploymentJobs", ["iot:DescribeJob", "iot:ListJobExecutionsForJob"], [jobs]
-        )
-        self._allow(self.check_function, "DeviceResults", ["greengrass:ListEffectiveDeployments"], [core_devices])
-        self._allow(self.check_function, "GroupMembers", ["iot:ListThingsInThingGroup"], [group_arn])
-        self._acknowledge(
+        allow(self.check_function, ["states:ListExecutions"], [own_machine], sid="OlderRuns")
+        allow(
             self.check_function,
-            "Any core device may have failed; the function only reads the deployments in effect on it.",
-            resource=core_devices,
+            ["iot:DescribeJob", "iot:ListJobExecutionsForJob"],
+            [jobs],
+            sid="FollowDeploymentJobs",
+            why=rollout_jobs,
         )
+        allow(
+            self.check_function,
+            ["greengrass:ListEffectiveDeployments"],
+            [core_devices],
+            sid="DeviceResults",
+            why="Any core device may have failed; the function only reads the deployments in effect on it.",
+        )
+        allow(self.check_function, ["iot:ListThingsInThingGroup"], [group_arn], sid="GroupMembers")
 
     def _acknowledge_state_machine_role(self) -> None:
         role = self.state_machine.role
@@ -378,13 +381,13 @@ class DeploymentWorkflow(Construct):
                 role,
                 IAM5,
                 "Step Functions invokes the workflow's own function; CDK grants its versions and aliases too.",
-                finding=f"Resource::<{self._stack.get_logical_id(function.node.default_child)}.Arn>:*",  # type: ignore[arg-type]
+                finding=finding(role, "Resource", f"{function.function_arn}:*"),
             )
         acknowledge(
             role,
             IAM5,
             "Versions of the model component (one per model package version) whose state the workflow polls.",
-            finding=resource_finding(self._stack, self._model_component_versions),
+            finding=finding(role, "Resource", self._model_component_versions),
         )
 
     # -- definition -----------------------------------------------------------------------------

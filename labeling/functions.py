@@ -16,14 +16,13 @@ from pathlib import Path
 
 import aws_cdk as cdk
 from aws_cdk import aws_lambda as lambda_
-from constructs import Construct, IConstruct
+from constructs import Construct
 
 from labeling.runtime.config import LabelingConfig, Workforce
 from labeling.runtime.ground_truth import load_task_ui
 from shared.building_blocks import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME, log_retention, python_function
 from shared.code_bundle import code_bundle
 from shared.config import ConfigError, Settings, WorkforceSettings
-from shared.guardrails import IAM5, acknowledge, render
 from shared.names import LABELING_JOBS_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 
 APP_DIR = Path(__file__).resolve().parent
@@ -207,9 +206,3 @@ def runtime_config(
         workers_per_image=labeling.workers_per_image,
         max_concurrent_tasks=labeling.max_concurrent_tasks,
     )
-
-
-def acknowledge_resource(construct: IConstruct, resource: str, reason: str) -> None:
-    """Acknowledge one wildcard-resource finding (AwsSolutions-IAM5) on `construct`, named as cdk-nag names it."""
-    finding = "Resource::" + render(cdk.Stack.of(construct).resolve(resource))
-    acknowledge(construct, IAM5, reason, finding=finding)

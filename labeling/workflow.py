@@ -21,6 +21,7 @@ Lists of images never enter the state: they travel through S3, and the loops car
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aws_cdk as cdk
@@ -33,7 +34,6 @@ from constructs import Construct
 
 from labeling.data_store import feature_group_arn, object_arn
 from labeling.functions import (
-    acknowledge_resource,
     label_studio_endpoint,
     labeling_function,
     pre_label_bundle_dir,
@@ -52,6 +52,7 @@ from shared.building_blocks import (
     workflow_state_machine,
 )
 from shared.config import AppName, Settings
+from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import LABELING_JOBS_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 
 APP: AppName = "labeling"
@@ -73,6 +74,7 @@ GROUND_TRUTH_KEY_ACTIONS = (
     "kms:DescribeKey",
 )
 FAILURE_ERROR = "LabelingRoundFailed"
+_Grant = Callable[[lambda_.Function], object]  # one statement, added to a function's role
 
 
 class LabelingWorkflow(Construct):
@@ -227,34 +229,37 @@ class LabelingWorkflow(Construct):
             resource_name="/aws/sagemaker/LabelingJobs:*",
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
         )
-        for statement in (
-            iam.PolicyStatement(actions=["s3:ListBucket", "s3:GetBucketLocation"], resources=[bucket_arn]),
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[raw_objects, job_objects]),
-            iam.PolicyStatement(actions=["s3:PutObject", "s3:AbortMultipartUpload"], resources=[job_objects]),
-            iam.PolicyStatement(
-                actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
-                resources=[log_group],
-            ),
-            # Ground Truth publishes its job metrics under /aws/sagemaker/LabelingJobs: SageMaker's namespaces only.
-            iam.PolicyStatement(
-                actions=["cloudwatch:PutMetricData"],
-                resources=["*"],
-                conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
-            ),
-        ):
-            role.add_to_policy(statement)
+        allow(role, ["s3:ListBucket", "s3:GetBucketLocation"], [bucket_arn])
+        allow(
+            role,
+            ["s3:GetObject"],
+            [raw_objects, job_objects],
+            why="Ground Truth shows workers any raw image of a job's manifest, reads manifests and templates.",
+        )
+        allow(
+            role,
+            ["s3:PutObject", "s3:AbortMultipartUpload"],
+            [job_objects],
+            why="Ground Truth reads manifests and templates, writes outputs of its jobs.",
+        )
+        allow(
+            role,
+            ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
+            [log_group],
+            why="Log streams of Ground Truth's own log group for labeling jobs.",
+        )
+        # Ground Truth publishes its job metrics under /aws/sagemaker/LabelingJobs: SageMaker's namespaces only.
+        allow(
+            role,
+            ["cloudwatch:PutMetricData"],
+            ["*"],
+            conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
+            why="cloudwatch:PutMetricData supports no resource-level permissions; SageMaker namespaces only.",
+        )
         # Ground Truth encrypts each job's output with the data key (OutputConfig.KmsKeyId) and needs on it what
         # "Encrypt Output Data and Storage Volume with AWS KMS" (SageMaker developer guide) lists for the
         # execution role (Encrypt and DescribeKey included), not only Decrypt and GenerateDataKey.
         grant_key_by_alias(role, alias=names.data_key_alias, stack=stack, actions=GROUND_TRUTH_KEY_ACTIONS)
-        acknowledge_resource(role, raw_objects, "Ground Truth shows workers any raw image of a job's manifest.")
-        acknowledge_resource(
-            role, job_objects, "Ground Truth reads manifests and templates, writes outputs of its jobs."
-        )
-        acknowledge_resource(role, log_group, "Log streams of Ground Truth's own log group for labeling jobs.")
-        acknowledge_resource(
-            role, "*", "cloudwatch:PutMetricData supports no resource-level permissions; SageMaker namespaces only."
-        )
         return role
 
     def _grant_functions(self, stack: cdk.Stack) -> None:
@@ -270,26 +275,31 @@ class LabelingWorkflow(Construct):
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
         )
 
-        def list_under(*prefixes: str) -> iam.PolicyStatement:
-            return iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[bucket_arn],
+        def statement(actions: list[str], resources: list[str], **options: Any) -> _Grant:
+            return lambda function: allow(function, actions, resources, **options)
+
+        def list_under(*prefixes: str) -> _Grant:
+            return statement(
+                ["s3:ListBucket"],
+                [bucket_arn],
                 conditions={"StringLike": {"s3:prefix": [f"{prefix}*" for prefix in prefixes]}},
             )
 
         job_files = [
             list_under(LABELING_JOBS_PREFIX),
-            iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[job_objects]),
+            statement(
+                ["s3:GetObject", "s3:PutObject"],
+                [job_objects],
+                why="This round's job files under the labeling-jobs/ prefix.",
+            ),
         ]
-        read_raw = iam.PolicyStatement(actions=["s3:GetObject"], resources=[raw_objects])
-        read_labels = iam.PolicyStatement(actions=["sagemaker:BatchGetRecord"], resources=[feature_group])
-        write_labels = iam.PolicyStatement(
-            actions=["sagemaker:BatchGetRecord", "sagemaker:PutRecord"], resources=[feature_group]
+        read_raw = statement(
+            ["s3:GetObject"], [raw_objects], why="Reads raw images: headers, device metadata, pixels for pre-labels."
         )
-        self.start_round.add_to_role_policy(
-            iam.PolicyStatement(actions=["states:ListExecutions"], resources=[state_machine_arn])
-        )
-        grants: dict[lambda_.Function, list[iam.PolicyStatement]] = {
+        read_labels = statement(["sagemaker:BatchGetRecord"], [feature_group])
+        write_labels = statement(["sagemaker:BatchGetRecord", "sagemaker:PutRecord"], [feature_group])
+        allow(self.start_round, ["states:ListExecutions"], [state_machine_arn])
+        grants: dict[lambda_.Function, list[_Grant]] = {
             # HeadObject of device uploads (their recorded uncertainty) needs s3:GetObject
             self.find_unlabeled: [
                 list_under(RAW_IMAGE_PREFIX, LABELING_JOBS_PREFIX),
@@ -299,10 +309,8 @@ class LabelingWorkflow(Construct):
             ],
             self.select_images: [list_under(RAW_IMAGE_PREFIX, LABELING_JOBS_PREFIX), read_raw, *job_files],
         }
-        reads_raw = {self.find_unlabeled, self.select_images}
         if self.pre_label is not None:
             grants[self.pre_label] = [read_raw, *job_files]
-            reads_raw.add(self.pre_label)
             self._grant_model_registry(stack, self.pre_label)
         functions = self.backend_functions
         if self.backend == "ground_truth":
@@ -316,21 +324,13 @@ class LabelingWorkflow(Construct):
             grants[functions["write_label_studio_labels"]] = [*job_files, write_labels]
             for function in functions.values():
                 self._grant_api_token(stack, function)
-        for function, statements in grants.items():
-            for statement in statements:
-                function.add_to_role_policy(statement)
-            if not statements:
-                continue
-            # S3 objects and the online store are encrypted with the data key (owned by the data stack).
-            grant_key_by_alias(
-                function, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt", "kms:GenerateDataKey"]
-            )
-            role = function.role
-            assert role is not None
-            acknowledge_resource(role, job_objects, "This round's job files under the labeling-jobs/ prefix.")
-            if function in reads_raw:
-                acknowledge_resource(
-                    role, raw_objects, "Reads raw images: headers, device metadata, pixels for pre-labels."
+        for function, function_grants in grants.items():
+            for grant in function_grants:
+                grant(function)
+            if function_grants:
+                # S3 objects and the online store are encrypted with the data key (owned by the data stack).
+                grant_key_by_alias(
+                    function, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt", "kms:GenerateDataKey"]
                 )
 
     def _grant_model_registry(self, stack: cdk.Stack, function: lambda_.Function) -> None:
@@ -340,17 +340,25 @@ class LabelingWorkflow(Construct):
             service="sagemaker", resource="model-package", resource_name=f"{names.model_package_group.lower()}/*"
         )
         archives = object_arn(stack, names.model_bucket, "*")
-        function.add_to_role_policy(iam.PolicyStatement(actions=["sagemaker:ListModelPackages"], resources=["*"]))
-        function.add_to_role_policy(
-            iam.PolicyStatement(actions=["sagemaker:DescribeModelPackage"], resources=[packages])
+        allow(
+            function,
+            ["sagemaker:ListModelPackages"],
+            ["*"],
+            why="sagemaker:ListModelPackages supports no resource-level permission.",
         )
-        function.add_to_role_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[archives]))
+        allow(
+            function,
+            ["sagemaker:DescribeModelPackage"],
+            [packages],
+            why="Versions of the training app's model package group (by its name).",
+        )
+        allow(
+            function,
+            ["s3:GetObject"],
+            [archives],
+            why="Model archives in the training app's model bucket (by its name).",
+        )
         grant_key_by_alias(function, alias=names.model_key_alias, stack=stack, actions=["kms:Decrypt"])
-        role = function.role
-        assert role is not None
-        acknowledge_resource(role, "*", "sagemaker:ListModelPackages supports no resource-level permission.")
-        acknowledge_resource(role, packages, "Versions of the training app's model package group (by its name).")
-        acknowledge_resource(role, archives, "Model archives in the training app's model bucket (by its name).")
 
     def _grant_api_token(self, stack: cdk.Stack, function: lambda_.Function) -> None:
         """Read the Label Studio API token (a secret named in config.yaml, or the deployed server's)."""
@@ -365,13 +373,12 @@ class LabelingWorkflow(Construct):
                 resource_name=f"{secret}-??????",
                 arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
             )
-        function.add_to_role_policy(
-            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[resource])
+        allow(
+            function,
+            ["secretsmanager:GetSecretValue"],
+            [resource],
+            why="The Label Studio API token secret, by name (its ARN ends randomly).",
         )
-        role = function.role
-        assert role is not None
-        if not secret.startswith("arn:"):
-            acknowledge_resource(role, resource, "The Label Studio API token secret, by name (its ARN ends randomly).")
 
     def _grant_state_machine(self, stack: cdk.Stack) -> None:
         names = self.names
@@ -383,45 +390,40 @@ class LabelingWorkflow(Construct):
             stack=stack,
         )
         for function in self.functions:
-            acknowledge_resource(
+            acknowledge(
                 machine.role,
-                f"{function.function_arn}:*",
+                IAM5,
                 "Versions of a function of this workflow (CDK's invoke grant).",
+                finding=finding(machine, "Resource", f"{function.function_arn}:*"),
             )
         if self.ground_truth_role is None:
             return
         jobs = stack.format_arn(service="sagemaker", resource="labeling-job", resource_name=f"{names.prefix}-*")
-        machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "sagemaker:CreateLabelingJob",
-                    "sagemaker:DescribeLabelingJob",
-                    "sagemaker:StopLabelingJob",
-                    "sagemaker:ListTags",
-                ],
-                resources=[jobs],
-            )
+        allow(
+            machine,
+            [
+                "sagemaker:CreateLabelingJob",
+                "sagemaker:DescribeLabelingJob",
+                "sagemaker:StopLabelingJob",
+                "sagemaker:ListTags",
+            ],
+            [jobs],
+            why="Labeling jobs of this app; each round names its jobs <prefix>-....",
         )
-        machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["iam:PassRole"],
-                resources=[self.ground_truth_role.role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
-            )
+        allow(
+            machine,
+            ["iam:PassRole"],
+            [self.ground_truth_role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         )
         managed_rules = stack.format_arn(service="events", resource="rule", resource_name=LABELING_JOB_EVENTS_RULES)
-        machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"], resources=[managed_rules]
-            )
-        )
-        acknowledge_resource(
-            machine.role,
-            managed_rules,
-            "The .sync integration's managed rule for labeling jobs; AWS documents only its siblings' names "
+        allow(
+            machine,
+            ["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            [managed_rules],
+            why="The .sync integration's managed rule for labeling jobs; AWS documents only its siblings' names "
             "(StepFunctionsGetEventsForSageMaker<Kind>JobsRule), so the prefix of those rules is granted.",
         )
-        acknowledge_resource(machine.role, jobs, "Labeling jobs of this app; each round names its jobs <prefix>-....")
 
     # -- definition ----------------------------------------------------------------------------------
     def _lambda_step(

@@ -17,9 +17,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import aws_cdk as cdk
 import jsii
@@ -32,7 +30,7 @@ from constructs import Construct
 from shared.building_blocks import grant_key_by_alias, python_function
 from shared.code_bundle import bundle_files, code_bundle
 from shared.config import Settings
-from shared.guardrails import IAM5, acknowledge, render
+from shared.guardrails import allow
 from shared.names import OFFLINE_STORE_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 from training.dlc_registry import image_repository_arn, resolve_image
 from training.pipeline_definition import PipelineResources, pipeline_definition
@@ -91,35 +89,6 @@ def step_code_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
     return s3_assets.Asset(scope, construct_id, path=str(step_code_dir()))
 
 
-class _Policy:
-    """Adds statements to a role and acknowledges, one by one and with the reason, the wildcards they need."""
-
-    def __init__(self, role: iam.Role) -> None:
-        self.role = role
-        self.stack = cdk.Stack.of(role)
-
-    def allow(
-        self,
-        actions: Sequence[str],
-        resources: Sequence[str],
-        *,
-        why: str | None = None,
-        conditions: Mapping[str, Any] | None = None,
-    ) -> None:
-        """`why` explains the wildcards the statement needs; a wildcard without one is a bug."""
-        self.role.add_to_policy(
-            iam.PolicyStatement(actions=list(actions), resources=list(resources), conditions=dict(conditions or {}))
-        )
-        for kind, values in (("Action", actions), ("Resource", resources)):
-            for value in values:
-                rendered = render(self.stack.resolve(value))
-                if "*" not in rendered:
-                    continue
-                if why is None:
-                    raise ValueError(f"{kind} {rendered} is a wildcard: say why it is needed")
-                acknowledge(self.role, IAM5, why, finding=f"{kind}::{rendered}")
-
-
 class TrainingPipeline(Construct):
     """`AWS::SageMaker::Pipeline` with its roles, step code and champion lookup Lambda function."""
 
@@ -145,8 +114,8 @@ class TrainingPipeline(Construct):
         self.job_role = iam.Role(
             self, "JobRole", assumed_by=SAGEMAKER, description="Processing and training jobs of the training pipeline"
         )
-        jobs = _Policy(self.job_role)
-        jobs.allow(
+        allow(
+            self.job_role,
             ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
             [
                 f"{model_bucket_arn}/{prefix}*"
@@ -154,36 +123,50 @@ class TrainingPipeline(Construct):
             ],
             why="Steps read and write only their own prefixes of the model bucket (outputs named per run or dataset).",
         )
-        jobs.allow(
+        allow(
+            self.job_role,
             ["s3:GetObject"],
             [f"{model_bucket_arn}/pretrained/*"],
             why="Pretrained weights the team uploads under pretrained/ (the PretrainedWeightsS3Uri parameter).",
         )
-        jobs.allow(["s3:ListBucket"], [model_bucket_arn], why="SageMaker lists S3Prefix inputs and syncs checkpoints.")
+        allow(
+            self.job_role,
+            ["s3:ListBucket"],
+            [model_bucket_arn],
+            why="SageMaker lists S3Prefix inputs and syncs checkpoints.",
+        )
         grant_key_by_alias(
             self.job_role,
             alias=names.model_key_alias,
             stack=stack,
             actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
         )
-        jobs.allow(
+        allow(
+            self.job_role,
             ["s3:GetObject", "s3:GetObjectVersion"],
             [f"{data_bucket_arn}/{RAW_IMAGE_PREFIX}*", f"{data_bucket_arn}/{OFFLINE_STORE_PREFIX}*"],
             why="Export and prepare read raw images (any labeled one) and the label feature group's offline store",
         )
         # Listing (names only) lets export find the offline store's files, and S3 answer "no such key"
         # for a deleted image instead of "access denied" (the image is then reported and left out).
-        jobs.allow(["s3:ListBucket"], [data_bucket_arn])
+        allow(self.job_role, ["s3:ListBucket"], [data_bucket_arn])
         grant_key_by_alias(self.job_role, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt"])
-        jobs.allow(
+        allow(
+            self.job_role,
             ["sagemaker:DescribeFeatureGroup"],
             [stack.format_arn(service="sagemaker", resource="feature-group", resource_name=names.label_feature_group)],
         )
         code_bucket_arn = f"arn:{stack.partition}:s3:::{self.code.s3_bucket_name}"
         code_objects = [self.code.s3_object_key, self.source.s3_object_key]
-        jobs.allow(["s3:GetObject"], [f"{code_bucket_arn}/{key}" for key in code_objects])
-        jobs.allow(["s3:ListBucket"], [code_bucket_arn], conditions={"StringEquals": {"s3:prefix": code_objects}})
-        jobs.allow(
+        allow(self.job_role, ["s3:GetObject"], [f"{code_bucket_arn}/{key}" for key in code_objects])
+        allow(
+            self.job_role,
+            ["s3:ListBucket"],
+            [code_bucket_arn],
+            conditions={"StringEquals": {"s3:prefix": code_objects}},
+        )
+        allow(
+            self.job_role,
             ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
             # one repository ARN per configured repository (the tag does not matter to ECR permissions)
             [
@@ -193,7 +176,8 @@ class TrainingPipeline(Construct):
                 )
             ],
         )
-        jobs.allow(
+        allow(
+            self.job_role,
             ["ecr:GetAuthorizationToken"],
             ["*"],
             why="ecr:GetAuthorizationToken has no resource-level permissions; the statement above limits the images.",
@@ -207,12 +191,14 @@ class TrainingPipeline(Construct):
             )
             for kind in ("ProcessingJobs", "TrainingJobs")
         ]
-        jobs.allow(
+        allow(
+            self.job_role,
             ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             log_groups,
             why="Log streams of SageMaker processing and training jobs (one per job, named by SageMaker).",
         )
-        jobs.allow(
+        allow(
+            self.job_role,
             ["cloudwatch:PutMetricData"],
             ["*"],
             why="cloudwatch:PutMetricData has no resource-level permissions; the condition keeps SageMaker namespaces.",
@@ -225,17 +211,18 @@ class TrainingPipeline(Construct):
         self.pipeline_role = iam.Role(
             self, "PipelineRole", assumed_by=SAGEMAKER, description="Runs the training pipeline (starts its jobs)"
         )
-        pipeline = _Policy(self.pipeline_role)
         for resource, actions in (
             ("processing-job", ("CreateProcessingJob", "DescribeProcessingJob", "StopProcessingJob", "AddTags")),
             ("training-job", ("CreateTrainingJob", "DescribeTrainingJob", "StopTrainingJob", "AddTags")),
         ):
-            pipeline.allow(
+            allow(
+                self.pipeline_role,
                 [f"sagemaker:{action}" for action in actions],
                 [stack.format_arn(service="sagemaker", resource=resource, resource_name="pipelines-*")],
                 why=f"Pipelines name their {resource}s pipelines-<execution>-<step>-<suffix>: only those.",
             )
-        pipeline.allow(
+        allow(
+            self.pipeline_role,
             [
                 "sagemaker:CreateHyperParameterTuningJob",
                 "sagemaker:DescribeHyperParameterTuningJob",
@@ -247,18 +234,21 @@ class TrainingPipeline(Construct):
             why="The tuning step's job: tuning job names have at most 32 characters and the pipeline generates them "
             "without a documented prefix, so no narrower name pattern holds.",
         )
-        pipeline.allow(
+        allow(
+            self.pipeline_role,
             ["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage", "sagemaker:AddTags"],
             [group_arn, packages_arn],
             why="Registering versions in the one model package group this app owns.",
         )
-        pipeline.allow(
+        allow(
+            self.pipeline_role,
             ["iam:PassRole"],
             [self.job_role.role_arn],
             conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         )
-        pipeline.allow(["lambda:InvokeFunction"], [self.champion_function.function_arn])
-        pipeline.allow(
+        allow(self.pipeline_role, ["lambda:InvokeFunction"], [self.champion_function.function_arn])
+        allow(
+            self.pipeline_role,
             ["s3:GetObject"],
             [f"{model_bucket_arn}/pipeline-runs/*"],
             why="The pipeline reads its steps' property files (dataset and evaluation reports) of each run.",
@@ -311,13 +301,14 @@ class TrainingPipeline(Construct):
         )
         role = function.role
         assert isinstance(role, iam.Role)
-        policy = _Policy(role)
-        policy.allow(
+        allow(
+            role,
             ["sagemaker:ListModelPackages"],
             ["*"],
             why="sagemaker:ListModelPackages has no resource-level permissions (the group is a request parameter).",
         )
-        policy.allow(
+        allow(
+            role,
             ["sagemaker:DescribeModelPackage"],
             [packages_arn],
             why="Versions of the one model package group this app owns (the newest approved one is read).",

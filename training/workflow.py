@@ -21,7 +21,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from shared.building_blocks import grant_publish_by_name, workflow_state_machine
-from shared.guardrails import IAM5, acknowledge, render
+from shared.guardrails import IAM5, acknowledge, finding
 from shared.names import ResourceNames
 
 APP = "training"
@@ -170,7 +170,7 @@ class TrainingWorkflow(Construct):
             self.state_machine,
             IAM5,
             "Executions of the one training pipeline: their ids are generated per run.",
-            finding=f"Resource::{render(stack.resolve(executions_arn))}",
+            finding=finding(self.state_machine, "Resource", executions_arn),
         )
         grant_publish_by_name(
             self.state_machine,
