@@ -1,7 +1,8 @@
 """The code bundle of the edge deployment's functions (the workflow's steps and the inference component's publisher).
 
-`edge_deployment/runtime/` and `shared/contracts.py` at their repository paths (`shared.code_bundle`), so
-a function's handler string is the function itself: `edge_deployment.runtime.handlers.prepare_model`.
+`edge_deployment/runtime/`, `shared/contracts.py` and the CloudFormation responder at their repository
+paths (`shared.code_bundle`), so a function's handler string is the function itself:
+`edge_deployment.runtime.handlers.prepare_model`.
 """
 
 from __future__ import annotations
@@ -15,4 +16,4 @@ HANDLER_MODULE = "edge_deployment.runtime.handlers"
 
 def runtime_bundle() -> Path:
     """Stage the bundle (once per content) and return its folder."""
-    return code_bundle("edge-deployment-runtime", ["edge_deployment/runtime"])
+    return code_bundle("edge-deployment-runtime", ["edge_deployment/runtime", "shared/runtime/cfn_response.py"])

@@ -1,7 +1,8 @@
 """The labeling app's Lambda functions: one code bundle, several handlers, the settings they run with.
 
-The bundle (`shared.code_bundle`) holds `labeling/runtime/` and `shared/contracts.py` at their
-repository paths, so each handler string names its function: `labeling.runtime.handlers.start_round`.
+The bundle (`shared.code_bundle`) holds `labeling/runtime/`, `shared/contracts.py` and the CloudFormation
+responder at their repository paths, so each handler string names its function:
+`labeling.runtime.handlers.start_round`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ HANDLERS = (
     "write_label_studio_labels",
     "seed_resource",
 )
-RUNTIME_PACKAGES = ("labeling/runtime",)
+RUNTIME_PACKAGES = ("labeling/runtime", "shared/runtime/cfn_response.py")
 
 
 def runtime_bundle_dir() -> Path:

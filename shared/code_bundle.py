@@ -30,17 +30,21 @@ def _is_code(path: Path) -> bool:
 
 
 def bundle_files(packages: Sequence[str], *, extra_files: Mapping[str, bytes] | None = None) -> dict[str, bytes]:
-    """Relative path in the bundle -> content: `packages` (repository folders) and `shared/contracts.py`.
+    """Relative path in the bundle -> content: `packages` (repository folders, or single modules such as
+    "shared/runtime/cfn_response.py") and `shared/contracts.py`.
 
     Parent packages that are not bundled get an empty-ish `__init__.py`, so `a.b.c` imports as in the
     repository; `extra_files` are added as given (e.g. a module the bundle needs under another path).
     """
     files: dict[str, bytes] = {CONTRACTS: (REPO_ROOT / CONTRACTS).read_bytes()}
     for package in packages:
-        folder = REPO_ROOT / package
-        if not (folder / "__init__.py").is_file():
-            raise ValueError(f"code_bundle: {package!r} is not a package of the repository (no __init__.py)")
-        for path in sorted(folder.rglob("*")):
+        source = REPO_ROOT / package
+        if source.suffix == ".py" and source.is_file():  # one module of a package, without its siblings
+            files[package] = source.read_bytes()
+            continue
+        if not (source / "__init__.py").is_file():
+            raise ValueError(f"code_bundle: {package!r} is not a package or module of the repository")
+        for path in sorted(source.rglob("*")):
             if _is_code(path):
                 files[path.relative_to(REPO_ROOT).as_posix()] = path.read_bytes()
     for name in list(files):

@@ -61,6 +61,7 @@ from shared.synthetic import Sample, write_dataset
 from tests.e2e.pipeline import PipelineRun, Trainer
 from tests.e2e.templates import ACCOUNT, PARTITION, REGION, Apps
 from tests.helpers import asl
+from tests.helpers.lambda_context import LambdaContext
 from tests.labeling.fakes import FakeFeatureStore, FakeGroundTruth
 from tests.labeling.workflow_harness import Workflow
 
@@ -188,15 +189,6 @@ class FakeGreengrass:
 
     def watch_configuration(self, component: str | None, on_change: Callable[[], None]) -> None:
         pass
-
-
-@dataclass
-class LambdaContext:
-    function_name: str
-    invoked_function_arn: str
-    memory_limit_in_mb: int = 1024
-    aws_request_id: str = "e2e-request"
-    function_version: str = "$LATEST"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -545,7 +537,9 @@ class Loop:
                 for name, value in environment[handler].items():
                     patch.setenv(name, value)
                 patch.setattr(handlers, "client", lambda service, region=None: clients[service])
-                return getattr(handlers, handler)(payload, LambdaContext(handler, resource))
+                return getattr(handlers, handler)(
+                    payload, LambdaContext(handler, invoked_function_arn=resource, aws_request_id="e2e-request")
+                )
 
         def call_sdk(service: str, action: str, parameters: dict[str, Any]) -> Any:
             method = getattr(clients[service], xform_name(action))

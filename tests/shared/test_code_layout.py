@@ -54,6 +54,7 @@ def test_a_bundle_lays_out_the_packages_as_in_the_repository():
         "shared/__init__.py",
         "shared/contracts.py",
         "shared/runtime/__init__.py",
+        "shared/runtime/cfn_response.py",
         "shared/runtime/path_filter.py",
         "shared/runtime/service_log_groups.py",
     }
@@ -63,8 +64,14 @@ def test_a_bundle_lays_out_the_packages_as_in_the_repository():
     assert folder == code_bundle("test-shared-runtime", ["shared/runtime"])  # same content, same folder
 
 
+def test_a_bundle_may_hold_one_module_of_a_package():
+    files = bundle_files(["labeling/runtime", "shared/runtime/cfn_response.py"])
+    assert files["shared/runtime/cfn_response.py"] == (REPO_ROOT / "shared/runtime/cfn_response.py").read_bytes()
+    assert "shared/runtime/path_filter.py" not in files and "shared/runtime/__init__.py" in files
+
+
 def test_a_bundle_refuses_a_folder_that_is_not_a_package():
-    with pytest.raises(ValueError, match="'labeling/docs' is not a package"):
+    with pytest.raises(ValueError, match="'labeling/docs' is not a package or module"):
         bundle_files(["labeling/docs"])
 
 
