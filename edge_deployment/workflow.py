@@ -13,8 +13,9 @@ runtime/deployment.py).
 
 Started by the model package group's "SageMaker Model Package State Change" event when a package
 is Approved (the event's package), and by the workflow pipeline (the newest approved package).
-Every task retries transient errors with backoff and has a catch; logging ALL and tracing are set
-by `workflow_state_machine`.
+Every task retries transient errors with the apps' one policy (`shared.workflow_states`) and has a
+catch; a failure is notified (NotifyFailure) and ends the execution with its error (DeploymentFailed).
+Logging ALL and tracing are set by `workflow_state_machine`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
@@ -45,6 +45,7 @@ from shared.building_blocks import (
 from shared.config import ROLLOUT_OVERHEAD_MINUTES, AppName, Settings
 from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
+from shared.workflow_states import FailurePath, app_topic, lambda_step, publish, retry
 
 APP: AppName = "edge_deployment"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
@@ -394,54 +395,27 @@ class DeploymentWorkflow(Construct):
     def _lambda_step(
         self, state_id: str, function: lambda_.IFunction, payload: dict[str, object] | None, result_path: str
     ) -> tasks.LambdaInvoke:
-        """A function call (its whole state input when `payload` is None) with retries of transient errors."""
-        task = tasks.LambdaInvoke(
-            self,
-            state_id,
-            lambda_function=function,
-            payload=sfn.TaskInput.from_object(payload) if payload is not None else None,
-            payload_response_only=True,
-            retry_on_service_exceptions=False,
-            result_path=result_path,
+        """A function call (its whole state input when `payload` is None); transient errors are retried."""
+        return lambda_step(
+            self, state_id, function=function, payload=payload, result_path=result_path, retryable=TRANSIENT_ERRORS
         )
-        task.add_retry(
-            errors=TRANSIENT_ERRORS,
-            interval=cdk.Duration.seconds(2),
-            max_attempts=5,
-            backoff_rate=2.0,
-            max_delay=cdk.Duration.seconds(60),
-            jitter_strategy=sfn.JitterType.FULL,
-        )
-        return task
 
     def _definition(self, *, settings: Settings, shared_names: ResourceNames, inference_version: str) -> sfn.IChainable:
         edge = settings.edge_deployment
         stack = self._stack
-        topic = sns.Topic.from_topic_arn(
-            self, "NotificationTopic", stack.format_arn(service="sns", resource=shared_names.notification_topic(APP))
-        )
+        topic = app_topic(self, shared_names.notification_topic(APP))
         prefix = settings.project.prefix
 
-        deployment_failed = sfn.Fail(
-            self, "DeploymentFailed", comment="A step failed", error_path="$.error.Error", cause_path="$.error.Cause"
-        )
-        notify_failure = tasks.SnsPublish(
+        failure = FailurePath(
             self,
-            "NotifyFailure",
             topic=topic,
             subject=f"[{prefix}] Edge deployment failed",
-            message=sfn.TaskInput.from_json_path_at(
-                "States.Format('Edge deployment workflow execution {} failed and deployed nothing new.\\n\\n"
-                "Error: {}\\nCause: {}', $$.Execution.Id, $.error.Error, $.error.Cause)"
-            ),
-            result_path=sfn.JsonPath.DISCARD,
+            title="Edge deployment workflow execution",
+            fail_state="DeploymentFailed",
         )
-        notify_failure.add_retry(errors=["States.TaskFailed"], interval=cdk.Duration.seconds(2), max_attempts=3)
-        notify_failure.add_catch(deployment_failed, errors=["States.ALL"], result_path="$.notificationError")
-        notify_failure.next(deployment_failed)
 
         def guarded(task: sfn.TaskStateBase) -> sfn.TaskStateBase:
-            task.add_catch(notify_failure, errors=["States.ALL"], result_path="$.error")
+            failure.guard(task)
             return task
 
         resolve = guarded(self._lambda_step("ResolveModelPackage", self.resolve_function, None, "$.resolution"))
@@ -477,13 +451,7 @@ class DeploymentWorkflow(Construct):
             result_selector={"status": sfn.JsonPath.object_at("$.Status")},
             result_path="$.modelComponentState",
         )
-        describe_component.add_retry(
-            errors=["States.TaskFailed"],
-            interval=cdk.Duration.seconds(2),
-            max_attempts=4,
-            backoff_rate=2.0,
-            jitter_strategy=sfn.JitterType.FULL,
-        )
+        retry(describe_component, ["States.TaskFailed"])
         guarded(describe_component)
         wait_for_component = sfn.Wait(
             self,
@@ -499,31 +467,25 @@ class DeploymentWorkflow(Construct):
             parameters={"count.$": "States.MathAdd($.modelComponentPolls.count, 1)"},
             result_path="$.modelComponentPolls",
         )
-        component_not_deployable = sfn.Pass(
+        component_not_deployable = failure.error(
             self,
             "ModelComponentNotDeployable",
-            parameters={
-                "Error": "ModelComponentNotDeployable",
-                "Cause.$": "States.Format('Greengrass did not make the model component version {} deployable "
-                f"within {MODEL_COMPONENT_MAX_POLLS * COMPONENT_POLL_SECONDS} seconds (still {{}}): {{}}', "
-                "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
-                "States.JsonToString($.modelComponentState.status))",
-            },
-            result_path="$.error",
-        ).next(notify_failure)
-        component_rejected = sfn.Pass(
+            error="ModelComponentNotDeployable",
+            cause="States.Format('Greengrass did not make the model component version {} deployable "
+            f"within {MODEL_COMPONENT_MAX_POLLS * COMPONENT_POLL_SECONDS} seconds (still {{}}): {{}}', "
+            "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
+            "States.JsonToString($.modelComponentState.status))",
+        )
+        component_rejected = failure.error(
             self,
             "ModelComponentRejected",
-            parameters={
-                "Error": "ModelComponentRejected",
-                "Cause.$": "States.Format('Greengrass marked the model component version {} as {}: {}. A version "
-                "cannot be created twice: after fixing the cause, delete it (aws greengrassv2 delete-component "
-                "--arn {}) and run the workflow again', "
-                "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
-                "States.JsonToString($.modelComponentState.status), $.modelComponent.arn)",
-            },
-            result_path="$.error",
-        ).next(notify_failure)
+            error="ModelComponentRejected",
+            cause="States.Format('Greengrass marked the model component version {} as {}: {}. A version "
+            "cannot be created twice: after fixing the cause, delete it (aws greengrassv2 delete-component "
+            "--arn {}) and run the workflow again', "
+            "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
+            "States.JsonToString($.modelComponentState.status), $.modelComponent.arn)",
+        )
 
         create_deployment = guarded(
             self._lambda_step(
@@ -548,35 +510,24 @@ class DeploymentWorkflow(Construct):
             parameters={"count.$": "States.MathAdd($.deploymentAttempts.count, 1)"},
             result_path="$.deploymentAttempts",
         )
-        kept_being_replaced = sfn.Pass(
+        kept_being_replaced = failure.error(
             self,
             "DeploymentKeptBeingReplaced",
-            parameters={
-                "Error": "DeploymentKeptBeingReplaced",
-                "Cause.$": "States.Format('Deployments of older model packages replaced the deployment of this run {} "
-                "times; the newest approved package was not left on the devices. Run the workflow pipeline "
-                "when no other deployment is running: it deploys the newest approved package.', "
-                "$.deploymentAttempts.count)",
-            },
-            result_path="$.error",
-        ).next(notify_failure)
-        notify_superseded = tasks.SnsPublish(
+            error="DeploymentKeptBeingReplaced",
+            cause="States.Format('Deployments of older model packages replaced the deployment of this run {} "
+            "times; the newest approved package was not left on the devices. Run the workflow pipeline "
+            "when no other deployment is running: it deploys the newest approved package.', "
+            "$.deploymentAttempts.count)",
+        )
+        notify_superseded = publish(
             self,
             "NotifySuperseded",
             topic=topic,
-            subject=sfn.JsonPath.string_at("$.deployment.subject"),
+            subject_path="$.deployment.subject",
             message=sfn.TaskInput.from_json_path_at("$.deployment.message"),
-            result_path=sfn.JsonPath.DISCARD,
         )
         not_deployed = sfn.Succeed(
             self, "NewerPackageApproved", comment="A newer approved package overtook this one: nothing deployed"
-        )
-        notify_superseded.add_retry(
-            errors=["States.TaskFailed"],
-            interval=cdk.Duration.seconds(2),
-            max_attempts=4,
-            backoff_rate=2.0,
-            jitter_strategy=sfn.JitterType.FULL,
         )
         notify_superseded.add_catch(not_deployed, errors=["States.ALL"], result_path="$.notificationError")
         notify_superseded.next(not_deployed)
@@ -599,13 +550,12 @@ class DeploymentWorkflow(Construct):
             )
         )
         deployed = sfn.Succeed(self, "Deployed", comment="Every device runs the new model (or none is registered yet)")
-        notify_success = tasks.SnsPublish(
+        notify_success = publish(
             self,
             "NotifySuccess",
             topic=topic,
-            subject=sfn.JsonPath.string_at("$.rollout.subject"),
+            subject_path="$.rollout.subject",
             message=sfn.TaskInput.from_json_path_at("$.rollout.message"),
-            result_path=sfn.JsonPath.DISCARD,
         )
         rollout_failed = sfn.Fail(
             self,
@@ -614,13 +564,12 @@ class DeploymentWorkflow(Construct):
             error_path="$.rollout.outcome",
             cause_path="$.rollout.subject",
         )
-        notify_rollout_failure = tasks.SnsPublish(
+        notify_rollout_failure = publish(
             self,
             "NotifyRolloutFailure",
             topic=topic,
-            subject=sfn.JsonPath.string_at("$.rollout.subject"),
+            subject_path="$.rollout.subject",
             message=sfn.TaskInput.from_json_path_at("$.rollout.message"),
-            result_path=sfn.JsonPath.DISCARD,
         )
         notification_failed = sfn.Fail(
             self,
@@ -629,14 +578,6 @@ class DeploymentWorkflow(Construct):
             error="NotificationFailed",
             cause="Publishing the rollout report to the notification topic failed",
         )
-        for notify in (notify_success, notify_rollout_failure):
-            notify.add_retry(
-                errors=["States.TaskFailed"],
-                interval=cdk.Duration.seconds(2),
-                max_attempts=4,
-                backoff_rate=2.0,
-                jitter_strategy=sfn.JitterType.FULL,
-            )
         notify_success.add_catch(notification_failed, errors=["States.ALL"], result_path="$.notificationError")
         notify_rollout_failure.add_catch(rollout_failed, errors=["States.ALL"], result_path="$.notificationError")
 

@@ -12,10 +12,11 @@
 Both backends wait without any running function: Ground Truth through the optimized `.sync`
 integration, Label Studio in Wait states between short progress checks.
 
-Every task retries transient errors with exponential backoff and jitter, fails at once on the errors
-that retrying cannot fix (`labeling.runtime.errors.NON_RETRYABLE_ERRORS`), and routes any failure to
-NotifyFailure (the app's SNS topic, found by name) and then RoundFailed. The Ground Truth jobs run
-with the optimized `.sync` integration: Step Functions waits for them without any running Lambda.
+Every task retries transient errors with the apps' one policy (`shared.workflow_states`), fails at once on
+the errors that retrying cannot fix (`labeling.runtime.errors.NON_RETRYABLE_ERRORS`), and routes any failure
+to NotifyFailure (the app's SNS topic, found by name) and then RoundFailed (with the error and its cause).
+The Ground Truth jobs run with the optimized `.sync` integration: Step Functions waits for them without
+any running Lambda.
 Lists of images never enter the state: they travel through S3, and the loops carry small cursors.
 """
 
@@ -27,7 +28,6 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
@@ -54,6 +54,7 @@ from shared.building_blocks import (
 from shared.config import AppName, Settings
 from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import LABELING_JOBS_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
+from shared.workflow_states import FailurePath, app_topic, lambda_step, retry
 
 APP: AppName = "labeling"
 LABELING_JOB_SYNC = "arn:aws:states:::sagemaker:createLabelingJob.sync"
@@ -73,7 +74,6 @@ GROUND_TRUTH_KEY_ACTIONS = (
     "kms:GenerateDataKeyWithoutPlaintext",
     "kms:DescribeKey",
 )
-FAILURE_ERROR = "LabelingRoundFailed"
 _Grant = Callable[[lambda_.Function], object]  # one statement, added to a function's role
 
 
@@ -197,7 +197,7 @@ class LabelingWorkflow(Construct):
             self,
             "StateMachine",
             state_machine_name=self.state_machine_name,
-            definition=self._definition(stack, phase_timeout),
+            definition=self._definition(phase_timeout),
             # two phases, each bounded by its tasks' availability, and a day for the rest
             timeout=cdk.Duration.seconds(2 * phase_timeout.to_seconds() + 86_400),
             log_retention=log_retention(settings.toolchain.log_retention_days),
@@ -429,14 +429,13 @@ class LabelingWorkflow(Construct):
     def _lambda_step(
         self, construct_id: str, function: lambda_.IFunction, payload: dict[str, object], result_path: str, comment: str
     ) -> tasks.LambdaInvoke:
-        return tasks.LambdaInvoke(
+        return lambda_step(
             self,
             construct_id,
-            lambda_function=function,
-            payload=sfn.TaskInput.from_object(payload),
-            payload_response_only=True,
-            retry_on_service_exceptions=True,
+            function=function,
+            payload=payload,
             result_path=result_path,
+            non_retryable=NON_RETRYABLE_ERRORS,
             comment=comment,
         )
 
@@ -463,68 +462,14 @@ class LabelingWorkflow(Construct):
             },
         )
 
-    def _definition(self, stack: cdk.Stack, job_timeout: cdk.Duration) -> sfn.IChainable:
-        names = self.names
-        describe_failure = sfn.Pass(
+    def _definition(self, job_timeout: cdk.Duration) -> sfn.IChainable:
+        failure = FailurePath(
             self,
-            "DescribeFailure",
-            comment="One line for the execution's failure cause: the error and its cause",
-            parameters={
-                "cause": sfn.JsonPath.format(
-                    "{}: {}", sfn.JsonPath.string_at("$.error.Error"), sfn.JsonPath.string_at("$.error.Cause")
-                )
-            },
-        )
-        describe_failure.next(sfn.Fail(self, "RoundFailed", error=FAILURE_ERROR, cause_path="$.cause"))
-        topic = sns.Topic.from_topic_arn(
-            self, "NotificationTopic", stack.format_arn(service="sns", resource=names.notification_topic(APP))
-        )
-        notify = tasks.SnsPublish(
-            self,
-            "NotifyFailure",
-            topic=topic,
+            topic=app_topic(self, self.names.notification_topic(APP)),
             subject="Labeling round failed",
-            message=sfn.TaskInput.from_text(
-                sfn.JsonPath.format(
-                    "Labeling round {} failed. Error: {}. Cause: {}",
-                    sfn.JsonPath.execution_id,
-                    sfn.JsonPath.string_at("$.error.Error"),
-                    sfn.JsonPath.string_at("$.error.Cause"),
-                )
-            ),
-            result_path=sfn.JsonPath.DISCARD,
-            comment="Tells the labeling team which execution failed and why",
+            title="Labeling round",
+            fail_state="RoundFailed",
         )
-        notify.add_retry(
-            errors=["States.ALL"],
-            interval=cdk.Duration.seconds(2),
-            max_attempts=3,
-            backoff_rate=2.0,
-            jitter_strategy=sfn.JitterType.FULL,
-        )
-        notify.add_catch(describe_failure, errors=["States.ALL"], result_path="$.notify_error")
-        notify.next(describe_failure)
-
-        def guard(state: tasks.LambdaInvoke | sfn.CustomState, *, sagemaker: bool = False) -> None:
-            if sagemaker:
-                state.add_retry(
-                    errors=SAGEMAKER_API_ERRORS,
-                    interval=cdk.Duration.seconds(10),
-                    max_attempts=3,
-                    backoff_rate=2.0,
-                    jitter_strategy=sfn.JitterType.FULL,
-                )
-            else:
-                state.add_retry(errors=list(NON_RETRYABLE_ERRORS), max_attempts=0)
-                state.add_retry(
-                    errors=["States.ALL"],
-                    interval=cdk.Duration.seconds(10),
-                    max_attempts=3,
-                    backoff_rate=2.0,
-                    max_delay=cdk.Duration.minutes(2),
-                    jitter_strategy=sfn.JitterType.FULL,
-                )
-            state.add_catch(notify, errors=["States.ALL"], result_path="$.error")
 
         run = sfn.JsonPath.object_at("$.run")
         start = self._lambda_step(
@@ -562,7 +507,7 @@ class LabelingWorkflow(Construct):
         summarize = sfn.Pass(self, "Summarize", parameters=self._summary())
         summarize.next(sfn.Succeed(self, "RoundComplete"))
         if self.backend == "ground_truth":
-            labeling = self._ground_truth_chain(job_timeout, guard, steps, done=summarize)
+            labeling = self._ground_truth_chain(job_timeout, failure, steps, done=summarize)
         else:
             labeling = self._label_studio_chain(steps, done=summarize)
         after_selection: sfn.IChainable = labeling
@@ -588,8 +533,7 @@ class LabelingWorkflow(Construct):
                     .otherwise(pre_label)
                 )
             )
-        for state in steps:
-            guard(state)
+        failure.guard(*steps)
         selection = select.next(
             sfn.Choice(self, "AnyImageToLabel?")
             .when(sfn.Condition.number_equals("$.selection.images", 0), nothing)
@@ -660,7 +604,7 @@ class LabelingWorkflow(Construct):
         return init_writing.next(write)
 
     def _ground_truth_chain(
-        self, job_timeout: cdk.Duration, guard: Any, steps: list[tasks.LambdaInvoke], *, done: sfn.IChainable
+        self, job_timeout: cdk.Duration, failure: FailurePath, steps: list[tasks.LambdaInvoke], *, done: sfn.IChainable
     ) -> sfn.IChainable:
         run = sfn.JsonPath.object_at("$.run")
         functions = self.backend_functions
@@ -690,7 +634,8 @@ class LabelingWorkflow(Construct):
         )
         steps.extend([prepare_labeling, prepare_review])
         for job in (label_boxes, review_boxes):
-            guard(job, sagemaker=True)
+            retry(job, SAGEMAKER_API_ERRORS)  # the .sync integration's own calls; the job itself is not retried
+        failure.guard(label_boxes, review_boxes)
         writing = self._write_loop(
             functions["write_labels"],
             {"review_output": sfn.JsonPath.string_at("$.review_job.output")},
