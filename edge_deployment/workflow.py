@@ -30,6 +30,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from edge_deployment import APP
 from edge_deployment.fleet import DeviceFleet
 from edge_deployment.naming import EdgeNames
 from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY, RolloutPolicy
@@ -42,12 +43,11 @@ from shared.building_blocks import (
     python_function,
     workflow_state_machine,
 )
-from shared.config import ROLLOUT_OVERHEAD_MINUTES, AppName, Settings
+from shared.config import ROLLOUT_OVERHEAD_MINUTES, Settings
 from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
 from shared.workflow_states import FailurePath, app_topic, lambda_step, publish, retry
 
-APP: AppName = "edge_deployment"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 # Errors worth another try: Lambda service faults, a function timeout, AWS calls still throttled.
 TRANSIENT_ERRORS = [

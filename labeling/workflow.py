@@ -32,6 +32,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from labeling import APP
 from labeling.data_store import feature_group_arn, object_arn
 from labeling.functions import (
     label_studio_endpoint,
@@ -51,12 +52,11 @@ from shared.building_blocks import (
     log_retention,
     workflow_state_machine,
 )
-from shared.config import AppName, Settings
+from shared.config import Settings
 from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import LABELING_JOBS_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 from shared.workflow_states import FailurePath, app_topic, lambda_step, retry
 
-APP: AppName = "labeling"
 LABELING_JOB_SYNC = "arn:aws:states:::sagemaker:createLabelingJob.sync"
 # Step Functions manages an EventBridge rule in the account to learn when a labeling job ends (.sync).
 # Its documented siblings are StepFunctionsGetEventsForSageMaker{Training,Transform,...}JobsRule; the

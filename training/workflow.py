@@ -24,8 +24,8 @@ from shared.building_blocks import grant_publish_by_name, workflow_state_machine
 from shared.guardrails import IAM5, acknowledge, finding
 from shared.names import ResourceNames
 from shared.workflow_states import FailurePath, app_topic, retry
+from training import APP
 
-APP = "training"
 PIPELINE_PARAMETERS = "pipelineParameters"
 RUNNING = ("Executing", "Stopping")
 FAILED = ("Failed", "Stopped")

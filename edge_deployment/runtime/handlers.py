@@ -58,11 +58,11 @@ def _now() -> datetime:
 
 @logger.inject_lambda_context(log_event=True)
 def resolve(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Step 1. Input: the state machine input (`modelPackageArn` from the approval event, or nothing)."""
+    """Step 1. Input: the state machine input (`modelPackageArn` and `modelPackageGroupName` from the approval
+    rule, or neither: the newest approved package)."""
     group = _env("MODEL_PACKAGE_GROUP")
-    detail = event.get("detail") or {}
-    arn = event.get("modelPackageArn") or detail.get("ModelPackageArn")
-    named_group = event.get("modelPackageGroupName") or detail.get("ModelPackageGroupName")
+    arn = event.get("modelPackageArn")
+    named_group = event.get("modelPackageGroupName")
     if named_group and named_group != group:
         raise WrongModelPackageGroup(
             f"the event is for model package group {named_group!r}, but this app deploys group {group!r}; "

@@ -230,7 +230,7 @@ def test_an_archive_outside_the_model_bucket_is_refused(s3, greengrass):
     client, stub, sent = greengrass
     for url in ("s3://somebody-else/pipeline-runs/model.tar.gz", f"s3://{MODEL_BUCKET}/pretrained/model.tar.gz"):
         stub.add_client_error("describe_component", "ResourceNotFoundException", http_status_code=404)
-        elsewhere = ModelPackage.from_json(PACKAGE.to_json() | {"model_data_url": url})
+        elsewhere = ModelPackage.from_json(PACKAGE.to_json() | {"modelDataUrl": url})
         with pytest.raises(InvalidModelArchive, match=f"outside pipeline-runs/ of the model bucket {MODEL_BUCKET}"):
             prepare_model_component(s3=s3, greengrass=client, package=elsewhere, settings=SETTINGS)
     assert sent == []
