@@ -17,8 +17,8 @@ import sys
 
 import aws_cdk as cdk
 
-from edge_deployment.component import EdgeDeploymentStage
-from labeling.component import LabelingStage
+from edge_deployment.stacks import EdgeDeploymentStage
+from labeling.stacks import LabelingStage
 from shared.config import (
     APP_NAMES,
     DEFAULT_CONFIG_FILE,
@@ -31,7 +31,7 @@ from shared.config import (
 from shared.guardrails import apply_guardrails
 from shared.names import resource_names
 from shared.pipelines import AppToolchainStack, StageFactory
-from training.component import TrainingStage
+from training.stacks import TrainingStage
 
 STAGES: dict[str, StageFactory] = {
     "labeling": LabelingStage,

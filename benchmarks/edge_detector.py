@@ -206,8 +206,8 @@ def quantize_here(models: Models, calibration: Path, output: Path) -> None:
 def evaluate_both(models: Models, dataset: Path, output: Path) -> None:
     """Test mAP50 of both models on a prepared (YOLO layout) dataset's test split, as the pipeline evaluates."""
     from training.steps.comparison import mean_average_precision
-    from training.steps.evaluate import score_images
     from training.steps.prepare import PreparedDataset
+    from training.steps.scoring import score_images
 
     manifest_path = models.fp32.with_name("model.json")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}

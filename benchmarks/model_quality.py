@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     from shared.config import load_settings
     from training import local
     from training.steps import comparison
-    from training.steps.evaluate import score_images
     from training.steps.prepare import PreparedDataset
+    from training.steps.scoring import score_images
 
     settings = load_settings()
     overrides: dict[str, Any] = {

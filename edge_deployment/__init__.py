@@ -1,0 +1,5 @@
+"""The edge_deployment app (see shared/app_stacks.py for how an app is laid out)."""
+
+from typing import Final
+
+APP: Final = "edge_deployment"

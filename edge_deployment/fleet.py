@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import re
-
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_iot as iot
@@ -24,16 +22,11 @@ from edge_deployment.naming import EdgeNames
 from edge_deployment.runtime.components import ARTIFACT_PREFIX
 from shared.building_blocks import access_log_bucket, encryption_key, grant_key_by_alias, secure_bucket
 from shared.config import Settings
-from shared.guardrails import IAM5, acknowledge, render
+from shared.guardrails import allow
 from shared.names import EDGE_UPLOAD_PREFIX, ResourceNames
 
 # IAM policy variable the IoT credentials provider sets from the device's thing name.
 CREDENTIALS_THING = "${credentials-iot:ThingName}"
-
-
-def resource_finding(stack: cdk.Stack, resource: str) -> str:
-    """The cdk-nag IAM5 finding id of a wildcard resource, as cdk-nag writes it (`${var}` becomes `<var>`)."""
-    return "Resource::" + re.sub(r"\$\{([^}]*)\}", r"<\1>", render(stack.resolve(resource)))
 
 
 class DeviceFleet(Construct):
@@ -92,38 +85,30 @@ class DeviceFleet(Construct):
             max_session_duration=cdk.Duration.hours(1),
         )
         artifacts = self.bucket.arn_for_objects(f"{ARTIFACT_PREFIX}*")
-        self.token_exchange_role.add_to_policy(
-            iam.PolicyStatement(sid="ReadComponentArtifacts", actions=["s3:GetObject"], resources=[artifacts])
+        allow(
+            self.token_exchange_role,
+            ["s3:GetObject"],
+            [artifacts],
+            sid="ReadComponentArtifacts",
+            why="Devices read only the component artifacts under artifacts/ of the component bucket; each object "
+            "is one component version's artifact, so the keys are not known in advance.",
         )
-        self.token_exchange_role.add_to_policy(
-            iam.PolicyStatement(
-                sid="LocateArtifactBucket", actions=["s3:GetBucketLocation"], resources=[self.bucket.bucket_arn]
-            )
-        )
+        allow(self.token_exchange_role, ["s3:GetBucketLocation"], [self.bucket.bucket_arn], sid="LocateArtifactBucket")
         self.key.grant_decrypt(self.token_exchange_role)
         uploads = f"arn:{stack.partition}:s3:::{shared_names.data_bucket}/{EDGE_UPLOAD_PREFIX}{CREDENTIALS_THING}/*"
-        self.token_exchange_role.add_to_policy(
-            iam.PolicyStatement(sid="UploadUncertainFrames", actions=["s3:PutObject"], resources=[uploads])
+        allow(
+            self.token_exchange_role,
+            ["s3:PutObject"],
+            [uploads],
+            sid="UploadUncertainFrames",
+            why="Each device may only create new frames under raw-images/edge/<its own thing name>/ of the data "
+            "bucket (the credentials provider sets credentials-iot:ThingName); file names are generated.",
         )
         grant_key_by_alias(
             self.token_exchange_role,
             alias=shared_names.data_key_alias,
             stack=stack,
             actions=["kms:GenerateDataKey"],
-        )
-        acknowledge(
-            self.token_exchange_role,
-            IAM5,
-            "Devices read only the component artifacts under artifacts/ of the component bucket; each object "
-            "is one component version's artifact, so the keys are not known in advance.",
-            finding=resource_finding(stack, artifacts),
-        )
-        acknowledge(
-            self.token_exchange_role,
-            IAM5,
-            "Each device may only create new frames under raw-images/edge/<its own thing name>/ of the data "
-            "bucket (the credentials provider sets credentials-iot:ThingName); file names are generated.",
-            finding=resource_finding(stack, uploads),
         )
 
         self.role_alias = iot.CfnRoleAlias(
@@ -138,25 +123,18 @@ class DeviceFleet(Construct):
         """Let `grantee` write and read back one component's artifacts (never delete, never other components)."""
         prefix = f"{ARTIFACT_PREFIX}{component_name}/"
         objects = self.bucket.arn_for_objects(f"{prefix}*")
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[objects])
+        allow(
+            grantee,
+            ["s3:GetObject", "s3:PutObject"],
+            [objects],
+            why=f"Artifacts of component {component_name} only: one object per component version, keys not known "
+            "in advance.",
         )
         # Listing the prefix makes a missing artifact a 404 (not a 403) for HeadObject.
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[self.bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}},
-            )
+        allow(
+            grantee,
+            ["s3:ListBucket"],
+            [self.bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}},
         )
         self.key.grant(grantee, "kms:GenerateDataKey", "kms:Decrypt")
-        principal = grantee.grant_principal
-        if not isinstance(principal, Construct):
-            raise TypeError(f"{principal} is not a construct (a role of this app)")
-        acknowledge(
-            principal,
-            IAM5,
-            f"Artifacts of component {component_name} only: one object per component version, keys not known "
-            "in advance.",
-            finding=resource_finding(cdk.Stack.of(self), objects),
-        )

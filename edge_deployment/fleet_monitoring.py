@@ -29,7 +29,6 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
@@ -53,6 +52,7 @@ from edge_deployment.runtime.telemetry import (
 )
 from shared.building_blocks import EventDeadLetters, grant_publish_by_name, log_retention, pipeline_arn, python_function
 from shared.config import Settings
+from shared.guardrails import allow
 from shared.names import resource_names
 
 FIVE_MINUTES = cdk.Duration.minutes(5)
@@ -273,11 +273,10 @@ class FleetMonitoring(Construct):
             environment={"RETRAINING_CONFIG": config.to_json()},
             log_retention=log_retention(settings.toolchain.log_retention_days),
         )
-        self.retrain_function.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["codepipeline:ListPipelineExecutions", "codepipeline:StartPipelineExecution"],
-                resources=[pipeline_arn(stack, labeling_pipeline)],
-            )
+        allow(
+            self.retrain_function,
+            ["codepipeline:ListPipelineExecutions", "codepipeline:StartPipelineExecution"],
+            [pipeline_arn(stack, labeling_pipeline)],
         )
         grant_publish_by_name(
             self.retrain_function,

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import aws_cdk as cdk
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
@@ -24,12 +23,12 @@ from edge_deployment.components.inference.recipe import (
     default_configuration,
     inference_recipe,
 )
-from edge_deployment.fleet import DeviceFleet, resource_finding
+from edge_deployment.fleet import DeviceFleet
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, artifact_key
-from edge_deployment.workflow import runtime_bundle
+from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
 from shared.building_blocks import log_retention, python_function
 from shared.config import Settings
-from shared.guardrails import IAM5, acknowledge
+from shared.guardrails import allow
 from shared.names import EDGE_UPLOAD_PREFIX, ResourceNames
 
 ARTIFACT_FILE = "inference.zip"
@@ -129,20 +128,17 @@ class InferenceComponent(Construct):
             self,
             "PublishFunction",
             code_dir=runtime_bundle(),
-            handler="index.inference_component",
+            handler=f"{HANDLER_MODULE}.inference_component",
             description=f"Publishes the {edge.inference_component_name} component version (deploy time)",
             timeout=cdk.Duration.minutes(5),
             log_retention=log_retention(settings.toolchain.log_retention_days),
         )
         # Read exactly the uploaded asset, write and read back the copy in the component bucket.
-        self.function.add_to_role_policy(
-            iam.PolicyStatement(
-                sid="ReadInferenceAsset",
-                actions=["s3:GetObject"],
-                resources=[
-                    f"arn:{stack.partition}:s3:::{self.asset.s3_bucket_name}/{self.asset.s3_object_key}",
-                ],
-            )
+        allow(
+            self.function,
+            ["s3:GetObject"],
+            [f"arn:{stack.partition}:s3:::{self.asset.s3_bucket_name}/{self.asset.s3_object_key}"],
+            sid="ReadInferenceAsset",
         )
         fleet.grant_artifact_publishing(self.function, component_name=edge.inference_component_name)
         component = stack.format_arn(
@@ -151,26 +147,13 @@ class InferenceComponent(Construct):
             resource_name=edge.inference_component_name,
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
         )
-        self.function.add_to_role_policy(
-            iam.PolicyStatement(
-                sid="PublishInferenceComponent",
-                actions=["greengrass:CreateComponentVersion"],
-                resources=[component],
-            )
-        )
-        self.function.add_to_role_policy(
-            iam.PolicyStatement(
-                sid="ReadInferenceComponentVersions",
-                actions=["greengrass:DescribeComponent", "greengrass:GetComponent"],
-                resources=[f"{component}:versions:*"],
-            )
-        )
-        assert self.function.role is not None
-        acknowledge(
-            self.function.role,
-            IAM5,
-            "Versions of the inference component: the function checks whether a version exists before creating it.",
-            finding=resource_finding(stack, f"{component}:versions:*"),
+        allow(self.function, ["greengrass:CreateComponentVersion"], [component], sid="PublishInferenceComponent")
+        allow(
+            self.function,
+            ["greengrass:DescribeComponent", "greengrass:GetComponent"],
+            [f"{component}:versions:*"],
+            sid="ReadInferenceComponentVersions",
+            why="Versions of the inference component: the function checks whether a version exists before creating it.",
         )
 
         self.resource = cdk.CustomResource(

@@ -16,12 +16,12 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from edge_deployment.device_policy import device_policy_document, policy_json
-from edge_deployment.fleet import DeviceFleet, resource_finding
+from edge_deployment.fleet import DeviceFleet
 from edge_deployment.naming import EdgeNames
 from edge_deployment.register_device import NUCLEUS_URL, ROOT_CA_URL
 from shared.building_blocks import log_group, log_retention
 from shared.config import Settings
-from shared.guardrails import IAM5, acknowledge
+from shared.guardrails import acknowledge, allow
 
 UBUNTU_ARM64 = "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id"
 DEVICE_DIR = "/greengrass/v2/device"
@@ -159,28 +159,37 @@ class SimulatedDevice(Construct):
             resource="policy",
             resource_name=f"{names.device_policy_prefix}{simulated_thing_prefix(names)}*",
         )
-        statements = [
-            ("OwnThing", ["iot:CreateThing", "iot:DescribeThing", "iot:AttachThingPrincipal"], [things]),
-            ("JoinGroup", ["iot:AddThingToThingGroup"], [things, fleet.thing_group_arn]),
-            ("OwnPolicy", ["iot:CreatePolicy"], [policies]),
-            ("AttachOwnPolicy", ["iot:AttachPolicy"], [certificates, policies]),
-            ("Certificate", ["iot:CreateKeysAndCertificate", "iot:DescribeEndpoint"], ["*"]),
-        ]
-        for sid, actions, resources in statements:
-            self.role.add_to_policy(iam.PolicyStatement(sid=sid, actions=actions, resources=resources))
+        own_thing = "Things named <prefix>-sim-<instance id>: the instance id is known only at boot."
+        own_policy = "The IoT policy of <prefix>-sim-<instance id>, made at boot (instance id unknown before)."
+        allow(
+            self.role,
+            ["iot:CreateThing", "iot:DescribeThing", "iot:AttachThingPrincipal"],
+            [things],
+            sid="OwnThing",
+            why=own_thing,
+        )
+        allow(self.role, ["iot:AddThingToThingGroup"], [things, fleet.thing_group_arn], sid="JoinGroup", why=own_thing)
+        allow(self.role, ["iot:CreatePolicy"], [policies], sid="OwnPolicy", why=own_policy)
+        allow(
+            self.role,
+            ["iot:AttachPolicy"],
+            [certificates, policies],
+            sid="AttachOwnPolicy",
+            why="The certificate the instance creates for itself at boot (id unknown before), and its own policy.",
+        )
+        allow(
+            self.role,
+            ["iot:CreateKeysAndCertificate", "iot:DescribeEndpoint"],
+            ["*"],
+            sid="Certificate",
+            why="iot:CreateKeysAndCertificate and iot:DescribeEndpoint take no resource ARN.",
+        )
         acknowledge(
             self.role,
             "AwsSolutions-IAM4",
             "AmazonSSMManagedInstanceCore is AWS's policy for Session Manager, the only way into the instance.",
             finding="Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore",
         )
-        for resource, reason in (
-            (things, "Things named <prefix>-sim-<instance id>: the instance id is known only at boot."),
-            (certificates, "The certificate the instance creates for itself at boot (id unknown before)."),
-            (policies, "The IoT policy of <prefix>-sim-<instance id>, made at boot (instance id unknown before)."),
-            ("*", "iot:CreateKeysAndCertificate and iot:DescribeEndpoint take no resource ARN."),
-        ):
-            acknowledge(self.role, IAM5, reason, finding=resource_finding(stack, resource))
 
         user_data = ec2.UserData.custom(
             boot_script(names=names, region=stack.region, partition=stack.partition, account=stack.account)

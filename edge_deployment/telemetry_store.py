@@ -32,7 +32,6 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from edge_deployment.fleet import resource_finding
 from edge_deployment.runtime.telemetry import HEARTBEATS, REJECTED, RESULTS, TelemetryConfig
 from shared.building_blocks import (
     access_log_bucket,
@@ -42,7 +41,7 @@ from shared.building_blocks import (
     python_function,
 )
 from shared.config import Settings
-from shared.guardrails import acknowledge
+from shared.guardrails import acknowledge, allow, finding
 
 IAM5 = "AwsSolutions-IAM5"
 THING_PLACEHOLDER = "{thing}"
@@ -212,9 +211,7 @@ class TelemetryStore(Construct):
         )
         self.bucket.grant_read_write(firehose_role)
         self.processor.grant_invoke(firehose_role)
-        firehose_role.add_to_policy(
-            iam.PolicyStatement(actions=["lambda:GetFunctionConfiguration"], resources=[self.processor.function_arn])
-        )
+        allow(firehose_role, ["lambda:GetFunctionConfiguration"], [self.processor.function_arn])
         firehose_logs.grant_write(firehose_role)
         partition = "/".join(
             (
@@ -285,13 +282,12 @@ class TelemetryStore(Construct):
             ),
             description="IoT topic rules: put device messages into the telemetry stream, failures into the bucket",
         )
-        rule_role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["firehose:PutRecord", "firehose:PutRecordBatch"], resources=[self.stream.attr_arn]
-            )
-        )
-        rule_role.add_to_policy(
-            iam.PolicyStatement(actions=["s3:PutObject"], resources=[self.bucket.arn_for_objects(f"{RULE_ERRORS}*")])
+        allow(rule_role, ["firehose:PutRecord", "firehose:PutRecordBatch"], [self.stream.attr_arn])
+        allow(
+            rule_role,
+            ["s3:PutObject"],
+            [self.bucket.arn_for_objects(f"{RULE_ERRORS}*")],
+            why="The rules' error action writes generated object names (a date and a UUID) under rule-errors/ only.",
         )
         self.key.grant_encrypt(rule_role)
         self.rules: dict[str, iot.CfnTopicRule] = {}
@@ -396,13 +392,7 @@ class TelemetryStore(Construct):
             firehose_role,
             IAM5,
             "Invoking the record processor: CDK's invoke grant covers the function's versions (<arn>:*).",
-            finding=resource_finding(stack, f"{self.processor.function_arn}:*"),
-        )
-        acknowledge(
-            rule_role,
-            IAM5,
-            "The rules' error action writes generated object names (a date and a UUID) under rule-errors/ only.",
-            finding=resource_finding(stack, self.bucket.arn_for_objects(f"{RULE_ERRORS}*")),
+            finding=finding(firehose_role, "Resource", f"{self.processor.function_arn}:*"),
         )
         for output_id, value, description in (
             ("TelemetryBucketName", self.bucket.bucket_name, "Devices' results and heartbeats (JSON lines, gzip)"),

@@ -13,33 +13,27 @@ runtime/deployment.py).
 
 Started by the model package group's "SageMaker Model Package State Change" event when a package
 is Approved (the event's package), and by the workflow pipeline (the newest approved package).
-Every task retries transient errors with backoff and has a catch; logging ALL and tracing are set
-by `workflow_state_machine`.
+Every task retries transient errors with the apps' one policy (`shared.workflow_states`) and has a
+catch; a failure is notified (NotifyFailure) and ends the execution with its error (DeploymentFailed).
+Logging ALL and tracing are set by `workflow_state_machine`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 import aws_cdk as cdk
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from edge_deployment.fleet import DeviceFleet, resource_finding
+from edge_deployment import APP
+from edge_deployment.fleet import DeviceFleet
 from edge_deployment.function_config import function_environment
-from edge_deployment.naming import APP, EdgeNames
+from edge_deployment.naming import EdgeNames
 from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY
+from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
 from shared.building_blocks import (
     EventDeadLetters,
     grant_key_by_alias,
@@ -49,24 +43,11 @@ from shared.building_blocks import (
     workflow_state_machine,
 )
 from shared.config import ROLLOUT_OVERHEAD_MINUTES, Settings
-from shared.guardrails import IAM5, acknowledge
+from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
-
-if TYPE_CHECKING:  # the inference component's construct module uses runtime_bundle() from here
-    from edge_deployment.inference_component import InferenceComponent
+from shared.workflow_states import FailurePath, app_topic, lambda_step, publish, retry
 
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
-HANDLERS = (
-    "resolve",
-    "prepare_model",
-    "create_deployment",
-    "check_rollout",
-    "inference_component",
-    "process_telemetry",
-    "retrain_on_drift_alarm",
-)
 # Errors worth another try: Lambda service faults, a function timeout, AWS calls still throttled.
 TRANSIENT_ERRORS = [
     "Lambda.ServiceException",
@@ -84,39 +65,6 @@ MODEL_COMPONENT_MAX_POLLS = 60
 # An older package's deployment can replace this run's only while its run was between its check and its
 # CreateDeployment call; more than this many in a row means something else keeps deploying.
 MAX_REDEPLOYS = 3
-
-
-def runtime_bundle() -> Path:
-    """The functions' code: `edge_deployment/runtime` + `shared/contracts.py`, importable as in the repo.
-
-    Staged in a folder named by its content hash, so synth is repeatable and the asset hash changes
-    only when the code does.
-    """
-    files: dict[str, bytes] = {
-        "index.py": (
-            "from edge_deployment.runtime.handlers import " + ", ".join(HANDLERS) + "\n\n"
-            f"__all__ = {list(HANDLERS)!r}\n"
-        ).encode(),
-        "edge_deployment/__init__.py": b"",
-        "shared/__init__.py": b"",
-        "shared/contracts.py": (REPO_ROOT / "shared" / "contracts.py").read_bytes(),
-    }
-    for path in sorted(RUNTIME_DIR.glob("*.py")):
-        files[f"edge_deployment/runtime/{path.name}"] = path.read_bytes()
-    digest = hashlib.sha256()
-    for name, content in sorted(files.items()):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
-    target = Path(tempfile.gettempdir()) / f"edge-deployment-runtime-{digest.hexdigest()[:20]}"
-    if not target.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix="edge-deployment-runtime-"))
-        for name, content in files.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            (staging / name).write_bytes(content)
-        try:
-            os.rename(staging, target)
-        except OSError:  # staged meanwhile by another synth: the same content
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def model_approved_pattern(*, group_name: str) -> events.EventPattern:
@@ -140,7 +88,7 @@ class DeploymentWorkflow(Construct):
         names: EdgeNames,
         shared_names: ResourceNames,
         fleet: DeviceFleet,
-        inference: InferenceComponent,
+        inference_version: str,
     ) -> None:
         super().__init__(scope, construct_id)
         self._stack = stack = cdk.Stack.of(self)
@@ -155,7 +103,7 @@ class DeploymentWorkflow(Construct):
             self,
             "ResolveFunction",
             code_dir=code,
-            handler="index.resolve",
+            handler=f"{HANDLER_MODULE}.resolve",
             description="Edge workflow step 1: the model package to deploy",
             environment=environment,
             log_retention=retention,
@@ -164,7 +112,7 @@ class DeploymentWorkflow(Construct):
             self,
             "PrepareModelFunction",
             code_dir=code,
-            handler="index.prepare_model",
+            handler=f"{HANDLER_MODULE}.prepare_model",
             description="Edge workflow step 2: validate the model archive, create the model component version",
             environment=environment,
             timeout=cdk.Duration.minutes(15),
@@ -181,7 +129,7 @@ class DeploymentWorkflow(Construct):
             self,
             "CreateDeploymentFunction",
             code_dir=code,
-            handler="index.create_deployment",
+            handler=f"{HANDLER_MODULE}.create_deployment",
             description="Edge workflow step 3: the Greengrass deployment to the thing group",
             environment=environment,
             timeout=cdk.Duration.minutes(2),
@@ -191,7 +139,7 @@ class DeploymentWorkflow(Construct):
             self,
             "CheckRolloutFunction",
             code_dir=code,
-            handler="index.check_rollout",
+            handler=f"{HANDLER_MODULE}.check_rollout",
             description="Edge workflow step 4: one look at the rollout's IoT job (the state machine waits between)",
             environment=environment,
             timeout=cdk.Duration.minutes(2),
@@ -203,7 +151,9 @@ class DeploymentWorkflow(Construct):
             self,
             "StateMachine",
             state_machine_name=shared_names.workflow_state_machine(APP),
-            definition=self._definition(settings=settings, shared_names=shared_names, inference=inference),
+            definition=self._definition(
+                settings=settings, shared_names=shared_names, inference_version=inference_version
+            ),
             timeout=cdk.Duration.minutes(edge.rollout.max_wait_minutes + ROLLOUT_OVERHEAD_MINUTES),
             log_retention=retention,
         )
@@ -261,132 +211,136 @@ class DeploymentWorkflow(Construct):
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME if colon else cdk.ArnFormat.SLASH_RESOURCE_NAME,
         )
 
-    def _allow(self, function: lambda_.Function, sid: str, actions: list[str], resources: list[str]) -> None:
-        function.add_to_role_policy(iam.PolicyStatement(sid=sid, actions=actions, resources=resources))
-
-    def _acknowledge(self, function: lambda_.Function, reason: str, *, resource: str | None = None) -> None:
-        finding = resource_finding(self._stack, resource) if resource else None
-        assert function.role is not None
-        acknowledge(function.role, IAM5, reason, finding=finding)
-
     def _grant_functions(self, *, settings: Settings, shared_names: ResourceNames, fleet: DeviceFleet) -> None:
         edge = settings.edge_deployment
         stack = self._stack
         # Step 1: read the model registry of this app's group.
         package_arns = self._arn("sagemaker", "model-package", f"{shared_names.model_package_group.lower()}/*")
-        self._allow(self.resolve_function, "DescribeGroupPackages", ["sagemaker:DescribeModelPackage"], [package_arns])
-        self._allow(self.resolve_function, "ListGroupPackages", ["sagemaker:ListModelPackages"], ["*"])
-        self._acknowledge(
+        allow(
             self.resolve_function,
-            "Any version of this app's model package group (versions are created by training).",
-            resource=package_arns,
+            ["sagemaker:DescribeModelPackage"],
+            [package_arns],
+            sid="DescribeGroupPackages",
+            why="Any version of this app's model package group (versions are created by training).",
         )
-        self._acknowledge(
+        allow(
             self.resolve_function,
-            "sagemaker:ListModelPackages supports no resource-level permission; the function lists only "
+            ["sagemaker:ListModelPackages"],
+            ["*"],
+            sid="ListGroupPackages",
+            why="sagemaker:ListModelPackages supports no resource-level permission; the function lists only "
             "the group named in its environment.",
-            resource="*",
         )
 
         # Step 2: read the model archive, write model.zip, create the model component version.
         archives = f"arn:{stack.partition}:s3:::{shared_names.model_bucket}/{MODEL_ARCHIVE_PREFIX}*"
-        self._allow(self.prepare_function, "ReadModelArchives", ["s3:GetObject"], [archives])
-        grant_key_by_alias(self.prepare_function, alias=shared_names.model_key_alias, stack=stack)
-        self._acknowledge(
+        allow(
             self.prepare_function,
-            f"Model archives under {MODEL_ARCHIVE_PREFIX} of training's model bucket (one per pipeline run): the "
-            "package names the key, unknown in advance.",
-            resource=archives,
+            ["s3:GetObject"],
+            [archives],
+            sid="ReadModelArchives",
+            why=f"Model archives under {MODEL_ARCHIVE_PREFIX} of training's model bucket (one per pipeline run): "
+            "the package names the key, unknown in advance.",
         )
+        grant_key_by_alias(self.prepare_function, alias=shared_names.model_key_alias, stack=stack)
         fleet.grant_artifact_publishing(self.prepare_function, component_name=edge.model_component_name)
         model_component = self._arn("greengrass", "components", edge.model_component_name, colon=True)
-        self._allow(
+        allow(
             self.prepare_function,
-            "CreateModelComponentVersions",
             ["greengrass:CreateComponentVersion"],
             [model_component],
+            sid="CreateModelComponentVersions",
         )
-        self._allow(
+        allow(
             self.prepare_function,
-            "ReadModelComponentVersions",
             ["greengrass:DescribeComponent", "greengrass:GetComponent"],
             [f"{model_component}:versions:*"],
-        )
-        self._acknowledge(
-            self.prepare_function,
-            "Versions of the model component (one per model package version).",
-            resource=f"{model_component}:versions:*",
+            sid="ReadModelComponentVersions",
+            why="Versions of the model component (one per model package version).",
         )
 
         # Step 3: the deployment, and the IoT job Greengrass creates with the caller's permissions.
         group_arn = fleet.thing_group_arn
         deployments = self._arn("greengrass", "deployments", "*", colon=True)
         jobs = self._arn("iot", "job", "*")
-        self._allow(
+        new_deployments = "Deployments are created at run time; ids unknown in advance."
+        rollout_jobs = "Greengrass names the rollout's IoT job itself (a generated id)."
+        allow(
             self.create_function,
-            "CreateAndListDeployments",
             ["greengrass:CreateDeployment", "greengrass:ListDeployments"],
             ["*"],
+            sid="CreateAndListDeployments",
+            why="greengrass:CreateDeployment and ListDeployments take no resource ARN in IAM; the function deploys "
+            "only to the thing group named in its environment.",
         )
-        self._allow(self.create_function, "ReadDeployments", ["greengrass:GetDeployment"], [deployments])
+        allow(
+            self.create_function,
+            ["greengrass:GetDeployment"],
+            [deployments],
+            sid="ReadDeployments",
+            why=new_deployments,
+        )
         # Why `job/*` stays: Greengrass creates the deployment's continuous IoT job with a generated id, and revises
         # (UpdateJob) or cancels (CancelJob) the previous one, all with the caller's permissions (CreateDeployment's
         # dependent actions in the service authorization reference). No IoT condition key tells a Greengrass
         # deployment job from another job of the account, and the id is known only after the call. The function's
         # own code only reads jobs; the job's targets are narrowed to this app's thing group below.
-        self._allow(
+        allow(
             self.create_function,
-            "DeploymentJobs",
             ["iot:CreateJob", "iot:CancelJob", "iot:UpdateJob", "iot:DescribeJob"],
             [jobs],
+            sid="DeploymentJobs",
+            why=rollout_jobs,
         )
-        self._allow(self.create_function, "TargetThingGroup", ["iot:CreateJob", "iot:DescribeThingGroup"], [group_arn])
-        self._acknowledge(
+        allow(
             self.create_function,
-            "greengrass:CreateDeployment and ListDeployments take no resource ARN in IAM; the function deploys "
-            "only to the thing group named in its environment.",
-            resource="*",
+            ["iot:CreateJob", "iot:DescribeThingGroup"],
+            [group_arn],
+            sid="TargetThingGroup",
         )
-        for function in (self.create_function, self.check_function):
-            self._acknowledge(
-                function, "Deployments are created at run time; ids unknown in advance.", resource=deployments
-            )
-            self._acknowledge(
-                function, "Greengrass names the rollout's IoT job itself (a generated id).", resource=jobs
-            )
 
         # Steps 3 and 4 ask which package is the newest approved one (a newer approval overtakes a run).
         for function in (self.create_function, self.check_function):
-            self._allow(function, "NewestApprovedPackage", ["sagemaker:ListModelPackages"], ["*"])
-        self._acknowledge(
-            self.check_function,
-            "sagemaker:ListModelPackages and greengrass:ListDeployments support no resource-level permission; the "
-            "function lists only this app's group and thing group.",
-            resource="*",
-        )
-        self._acknowledge(
-            self.create_function,
-            "sagemaker:ListModelPackages supports no resource-level permission; only this app's group is listed.",
-            resource="*",
-        )
+            allow(
+                function,
+                ["sagemaker:ListModelPackages"],
+                ["*"],
+                sid="NewestApprovedPackage",
+                why="sagemaker:ListModelPackages supports no resource-level permission; only this app's group "
+                "is listed.",
+            )
 
         # Step 4: follow the job, see which deployment replaced a cancelled one, ask Greengrass why a device failed.
         core_devices = self._arn("greengrass", "coreDevices", "*", colon=True)
-        self._allow(self.check_function, "ReadDeployments", ["greengrass:GetDeployment"], [deployments])
-        self._allow(self.check_function, "LatestDeployment", ["greengrass:ListDeployments"], ["*"])
+        allow(
+            self.check_function, ["greengrass:GetDeployment"], [deployments], sid="ReadDeployments", why=new_deployments
+        )
+        allow(
+            self.check_function,
+            ["greengrass:ListDeployments"],
+            ["*"],
+            sid="LatestDeployment",
+            why="greengrass:ListDeployments supports no resource-level permission; the function lists only the "
+            "deployments of this app's thing group.",
+        )
         # the executions of its own state machine that started earlier and still run (overlapping runs)
         own_machine = self._arn("states", "stateMachine", shared_names.workflow_state_machine(APP), colon=True)
-        self._allow(self.check_function, "OlderRuns", ["states:ListExecutions"], [own_machine])
-        self._allow(
-            self.check_function, "FollowDeploymentJobs", ["iot:DescribeJob", "iot:ListJobExecutionsForJob"], [jobs]
-        )
-        self._allow(self.check_function, "DeviceResults", ["greengrass:ListEffectiveDeployments"], [core_devices])
-        self._allow(self.check_function, "GroupMembers", ["iot:ListThingsInThingGroup"], [group_arn])
-        self._acknowledge(
+        allow(self.check_function, ["states:ListExecutions"], [own_machine], sid="OlderRuns")
+        allow(
             self.check_function,
-            "Any core device may have failed; the function only reads the deployments in effect on it.",
-            resource=core_devices,
+            ["iot:DescribeJob", "iot:ListJobExecutionsForJob"],
+            [jobs],
+            sid="FollowDeploymentJobs",
+            why=rollout_jobs,
         )
+        allow(
+            self.check_function,
+            ["greengrass:ListEffectiveDeployments"],
+            [core_devices],
+            sid="DeviceResults",
+            why="Any core device may have failed; the function only reads the deployments in effect on it.",
+        )
+        allow(self.check_function, ["iot:ListThingsInThingGroup"], [group_arn], sid="GroupMembers")
 
     def _acknowledge_state_machine_role(self) -> None:
         role = self.state_machine.role
@@ -395,69 +349,40 @@ class DeploymentWorkflow(Construct):
                 role,
                 IAM5,
                 "Step Functions invokes the workflow's own function; CDK grants its versions and aliases too.",
-                finding=f"Resource::<{self._stack.get_logical_id(function.node.default_child)}.Arn>:*",  # type: ignore[arg-type]
+                finding=finding(role, "Resource", f"{function.function_arn}:*"),
             )
         acknowledge(
             role,
             IAM5,
             "Versions of the model component (one per model package version) whose state the workflow polls.",
-            finding=resource_finding(self._stack, self._model_component_versions),
+            finding=finding(role, "Resource", self._model_component_versions),
         )
 
     # -- definition -----------------------------------------------------------------------------
     def _lambda_step(
         self, state_id: str, function: lambda_.IFunction, payload: dict[str, object] | None, result_path: str
     ) -> tasks.LambdaInvoke:
-        """A function call (its whole state input when `payload` is None) with retries of transient errors."""
-        task = tasks.LambdaInvoke(
-            self,
-            state_id,
-            lambda_function=function,
-            payload=sfn.TaskInput.from_object(payload) if payload is not None else None,
-            payload_response_only=True,
-            retry_on_service_exceptions=False,
-            result_path=result_path,
+        """A function call (its whole state input when `payload` is None); transient errors are retried."""
+        return lambda_step(
+            self, state_id, function=function, payload=payload, result_path=result_path, retryable=TRANSIENT_ERRORS
         )
-        task.add_retry(
-            errors=TRANSIENT_ERRORS,
-            interval=cdk.Duration.seconds(2),
-            max_attempts=5,
-            backoff_rate=2.0,
-            max_delay=cdk.Duration.seconds(60),
-            jitter_strategy=sfn.JitterType.FULL,
-        )
-        return task
 
-    def _definition(
-        self, *, settings: Settings, shared_names: ResourceNames, inference: InferenceComponent
-    ) -> sfn.IChainable:
+    def _definition(self, *, settings: Settings, shared_names: ResourceNames, inference_version: str) -> sfn.IChainable:
         edge = settings.edge_deployment
         stack = self._stack
-        topic = sns.Topic.from_topic_arn(
-            self, "NotificationTopic", stack.format_arn(service="sns", resource=shared_names.notification_topic(APP))
-        )
+        topic = app_topic(self, shared_names.notification_topic(APP))
         prefix = settings.project.prefix
 
-        deployment_failed = sfn.Fail(
-            self, "DeploymentFailed", comment="A step failed", error_path="$.error.Error", cause_path="$.error.Cause"
-        )
-        notify_failure = tasks.SnsPublish(
+        failure = FailurePath(
             self,
-            "NotifyFailure",
             topic=topic,
             subject=f"[{prefix}] Edge deployment failed",
-            message=sfn.TaskInput.from_json_path_at(
-                "States.Format('Edge deployment workflow execution {} failed and deployed nothing new.\\n\\n"
-                "Error: {}\\nCause: {}', $$.Execution.Id, $.error.Error, $.error.Cause)"
-            ),
-            result_path=sfn.JsonPath.DISCARD,
+            title="Edge deployment workflow execution",
+            fail_state="DeploymentFailed",
         )
-        notify_failure.add_retry(errors=["States.TaskFailed"], interval=cdk.Duration.seconds(2), max_attempts=3)
-        notify_failure.add_catch(deployment_failed, errors=["States.ALL"], result_path="$.notificationError")
-        notify_failure.next(deployment_failed)
 
         def guarded(task: sfn.TaskStateBase) -> sfn.TaskStateBase:
-            task.add_catch(notify_failure, errors=["States.ALL"], result_path="$.error")
+            failure.guard(task)
             return task
 
         resolve = guarded(self._lambda_step("ResolveModelPackage", self.resolve_function, None, "$.resolution"))
@@ -493,13 +418,7 @@ class DeploymentWorkflow(Construct):
             result_selector={"status": sfn.JsonPath.object_at("$.Status")},
             result_path="$.modelComponentState",
         )
-        describe_component.add_retry(
-            errors=["States.TaskFailed"],
-            interval=cdk.Duration.seconds(2),
-            max_attempts=4,
-            backoff_rate=2.0,
-            jitter_strategy=sfn.JitterType.FULL,
-        )
+        retry(describe_component, ["States.TaskFailed"])
         guarded(describe_component)
         wait_for_component = sfn.Wait(
             self,
@@ -515,31 +434,25 @@ class DeploymentWorkflow(Construct):
             parameters={"count.$": "States.MathAdd($.modelComponentPolls.count, 1)"},
             result_path="$.modelComponentPolls",
         )
-        component_not_deployable = sfn.Pass(
+        component_not_deployable = failure.error(
             self,
             "ModelComponentNotDeployable",
-            parameters={
-                "Error": "ModelComponentNotDeployable",
-                "Cause.$": "States.Format('Greengrass did not make the model component version {} deployable "
-                f"within {MODEL_COMPONENT_MAX_POLLS * COMPONENT_POLL_SECONDS} seconds (still {{}}): {{}}', "
-                "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
-                "States.JsonToString($.modelComponentState.status))",
-            },
-            result_path="$.error",
-        ).next(notify_failure)
-        component_rejected = sfn.Pass(
+            error="ModelComponentNotDeployable",
+            cause="States.Format('Greengrass did not make the model component version {} deployable "
+            f"within {MODEL_COMPONENT_MAX_POLLS * COMPONENT_POLL_SECONDS} seconds (still {{}}): {{}}', "
+            "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
+            "States.JsonToString($.modelComponentState.status))",
+        )
+        component_rejected = failure.error(
             self,
             "ModelComponentRejected",
-            parameters={
-                "Error": "ModelComponentRejected",
-                "Cause.$": "States.Format('Greengrass marked the model component version {} as {}: {}. A version "
-                "cannot be created twice: after fixing the cause, delete it (aws greengrassv2 delete-component "
-                "--arn {}) and run the workflow again', "
-                "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
-                "States.JsonToString($.modelComponentState.status), $.modelComponent.arn)",
-            },
-            result_path="$.error",
-        ).next(notify_failure)
+            error="ModelComponentRejected",
+            cause="States.Format('Greengrass marked the model component version {} as {}: {}. A version "
+            "cannot be created twice: after fixing the cause, delete it (aws greengrassv2 delete-component "
+            "--arn {}) and run the workflow again', "
+            "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
+            "States.JsonToString($.modelComponentState.status), $.modelComponent.arn)",
+        )
 
         create_deployment = guarded(
             self._lambda_step(
@@ -548,7 +461,7 @@ class DeploymentWorkflow(Construct):
                 {
                     "package.$": "$.resolution.package",
                     "modelComponent.$": "$.modelComponent",
-                    "inferenceComponent": {"name": edge.inference_component_name, "version": inference.version},
+                    "inferenceComponent": {"name": edge.inference_component_name, "version": inference_version},
                     "executionId.$": "$$.Execution.Id",
                     "attempt.$": "$.deploymentAttempts.count",
                 },
@@ -564,35 +477,24 @@ class DeploymentWorkflow(Construct):
             parameters={"count.$": "States.MathAdd($.deploymentAttempts.count, 1)"},
             result_path="$.deploymentAttempts",
         )
-        kept_being_replaced = sfn.Pass(
+        kept_being_replaced = failure.error(
             self,
             "DeploymentKeptBeingReplaced",
-            parameters={
-                "Error": "DeploymentKeptBeingReplaced",
-                "Cause.$": "States.Format('Deployments of older model packages replaced the deployment of this run {} "
-                "times; the newest approved package was not left on the devices. Run the workflow pipeline "
-                "when no other deployment is running: it deploys the newest approved package.', "
-                "$.deploymentAttempts.count)",
-            },
-            result_path="$.error",
-        ).next(notify_failure)
-        notify_superseded = tasks.SnsPublish(
+            error="DeploymentKeptBeingReplaced",
+            cause="States.Format('Deployments of older model packages replaced the deployment of this run {} "
+            "times; the newest approved package was not left on the devices. Run the workflow pipeline "
+            "when no other deployment is running: it deploys the newest approved package.', "
+            "$.deploymentAttempts.count)",
+        )
+        notify_superseded = publish(
             self,
             "NotifySuperseded",
             topic=topic,
-            subject=sfn.JsonPath.string_at("$.deployment.subject"),
+            subject_path="$.deployment.subject",
             message=sfn.TaskInput.from_json_path_at("$.deployment.message"),
-            result_path=sfn.JsonPath.DISCARD,
         )
         not_deployed = sfn.Succeed(
             self, "NewerPackageApproved", comment="A newer approved package overtook this one: nothing deployed"
-        )
-        notify_superseded.add_retry(
-            errors=["States.TaskFailed"],
-            interval=cdk.Duration.seconds(2),
-            max_attempts=4,
-            backoff_rate=2.0,
-            jitter_strategy=sfn.JitterType.FULL,
         )
         notify_superseded.add_catch(not_deployed, errors=["States.ALL"], result_path="$.notificationError")
         notify_superseded.next(not_deployed)
@@ -615,13 +517,12 @@ class DeploymentWorkflow(Construct):
             )
         )
         deployed = sfn.Succeed(self, "Deployed", comment="Every device runs the new model (or none is registered yet)")
-        notify_success = tasks.SnsPublish(
+        notify_success = publish(
             self,
             "NotifySuccess",
             topic=topic,
-            subject=sfn.JsonPath.string_at("$.rollout.subject"),
+            subject_path="$.rollout.subject",
             message=sfn.TaskInput.from_json_path_at("$.rollout.message"),
-            result_path=sfn.JsonPath.DISCARD,
         )
         rollout_failed = sfn.Fail(
             self,
@@ -630,13 +531,12 @@ class DeploymentWorkflow(Construct):
             error_path="$.rollout.outcome",
             cause_path="$.rollout.subject",
         )
-        notify_rollout_failure = tasks.SnsPublish(
+        notify_rollout_failure = publish(
             self,
             "NotifyRolloutFailure",
             topic=topic,
-            subject=sfn.JsonPath.string_at("$.rollout.subject"),
+            subject_path="$.rollout.subject",
             message=sfn.TaskInput.from_json_path_at("$.rollout.message"),
-            result_path=sfn.JsonPath.DISCARD,
         )
         notification_failed = sfn.Fail(
             self,
@@ -645,14 +545,6 @@ class DeploymentWorkflow(Construct):
             error="NotificationFailed",
             cause="Publishing the rollout report to the notification topic failed",
         )
-        for notify in (notify_success, notify_rollout_failure):
-            notify.add_retry(
-                errors=["States.TaskFailed"],
-                interval=cdk.Duration.seconds(2),
-                max_attempts=4,
-                backoff_rate=2.0,
-                jitter_strategy=sfn.JitterType.FULL,
-            )
         notify_success.add_catch(notification_failed, errors=["States.ALL"], result_path="$.notificationError")
         notify_rollout_failure.add_catch(rollout_failed, errors=["States.ALL"], result_path="$.notificationError")
 

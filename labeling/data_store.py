@@ -26,11 +26,12 @@ from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from labeling.functions import REPO_ROOT, acknowledge_resource, labeling_function, runtime_config
+from labeling.functions import REPO_ROOT, labeling_function, runtime_config
 from labeling.runtime.config import ENVIRONMENT_VARIABLE
 from shared.building_blocks import access_log_bucket, encryption_key, grant_key_by_alias, secure_bucket
 from shared.config import ConfigError, Settings
 from shared.contracts import EVENT_TIME, LABEL_FEATURES, RECORD_IDENTIFIER
+from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import LABELING_JOBS_PREFIX, OFFLINE_STORE_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 
 
@@ -129,8 +130,11 @@ class LabelDataStore(Construct):
             ],
         )
         policy.apply_removal_policy(cdk.RemovalPolicy.RETAIN)  # the retained feature group keeps writing
-        acknowledge_resource(
-            policy, offline_objects, "Feature Store writes the offline store's parquet files under feature-store/ only."
+        acknowledge(  # a policy of its own (kept with the feature group), so not `allow`'s role policy
+            policy,
+            IAM5,
+            "Feature Store writes the offline store's parquet files under feature-store/ only.",
+            finding=finding(policy, "Resource", offline_objects),
         )
         database = glue.CfnDatabase(
             self,
@@ -210,23 +214,13 @@ class LabelSeeding(Construct):
             settings=settings,
             timeout=cdk.Duration.minutes(15),
         )
-        function.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"], resources=[object_arn(stack, asset.s3_bucket_name, asset.s3_object_key)]
-            )
-        )
-        function.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["sagemaker:BatchGetRecord", "sagemaker:PutRecord"], resources=[feature_group_arn(stack, names)]
-            )
-        )
+        allow(function, ["s3:GetObject"], [object_arn(stack, asset.s3_bucket_name, asset.s3_object_key)])
+        allow(function, ["sagemaker:BatchGetRecord", "sagemaker:PutRecord"], [feature_group_arn(stack, names)])
         reports = object_arn(stack, names.data_bucket, f"{LABELING_JOBS_PREFIX}seed-reports/*")
-        function.add_to_role_policy(iam.PolicyStatement(actions=["s3:PutObject"], resources=[reports]))
+        allow(function, ["s3:PutObject"], [reports], why="Writes its import report under labeling-jobs/seed-reports/.")
         grant_key_by_alias(
             function, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt", "kms:GenerateDataKey"]
         )
-        if function.role is not None:
-            acknowledge_resource(function.role, reports, "Writes its import report under labeling-jobs/seed-reports/.")
         self.function = function
         self.resource = cdk.CustomResource(
             self,

@@ -1,15 +1,8 @@
 """The labeling app's Lambda functions: one code bundle, several handlers, the settings they run with.
 
-`python_function` bundles one folder. The runtime code imports `labeling.runtime.*` and
-`shared.contracts` (the label record contract shared with training), so the bundle is staged at synth
-time in a temporary folder laid out like the repository:
-
-    labeling_lambda.py        entry module the handler strings name (generated)
-    labeling/runtime/...      this app's runtime package
-    shared/contracts.py       the contract module (standard library only)
-
-The folder's name is a hash of its content, so an unchanged runtime keeps its asset hash and a change
-deploys new code.
+The bundle (`shared.code_bundle`) holds `labeling/runtime/`, `shared/contracts.py` and the CloudFormation
+responder at their repository paths, so each handler string names its function:
+`labeling.runtime.handlers.start_round`.
 """
 
 from __future__ import annotations
@@ -24,19 +17,18 @@ from pathlib import Path
 
 import aws_cdk as cdk
 from aws_cdk import aws_lambda as lambda_
-from constructs import Construct, IConstruct
+from constructs import Construct
 
 from labeling.runtime.config import LabelingConfig, Workforce
 from labeling.runtime.ground_truth import load_task_ui
 from shared.building_blocks import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME, log_retention, python_function
+from shared.code_bundle import code_bundle
 from shared.config import ConfigError, Settings, WorkforceSettings
-from shared.guardrails import IAM5, acknowledge, render
 from shared.names import LABELING_JOBS_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 
 APP_DIR = Path(__file__).resolve().parent
 REPO_ROOT = APP_DIR.parent
-RUNTIME_DIR = APP_DIR / "runtime"
-ENTRY_MODULE = "labeling_lambda"
+HANDLER_MODULE = "labeling.runtime.handlers"
 HANDLERS = (
     "start_round",
     "find_unlabeled",
@@ -51,55 +43,12 @@ HANDLERS = (
     "write_label_studio_labels",
     "seed_resource",
 )
-_ENTRY_SOURCE = (
-    '"""Lambda entry points of the labeling app (generated into the bundle by labeling/functions.py)."""\n\n'
-    f"from labeling.runtime.handlers import {', '.join(sorted(HANDLERS))}\n\n"
-    f"__all__ = {sorted(HANDLERS)!r}\n"
-)
-_PACKAGE_DOC = '"""Staged copy for the Lambda bundle."""\n'
-
-
-def _bundle_files() -> dict[str, bytes]:
-    """Relative path in the bundle -> content."""
-    files: dict[str, bytes] = {
-        f"{ENTRY_MODULE}.py": _ENTRY_SOURCE.encode(),
-        "labeling/__init__.py": _PACKAGE_DOC.encode(),
-        "shared/__init__.py": _PACKAGE_DOC.encode(),
-        "shared/contracts.py": (REPO_ROOT / "shared" / "contracts.py").read_bytes(),
-    }
-    for path in sorted(RUNTIME_DIR.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            files[f"labeling/runtime/{path.relative_to(RUNTIME_DIR).as_posix()}"] = path.read_bytes()
-    return files
-
-
-def _stage(files: dict[str, bytes], name: str, *, packages: Path | None = None) -> Path:
-    """A folder with `files` (and a copy of `packages`), named by a hash of its content; staged once."""
-    digest = hashlib.sha256()
-    for path, content in sorted(files.items()):
-        digest.update(path.encode() + b"\0" + hashlib.sha256(content).digest())
-    if packages is not None:
-        digest.update(packages.name.encode())
-    target = Path(tempfile.gettempdir()) / f"{name}-{digest.hexdigest()[:20]}"
-    if target.is_dir():
-        return target
-    staging = Path(tempfile.mkdtemp(prefix=f"{name}-staging-"))
-    if packages is not None:
-        shutil.copytree(packages, staging, dirs_exist_ok=True)
-    for path, content in files.items():
-        destination = staging / path
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(content)
-    try:
-        os.replace(staging, target)
-    except OSError:  # another synth staged the same content first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+RUNTIME_PACKAGES = ("labeling/runtime", "shared/runtime/cfn_response.py")
 
 
 def runtime_bundle_dir() -> Path:
     """Stage the bundle folder (once per content) and return it."""
-    return _stage(_bundle_files(), "labeling-lambda")
+    return code_bundle("labeling-lambda", RUNTIME_PACKAGES)
 
 
 # -- the pre-label function: the same bundle, the device's detector and its packages for Lambda ----------
@@ -167,12 +116,13 @@ def pre_label_packages_dir() -> Path:
 
 def pre_label_bundle_dir() -> Path:
     """The runtime bundle plus `inspector/detector.py` (unchanged from the device) and its packages."""
-    files = {
-        **_bundle_files(),
+    detector = {
         "inspector/__init__.py": b'"""The device\'s detector, bundled unchanged for the pre-label function."""\n',
         "inspector/detector.py": DETECTOR_FILE.read_bytes(),
     }
-    return _stage(files, "labeling-pre-label-lambda", packages=pre_label_packages_dir())
+    return code_bundle(
+        "labeling-pre-label-lambda", RUNTIME_PACKAGES, extra_files=detector, site_packages=pre_label_packages_dir()
+    )
 
 
 def labeling_function(
@@ -193,7 +143,7 @@ def labeling_function(
         scope,
         construct_id,
         code_dir=code_dir or runtime_bundle_dir(),
-        handler=f"{ENTRY_MODULE}.{handler}",
+        handler=f"{HANDLER_MODULE}.{handler}",
         description=description,
         environment=environment,
         timeout=timeout,
@@ -257,9 +207,3 @@ def runtime_config(
         workers_per_image=labeling.workers_per_image,
         max_concurrent_tasks=labeling.max_concurrent_tasks,
     )
-
-
-def acknowledge_resource(construct: IConstruct, resource: str, reason: str) -> None:
-    """Acknowledge one wildcard-resource finding (AwsSolutions-IAM5) on `construct`, named as cdk-nag names it."""
-    finding = "Resource::" + render(cdk.Stack.of(construct).resolve(resource))
-    acknowledge(construct, IAM5, reason, finding=finding)

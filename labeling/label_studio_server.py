@@ -49,10 +49,9 @@ from aws_cdk import region_info
 from constructs import Construct
 
 from labeling.data_store import object_arn
-from labeling.functions import acknowledge_resource
 from shared.building_blocks import access_log_bucket, encryption_key, log_retention
 from shared.config import ConfigError, LabelingSettings, LabelStudioServerSettings, Settings
-from shared.guardrails import IAM5, acknowledge
+from shared.guardrails import acknowledge, allow
 from shared.names import RAW_IMAGE_PREFIX, ResourceNames
 
 CONTAINER_NAME = "label-studio"
@@ -433,28 +432,26 @@ class LabelStudioServer(Construct):
             account, region, name = ecr
             repository_arn = f"arn:{self.stack.partition}:ecr:{region}:{account}:repository/{name}"
             execution_role = task.obtain_execution_role()
-            execution_role.add_to_principal_policy(
-                iam.PolicyStatement(
-                    sid="PullTheImage",
-                    # BatchImportUpstreamImage and CreateRepository: a pull-through cache fetches on first pull
-                    actions=[
-                        "ecr:BatchCheckLayerAvailability",
-                        "ecr:GetDownloadUrlForLayer",
-                        "ecr:BatchGetImage",
-                        "ecr:BatchImportUpstreamImage",
-                        "ecr:CreateRepository",
-                    ],
-                    resources=[repository_arn],
-                )
-            )
-            execution_role.add_to_principal_policy(
-                iam.PolicyStatement(sid="RegistrySignIn", actions=["ecr:GetAuthorizationToken"], resources=["*"])
-            )
-            acknowledge(
+            allow(
                 execution_role,
-                IAM5,
-                "ecr:GetAuthorizationToken takes no resource; the pull itself is limited to the image's repository.",
-                finding="Resource::*",
+                # BatchImportUpstreamImage and CreateRepository: a pull-through cache fetches on first pull
+                [
+                    "ecr:BatchCheckLayerAvailability",
+                    "ecr:GetDownloadUrlForLayer",
+                    "ecr:BatchGetImage",
+                    "ecr:BatchImportUpstreamImage",
+                    "ecr:CreateRepository",
+                ],
+                [repository_arn],
+                sid="PullTheImage",
+            )
+            allow(
+                execution_role,
+                ["ecr:GetAuthorizationToken"],
+                ["*"],
+                sid="RegistrySignIn",
+                why="ecr:GetAuthorizationToken takes no resource; the pull itself is limited to the image's "
+                "repository.",
             )
         return ecs.ContainerImage.from_registry(server.image_reference, credentials=credentials)
 
@@ -475,29 +472,29 @@ class LabelStudioServer(Construct):
         """List and read raw-images/ of the data bucket, and decrypt those objects through S3: nothing more."""
         stack, names = self.stack, self.names
         raw_objects = object_arn(stack, names.data_bucket, f"{RAW_IMAGE_PREFIX}*")
-        for statement in (
-            iam.PolicyStatement(
-                sid="ListRawImages",
-                actions=["s3:ListBucket"],
-                resources=[stack.format_arn(service="s3", region="", account="", resource=names.data_bucket)],
-                conditions={"StringLike": {"s3:prefix": [f"{RAW_IMAGE_PREFIX}*"]}},
-            ),
-            iam.PolicyStatement(sid="ReadRawImages", actions=["s3:GetObject"], resources=[raw_objects]),
-            iam.PolicyStatement(
-                sid="DecryptRawImagesThroughS3",
-                actions=["kms:Decrypt"],
-                resources=[stack.format_arn(service="kms", resource="key", resource_name="*")],
-                conditions={
-                    "ForAnyValue:StringEquals": {"kms:ResourceAliases": names.data_key_alias},
-                    "StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"},
-                },
-            ),
-        ):
-            role.add_to_principal_policy(statement)
-        acknowledge_resource(
+        allow(
             role,
-            raw_objects,
-            "Label Studio signs URLs for, and lists, the raw images only: every object under raw-images/.",
+            ["s3:ListBucket"],
+            [stack.format_arn(service="s3", region="", account="", resource=names.data_bucket)],
+            sid="ListRawImages",
+            conditions={"StringLike": {"s3:prefix": [f"{RAW_IMAGE_PREFIX}*"]}},
+        )
+        allow(
+            role,
+            ["s3:GetObject"],
+            [raw_objects],
+            sid="ReadRawImages",
+            why="Label Studio signs URLs for, and lists, the raw images only: every object under raw-images/.",
+        )
+        allow(
+            role,
+            ["kms:Decrypt"],
+            [stack.format_arn(service="kms", resource="key", resource_name="*")],
+            sid="DecryptRawImagesThroughS3",
+            conditions={
+                "ForAnyValue:StringEquals": {"kms:ResourceAliases": names.data_key_alias},
+                "StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"},
+            },
         )
 
     # -- load balancer and sign-in ------------------------------------------------------------------

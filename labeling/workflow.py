@@ -12,28 +12,29 @@
 Both backends wait without any running function: Ground Truth through the optimized `.sync`
 integration, Label Studio in Wait states between short progress checks.
 
-Every task retries transient errors with exponential backoff and jitter, fails at once on the errors
-that retrying cannot fix (`labeling.runtime.errors.NON_RETRYABLE_ERRORS`), and routes any failure to
-NotifyFailure (the app's SNS topic, found by name) and then RoundFailed. The Ground Truth jobs run
-with the optimized `.sync` integration: Step Functions waits for them without any running Lambda.
+Every task retries transient errors with the apps' one policy (`shared.workflow_states`), fails at once on
+the errors that retrying cannot fix (`labeling.runtime.errors.NON_RETRYABLE_ERRORS`), and routes any failure
+to NotifyFailure (the app's SNS topic, found by name) and then RoundFailed (with the error and its cause).
+The Ground Truth jobs run with the optimized `.sync` integration: Step Functions waits for them without
+any running Lambda.
 Lists of images never enter the state: they travel through S3, and the loops carry small cursors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from labeling import APP
 from labeling.data_store import feature_group_arn, object_arn
 from labeling.functions import (
-    acknowledge_resource,
     label_studio_endpoint,
     labeling_function,
     pre_label_bundle_dir,
@@ -51,10 +52,11 @@ from shared.building_blocks import (
     log_retention,
     workflow_state_machine,
 )
-from shared.config import AppName, Settings
+from shared.config import Settings
+from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import LABELING_JOBS_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
+from shared.workflow_states import FailurePath, app_topic, lambda_step, retry
 
-APP: AppName = "labeling"
 LABELING_JOB_SYNC = "arn:aws:states:::sagemaker:createLabelingJob.sync"
 # Step Functions manages an EventBridge rule in the account to learn when a labeling job ends (.sync).
 # Its documented siblings are StepFunctionsGetEventsForSageMaker{Training,Transform,...}JobsRule; the
@@ -72,7 +74,7 @@ GROUND_TRUTH_KEY_ACTIONS = (
     "kms:GenerateDataKeyWithoutPlaintext",
     "kms:DescribeKey",
 )
-FAILURE_ERROR = "LabelingRoundFailed"
+_Grant = Callable[[lambda_.Function], object]  # one statement, added to a function's role
 
 
 class LabelingWorkflow(Construct):
@@ -195,7 +197,7 @@ class LabelingWorkflow(Construct):
             self,
             "StateMachine",
             state_machine_name=self.state_machine_name,
-            definition=self._definition(stack, phase_timeout),
+            definition=self._definition(phase_timeout),
             # two phases, each bounded by its tasks' availability, and a day for the rest
             timeout=cdk.Duration.seconds(2 * phase_timeout.to_seconds() + 86_400),
             log_retention=log_retention(settings.toolchain.log_retention_days),
@@ -227,34 +229,37 @@ class LabelingWorkflow(Construct):
             resource_name="/aws/sagemaker/LabelingJobs:*",
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
         )
-        for statement in (
-            iam.PolicyStatement(actions=["s3:ListBucket", "s3:GetBucketLocation"], resources=[bucket_arn]),
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[raw_objects, job_objects]),
-            iam.PolicyStatement(actions=["s3:PutObject", "s3:AbortMultipartUpload"], resources=[job_objects]),
-            iam.PolicyStatement(
-                actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
-                resources=[log_group],
-            ),
-            # Ground Truth publishes its job metrics under /aws/sagemaker/LabelingJobs: SageMaker's namespaces only.
-            iam.PolicyStatement(
-                actions=["cloudwatch:PutMetricData"],
-                resources=["*"],
-                conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
-            ),
-        ):
-            role.add_to_policy(statement)
+        allow(role, ["s3:ListBucket", "s3:GetBucketLocation"], [bucket_arn])
+        allow(
+            role,
+            ["s3:GetObject"],
+            [raw_objects, job_objects],
+            why="Ground Truth shows workers any raw image of a job's manifest, reads manifests and templates.",
+        )
+        allow(
+            role,
+            ["s3:PutObject", "s3:AbortMultipartUpload"],
+            [job_objects],
+            why="Ground Truth reads manifests and templates, writes outputs of its jobs.",
+        )
+        allow(
+            role,
+            ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
+            [log_group],
+            why="Log streams of Ground Truth's own log group for labeling jobs.",
+        )
+        # Ground Truth publishes its job metrics under /aws/sagemaker/LabelingJobs: SageMaker's namespaces only.
+        allow(
+            role,
+            ["cloudwatch:PutMetricData"],
+            ["*"],
+            conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
+            why="cloudwatch:PutMetricData supports no resource-level permissions; SageMaker namespaces only.",
+        )
         # Ground Truth encrypts each job's output with the data key (OutputConfig.KmsKeyId) and needs on it what
         # "Encrypt Output Data and Storage Volume with AWS KMS" (SageMaker developer guide) lists for the
         # execution role (Encrypt and DescribeKey included), not only Decrypt and GenerateDataKey.
         grant_key_by_alias(role, alias=names.data_key_alias, stack=stack, actions=GROUND_TRUTH_KEY_ACTIONS)
-        acknowledge_resource(role, raw_objects, "Ground Truth shows workers any raw image of a job's manifest.")
-        acknowledge_resource(
-            role, job_objects, "Ground Truth reads manifests and templates, writes outputs of its jobs."
-        )
-        acknowledge_resource(role, log_group, "Log streams of Ground Truth's own log group for labeling jobs.")
-        acknowledge_resource(
-            role, "*", "cloudwatch:PutMetricData supports no resource-level permissions; SageMaker namespaces only."
-        )
         return role
 
     def _grant_functions(self, stack: cdk.Stack) -> None:
@@ -270,26 +275,31 @@ class LabelingWorkflow(Construct):
             arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
         )
 
-        def list_under(*prefixes: str) -> iam.PolicyStatement:
-            return iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[bucket_arn],
+        def statement(actions: list[str], resources: list[str], **options: Any) -> _Grant:
+            return lambda function: allow(function, actions, resources, **options)
+
+        def list_under(*prefixes: str) -> _Grant:
+            return statement(
+                ["s3:ListBucket"],
+                [bucket_arn],
                 conditions={"StringLike": {"s3:prefix": [f"{prefix}*" for prefix in prefixes]}},
             )
 
         job_files = [
             list_under(LABELING_JOBS_PREFIX),
-            iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[job_objects]),
+            statement(
+                ["s3:GetObject", "s3:PutObject"],
+                [job_objects],
+                why="This round's job files under the labeling-jobs/ prefix.",
+            ),
         ]
-        read_raw = iam.PolicyStatement(actions=["s3:GetObject"], resources=[raw_objects])
-        read_labels = iam.PolicyStatement(actions=["sagemaker:BatchGetRecord"], resources=[feature_group])
-        write_labels = iam.PolicyStatement(
-            actions=["sagemaker:BatchGetRecord", "sagemaker:PutRecord"], resources=[feature_group]
+        read_raw = statement(
+            ["s3:GetObject"], [raw_objects], why="Reads raw images: headers, device metadata, pixels for pre-labels."
         )
-        self.start_round.add_to_role_policy(
-            iam.PolicyStatement(actions=["states:ListExecutions"], resources=[state_machine_arn])
-        )
-        grants: dict[lambda_.Function, list[iam.PolicyStatement]] = {
+        read_labels = statement(["sagemaker:BatchGetRecord"], [feature_group])
+        write_labels = statement(["sagemaker:BatchGetRecord", "sagemaker:PutRecord"], [feature_group])
+        allow(self.start_round, ["states:ListExecutions"], [state_machine_arn])
+        grants: dict[lambda_.Function, list[_Grant]] = {
             # HeadObject of device uploads (their recorded uncertainty) needs s3:GetObject
             self.find_unlabeled: [
                 list_under(RAW_IMAGE_PREFIX, LABELING_JOBS_PREFIX),
@@ -299,10 +309,8 @@ class LabelingWorkflow(Construct):
             ],
             self.select_images: [list_under(RAW_IMAGE_PREFIX, LABELING_JOBS_PREFIX), read_raw, *job_files],
         }
-        reads_raw = {self.find_unlabeled, self.select_images}
         if self.pre_label is not None:
             grants[self.pre_label] = [read_raw, *job_files]
-            reads_raw.add(self.pre_label)
             self._grant_model_registry(stack, self.pre_label)
         functions = self.backend_functions
         if self.backend == "ground_truth":
@@ -316,21 +324,13 @@ class LabelingWorkflow(Construct):
             grants[functions["write_label_studio_labels"]] = [*job_files, write_labels]
             for function in functions.values():
                 self._grant_api_token(stack, function)
-        for function, statements in grants.items():
-            for statement in statements:
-                function.add_to_role_policy(statement)
-            if not statements:
-                continue
-            # S3 objects and the online store are encrypted with the data key (owned by the data stack).
-            grant_key_by_alias(
-                function, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt", "kms:GenerateDataKey"]
-            )
-            role = function.role
-            assert role is not None
-            acknowledge_resource(role, job_objects, "This round's job files under the labeling-jobs/ prefix.")
-            if function in reads_raw:
-                acknowledge_resource(
-                    role, raw_objects, "Reads raw images: headers, device metadata, pixels for pre-labels."
+        for function, function_grants in grants.items():
+            for grant in function_grants:
+                grant(function)
+            if function_grants:
+                # S3 objects and the online store are encrypted with the data key (owned by the data stack).
+                grant_key_by_alias(
+                    function, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt", "kms:GenerateDataKey"]
                 )
 
     def _grant_model_registry(self, stack: cdk.Stack, function: lambda_.Function) -> None:
@@ -340,17 +340,25 @@ class LabelingWorkflow(Construct):
             service="sagemaker", resource="model-package", resource_name=f"{names.model_package_group.lower()}/*"
         )
         archives = object_arn(stack, names.model_bucket, "*")
-        function.add_to_role_policy(iam.PolicyStatement(actions=["sagemaker:ListModelPackages"], resources=["*"]))
-        function.add_to_role_policy(
-            iam.PolicyStatement(actions=["sagemaker:DescribeModelPackage"], resources=[packages])
+        allow(
+            function,
+            ["sagemaker:ListModelPackages"],
+            ["*"],
+            why="sagemaker:ListModelPackages supports no resource-level permission.",
         )
-        function.add_to_role_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[archives]))
+        allow(
+            function,
+            ["sagemaker:DescribeModelPackage"],
+            [packages],
+            why="Versions of the training app's model package group (by its name).",
+        )
+        allow(
+            function,
+            ["s3:GetObject"],
+            [archives],
+            why="Model archives in the training app's model bucket (by its name).",
+        )
         grant_key_by_alias(function, alias=names.model_key_alias, stack=stack, actions=["kms:Decrypt"])
-        role = function.role
-        assert role is not None
-        acknowledge_resource(role, "*", "sagemaker:ListModelPackages supports no resource-level permission.")
-        acknowledge_resource(role, packages, "Versions of the training app's model package group (by its name).")
-        acknowledge_resource(role, archives, "Model archives in the training app's model bucket (by its name).")
 
     def _grant_api_token(self, stack: cdk.Stack, function: lambda_.Function) -> None:
         """Read the Label Studio API token (a secret named in config.yaml, or the deployed server's)."""
@@ -365,13 +373,12 @@ class LabelingWorkflow(Construct):
                 resource_name=f"{secret}-??????",
                 arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
             )
-        function.add_to_role_policy(
-            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[resource])
+        allow(
+            function,
+            ["secretsmanager:GetSecretValue"],
+            [resource],
+            why="The Label Studio API token secret, by name (its ARN ends randomly).",
         )
-        role = function.role
-        assert role is not None
-        if not secret.startswith("arn:"):
-            acknowledge_resource(role, resource, "The Label Studio API token secret, by name (its ARN ends randomly).")
 
     def _grant_state_machine(self, stack: cdk.Stack) -> None:
         names = self.names
@@ -383,58 +390,52 @@ class LabelingWorkflow(Construct):
             stack=stack,
         )
         for function in self.functions:
-            acknowledge_resource(
+            acknowledge(
                 machine.role,
-                f"{function.function_arn}:*",
+                IAM5,
                 "Versions of a function of this workflow (CDK's invoke grant).",
+                finding=finding(machine, "Resource", f"{function.function_arn}:*"),
             )
         if self.ground_truth_role is None:
             return
         jobs = stack.format_arn(service="sagemaker", resource="labeling-job", resource_name=f"{names.prefix}-*")
-        machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "sagemaker:CreateLabelingJob",
-                    "sagemaker:DescribeLabelingJob",
-                    "sagemaker:StopLabelingJob",
-                    "sagemaker:ListTags",
-                ],
-                resources=[jobs],
-            )
+        allow(
+            machine,
+            [
+                "sagemaker:CreateLabelingJob",
+                "sagemaker:DescribeLabelingJob",
+                "sagemaker:StopLabelingJob",
+                "sagemaker:ListTags",
+            ],
+            [jobs],
+            why="Labeling jobs of this app; each round names its jobs <prefix>-....",
         )
-        machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["iam:PassRole"],
-                resources=[self.ground_truth_role.role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
-            )
+        allow(
+            machine,
+            ["iam:PassRole"],
+            [self.ground_truth_role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         )
         managed_rules = stack.format_arn(service="events", resource="rule", resource_name=LABELING_JOB_EVENTS_RULES)
-        machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"], resources=[managed_rules]
-            )
-        )
-        acknowledge_resource(
-            machine.role,
-            managed_rules,
-            "The .sync integration's managed rule for labeling jobs; AWS documents only its siblings' names "
+        allow(
+            machine,
+            ["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            [managed_rules],
+            why="The .sync integration's managed rule for labeling jobs; AWS documents only its siblings' names "
             "(StepFunctionsGetEventsForSageMaker<Kind>JobsRule), so the prefix of those rules is granted.",
         )
-        acknowledge_resource(machine.role, jobs, "Labeling jobs of this app; each round names its jobs <prefix>-....")
 
     # -- definition ----------------------------------------------------------------------------------
     def _lambda_step(
         self, construct_id: str, function: lambda_.IFunction, payload: dict[str, object], result_path: str, comment: str
     ) -> tasks.LambdaInvoke:
-        return tasks.LambdaInvoke(
+        return lambda_step(
             self,
             construct_id,
-            lambda_function=function,
-            payload=sfn.TaskInput.from_object(payload),
-            payload_response_only=True,
-            retry_on_service_exceptions=True,
+            function=function,
+            payload=payload,
             result_path=result_path,
+            non_retryable=NON_RETRYABLE_ERRORS,
             comment=comment,
         )
 
@@ -461,68 +462,14 @@ class LabelingWorkflow(Construct):
             },
         )
 
-    def _definition(self, stack: cdk.Stack, job_timeout: cdk.Duration) -> sfn.IChainable:
-        names = self.names
-        describe_failure = sfn.Pass(
+    def _definition(self, job_timeout: cdk.Duration) -> sfn.IChainable:
+        failure = FailurePath(
             self,
-            "DescribeFailure",
-            comment="One line for the execution's failure cause: the error and its cause",
-            parameters={
-                "cause": sfn.JsonPath.format(
-                    "{}: {}", sfn.JsonPath.string_at("$.error.Error"), sfn.JsonPath.string_at("$.error.Cause")
-                )
-            },
-        )
-        describe_failure.next(sfn.Fail(self, "RoundFailed", error=FAILURE_ERROR, cause_path="$.cause"))
-        topic = sns.Topic.from_topic_arn(
-            self, "NotificationTopic", stack.format_arn(service="sns", resource=names.notification_topic(APP))
-        )
-        notify = tasks.SnsPublish(
-            self,
-            "NotifyFailure",
-            topic=topic,
+            topic=app_topic(self, self.names.notification_topic(APP)),
             subject="Labeling round failed",
-            message=sfn.TaskInput.from_text(
-                sfn.JsonPath.format(
-                    "Labeling round {} failed. Error: {}. Cause: {}",
-                    sfn.JsonPath.execution_id,
-                    sfn.JsonPath.string_at("$.error.Error"),
-                    sfn.JsonPath.string_at("$.error.Cause"),
-                )
-            ),
-            result_path=sfn.JsonPath.DISCARD,
-            comment="Tells the labeling team which execution failed and why",
+            title="Labeling round",
+            fail_state="RoundFailed",
         )
-        notify.add_retry(
-            errors=["States.ALL"],
-            interval=cdk.Duration.seconds(2),
-            max_attempts=3,
-            backoff_rate=2.0,
-            jitter_strategy=sfn.JitterType.FULL,
-        )
-        notify.add_catch(describe_failure, errors=["States.ALL"], result_path="$.notify_error")
-        notify.next(describe_failure)
-
-        def guard(state: tasks.LambdaInvoke | sfn.CustomState, *, sagemaker: bool = False) -> None:
-            if sagemaker:
-                state.add_retry(
-                    errors=SAGEMAKER_API_ERRORS,
-                    interval=cdk.Duration.seconds(10),
-                    max_attempts=3,
-                    backoff_rate=2.0,
-                    jitter_strategy=sfn.JitterType.FULL,
-                )
-            else:
-                state.add_retry(errors=list(NON_RETRYABLE_ERRORS), max_attempts=0)
-                state.add_retry(
-                    errors=["States.ALL"],
-                    interval=cdk.Duration.seconds(10),
-                    max_attempts=3,
-                    backoff_rate=2.0,
-                    max_delay=cdk.Duration.minutes(2),
-                    jitter_strategy=sfn.JitterType.FULL,
-                )
-            state.add_catch(notify, errors=["States.ALL"], result_path="$.error")
 
         run = sfn.JsonPath.object_at("$.run")
         start = self._lambda_step(
@@ -560,7 +507,7 @@ class LabelingWorkflow(Construct):
         summarize = sfn.Pass(self, "Summarize", parameters=self._summary())
         summarize.next(sfn.Succeed(self, "RoundComplete"))
         if self.backend == "ground_truth":
-            labeling = self._ground_truth_chain(job_timeout, guard, steps, done=summarize)
+            labeling = self._ground_truth_chain(job_timeout, failure, steps, done=summarize)
         else:
             labeling = self._label_studio_chain(steps, done=summarize)
         after_selection: sfn.IChainable = labeling
@@ -586,8 +533,7 @@ class LabelingWorkflow(Construct):
                     .otherwise(pre_label)
                 )
             )
-        for state in steps:
-            guard(state)
+        failure.guard(*steps)
         selection = select.next(
             sfn.Choice(self, "AnyImageToLabel?")
             .when(sfn.Condition.number_equals("$.selection.images", 0), nothing)
@@ -658,7 +604,7 @@ class LabelingWorkflow(Construct):
         return init_writing.next(write)
 
     def _ground_truth_chain(
-        self, job_timeout: cdk.Duration, guard: Any, steps: list[tasks.LambdaInvoke], *, done: sfn.IChainable
+        self, job_timeout: cdk.Duration, failure: FailurePath, steps: list[tasks.LambdaInvoke], *, done: sfn.IChainable
     ) -> sfn.IChainable:
         run = sfn.JsonPath.object_at("$.run")
         functions = self.backend_functions
@@ -688,7 +634,8 @@ class LabelingWorkflow(Construct):
         )
         steps.extend([prepare_labeling, prepare_review])
         for job in (label_boxes, review_boxes):
-            guard(job, sagemaker=True)
+            retry(job, SAGEMAKER_API_ERRORS)  # the .sync integration's own calls; the job itself is not retried
+        failure.guard(label_boxes, review_boxes)
         writing = self._write_loop(
             functions["write_labels"],
             {"review_output": sfn.JsonPath.string_at("$.review_job.output")},

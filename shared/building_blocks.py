@@ -30,7 +30,8 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk.interfaces import aws_events as events_interfaces
 from constructs import Construct
 
-from shared.guardrails import acknowledge, checkov_skip, render
+from shared.code_bundle import code_bundle, handler_file
+from shared.guardrails import acknowledge, allow, checkov_skip
 
 LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14
 LAMBDA_ARCHITECTURE = lambda_.Architecture.ARM_64
@@ -335,12 +336,7 @@ def grant_publish_by_name(
     stack: cdk.Stack,
 ) -> None:
     """Let `grantable` publish to a topic that another stack of the same app owns, found by name."""
-    grantable.grant_principal.add_to_principal_policy(
-        iam.PolicyStatement(
-            actions=["sns:Publish"],
-            resources=[stack.format_arn(service="sns", resource=topic_name)],
-        )
-    )
+    allow(grantable, ["sns:Publish"], [stack.format_arn(service="sns", resource=topic_name)])
     grant_key_by_alias(grantable, alias=key_alias, stack=stack, actions=["kms:GenerateDataKey", "kms:Decrypt"])
 
 
@@ -356,12 +352,11 @@ def grant_key_by_alias(
     The key id is unknown to the reader, so the resource is any key of the account and region, and
     the `kms:ResourceAliases` condition narrows it to the one key that carries the alias.
     """
-    grantable.grant_principal.add_to_principal_policy(
-        iam.PolicyStatement(
-            actions=list(actions),
-            resources=[stack.format_arn(service="kms", resource="key", resource_name="*")],
-            conditions={"ForAnyValue:StringEquals": {"kms:ResourceAliases": alias}},
-        )
+    allow(
+        grantable,
+        actions,
+        [stack.format_arn(service="kms", resource="key", resource_name="*")],
+        conditions={"ForAnyValue:StringEquals": {"kms:ResourceAliases": alias}},
     )
 
 
@@ -446,8 +441,8 @@ class ServiceLogRetention(Construct):
         self.function = python_function(
             self,
             "Function",
-            code_dir=Path(__file__).resolve().parent / "runtime",
-            handler="service_log_groups.handler",
+            code_dir=code_bundle("shared-runtime", ["shared/runtime"]),
+            handler="shared.runtime.service_log_groups.handler",
             description="Sets the retention of log groups AWS services create: " + ", ".join(log_group_names),
             timeout=cdk.Duration.minutes(2),
             log_retention=log_retention(retention_days),
@@ -459,21 +454,12 @@ class ServiceLogRetention(Construct):
             )
             for name in log_group_names
         ]
-        self.function.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogGroup", "logs:PutRetentionPolicy"],
-                resources=[*groups, *(f"{group}:*" for group in groups)],
-            )
+        allow(
+            self.function,
+            ["logs:CreateLogGroup", "logs:PutRetentionPolicy"],
+            [*groups, *(f"{group}:*" for group in groups)],
+            why="CloudWatch Logs names a log group's ARN with a trailing ':*' in some requests; these groups only.",
         )
-        role = self.function.role
-        assert role is not None
-        for group in groups:
-            acknowledge(
-                role,
-                "AwsSolutions-IAM5",
-                "CloudWatch Logs names a log group's ARN with a trailing ':*' in some requests; this one group only.",
-                finding="Resource::" + render(stack.resolve(f"{group}:*")),
-            )
         cdk.CustomResource(
             self,
             "Retention",
@@ -555,12 +541,13 @@ def python_function(
 ) -> lambda_.Function:
     """A Python Lambda function from a folder of plain modules (the handler stays thin).
 
-    `code_dir` is bundled as is; with `powertools=True` Powertools for AWS Lambda is added beside it.
+    `code_dir` is bundled as is (a `shared.code_bundle` folder, so that `handler` is the dotted path of a
+    module in the repository); with `powertools=True` Powertools for AWS Lambda is added beside it.
     The function gets its own log group with a retention, X-Ray active tracing and the service name
     Powertools uses in its structured logs.
     """
     code_dir = Path(code_dir)
-    if not (code_dir / (handler.split(".", maxsplit=1)[0] + ".py")).is_file():
+    if not handler_file(handler, code_dir).is_file():
         raise ValueError(f"handler module for {handler!r} not found in {code_dir}")
     if powertools:
         code = lambda_.Code.from_asset(

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from cdk_nag import AwsSolutionsChecks
-from constructs import IConstruct
+from constructs import Construct, IConstruct
 
 MIN_REASON_LENGTH = 20
 IAM5 = "AwsSolutions-IAM5"
@@ -49,6 +49,56 @@ def acknowledge(scope: IConstruct, rule: str, reason: str, *, finding: str | Non
         raise ValueError(f"acknowledgement of {rule} needs a specific reason, got {reason!r}")
     rule_id = f"{rule}[{finding}]" if finding else rule
     cdk.Validations.of(scope).acknowledge(cdk.Acknowledgment(id=rule_id, reason=reason))
+
+
+def finding(scope: IConstruct, kind: str, value: str) -> str:
+    """The cdk-nag IAM5 finding id of a wildcard action or resource, as cdk-nag writes it.
+
+    Tokens are resolved and rendered (`<Bucket.Arn>/*`), and IAM policy variables such as
+    `${credentials-iot:ThingName}` become `<credentials-iot:ThingName>`.
+    """
+    return f"{kind}::" + re.sub(r"\$\{([^}]*)\}", r"<\1>", render(cdk.Stack.of(scope).resolve(value)))
+
+
+def allow(
+    grantee: iam.IGrantable,
+    actions: Sequence[str],
+    resources: Sequence[str],
+    *,
+    why: str | None = None,
+    sid: str | None = None,
+    conditions: Mapping[str, Any] | None = None,
+) -> iam.PolicyStatement:
+    """Add one Allow statement to `grantee`'s own policy; `why` explains every wildcard it holds.
+
+    An action or resource with `*` is acknowledged (AwsSolutions-IAM5, that finding only) with `why`; a
+    wildcard without a `why` is refused here, at synth, naming it. One shape needs none: another stack's
+    KMS key granted by alias (`key/*` with a `kms:ResourceAliases` condition), which
+    `acknowledge_generated_wildcards` acknowledges once it has checked every statement that names it.
+    """
+    principal = grantee.grant_principal
+    if not isinstance(principal, Construct):
+        raise TypeError(f"allow(): {principal} is not a construct of this app (an own role)")
+    statement = iam.PolicyStatement(
+        sid=sid, actions=list(actions), resources=list(resources), conditions=dict(conditions) if conditions else None
+    )
+    for kind, values in (("Action", actions), ("Resource", resources)):
+        for value in values:
+            found = finding(principal, kind, value)
+            if "*" not in found or (kind == "Resource" and _key_by_alias(found, conditions)):
+                continue
+            if why is None:
+                wildcard = found.replace("::", " ", 1)
+                raise ValueError(f"allow(): {wildcard} is a wildcard: say why it is needed (why=...)")
+            acknowledge(principal, IAM5, why, finding=found)
+    principal.add_to_principal_policy(statement)
+    return statement
+
+
+def _key_by_alias(resource_finding: str, conditions: Mapping[str, Any] | None) -> bool:
+    resource = resource_finding.removeprefix("Resource::")
+    by_alias = any("kms:ResourceAliases" in keys for keys in (conditions or {}).values())
+    return by_alias and bool(re.fullmatch(_ARN_HEAD + "kms:" + _REGION + ":" + _ACCOUNT + r":key/\*", resource))
 
 
 def checkov_skip(resource: cdk.CfnResource, check_id: str, reason: str) -> None:

@@ -35,6 +35,11 @@ def app_slug(app: AppName | str) -> str:
     return app.replace("_", "-")
 
 
+def workflow_stack_name(prefix: str, app: AppName | str) -> str:
+    """The stack the asset pipeline deploys: the app's workflow and its resources."""
+    return f"{prefix}-{app_slug(app)}-workflow"
+
+
 def upstream_app(app: AppName | str) -> str | None:
     """The app whose workflow success starts this app's asset pipeline (None for the first)."""
     index = APP_NAMES.index(app_slug(app).replace("-", "_"))
@@ -114,7 +119,7 @@ class ResourceNames:
 
     def workflow_stack(self, app: AppName | str) -> str:
         """The stack the asset pipeline deploys: the app's workflow and its resources."""
-        return f"{self.prefix}-{app_slug(app)}-workflow"
+        return workflow_stack_name(self.prefix, app)
 
     def asset_pipeline(self, app: AppName | str) -> str:
         return f"{self.prefix}-{app_slug(app)}-asset-pipeline"

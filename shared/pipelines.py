@@ -42,8 +42,9 @@ from shared.building_blocks import (
     python_function,
     secure_bucket,
 )
+from shared.code_bundle import code_bundle
 from shared.config import APP_NAMES, AppName, Settings
-from shared.guardrails import IAM5, acknowledge, checkov_skip, render
+from shared.guardrails import IAM5, acknowledge, allow, checkov_skip, finding
 from shared.names import ResourceNames, app_slug, resource_names, upstream_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +139,7 @@ def acknowledge_asset_publishing(pipeline: pipelines.CodePipeline) -> None:
         report_groups: "CDK Pipelines asset publishing: report groups of its per-asset CodeBuild projects.",
         "*": "CDK Pipelines asset publishing: codebuild:StartBuild/StopBuild/BatchGetBuilds as CDK writes them.",
     }.items():
-        acknowledge(assets, IAM5, reason, finding="Resource::" + render(stack.resolve(resource)))
+        acknowledge(assets, IAM5, reason, finding=finding(assets, "Resource", resource))
 
 
 def execution_roles_as_sub(pipeline: codepipeline.Pipeline, stage: cdk.Stage) -> None:
@@ -181,9 +182,7 @@ def allow_connection_use(pipeline: codepipeline.Pipeline, connection_arn: str) -
     role = action_scope.node.find_child("CodePipelineActionRole")
     if not isinstance(role, iam.Role):
         raise TypeError(f"{role.node.path}: expected the role CodePipeline created for the source action")
-    role.add_to_principal_policy(
-        iam.PolicyStatement(actions=["codeconnections:UseConnection"], resources=[connection_arn])
-    )
+    allow(role, ["codeconnections:UseConnection"], [connection_arn])
 
 
 def _source_action(
@@ -434,8 +433,8 @@ class AppToolchainStack(cdk.Stack):
         filter_fn = python_function(
             self,
             "PathFilter",
-            code_dir=REPO_ROOT / "shared" / "runtime",
-            handler="path_filter.handler",
+            code_dir=code_bundle("shared-runtime", ["shared/runtime"]),
+            handler="shared.runtime.path_filter.handler",
             description=f"Starts {self.names.asset_pipeline(self.app_name)} for pushes that touch its paths",
             environment={
                 "PIPELINE_NAME": self.names.asset_pipeline(self.app_name),
@@ -443,15 +442,8 @@ class AppToolchainStack(cdk.Stack):
                 "TRIGGER_PATHS": json.dumps({"includes": includes, "excludes": excludes}),
             },
         )
-        filter_fn.add_to_role_policy(
-            iam.PolicyStatement(actions=["codecommit:GetDifferences"], resources=[repository.repository_arn])
-        )
-        filter_fn.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["codepipeline:StartPipelineExecution"],
-                resources=[self.pipeline.pipeline.pipeline_arn],
-            )
-        )
+        allow(filter_fn, ["codecommit:GetDifferences"], [repository.repository_arn])
+        allow(filter_fn, ["codepipeline:StartPipelineExecution"], [self.pipeline.pipeline.pipeline_arn])
         events.Rule(
             self,
             "PushRule",

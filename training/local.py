@@ -49,16 +49,11 @@ from training.steps.dataset import (
     read_offline_store,
     write_offline_store,
 )
-from training.steps.evaluate import (
-    Evaluation,
-    EvaluationError,
-    EvaluationReport,
-    evaluate_and_package,
-    load_champion,
-    read_model_archive,
-)
+from training.steps.evaluate import evaluate_and_package, load_champion, read_model_archive
+from training.steps.evaluation_results import Evaluation, EvaluationReport
 from training.steps.gate import FAIL, GateDecision
 from training.steps.prepare import PreparedDataset, SplitPlan, prepare_dataset
+from training.steps.scoring import EvaluationError
 from training.steps.train import TRAINING_SUMMARY_FILE, TrainConfig, TrainingError, TrainResult, train_model
 
 GATE_FILE = "gate.json"

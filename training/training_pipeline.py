@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import gzip
 import io
-import shutil
 import tarfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import aws_cdk as cdk
 import jsii
@@ -31,31 +28,22 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from shared.building_blocks import grant_key_by_alias, python_function
+from shared.code_bundle import bundle_files, code_bundle
 from shared.config import Settings
-from shared.guardrails import IAM5, acknowledge, render
+from shared.guardrails import allow
 from shared.names import OFFLINE_STORE_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 from training.dlc_registry import image_repository_arn, resolve_image
 from training.pipeline_definition import PipelineResources, pipeline_definition
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEPS_DIR = REPO_ROOT / "training" / "steps"
-CONTRACTS_FILE = REPO_ROOT / "shared" / "contracts.py"
+STEP_PACKAGES = ("training/steps",)
 SAGEMAKER = iam.ServicePrincipal("sagemaker.amazonaws.com")
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
-@jsii.implements(cdk.ILocalBundling)
-class _StepCodeBundling:
-    """Lay out the step code as it is imported: `training/steps/...` and `shared/contracts.py`."""
-
-    def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_: object) -> bool:
-        out = Path(output_dir)
-        shutil.copytree(STEPS_DIR, out / "training" / "steps", dirs_exist_ok=True, ignore=_IGNORED)
-        (out / "training" / "__init__.py").write_text("", encoding="utf-8")
-        (out / "shared").mkdir(exist_ok=True)
-        (out / "shared" / "__init__.py").write_text("", encoding="utf-8")
-        shutil.copyfile(CONTRACTS_FILE, out / "shared" / "contracts.py")
-        return True
+def step_code_dir() -> Path:
+    """The step code as it is imported (`training/steps/...`, `shared/contracts.py`), staged once per content."""
+    return code_bundle("training-steps", STEP_PACKAGES)
 
 
 @jsii.implements(cdk.ILocalBundling)
@@ -66,19 +54,13 @@ class _TrainingSourceBundling:
     order, so the same code always gives the same archive."""
 
     def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_: object) -> bool:
-        files = {
-            "requirements.txt": STEPS_DIR / "requirements.lock",
-            "training/__init__.py": None,
-            "shared/__init__.py": None,
-            "shared/contracts.py": CONTRACTS_FILE,
-        }
-        for path in sorted(STEPS_DIR.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                files[f"training/steps/{path.relative_to(STEPS_DIR).as_posix()}"] = path
+        files = bundle_files(
+            STEP_PACKAGES, extra_files={"requirements.txt": (STEPS_DIR / "requirements.lock").read_bytes()}
+        )
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for name in sorted(files):
-                data = files[name].read_bytes() if files[name] is not None else b""  # type: ignore[union-attr]
+                data = files[name]
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o755 if name.endswith(".sh") else 0o644, 0
                 archive.addfile(info, io.BytesIO(data))
@@ -103,46 +85,8 @@ def training_source_asset(scope: Construct, construct_id: str) -> s3_assets.Asse
 
 
 def step_code_asset(scope: Construct, construct_id: str) -> s3_assets.Asset:
-    return s3_assets.Asset(
-        scope,
-        construct_id,
-        path=str(STEPS_DIR),
-        bundling=cdk.BundlingOptions(
-            # Never pulled: local bundling always succeeds (no Docker needed). CDK requires an image.
-            image=cdk.DockerImage.from_registry("public.ecr.aws/docker/library/python:3.12-slim"),
-            local=_StepCodeBundling(),
-        ),
-        asset_hash_type=cdk.AssetHashType.OUTPUT,  # shared/contracts.py changes the hash too
-    )
-
-
-class _Policy:
-    """Adds statements to a role and acknowledges, one by one and with the reason, the wildcards they need."""
-
-    def __init__(self, role: iam.Role) -> None:
-        self.role = role
-        self.stack = cdk.Stack.of(role)
-
-    def allow(
-        self,
-        actions: Sequence[str],
-        resources: Sequence[str],
-        *,
-        why: str | None = None,
-        conditions: Mapping[str, Any] | None = None,
-    ) -> None:
-        """`why` explains the wildcards the statement needs; a wildcard without one is a bug."""
-        self.role.add_to_policy(
-            iam.PolicyStatement(actions=list(actions), resources=list(resources), conditions=dict(conditions or {}))
-        )
-        for kind, values in (("Action", actions), ("Resource", resources)):
-            for value in values:
-                rendered = render(self.stack.resolve(value))
-                if "*" not in rendered:
-                    continue
-                if why is None:
-                    raise ValueError(f"{kind} {rendered} is a wildcard: say why it is needed")
-                acknowledge(self.role, IAM5, why, finding=f"{kind}::{rendered}")
+    """The step code for processing jobs: a zip of `step_code_dir()` (its hash changes with shared/contracts.py too)."""
+    return s3_assets.Asset(scope, construct_id, path=str(step_code_dir()))
 
 
 class TrainingPipeline(Construct):
@@ -170,8 +114,8 @@ class TrainingPipeline(Construct):
         self.job_role = iam.Role(
             self, "JobRole", assumed_by=SAGEMAKER, description="Processing and training jobs of the training pipeline"
         )
-        jobs = _Policy(self.job_role)
-        jobs.allow(
+        allow(
+            self.job_role,
             ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
             [
                 f"{model_bucket_arn}/{prefix}*"
@@ -179,36 +123,50 @@ class TrainingPipeline(Construct):
             ],
             why="Steps read and write only their own prefixes of the model bucket (outputs named per run or dataset).",
         )
-        jobs.allow(
+        allow(
+            self.job_role,
             ["s3:GetObject"],
             [f"{model_bucket_arn}/pretrained/*"],
             why="Pretrained weights the team uploads under pretrained/ (the PretrainedWeightsS3Uri parameter).",
         )
-        jobs.allow(["s3:ListBucket"], [model_bucket_arn], why="SageMaker lists S3Prefix inputs and syncs checkpoints.")
+        allow(
+            self.job_role,
+            ["s3:ListBucket"],
+            [model_bucket_arn],
+            why="SageMaker lists S3Prefix inputs and syncs checkpoints.",
+        )
         grant_key_by_alias(
             self.job_role,
             alias=names.model_key_alias,
             stack=stack,
             actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
         )
-        jobs.allow(
+        allow(
+            self.job_role,
             ["s3:GetObject", "s3:GetObjectVersion"],
             [f"{data_bucket_arn}/{RAW_IMAGE_PREFIX}*", f"{data_bucket_arn}/{OFFLINE_STORE_PREFIX}*"],
             why="Export and prepare read raw images (any labeled one) and the label feature group's offline store",
         )
         # Listing (names only) lets export find the offline store's files, and S3 answer "no such key"
         # for a deleted image instead of "access denied" (the image is then reported and left out).
-        jobs.allow(["s3:ListBucket"], [data_bucket_arn])
+        allow(self.job_role, ["s3:ListBucket"], [data_bucket_arn])
         grant_key_by_alias(self.job_role, alias=names.data_key_alias, stack=stack, actions=["kms:Decrypt"])
-        jobs.allow(
+        allow(
+            self.job_role,
             ["sagemaker:DescribeFeatureGroup"],
             [stack.format_arn(service="sagemaker", resource="feature-group", resource_name=names.label_feature_group)],
         )
         code_bucket_arn = f"arn:{stack.partition}:s3:::{self.code.s3_bucket_name}"
         code_objects = [self.code.s3_object_key, self.source.s3_object_key]
-        jobs.allow(["s3:GetObject"], [f"{code_bucket_arn}/{key}" for key in code_objects])
-        jobs.allow(["s3:ListBucket"], [code_bucket_arn], conditions={"StringEquals": {"s3:prefix": code_objects}})
-        jobs.allow(
+        allow(self.job_role, ["s3:GetObject"], [f"{code_bucket_arn}/{key}" for key in code_objects])
+        allow(
+            self.job_role,
+            ["s3:ListBucket"],
+            [code_bucket_arn],
+            conditions={"StringEquals": {"s3:prefix": code_objects}},
+        )
+        allow(
+            self.job_role,
             ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
             # one repository ARN per configured repository (the tag does not matter to ECR permissions)
             [
@@ -218,7 +176,8 @@ class TrainingPipeline(Construct):
                 )
             ],
         )
-        jobs.allow(
+        allow(
+            self.job_role,
             ["ecr:GetAuthorizationToken"],
             ["*"],
             why="ecr:GetAuthorizationToken has no resource-level permissions; the statement above limits the images.",
@@ -232,12 +191,14 @@ class TrainingPipeline(Construct):
             )
             for kind in ("ProcessingJobs", "TrainingJobs")
         ]
-        jobs.allow(
+        allow(
+            self.job_role,
             ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
             log_groups,
             why="Log streams of SageMaker processing and training jobs (one per job, named by SageMaker).",
         )
-        jobs.allow(
+        allow(
+            self.job_role,
             ["cloudwatch:PutMetricData"],
             ["*"],
             why="cloudwatch:PutMetricData has no resource-level permissions; the condition keeps SageMaker namespaces.",
@@ -250,17 +211,18 @@ class TrainingPipeline(Construct):
         self.pipeline_role = iam.Role(
             self, "PipelineRole", assumed_by=SAGEMAKER, description="Runs the training pipeline (starts its jobs)"
         )
-        pipeline = _Policy(self.pipeline_role)
         for resource, actions in (
             ("processing-job", ("CreateProcessingJob", "DescribeProcessingJob", "StopProcessingJob", "AddTags")),
             ("training-job", ("CreateTrainingJob", "DescribeTrainingJob", "StopTrainingJob", "AddTags")),
         ):
-            pipeline.allow(
+            allow(
+                self.pipeline_role,
                 [f"sagemaker:{action}" for action in actions],
                 [stack.format_arn(service="sagemaker", resource=resource, resource_name="pipelines-*")],
                 why=f"Pipelines name their {resource}s pipelines-<execution>-<step>-<suffix>: only those.",
             )
-        pipeline.allow(
+        allow(
+            self.pipeline_role,
             [
                 "sagemaker:CreateHyperParameterTuningJob",
                 "sagemaker:DescribeHyperParameterTuningJob",
@@ -272,18 +234,21 @@ class TrainingPipeline(Construct):
             why="The tuning step's job: tuning job names have at most 32 characters and the pipeline generates them "
             "without a documented prefix, so no narrower name pattern holds.",
         )
-        pipeline.allow(
+        allow(
+            self.pipeline_role,
             ["sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage", "sagemaker:AddTags"],
             [group_arn, packages_arn],
             why="Registering versions in the one model package group this app owns.",
         )
-        pipeline.allow(
+        allow(
+            self.pipeline_role,
             ["iam:PassRole"],
             [self.job_role.role_arn],
             conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         )
-        pipeline.allow(["lambda:InvokeFunction"], [self.champion_function.function_arn])
-        pipeline.allow(
+        allow(self.pipeline_role, ["lambda:InvokeFunction"], [self.champion_function.function_arn])
+        allow(
+            self.pipeline_role,
             ["s3:GetObject"],
             [f"{model_bucket_arn}/pipeline-runs/*"],
             why="The pipeline reads its steps' property files (dataset and evaluation reports) of each run.",
@@ -328,21 +293,22 @@ class TrainingPipeline(Construct):
         function = python_function(
             self,
             "FindChampion",
-            code_dir=STEPS_DIR,
-            handler="gate.handler",
+            code_dir=step_code_dir(),
+            handler="training.steps.gate.handler",
             description="Training pipeline: the newest approved model package (the champion) and its archive",
             timeout=cdk.Duration.seconds(60),
             powertools=False,
         )
         role = function.role
         assert isinstance(role, iam.Role)
-        policy = _Policy(role)
-        policy.allow(
+        allow(
+            role,
             ["sagemaker:ListModelPackages"],
             ["*"],
             why="sagemaker:ListModelPackages has no resource-level permissions (the group is a request parameter).",
         )
-        policy.allow(
+        allow(
+            role,
             ["sagemaker:DescribeModelPackage"],
             [packages_arn],
             why="Versions of the one model package group this app owns (the newest approved one is read).",

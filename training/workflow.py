@@ -6,8 +6,9 @@
 
 The workflow pipeline (CodePipeline) runs it and succeeds or fails with it, so no build agent idles
 for the hours a training takes: Step Functions waits for free between the status checks. Every SDK
-call is retried with exponential backoff; any error after the retries is published to the app's
-notification topic before the execution fails.
+call is retried with the apps' one policy (`shared.workflow_states`); any error after the retries, and a
+pipeline execution that failed or stopped, is published to the app's notification topic (NotifyFailure)
+before the execution fails with that error (TrainingPipelineFailed for the pipeline's own failure).
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ from __future__ import annotations
 from typing import Any
 
 import aws_cdk as cdk
-from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from shared.building_blocks import grant_publish_by_name, workflow_state_machine
-from shared.guardrails import IAM5, acknowledge, render
+from shared.guardrails import IAM5, acknowledge, finding
 from shared.names import ResourceNames
+from shared.workflow_states import FailurePath, app_topic, retry
+from training import APP
 
-APP = "training"
 PIPELINE_PARAMETERS = "pipelineParameters"
 RUNNING = ("Executing", "Stopping")
 FAILED = ("Failed", "Stopped")
+FAILURE_ERROR = "TrainingPipelineFailed"
 
 
 class TrainingWorkflow(Construct):
@@ -44,33 +46,13 @@ class TrainingWorkflow(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
-        topic = sns.Topic.from_topic_arn(
-            self, "Notifications", stack.format_arn(service="sns", resource=names.notification_topic(APP))
-        )
-        notify = tasks.SnsPublish(
+        failure = FailurePath(
             self,
-            "NotifyFailure",
-            topic=topic,
+            topic=app_topic(self, names.notification_topic(APP)),
             subject="Training pipeline failed",
-            message=sfn.TaskInput.from_text(
-                sfn.JsonPath.format(
-                    "The training workflow {} failed: {}",
-                    sfn.JsonPath.execution_id,
-                    sfn.JsonPath.json_to_string(sfn.JsonPath.object_at("$.failure")),
-                )
-            ),
-            result_path=sfn.JsonPath.DISCARD,
+            title="The training workflow",
+            fail_state="PipelineFailed",
         )
-        notify.add_retry(errors=["States.TaskFailed"], interval=cdk.Duration.seconds(5), max_attempts=3, backoff_rate=2)
-        failed = sfn.Fail(
-            self,
-            "PipelineFailed",
-            error="TrainingPipelineFailed",
-            cause="See the notification and the pipeline execution",
-        )
-        # A notification that cannot be published (topic or key gone) still ends in the workflow's own failure.
-        notify.add_catch(failed, errors=["States.ALL"], result_path="$.notificationError")
-        notify.next(failed)
 
         def start(name: str, with_parameters: bool) -> tasks.CallAwsService:
             parameters: dict[str, Any] = {
@@ -93,13 +75,8 @@ class TrainingWorkflow(Construct):
                 result_path="$.pipeline",
             )
             # The token makes a retried start return the same execution instead of a second one.
-            task.add_retry(
-                errors=["SageMaker.SageMakerException", "SageMaker.ResourceLimitExceededException"],
-                interval=cdk.Duration.seconds(10),
-                max_attempts=5,
-                backoff_rate=2,
-            )
-            task.add_catch(_failure(self, f"{name}Failed", notify), result_path="$.error")
+            retry(task, ["SageMaker.SageMakerException", "SageMaker.ResourceLimitExceededException"])
+            failure.guard(task)
             return task
 
         wait = sfn.Wait(self, "WaitForPipeline", time=sfn.WaitTime.duration(poll_interval))
@@ -118,25 +95,21 @@ class TrainingWorkflow(Construct):
             },
             result_path="$.pipeline",
         )
-        describe.add_retry(
-            errors=["SageMaker.SageMakerException", "SageMaker.ResourceNotFoundException"],
-            interval=cdk.Duration.seconds(15),
-            max_attempts=6,
-            backoff_rate=2,
-        )
-        describe.add_catch(_failure(self, "DescribeFailed", notify), result_path="$.error")
-        ended = {
-            "status": sfn.JsonPath.string_at("$.pipeline.PipelineExecutionStatus"),
-            "execution": sfn.JsonPath.string_at("$.pipeline.PipelineExecutionArn"),
-        }
-        with_reason = sfn.Pass(
+        retry(describe, ["SageMaker.SageMakerException", "SageMaker.ResourceNotFoundException"])
+        failure.guard(describe)
+        with_reason = failure.error(
             self,
             "PipelineExecutionFailed",
-            parameters={**ended, "reason": sfn.JsonPath.string_at("$.pipeline.Details.FailureReason")},
-            result_path="$.failure",
-        ).next(notify)
-        without_reason = sfn.Pass(self, "PipelineExecutionStopped", parameters=ended, result_path="$.failure").next(
-            notify
+            error=FAILURE_ERROR,
+            cause="States.Format('Pipeline execution {} ended {}: {}', $.pipeline.PipelineExecutionArn, "
+            "$.pipeline.PipelineExecutionStatus, $.pipeline.Details.FailureReason)",
+        )
+        without_reason = failure.error(
+            self,
+            "PipelineExecutionStopped",
+            error=FAILURE_ERROR,
+            cause="States.Format('Pipeline execution {} ended {}', $.pipeline.PipelineExecutionArn, "
+            "$.pipeline.PipelineExecutionStatus)",
         )
         pipeline_failed = (
             sfn.Choice(self, "FailureReasonGiven?")
@@ -170,7 +143,7 @@ class TrainingWorkflow(Construct):
             self.state_machine,
             IAM5,
             "Executions of the one training pipeline: their ids are generated per run.",
-            finding=f"Resource::{render(stack.resolve(executions_arn))}",
+            finding=finding(self.state_machine, "Resource", executions_arn),
         )
         grant_publish_by_name(
             self.state_machine,
@@ -178,15 +151,3 @@ class TrainingWorkflow(Construct):
             key_alias=names.notification_key_alias(APP),
             stack=stack,
         )
-
-
-def _failure(scope: Construct, name: str, notify: sfn.IChainable) -> sfn.Pass:
-    """Shape a caught error like a failed execution, then notify."""
-    shaped = sfn.Pass(
-        scope,
-        name,
-        parameters={"status": "WorkflowError", "error": sfn.JsonPath.object_at("$.error")},
-        result_path="$.failure",
-    )
-    shaped.next(notify)
-    return shaped

@@ -8,8 +8,6 @@ errors are not.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +40,7 @@ from edge_deployment.runtime.model_package import (
 )
 from edge_deployment.runtime.retraining import AlarmChange, RetrainingConfig, retrain_on_drift
 from edge_deployment.runtime.telemetry import TelemetryConfig, transform
+from shared.runtime import cfn_response
 
 logger = Logger()
 _telemetry_config: TelemetryConfig | None = None
@@ -57,11 +56,11 @@ def _now() -> datetime:
 
 @logger.inject_lambda_context(log_event=True)
 def resolve(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Step 1. Input: the state machine input (`modelPackageArn` from the approval event, or nothing)."""
+    """Step 1. Input: the state machine input (`modelPackageArn` and `modelPackageGroupName` from the approval
+    rule, or neither: the newest approved package)."""
     group = _config().model_package_group
-    detail = event.get("detail") or {}
-    arn = event.get("modelPackageArn") or detail.get("ModelPackageArn")
-    named_group = event.get("modelPackageGroupName") or detail.get("ModelPackageGroupName")
+    arn = event.get("modelPackageArn")
+    named_group = event.get("modelPackageGroupName")
     if named_group and named_group != group:
         raise WrongModelPackageGroup(
             f"the event is for model package group {named_group!r}, but this app deploys group {group!r}; "
@@ -173,34 +172,13 @@ def check_rollout(event: dict[str, Any], context: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _send_cfn_response(
-    event: dict[str, Any], status: str, *, physical_id: str, reason: str = "", data: Any = None
-) -> None:
-    body = json.dumps(
-        {
-            "Status": status,
-            "Reason": reason[:3000] or status,
-            "PhysicalResourceId": physical_id,
-            "StackId": event["StackId"],
-            "RequestId": event["RequestId"],
-            "LogicalResourceId": event["LogicalResourceId"],
-            "Data": data or {},
-        }
-    ).encode("utf-8")
-    request = urllib.request.Request(  # noqa: S310 - the pre-signed https URL CloudFormation sent
-        event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
-        answer.read()
-
-
 @logger.inject_lambda_context(log_event=False)  # the event holds CloudFormation's pre-signed response URL
 def inference_component(event: dict[str, Any], context: Any) -> None:
     """Create (or find) the inference component version; Delete keeps it (devices may still run it)."""
     physical_id = event.get("PhysicalResourceId") or f"{event['LogicalResourceId']}-not-created"
     try:
         if event["RequestType"] == "Delete":
-            _send_cfn_response(event, "SUCCESS", physical_id=physical_id, reason="component versions are kept")
+            cfn_response.send(event, "SUCCESS", physical_id=physical_id, reason="component versions are kept")
             return
         properties = event["ResourceProperties"]
         version = inference_component_version(
@@ -221,7 +199,7 @@ def inference_component(event: dict[str, Any], context: Any) -> None:
             bucket=properties["Bucket"],
             key=properties["KeyTemplate"].replace(VERSION_PLACEHOLDER, version),
         )
-        _send_cfn_response(
+        cfn_response.send(
             event,
             "SUCCESS",
             physical_id=published.arn,
@@ -230,7 +208,7 @@ def inference_component(event: dict[str, Any], context: Any) -> None:
     except Exception as error:
         logger.exception("inference component version failed")
         kind = "bad input" if isinstance(error, DeploymentInputError) else type(error).__name__
-        _send_cfn_response(event, "FAILED", physical_id=physical_id, reason=f"{kind}: {error}")
+        cfn_response.send(event, "FAILED", physical_id=physical_id, reason=f"{kind}: {error}")
 
 
 def process_telemetry(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import os
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from labeling.runtime.feature_store import client_config
 from labeling.runtime.ground_truth import RunIdentity
 from labeling.runtime.s3io import read_text, write_text
 from labeling.runtime.seeding import import_seed_records, parse_seed_file
+from shared.runtime import cfn_response
 
 logger = Logger()
 
@@ -286,34 +286,6 @@ def seed_from_s3(
     }
 
 
-def send_cfn_response(
-    event: Mapping[str, Any],
-    status: str,
-    *,
-    reason: str,
-    physical_id: str,
-    data: Mapping[str, Any] | None = None,
-    opener: Callable[..., Any] | None = None,
-) -> None:
-    """Answer CloudFormation at the pre-signed ResponseURL (the response must stay under 4 KiB)."""
-    body = json.dumps(
-        {
-            "Status": status,
-            "Reason": reason[:1500],
-            "PhysicalResourceId": physical_id,
-            "StackId": event["StackId"],
-            "RequestId": event["RequestId"],
-            "LogicalResourceId": event["LogicalResourceId"],
-            "Data": dict(data or {}),
-        }
-    ).encode()
-    request = urllib.request.Request(  # noqa: S310 - CloudFormation's https pre-signed URL
-        event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
-    )
-    with (opener or urllib.request.urlopen)(request, timeout=30) as response:
-        response.read()
-
-
 def seed_resource(event: Mapping[str, Any], context: Any) -> None:
     """Custom resource: import the seed file on Create and Update; on Delete, keep every label."""
     properties = event.get("ResourceProperties", {})
@@ -332,7 +304,7 @@ def seed_resource(event: Mapping[str, Any], context: Any) -> None:
                 time_left=_time_left(context),
             )
             logger.info("seed file imported", extra=data)
-        send_cfn_response(event, "SUCCESS", reason="seed labels imported", physical_id=physical_id, data=data)
+        cfn_response.send(event, "SUCCESS", reason="seed labels imported", physical_id=physical_id, data=data)
     except Exception as error:
         logger.exception("seeding failed")
-        send_cfn_response(event, "FAILED", reason=f"{type(error).__name__}: {error}", physical_id=physical_id)
+        cfn_response.send(event, "FAILED", reason=f"{type(error).__name__}: {error}", physical_id=physical_id)

@@ -8,14 +8,14 @@ retention alone (other jobs of the account write there too).
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from shared.runtime import cfn_response
 
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 8})
 
@@ -34,32 +34,6 @@ def apply_retention(logs: Any, log_group_names: Iterable[str], days: int) -> lis
     return handled
 
 
-def send_cfn_response(
-    event: Mapping[str, Any],
-    status: str,
-    *,
-    reason: str,
-    physical_id: str,
-    opener: Callable[..., Any] | None = None,
-) -> None:
-    """Answer CloudFormation at the pre-signed ResponseURL."""
-    body = json.dumps(
-        {
-            "Status": status,
-            "Reason": reason[:1500],
-            "PhysicalResourceId": physical_id,
-            "StackId": event["StackId"],
-            "RequestId": event["RequestId"],
-            "LogicalResourceId": event["LogicalResourceId"],
-        }
-    ).encode()
-    request = urllib.request.Request(  # noqa: S310 - CloudFormation's https pre-signed URL
-        event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
-    )
-    with (opener or urllib.request.urlopen)(request, timeout=30) as response:
-        response.read()
-
-
 def handler(
     event: Mapping[str, Any], context: Any, *, logs: Any = None, opener: Callable[..., Any] | None = None
 ) -> None:
@@ -73,8 +47,8 @@ def handler(
             reason = f"{', '.join(names)}: {properties['RetentionInDays']} days"
         else:
             reason = "log groups and their retention are left as they are"
-        send_cfn_response(event, "SUCCESS", reason=reason, physical_id=physical_id, opener=opener)
+        cfn_response.send(event, "SUCCESS", reason=reason, physical_id=physical_id, opener=opener)
     except Exception as error:  # CloudFormation must hear back, or it waits an hour
-        send_cfn_response(
+        cfn_response.send(
             event, "FAILED", reason=f"{type(error).__name__}: {error}", physical_id=physical_id, opener=opener
         )

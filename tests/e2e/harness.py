@@ -63,6 +63,7 @@ from shared.synthetic import Sample, write_dataset
 from tests.e2e.pipeline import PipelineRun, Trainer
 from tests.e2e.templates import ACCOUNT, PARTITION, REGION, Apps
 from tests.helpers import asl
+from tests.helpers.lambda_context import LambdaContext
 from tests.labeling.fakes import FakeFeatureStore, FakeGroundTruth
 from tests.labeling.workflow_harness import Workflow
 
@@ -113,12 +114,12 @@ def wiring(apps: Apps) -> Wiring:
     handlers = {
         r["Properties"]["Handler"]
         for r in workflow.of_type("AWS::Lambda::Function").values()
-        if r["Properties"]["Handler"].startswith("labeling_lambda.")
+        if r["Properties"]["Handler"].startswith("labeling.runtime.handlers.")
     }
     configs = {
-        workflow.environment(f"labeling_lambda.{h}")["LABELING_CONFIG"]
+        workflow.environment(f"labeling.runtime.handlers.{h}")["LABELING_CONFIG"]
         for h in LABELING_HANDLERS
-        if f"labeling_lambda.{h}" in handlers
+        if f"labeling.runtime.handlers.{h}" in handlers
     }
     if len(configs) != 1:
         raise LoopBroken(f"the labeling functions run with {len(configs)} different configurations")
@@ -127,7 +128,9 @@ def wiring(apps: Apps) -> Wiring:
         apps.training_workflow.render(pipeline["Properties"]["PipelineDefinition"])["PipelineDefinitionBody"]
     )
     edge = apps.edge_workflow
-    edge_configs = {edge.environment(f"index.{h}")[EDGE_CONFIG_VARIABLE] for h in EDGE_HANDLERS}
+    edge_configs = {
+        edge.environment(f"edge_deployment.runtime.handlers.{h}")[EDGE_CONFIG_VARIABLE] for h in EDGE_HANDLERS
+    }
     if len(edge_configs) != 1:
         raise LoopBroken(f"the edge workflow functions run with {len(edge_configs)} different configurations")
     ((resource_id, resource),) = edge.of_type(INFERENCE_VERSION_RESOURCE).items()
@@ -193,15 +196,6 @@ class FakeGreengrass:
 
     def watch_configuration(self, component: str | None, on_change: Callable[[], None]) -> None:
         pass
-
-
-@dataclass
-class LambdaContext:
-    function_name: str
-    invoked_function_arn: str
-    memory_limit_in_mb: int = 1024
-    aws_request_id: str = "e2e-request"
-    function_version: str = "$LATEST"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,7 +479,7 @@ class Loop:
 
         edge = self.apps.edge_workflow
         functions = {
-            lid: props["Handler"].removeprefix("index.")
+            lid: props["Handler"].removeprefix("edge_deployment.runtime.handlers.")
             for lid, props in ((lid, r["Properties"]) for lid, r in edge.of_type("AWS::Lambda::Function").items())
         }
         substitutions = {f"{lid}.Arn": edge.arn(lid) for lid in functions} | dict(edge.attributes)
@@ -554,7 +548,9 @@ class Loop:
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv(EDGE_CONFIG_VARIABLE, edge_config.to_json())
                 patch.setattr(handlers, "client", lambda service, region=None: clients[service])
-                return getattr(handlers, handler)(payload, LambdaContext(handler, resource))
+                return getattr(handlers, handler)(
+                    payload, LambdaContext(handler, invoked_function_arn=resource, aws_request_id="e2e-request")
+                )
 
         def call_sdk(service: str, action: str, parameters: dict[str, Any]) -> Any:
             method = getattr(clients[service], xform_name(action))

@@ -247,7 +247,9 @@ class PipelineRun:
     def _lambda(self, step: dict[str, Any]) -> None:
         from training.steps import gate
 
-        handlers: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {"gate.handler": gate.handler}
+        handlers: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {
+            "training.steps.gate.handler": gate.handler
+        }
         arn = str(self.value(step["FunctionArn"]))
         functions = {
             self.template.arn(lid): props["Handler"]

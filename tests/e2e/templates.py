@@ -133,10 +133,10 @@ def synthesize(settings: Settings) -> Apps:
 
 @functools.cache
 def _synthesize(settings_json: str) -> Apps:
-    from edge_deployment.component import EdgeDeploymentStage
-    from labeling.component import LabelingStage
+    from edge_deployment.stacks import EdgeDeploymentStage
+    from labeling.stacks import LabelingStage
     from shared.config import Settings
-    from training.component import TrainingStage
+    from training.stacks import TrainingStage
 
     settings = Settings.model_validate_json(settings_json)
     app = cdk.App(outdir=tempfile.mkdtemp(prefix="e2e-cdk-"), context=dict(CDK_CONTEXT))

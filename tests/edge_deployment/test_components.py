@@ -230,7 +230,7 @@ def test_an_archive_outside_the_model_bucket_is_refused(s3, greengrass):
     client, stub, sent = greengrass
     for url in ("s3://somebody-else/pipeline-runs/model.tar.gz", f"s3://{MODEL_BUCKET}/pretrained/model.tar.gz"):
         stub.add_client_error("describe_component", "ResourceNotFoundException", http_status_code=404)
-        elsewhere = ModelPackage.from_json(PACKAGE.to_json() | {"model_data_url": url})
+        elsewhere = ModelPackage.from_json(PACKAGE.to_json() | {"modelDataUrl": url})
         with pytest.raises(InvalidModelArchive, match=f"outside pipeline-runs/ of the model bucket {MODEL_BUCKET}"):
             prepare_model_component(s3=s3, greengrass=client, package=elsewhere, settings=SETTINGS)
     assert sent == []
@@ -399,10 +399,15 @@ def test_the_recipe_must_name_the_artifact_it_publishes(s3, greengrass):
 
 def test_module_paths_are_stable_for_the_lambda_bundle():
     """The functions import the runtime as edge_deployment.runtime.*: the bundle keeps that layout."""
-    from edge_deployment.workflow import runtime_bundle
+    from edge_deployment.runtime_bundle import runtime_bundle
 
     bundle = runtime_bundle()
-    for name in ("index.py", "edge_deployment/runtime/handlers.py", "shared/contracts.py", "shared/__init__.py"):
+    for name in (
+        "edge_deployment/__init__.py",
+        "edge_deployment/runtime/handlers.py",
+        "shared/contracts.py",
+        "shared/__init__.py",
+    ):
         assert (bundle / name).is_file(), name
     assert (bundle / "shared/contracts.py").read_bytes() == (
         Path(__file__).parents[2] / "shared/contracts.py"

@@ -21,7 +21,7 @@ from edge_deployment.fleet_monitoring import FleetMonitoring
 from edge_deployment.naming import edge_names
 from edge_deployment.runtime.retraining import RetrainingConfig
 from edge_deployment.runtime.telemetry import Row, TelemetryConfig, metric_documents
-from edge_deployment.workflow import runtime_bundle
+from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
 from shared.config import FleetMonitoringSettings
 from shared.contracts import DeviceDetection, DeviceHeartbeat, DeviceResult
 from tests.helpers.asl import render_token, role_statements
@@ -227,7 +227,7 @@ def test_without_retraining_on_drift_there_is_no_function_and_no_rule(settings: 
         ),
         telemetry_logs=logs.LogGroup(stack, "Logs"),
         function_code=runtime_bundle(),
-        retrain_handler="index.retrain_on_drift_alarm",
+        retrain_handler=f"{HANDLER_MODULE}.retrain_on_drift_alarm",
     )
     template = Template.from_stack(stack)
     template.resource_count_is("AWS::Lambda::Function", 0)

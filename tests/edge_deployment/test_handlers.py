@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import boto3
@@ -17,17 +16,19 @@ from edge_deployment.runtime.config import ENVIRONMENT_VARIABLE, EdgeDeploymentC
 from edge_deployment.runtime.model_package import WrongModelPackageGroup
 from shared.names import MODEL_ARCHIVE_PREFIX
 from tests.edge_deployment.conftest import ACCOUNT, GROUP, MODEL_BUCKET, NEWEST_APPROVED_QUERY, REGION
+from tests.helpers.custom_resource import CfnAnswers, cfn_event
+from tests.helpers.lambda_context import LambdaContext
 
 FUNCTION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:tag-inspect-edge-step"
 
 
-@dataclass
-class Context:
-    invoked_function_arn: str = FUNCTION_ARN
-    function_name: str = "tag-inspect-edge-step"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 256
-    aws_request_id: str = "req-1"
+def _context() -> LambdaContext:
+    return LambdaContext(
+        function_name="tag-inspect-edge-step",
+        invoked_function_arn=FUNCTION_ARN,
+        memory_limit_in_mb=256,
+        aws_request_id="req-1",
+    )
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def environment(monkeypatch, settings):
 
 def test_an_event_for_another_group_fails_before_any_call(clients, environment):
     with Stubber(clients("sagemaker")), pytest.raises(WrongModelPackageGroup, match="group 'other-group'"):
-        handlers.resolve({"modelPackageGroupName": "other-group", "modelPackageArn": "arn:x"}, Context())
+        handlers.resolve({"modelPackageGroupName": "other-group", "modelPackageArn": "arn:x"}, _context())
 
 
 def test_the_pipeline_trigger_resolves_the_newest_approved_package(clients, environment):
@@ -73,7 +74,7 @@ def test_the_pipeline_trigger_resolves_the_newest_approved_package(clients, envi
             {"ModelPackageSummaryList": []},
             NEWEST_APPROVED_QUERY,
         )
-        assert handlers.resolve({"trigger": "workflow-pipeline"}, Context())["found"] is False
+        assert handlers.resolve({"trigger": "workflow-pipeline"}, _context())["found"] is False
         stub.assert_no_pending_responses()
 
 
@@ -113,7 +114,7 @@ def test_create_deployment_targets_the_configured_group_in_the_function_s_own_ac
         for attempt in (0, 0, 1):
             stub.add_response("list_deployments", {"deployments": []})
             stub.add_response("create_deployment", {"deploymentId": f"d-{len(sent) + 1}", "iotJobId": "job-1"})
-            result = handlers.create_deployment({**CREATE_EVENT, "attempt": attempt}, Context())
+            result = handlers.create_deployment({**CREATE_EVENT, "attempt": attempt}, _context())
         registry.assert_no_pending_responses()
     assert result["superseded"] is False
     assert sent[0]["targetArn"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/tag-inspection-line-1"
@@ -125,7 +126,7 @@ def test_create_deployment_targets_the_configured_group_in_the_function_s_own_ac
 def test_a_package_a_newer_approved_one_overtook_deploys_nothing(clients, environment):
     with Stubber(clients("greengrassv2")) as stub, Stubber(clients("sagemaker")) as registry:
         _newest_approved(registry, 8)  # approved while this run (package 7) was preparing its component
-        result = handlers.create_deployment(CREATE_EVENT, Context())
+        result = handlers.create_deployment(CREATE_EVENT, _context())
         stub.assert_no_pending_responses()  # no Greengrass call at all
     assert result["superseded"] is True and result["newer"] == _package(8)
     assert result["subject"] == "Edge rollout SUPERSEDED: model package v7 not deployed to tag-inspection-line-1"
@@ -145,7 +146,7 @@ def test_check_rollout_adds_the_report_when_finished(clients, environment):
             {"job": {"jobId": "job-1", "status": "IN_PROGRESS", "jobProcessDetails": {"numberOfSucceededThings": 3}}},
         )
         _newest_approved(registry, 7)  # still the newest approved package: the devices run it
-        result = handlers.check_rollout({"deployment": deployment, "package": _package(7)}, Context())
+        result = handlers.check_rollout({"deployment": deployment, "package": _package(7)}, _context())
         registry.assert_no_pending_responses()
     assert result["finished"] is True and result["outcome"] == "SUCCEEDED"
     assert result["subject"] == "Edge rollout SUCCEEDED: model package v7 to tag-inspection-line-1"
@@ -159,7 +160,7 @@ def test_check_rollout_without_report_while_devices_are_pending(clients, environ
             "describe_job",
             {"job": {"jobId": "job-1", "status": "IN_PROGRESS", "jobProcessDetails": {"numberOfInProgressThings": 1}}},
         )
-        result = handlers.check_rollout({"deployment": deployment}, Context())
+        result = handlers.check_rollout({"deployment": deployment}, _context())
     assert result["finished"] is False and "message" not in result
 
 
@@ -186,46 +187,20 @@ TEMPLATE = json.dumps(
 
 
 def _cfn_event(request_type: str, **extra) -> dict:
-    return {
-        "RequestType": request_type,
-        "ResponseURL": "https://cloudformation-custom-resource-response.example/presigned",
-        "StackId": "arn:aws:cloudformation:eu-west-1:123456789012:stack/s/1",
-        "RequestId": "r-1",
-        "LogicalResourceId": "InferenceComponentVersion",
-        "ResourceProperties": {
-            "ArtifactHash": "f" * 64,
-            "SourceBucket": "cdk-assets",
-            "SourceKey": "f.zip",
-            "Bucket": "components",
-            "KeyTemplate": f"artifacts/com.example.Inference/{VERSION_PLACEHOLDER}/inference.zip",
-            "RecipeTemplate": TEMPLATE,
-        },
-        **extra,
+    properties = {
+        "ArtifactHash": "f" * 64,
+        "SourceBucket": "cdk-assets",
+        "SourceKey": "f.zip",
+        "Bucket": "components",
+        "KeyTemplate": f"artifacts/com.example.Inference/{VERSION_PLACEHOLDER}/inference.zip",
+        "RecipeTemplate": TEMPLATE,
     }
+    return cfn_event(request_type, "InferenceComponentVersion", properties, **extra)
 
 
 @pytest.fixture
 def responses(monkeypatch):
-    sent: list[dict] = []
-
-    class Answer:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *args):
-            return False
-
-        def read(self):
-            return b""
-
-    def urlopen(request, timeout):
-        assert request.get_method() == "PUT"
-        assert request.full_url.startswith("https://")
-        sent.append(json.loads(request.data))
-        return Answer()
-
-    monkeypatch.setattr(handlers.urllib.request, "urlopen", urlopen)
-    return sent
+    return CfnAnswers().install(monkeypatch).bodies
 
 
 def test_the_custom_resource_publishes_and_returns_the_content_derived_version(clients, responses, monkeypatch):
@@ -241,7 +216,7 @@ def test_the_custom_resource_publishes_and_returns_the_content_derived_version(c
         )
 
     monkeypatch.setattr(handlers, "publish_inference_component", publish)
-    handlers.inference_component(_cfn_event("Create"), Context())
+    handlers.inference_component(_cfn_event("Create"), _context())
     (answer,) = responses
     assert answer["Status"] == "SUCCESS"
     assert answer["Data"]["ComponentVersion"] == version
@@ -255,7 +230,7 @@ def test_the_custom_resource_publishes_and_returns_the_content_derived_version(c
 
 def test_deleting_the_custom_resource_keeps_the_component_version(clients, responses):
     with Stubber(clients("greengrassv2")), Stubber(clients("s3")):  # no call allowed
-        handlers.inference_component(_cfn_event("Delete", PhysicalResourceId="arn:old"), Context())
+        handlers.inference_component(_cfn_event("Delete", PhysicalResourceId="arn:old"), _context())
     assert responses == [responses[0]] and responses[0]["Status"] == "SUCCESS"
     assert responses[0]["PhysicalResourceId"] == "arn:old"
 
@@ -263,7 +238,7 @@ def test_deleting_the_custom_resource_keeps_the_component_version(clients, respo
 def test_a_failure_is_reported_to_cloudformation_with_its_reason(clients, responses):
     with Stubber(clients("greengrassv2")) as stub:
         stub.add_client_error("describe_component", "AccessDeniedException", "not allowed", http_status_code=403)
-        handlers.inference_component(_cfn_event("Create"), Context())
+        handlers.inference_component(_cfn_event("Create"), _context())
     (answer,) = responses
     assert answer["Status"] == "FAILED"
     assert "AccessDeniedException" in answer["Reason"]
@@ -296,7 +271,7 @@ def test_the_approval_event_s_package_is_resolved_even_when_it_is_not_the_newest
             for n in (1, 2)
         ]
         event = {"trigger": "model-package-approved", "modelPackageArn": arns[0], "modelPackageGroupName": GROUP}
-        approved = handlers.resolve(event, Context())
-        newest = handlers.resolve({"trigger": "workflow-pipeline"}, Context())
+        approved = handlers.resolve(event, _context())
+        newest = handlers.resolve({"trigger": "workflow-pipeline"}, _context())
     assert (approved["package"]["arn"], approved["package"]["version"]) == (arns[0], 1)
     assert (newest["package"]["arn"], newest["package"]["version"]) == (arns[1], 2)

@@ -15,9 +15,10 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Template
 
+from edge_deployment.runtime import handlers
 from edge_deployment.runtime.telemetry import HEARTBEATS, REJECTED, RESULTS, Row, TelemetryConfig
+from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
 from edge_deployment.telemetry_store import COLUMNS, RULE_ERRORS, TelemetryStore, rule_sql, topic_level_of_thing
-from edge_deployment.workflow import HANDLERS, runtime_bundle
 from shared.config import TelemetrySettings
 from tests.helpers.asl import render_token, role_statements
 
@@ -152,7 +153,7 @@ def test_the_processor_knows_the_thing_group_namespace_and_band_from_the_configu
 ) -> None:
     function = template["Resources"][ids["processor"]]["Properties"]
     handler = function["Handler"]
-    assert handler == "index.process_telemetry" and handler.split(".")[1] in HANDLERS
+    assert handler == f"{HANDLER_MODULE}.process_telemetry" and callable(handlers.process_telemetry)
     config = TelemetryConfig.from_json(function["Environment"]["Variables"]["TELEMETRY_CONFIG"])
     edge = settings.edge_deployment
     assert config == TelemetryConfig(
@@ -189,7 +190,11 @@ def test_a_retention_expires_the_three_tables_and_nothing_else(settings: Any) ->
     app = cdk.App(context={"@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True})  # as cdk.json sets it
     stack = cdk.Stack(app, "Telemetry", env=cdk.Environment(account="123456789012", region="eu-west-1"))
     TelemetryStore(
-        stack, "Telemetry", settings=configured, function_code=runtime_bundle(), handler="index.process_telemetry"
+        stack,
+        "Telemetry",
+        settings=configured,
+        function_code=runtime_bundle(),
+        handler=f"{HANDLER_MODULE}.process_telemetry",
     )
     buckets = Template.from_stack(stack).find_resources("AWS::S3::Bucket")
     (bucket,) = [b for lid, b in buckets.items() if lid.startswith("TelemetryBucket")]

@@ -32,11 +32,11 @@ INFERENCE_VERSION = "1.0.4242"
 TOPIC = "tag-inspect-edge-deployment-notifications"
 PACKAGE = {
     "arn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/{GROUP}/7",
-    "group_name": GROUP,
+    "groupName": GROUP,
     "version": 7,
-    "model_data_url": "s3://tag-inspect-models/7/model.tar.gz",
-    "approval_status": "Approved",
-    "creation_time": "2026-11-20T10:00:00+00:00",
+    "modelDataUrl": "s3://tag-inspect-models/7/model.tar.gz",
+    "approvalStatus": "Approved",
+    "creationTime": "2026-11-20T10:00:00+00:00",
 }
 MODEL_COMPONENT = {
     "name": "com.example.tag-inspection.ScratchModel",

@@ -1,8 +1,8 @@
 """Run the synthesized edge deployment state machine in moto's Step Functions executor, with the real functions.
 
 * The definition comes from the synthesized template; every Wait is shortened to 0 s.
-* ResolveModelPackage, CreateDeployment and CheckRollout run their real handlers, in process (moto's
-  Lambda is told to dispatch instead of echoing the payload), against moto's SageMaker model registry
+* ResolveModelPackage, CreateDeployment and CheckRollout run their real handlers, in process (the suite's
+  harness, `tests/helpers/state_machine.py`), against moto's SageMaker model registry
   and `FakeGreengrass` (Greengrass v2 deployments and their IoT jobs: moto has no Greengrass v2).
 * PrepareModelComponent and DescribeModelComponent are the component steps (tested on their own with
   Stubber and moto): here they answer the model component version of the package, DEPLOYABLE.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,11 +23,13 @@ from typing import Any
 import boto3
 import botocore.session
 from botocore.validate import validate_parameters
-from moto.awslambda_simple.models import LambdaSimpleBackend
 
 from edge_deployment.runtime import handlers
+from edge_deployment.runtime_bundle import HANDLER_MODULE
 from tests.edge_deployment.conftest import ACCOUNT, GROUP, REGION
 from tests.helpers import asl
+from tests.helpers.lambda_context import LambdaContext
+from tests.helpers.state_machine import MotoStateMachine, function_arn, lambda_handlers
 from tests.helpers.strict_params import check_request
 
 MODEL_COMPONENT = "com.example.tag-inspection.ScratchModel"
@@ -159,52 +160,33 @@ class FakeIot:
         return {"things": list(DEVICES)}
 
 
-class Context:
-    def __init__(self, function_name: str) -> None:
-        self.function_name = function_name
-        self.aws_request_id = "test-request"
-        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"
-        self.memory_limit_in_mb = 256
-        self.function_version = "$LATEST"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 120_000
-
-
 @dataclass
 class EdgeWorkflow:
     """The state machine of one edge app, ready to start executions (inside `mock_aws`)."""
 
     template: Mapping[str, Any]
     greengrass: FakeGreengrass = field(default_factory=FakeGreengrass)
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    machine: MotoStateMachine = field(init=False)
 
     def __post_init__(self) -> None:
         self.sagemaker = boto3.client("sagemaker", region_name=REGION)
-        self.sfn = boto3.client("stepfunctions", region_name=REGION)
-        self.sns = boto3.client("sns", region_name=REGION)
-        self.sqs = boto3.client("sqs", region_name=REGION)
-        self.functions = {
-            logical_id: resource["Properties"]["Handler"].split(".", 1)[1]
-            for logical_id, resource in self.template["Resources"].items()
-            if resource["Type"] == "AWS::Lambda::Function" and resource["Properties"]["Handler"].startswith("index.")
-        }
-        topic = self.sns.create_topic(Name=TOPIC)["TopicArn"]
-        self.queue = self.sqs.create_queue(QueueName="notifications")["QueueUrl"]
-        queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
-        self.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)  # SNS's envelope: subject and message
-        self.arn = self.sfn.create_state_machine(
+        self.functions = lambda_handlers(self.template, HANDLER_MODULE)
+        self.machine = MotoStateMachine(
             name="tag-inspect-edge-deployment",
-            definition=json.dumps(self._definition()),
-            roleArn=f"arn:aws:iam::{ACCOUNT}:role/edge-workflow",
-        )["stateMachineArn"]
+            definition=self._definition(),
+            dispatch=self._dispatch,
+            topic=TOPIC,
+            poll_seconds=0.05,
+        )
+        self.sfn = self.machine.sfn
         self.sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
-        self._lock = threading.Lock()
+
+    @property
+    def calls(self) -> list[tuple[str, dict[str, Any]]]:
+        return self.machine.calls
 
     def _definition(self) -> dict[str, Any]:
-        substitutions = {f"{lid}.Arn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{lid}" for lid in self.functions}
+        substitutions = {f"{lid}.Arn": function_arn(handler) for lid, handler in self.functions.items()}
         substitutions.update(
             {
                 f"{lid}.ComponentVersion": INFERENCE_VERSION
@@ -218,26 +200,19 @@ class EdgeWorkflow:
             if state["Type"] == "Wait":
                 state["Seconds"] = 0
             if state.get("Resource", "").endswith(":aws-sdk:greengrassv2:describeComponent"):
-                state["Resource"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{FAKE_DESCRIBE}"
+                state["Resource"] = function_arn(FAKE_DESCRIBE)
         return definition
 
     # -- what moto's Lambda runs ------------------------------------------------------------------------
-    def _invoke(self, function_name: str, body: Any) -> tuple[Any, str | None]:
-        event = json.loads(body)
-        name = function_name.rsplit(":", 1)[-1]
-        handler = FAKE_DESCRIBE if name == FAKE_DESCRIBE else self.functions[name]
-        with self._lock:
-            self.calls.append((handler, event))
-        try:
-            if handler == FAKE_DESCRIBE:
-                return {"Status": {"ComponentState": "DEPLOYABLE"}}, None
-            if handler == "prepare_model":  # the component steps are tested on their own
-                version = f"1.0.{event['package']['version']}"
-                arn = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{MODEL_COMPONENT}:versions:{version}"
-                return {"name": MODEL_COMPONENT, "version": version, "arn": arn, "created": True, "reused": False}, None
-            return getattr(handlers, handler)(event, Context(name)), None
-        except Exception as error:
-            return {"errorType": type(error).__name__, "errorMessage": str(error)}, type(error).__name__
+    def _dispatch(self, handler: str, event: dict[str, Any]) -> Any:
+        if handler == FAKE_DESCRIBE:
+            return {"Status": {"ComponentState": "DEPLOYABLE"}}
+        if handler == "prepare_model":  # the component steps are tested on their own
+            version = f"1.0.{event['package']['version']}"
+            arn = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{MODEL_COMPONENT}:versions:{version}"
+            return {"name": MODEL_COMPONENT, "version": version, "arn": arn, "created": True, "reused": False}
+        context = LambdaContext(handler, seconds_left=120.0, memory_limit_in_mb=256)
+        return getattr(handlers, handler)(event, context)
 
     def environment(self) -> dict[str, str]:
         """The environment variables of the functions that run for real, as the template gives them."""
@@ -249,16 +224,7 @@ class EdgeWorkflow:
         return found
 
     def install(self, monkeypatch: Any) -> None:
-        workflow = self
-
-        def invoke(*args: Any) -> bytes:
-            _backend, function_name, _qualifier, body, _headers, response_headers = args
-            payload, error = workflow._invoke(function_name, body)
-            if error:
-                response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps(payload, default=str).encode()
-
-        monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
+        self.machine.install(monkeypatch)
         for name, value in self.environment().items():
             monkeypatch.setenv(name, value)
         clients = {
@@ -293,32 +259,14 @@ class EdgeWorkflow:
 
     # -- executions ---------------------------------------------------------------------------------------
     def start(self, execution_input: Mapping[str, Any], name: str) -> str:
-        return str(
-            self.sfn.start_execution(stateMachineArn=self.arn, name=name, input=json.dumps(execution_input))[
-                "executionArn"
-            ]
-        )
+        return self.machine.start(execution_input, name)
 
     def wait(self, execution_arn: str, timeout: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            described = self.sfn.describe_execution(executionArn=execution_arn)
-            if described["status"] != "RUNNING":
-                return dict(described)
-            time.sleep(0.05)
-        raise AssertionError(f"execution {execution_arn} still running after {timeout} s")
+        return self.machine.wait(execution_arn, timeout)
 
     def visited(self, execution_arn: str) -> list[str]:
-        events = self.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
-        return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+        return self.machine.visited(execution_arn)
 
     def notifications(self) -> list[dict[str, Any]]:
-        found = []
-        while True:
-            messages = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10).get("Messages", [])
-            if not messages:
-                return found
-            for message in messages:
-                envelope = json.loads(message["Body"])
-                found.append({"subject": envelope.get("Subject"), "message": envelope["Message"]})
-                self.sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=message["ReceiptHandle"])
+        """The notifications published since the last call: {"subject", "message"}."""
+        return self.machine.messages()

@@ -19,7 +19,7 @@ import aws_cdk as cdk
 import yaml
 from aws_cdk import cx_api
 
-from labeling.component import LabelingStage
+from labeling.stacks import LabelingStage
 from shared.config import Settings, parse_settings
 from shared.guardrails import apply_guardrails
 from tests.helpers.cdk_assembly import CDK_CONTEXT, REPO_ROOT, SynthesizedStack, stacks_of

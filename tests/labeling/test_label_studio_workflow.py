@@ -159,7 +159,7 @@ def test_a_round_whose_time_runs_out_with_no_answer_fails_and_keeps_the_tasks(aw
 
     workflow.before_call = time_is_up
     result = workflow.wait(workflow.start("idle"), timeout=300)
-    assert result["status"] == "FAILED" and result["cause"].startswith("NoLabelsError: ")
+    assert (result["status"], result["error"]) == ("FAILED", "NoLabelsError")
     assert "3 unanswered" in result["cause"] and "stay open for the next round" in result["cause"]
     (message,) = workflow.notifications()
     assert "Error: NoLabelsError" in message
@@ -169,6 +169,6 @@ def test_a_round_whose_time_runs_out_with_no_answer_fails_and_keeps_the_tasks(aw
 def test_a_wrong_token_stops_the_round_at_once_naming_the_server(aws, template, monkeypatch, studio):
     workflow = _setup(template, monkeypatch, studio, "sfn-token", token="f" * 40)
     result = workflow.wait(workflow.start("wrong-token"), timeout=300)
-    assert result["status"] == "FAILED" and result["cause"].startswith("LabelStudioAuthError: ")
+    assert (result["status"], result["error"]) == ("FAILED", "LabelStudioAuthError")
     assert f"Label Studio at {studio.url}" in result["cause"] and "HTTP 401" in result["cause"]
     assert len(workflow.handler_calls("prepare_label_studio_tasks")) == 1  # not retried

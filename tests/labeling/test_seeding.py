@@ -15,6 +15,8 @@ from labeling.runtime.errors import SeedFileError
 from labeling.runtime.seeding import _KEYS as KEYS
 from labeling.runtime.seeding import SEED_EVENT_TIME, import_seed_records, parse_seed_file
 from shared.synthetic import write_dataset
+from tests.helpers.custom_resource import CfnAnswers
+from tests.helpers.lambda_context import LambdaContext
 from tests.labeling.conftest import BUCKET, FEATURE_GROUP
 from tests.labeling.fakes import FakeFeatureStore
 
@@ -256,14 +258,6 @@ def test_command_line_refuses_unusable_input(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-class Context:
-    def __init__(self, seconds: float = 900.0) -> None:
-        self.seconds = seconds
-
-    def get_remaining_time_in_millis(self) -> int:
-        return int(self.seconds * 1000)
-
-
 @pytest.fixture
 def custom_resource(s3, featurestore, config, monkeypatch):
     """The seed handler with moto S3, the Feature Store double and a recorder of CloudFormation answers."""
@@ -271,22 +265,8 @@ def custom_resource(s3, featurestore, config, monkeypatch):
     handlers._config.cache_clear()
     clients = {"s3": s3, "sagemaker-featurestore-runtime": featurestore}
     monkeypatch.setattr(handlers, "_client", clients.__getitem__)
-    answers: list[dict[str, Any]] = []
-
-    class Response(io.BytesIO):
-        def __enter__(self) -> Response:
-            return self
-
-        def __exit__(self, *args: object) -> None:
-            pass
-
-    def opener(request: Any, timeout: float) -> Response:
-        assert request.get_method() == "PUT" and request.full_url == "https://cloudformation-response.example/abc"
-        answers.append(json.loads(request.data))
-        return Response(b"")
-
-    monkeypatch.setattr(handlers.urllib.request, "urlopen", opener)
-    yield answers
+    answers = CfnAnswers(url="https://cloudformation-response.example/abc").install(monkeypatch)
+    yield answers.bodies
     handlers._config.cache_clear()
 
 
@@ -309,7 +289,7 @@ def _event(request_type: str, key: str = "assets/abc.jsonl") -> dict[str, Any]:
 
 def test_deploy_time_seeding_imports_and_reports(s3, featurestore, custom_resource):
     s3.put_object(Bucket=BUCKET, Key="assets/abc.jsonl", Body=JSONL.encode())
-    handlers.seed_resource(_event("Create"), Context())
+    handlers.seed_resource(_event("Create"), LambdaContext())
     (answer,) = custom_resource
     assert answer["Status"] == "SUCCESS" and answer["PhysicalResourceId"] == f"label-seed-{FEATURE_GROUP}"
     assert {k: answer["Data"][k] for k in ("Rows", "Valid", "Malformed", "Written", "Unchanged")} == {
@@ -322,15 +302,15 @@ def test_deploy_time_seeding_imports_and_reports(s3, featurestore, custom_resour
         "line": 3,
         "problem": "not valid JSON (Expecting property name enclosed in double quotes)",
     }
-    handlers.seed_resource(_event("Update"), Context())  # the stack was updated with the same file
+    handlers.seed_resource(_event("Update"), LambdaContext())  # the stack was updated with the same file
     assert custom_resource[1]["Data"]["Written"] == 0 and custom_resource[1]["Data"]["Unchanged"] == 3
-    handlers.seed_resource(_event("Delete"), Context())  # deleting the stack keeps every label
+    handlers.seed_resource(_event("Delete"), LambdaContext())  # deleting the stack keeps every label
     assert custom_resource[2]["Status"] == "SUCCESS" and len(featurestore.records) == 3
 
 
 def test_deploy_time_seeding_fails_clearly_on_an_unusable_file(s3, featurestore, custom_resource):
     s3.put_object(Bucket=BUCKET, Key="assets/bad.jsonl", Body=b"not json\nnor this\n")
-    handlers.seed_resource(_event("Create", "assets/bad.jsonl"), Context())
+    handlers.seed_resource(_event("Create", "assets/bad.jsonl"), LambdaContext())
     (answer,) = custom_resource
     assert answer["Status"] == "FAILED"
     assert answer["Reason"].startswith(
@@ -341,7 +321,7 @@ def test_deploy_time_seeding_fails_clearly_on_an_unusable_file(s3, featurestore,
 
 def test_deploy_time_seeding_stops_before_the_function_times_out(s3, featurestore, custom_resource):
     s3.put_object(Bucket=BUCKET, Key="assets/abc.jsonl", Body=JSONL.encode())
-    handlers.seed_resource(_event("Create"), Context(seconds=30))
+    handlers.seed_resource(_event("Create"), LambdaContext(seconds_left=30))
     (answer,) = custom_resource
     assert answer["Status"] == "FAILED" and "too large to import while deploying" in answer["Reason"]
     assert "python -m labeling.seed" in answer["Reason"]

@@ -164,8 +164,8 @@ def functions(stage_: Stage) -> dict[str, tuple[str, dict]]:
     found = {}
     for logical_id, function in stage_.resources("workflow", "AWS::Lambda::Function").items():
         handler = function["Properties"]["Handler"]
-        if handler.startswith("labeling_lambda."):
-            found[handler.split(".", 1)[1]] = (logical_id, function)
+        if handler.startswith("labeling.runtime.handlers."):
+            found[handler.rsplit(".", 1)[1]] = (logical_id, function)
     return found
 
 
@@ -217,7 +217,6 @@ def test_the_lambda_bundle_imports_without_the_repository(default):
     asset_hash = function["Properties"]["Code"]["S3Key"].removesuffix(".zip")
     bundle = default.directory / f"asset.{asset_hash}"
     for name in (
-        "labeling_lambda.py",
         "labeling/runtime/handlers.py",
         "labeling/runtime/task_ui/verification.liquid.html",
         "shared/contracts.py",
@@ -227,8 +226,8 @@ def test_the_lambda_bundle_imports_without_the_repository(default):
     assert not (bundle / "shared" / "config.py").exists()  # only the contract travels, not the CDK-side code
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = (
-        "import labeling_lambda, labeling.runtime.ground_truth as g; "
-        "assert g.TASK_UI_DIR.is_dir(); print(labeling_lambda.__all__)"
+        "import labeling.runtime.handlers as h, labeling.runtime.ground_truth as g; "
+        "assert g.TASK_UI_DIR.is_dir(); print([name for name in dir(h) if callable(getattr(h, name))])"
     )
     result = subprocess.run(
         [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, '.'); {probe}"],
@@ -481,7 +480,7 @@ def test_seed_labels_are_imported_at_deploy_time_even_into_adopted_data():
         )
         function_id, function = only(data.resources("AWS::Lambda::Function"))
         assert properties["ServiceToken"] == {"Fn::GetAtt": [function_id, "Arn"]}
-        assert function["Properties"]["Handler"] == "labeling_lambda.seed_resource"
+        assert function["Properties"]["Handler"] == "labeling.runtime.handlers.seed_resource"
         role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
         for action in ("s3:GetObject", "sagemaker:PutRecord", "sagemaker:BatchGetRecord", "kms:Decrypt"):
             assert asl.role_allows(data.template, role_id, action)

@@ -66,12 +66,17 @@ def test_every_task_retries_with_backoff_and_every_failure_is_notified(states):
                 assert retrier["IntervalSeconds"] >= 2 and retrier["BackoffRate"] >= 2, (name, retrier)
         (catch,) = state["Catch"]
         assert catch["ErrorEquals"] == ["States.ALL"]
-        assert catch["Next"] == ("DescribeFailure" if name == "NotifyFailure" else "NotifyFailure")
+        assert catch["Next"] == ("RoundFailed" if name == "NotifyFailure" else "NotifyFailure")
         if name in TASKS_WITH_LAMBDA:
             assert retriers[-1]["ErrorEquals"] == ["States.ALL"] and retriers[-1]["JitterStrategy"] == "FULL"
             assert retriers[-2] == {"ErrorEquals": list(NON_RETRYABLE_ERRORS), "MaxAttempts": 0}
-    assert states["NotifyFailure"]["Next"] == "DescribeFailure" and states["DescribeFailure"]["Next"] == "RoundFailed"
-    assert states["RoundFailed"] == {"Type": "Fail", "Error": "LabelingRoundFailed", "CausePath": "$.cause"}
+    assert states["NotifyFailure"]["Next"] == "RoundFailed"
+    assert states["RoundFailed"] == {
+        "Type": "Fail",
+        "Comment": "The execution fails with the error and cause at $.error",
+        "ErrorPath": "$.error.Error",
+        "CausePath": "$.error.Cause",
+    }
 
 
 def test_failure_notification_names_the_execution_and_the_reason(states):
@@ -92,9 +97,10 @@ def test_ground_truth_jobs_run_with_the_sync_integration_and_the_prepared_reques
         assert state["Retry"] == [
             {
                 "ErrorEquals": ["SageMaker.AmazonSageMakerException"],
-                "IntervalSeconds": 10,
-                "MaxAttempts": 3,
+                "IntervalSeconds": 2,
+                "MaxAttempts": 5,
                 "BackoffRate": 2,
+                "MaxDelaySeconds": 60,
                 "JitterStrategy": "FULL",
             }
         ]
@@ -283,8 +289,8 @@ def test_a_verification_that_rejects_everything_writes_rejected_records(workflow
 
 def _assert_failed_and_notified(workflow: Workflow, result: dict[str, Any], error: str, cause: str) -> None:
     assert result["status"] == "FAILED"
-    assert result["error"] == "LabelingRoundFailed"
-    assert result["cause"].startswith(f"{error}: ") and cause in result["cause"]
+    assert result["error"] == error  # the execution names what went wrong
+    assert cause in result["cause"]
     (message,) = workflow.notifications()
     assert message.startswith(f"Labeling round {result['executionArn']} failed. Error: {error}. Cause: ")
     assert cause in message

@@ -6,18 +6,22 @@ fails these tests.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+from pathlib import Path
 
 import pytest
 from cfnlint.api import ManualArgs, lint_file
 
+from shared.code_bundle import handler_file
 from shared.config import APP_NAMES
 from shared.names import app_slug
 from tests.helpers.asl import iter_states, state_machines
 from tests.helpers.cdk_assembly import synthesized
 
 PREFIX = "tag-inspect"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # CDK writes DependsOn entries that a GetAtt already implies; harmless, and not ours to change.
 CFN_LINT_IGNORED = ["W3005"]
 
@@ -25,6 +29,25 @@ CFN_LINT_IGNORED = ["W3005"]
 @pytest.fixture(scope="module")
 def all_stacks():
     return synthesized()
+
+
+def _top_level_functions(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def test_every_lambda_handler_names_a_function_of_the_repository(all_stacks):
+    """`a.b.c.f` is `def f` in `a/b/c.py`: one can grep from a deployed function to its code."""
+    handlers = {
+        resource["Properties"]["Handler"]
+        for stack in all_stacks
+        for resource in stack.resources("AWS::Lambda::Function").values()
+    }
+    assert {handler.split(".", 1)[0] for handler in handlers} >= {*APP_NAMES, "shared"}  # every app has functions
+    for handler in sorted(handlers):
+        path = handler_file(handler, REPO_ROOT)
+        assert path.is_file(), f"{handler}: no {path.relative_to(REPO_ROOT)} in the repository"
+        assert handler.rsplit(".", 1)[1] in _top_level_functions(path), f"{handler}: no such function"
 
 
 def test_all_apps_synthesize_together(all_stacks):

@@ -220,7 +220,7 @@ def test_workflows_that_could_outlast_the_workflow_pipeline_are_refused(raw, key
 
 def test_the_longest_accepted_workflows_end_within_the_workflow_action_limit(raw):
     from shared.config import ROLLOUT_OVERHEAD_MINUTES, WORKFLOW_ACTION_LIMIT_SECONDS
-    from training.component import workflow_timeout
+    from training.stacks import workflow_timeout
 
     document = _set(
         _set(raw, "training.max_runtime_seconds", 270_000), "edge_deployment.rollout.max_wait_minutes", 10_020

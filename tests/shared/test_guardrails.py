@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 
 from shared.building_blocks import access_log_bucket, grant_key_by_alias, secure_bucket
-from shared.guardrails import acknowledge, acknowledge_generated_wildcards, apply_guardrails, render
+from shared.guardrails import acknowledge, acknowledge_generated_wildcards, allow, apply_guardrails, finding, render
 from tests.helpers.cdk_assembly import new_app
 
 
@@ -131,3 +132,96 @@ def test_render_writes_intrinsics_like_cdk_nag():
         render({"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":s3:::b/*"]]}) == "arn:<AWS::Partition>:s3:::b/*"
     )
     assert render({"Fn::Select": [1, ["a", "b"]]}) == '{"Fn::Select":[1,["a","b"]]}'
+
+
+# -- allow(): the one way the apps give their own roles permissions ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("actions", "resources", "named"),
+    [
+        (["sagemaker:ListModelPackages"], ["*"], "Resource *"),
+        (["s3:GetObject*"], ["arn:aws:s3:::bucket/key"], "Action s3:GetObject*"),
+        (["s3:GetObject"], ["arn:aws:s3:::bucket/raw/*"], "Resource arn:aws:s3:::bucket/raw/*"),
+    ],
+)
+def test_allow_refuses_a_wildcard_without_a_reason(actions, resources, named):
+    app = _app_with(lambda stack: None)
+    role = _role(app.node.find_child("Subject"))
+    with pytest.raises(ValueError, match=re.escape(f"allow(): {named} is a wildcard: say why")):
+        allow(role, actions, resources)
+
+
+@pytest.mark.parametrize(
+    ("actions", "resources"),
+    [
+        (["sagemaker:ListModelPackages"], ["*"]),
+        (["s3:GetObject*"], ["arn:aws:s3:::bucket/raw/*"]),
+        (["iot:DescribeThing"], ["arn:aws:iot:eu-west-1:123456789012:thing/${iot:Connection.Thing.ThingName}*"]),
+    ],
+)
+def test_allow_with_a_reason_passes_cdk_nag(actions, resources):
+    def build(stack):
+        allow(_role(stack), actions, resources, why="A reason specific to this statement and its wildcards.")
+
+    app = _app_with(build)
+    apply_guardrails(app)
+    app.synth()
+
+
+def test_allow_writes_the_statement_as_given_and_needs_no_reason_without_a_wildcard():
+    def build(stack):
+        statement = allow(
+            _role(stack),
+            ["s3:ListBucket"],
+            ["arn:aws:s3:::bucket"],
+            sid="ListRaw",
+            conditions={"StringLike": {"s3:prefix": ["raw/"]}},
+        )
+        assert statement.sid == "ListRaw"
+
+    app = _app_with(build)
+    apply_guardrails(app)
+    template = app.synth().get_stack_by_name("Subject").template
+    (policy,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Policy"]
+    assert policy["Properties"]["PolicyDocument"]["Statement"] == [
+        {
+            "Sid": "ListRaw",
+            "Action": "s3:ListBucket",
+            "Effect": "Allow",
+            "Resource": "arn:aws:s3:::bucket",
+            "Condition": {"StringLike": {"s3:prefix": ["raw/"]}},
+        }
+    ]
+
+
+def test_a_finding_is_named_as_cdk_nag_names_it():
+    app = _app_with(lambda stack: None)
+    stack = app.node.find_child("Subject")
+    bucket = _bucket(stack)
+    assert (
+        finding(stack, "Resource", f"{bucket.bucket_arn}/raw/*") == f"Resource::<{_logical_id(app, 'Data')}.Arn>/raw/*"
+    )
+    assert finding(stack, "Resource", "arn:aws:s3:::b/${credentials-iot:ThingName}/*") == (
+        "Resource::arn:aws:s3:::b/<credentials-iot:ThingName>/*"
+    )
+
+
+def test_allow_leaves_a_key_found_by_alias_to_the_generated_wildcard_check():
+    key = "arn:aws:kms:eu-west-1:123456789012:key/*"
+
+    def build(stack):
+        allow(
+            _role(stack),
+            ["kms:Decrypt"],
+            [key],
+            conditions={"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/x"}},
+        )
+
+    app = _app_with(build)
+    apply_guardrails(app)
+    app.synth()
+    # without the alias condition it is any key of the account: refused
+    bare = _app_with(lambda stack: None)
+    with pytest.raises(ValueError, match=re.escape(f"allow(): Resource {key} is a wildcard")):
+        allow(_role(bare.node.find_child("Subject")), ["kms:Decrypt"], [key])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import boto3
@@ -11,31 +10,9 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from shared.runtime.service_log_groups import handler
+from tests.helpers.custom_resource import CfnAnswers
 
 GROUPS = ["/aws/sagemaker/ProcessingJobs", "/aws/sagemaker/TrainingJobs"]
-
-
-class _Answers:
-    """Stands for CloudFormation's pre-signed response URL: keeps what the resource answered."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-
-    def __call__(self, request, timeout):  # urllib.request.urlopen(request, timeout=...)
-        assert request.get_method() == "PUT" and timeout == 30
-        self.bodies.append(json.loads(request.data))
-
-        class _Response:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-
-            def read(self):
-                return b""
-
-        return _Response()
 
 
 def _event(request_type: str, days: int = 90) -> dict[str, Any]:
@@ -62,7 +39,7 @@ def _retention(logs) -> dict[str, int | None]:
 
 def test_missing_groups_are_created_and_existing_ones_get_the_retention(logs):
     logs.create_log_group(logGroupName=GROUPS[1])  # SageMaker made it at the account's first training job
-    answers = _Answers()
+    answers = CfnAnswers()
     handler(_event("Create"), None, logs=logs, opener=answers)
     assert _retention(logs) == dict.fromkeys(GROUPS, 90)
     (body,) = answers.bodies
@@ -70,7 +47,7 @@ def test_missing_groups_are_created_and_existing_ones_get_the_retention(logs):
 
 
 def test_an_update_changes_the_retention_and_a_delete_leaves_everything_as_it_is(logs):
-    answers = _Answers()
+    answers = CfnAnswers()
     handler(_event("Create", 90), None, logs=logs, opener=answers)
     handler(_event("Update", 30), None, logs=logs, opener=answers)
     assert _retention(logs) == dict.fromkeys(GROUPS, 30)
@@ -91,7 +68,7 @@ def test_a_failure_is_answered_so_cloudformation_does_not_wait_an_hour():
             "not authorized to perform: logs:PutRetentionPolicy",
             expected_params={"logGroupName": GROUPS[0], "retentionInDays": 90},
         )
-        answers = _Answers()
+        answers = CfnAnswers()
         handler(_event("Create"), None, logs=logs, opener=answers)
         stub.assert_no_pending_responses()
     (body,) = answers.bodies

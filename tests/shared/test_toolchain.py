@@ -20,6 +20,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk.assertions import Match
 
 from shared.building_blocks import python_function, workflow_state_machine
+from shared.code_bundle import code_bundle
 from shared.config import NotificationSettings
 from shared.guardrails import apply_guardrails
 from shared.names import resource_names
@@ -48,8 +49,8 @@ class _MinimalStage(cdk.Stage):
             python_function(
                 stack,
                 "WithAsset",
-                code_dir=REPO_ROOT / "shared" / "runtime",
-                handler="path_filter.handler",
+                code_dir=code_bundle("shared-runtime", ["shared/runtime"]),
+                handler="shared.runtime.path_filter.handler",
                 description="A function whose code is a file asset",
                 powertools=False,
             )
@@ -496,7 +497,7 @@ def test_codecommit_source_filters_paths_with_a_function(settings):
     toolchain.assertions.has_resource_properties(
         "AWS::Lambda::Function",
         {
-            "Handler": "path_filter.handler",
+            "Handler": "shared.runtime.path_filter.handler",
             "Environment": {
                 "Variables": Match.object_like(
                     {

@@ -35,7 +35,7 @@ def training_stacks(tmp_path_factory):
     from shared.config import load_settings
     from shared.guardrails import apply_guardrails
     from tests.helpers.cdk_assembly import CDK_CONTEXT, REPO_ROOT, stacks_of
-    from training.component import TrainingStage
+    from training.stacks import TrainingStage
 
     app = cdk.App(outdir=str(tmp_path_factory.mktemp("cdk-out")), context=dict(CDK_CONTEXT))
     TrainingStage(app, "Deploy", settings=load_settings(REPO_ROOT / "config.yaml"))

@@ -159,7 +159,7 @@ def test_an_empty_offline_store_fails_clearly(tmp_path):
             read_offline_store(tmp_path / "empty-store"),
             LocalImageStore(tmp_path / "images"),
             tmp_path / "out",
-            options=ExportOptions(class_names=["scratch"]),
+            options=ExportOptions(class_names=["scratch"], min_images=1),
             source="test-store",
         )
 

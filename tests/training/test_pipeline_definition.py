@@ -274,7 +274,7 @@ def test_the_evaluation_gets_the_gate_settings_and_the_champion(definition):
 def test_the_champion_lambda_step_matches_the_handler(definition, workflow_stack):
     steps = steps_by_name(definition)
     functions = workflow_stack.resources("AWS::Lambda::Function")
-    (function_id,) = [i for i, f in functions.items() if f["Properties"]["Handler"] == "gate.handler"]
+    (function_id,) = [i for i, f in functions.items() if f["Properties"]["Handler"] == "training.steps.gate.handler"]
     outputs = gate.champion_outputs(gate.Champion("arn:aws:sagemaker:eu-west-1:1:model-package/g/1", "s3://b/m"))
     types = {float: "Float", str: "String", bool: "Boolean", int: "Integer"}
     for chain in CHAINS:

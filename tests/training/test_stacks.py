@@ -242,7 +242,7 @@ def _images_and_repositories(stack: cdk.Stack) -> tuple[dict[str, str], list[str
 def test_the_containers_come_from_the_deep_learning_containers_registry_of_the_region(
     settings, region, account, suffix
 ):
-    from training.component import WorkflowStack
+    from training.stacks import WorkflowStack
 
     app = cdk.App(context=dict(CDK_CONTEXT))
     stack = WorkflowStack(
@@ -263,7 +263,7 @@ def test_an_environment_agnostic_stack_looks_the_registry_up_in_the_published_ta
 
 
 def test_a_region_without_a_published_registry_fails_synth_naming_it(settings):
-    from training.component import WorkflowStack
+    from training.stacks import WorkflowStack
 
     app = cdk.App(context=dict(CDK_CONTEXT))
     with pytest.raises(ConfigError, match=r"no Deep Learning Containers registry for region xx-nowhere-1"):
@@ -273,7 +273,7 @@ def test_a_region_without_a_published_registry_fails_synth_naming_it(settings):
 
 
 def test_a_full_image_uri_is_used_as_configured(settings):
-    from training.component import WorkflowStack
+    from training.stacks import WorkflowStack
 
     uri = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/team/yolo-trainer:7"
     custom = settings.model_copy(
@@ -290,7 +290,9 @@ def test_a_full_image_uri_is_used_as_configured(settings):
 
 def test_the_champion_lookup_reads_the_registry_only(workflow_stack):
     functions = workflow_stack.resources("AWS::Lambda::Function")
-    ((function_id, function),) = [(i, f) for i, f in functions.items() if f["Properties"]["Handler"] == "gate.handler"]
+    ((function_id, function),) = [
+        (i, f) for i, f in functions.items() if f["Properties"]["Handler"] == "training.steps.gate.handler"
+    ]
     assert function["Properties"]["Runtime"] == "python3.14"
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
     actions = _actions(workflow_stack.template, role)

@@ -18,7 +18,8 @@ from PIL import Image
 from shared.contracts import REQUIRED_METRICS, ModelManifest
 from tests.model_fixtures import SMALL_SPLITS
 from training import local
-from training.steps.evaluate import EVALUATION_FILE, EvaluationReport, read_model_archive
+from training.steps.evaluate import EVALUATION_FILE, read_model_archive
+from training.steps.evaluation_results import EvaluationReport
 from training.steps.gate import decide
 from training.steps.prepare import PreparedDataset
 from training.steps.train import (

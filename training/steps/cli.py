@@ -28,9 +28,10 @@ from training.steps.dataset import (
     parse_s3_uri,
     read_offline_store,
 )
-from training.steps.evaluate import ChampionModel, EvaluationError, evaluate_and_package, load_champion
+from training.steps.evaluate import ChampionModel, evaluate_and_package, load_champion
 from training.steps.gate import NO_CHAMPION
 from training.steps.prepare import SplitPlan, prepare_dataset
+from training.steps.scoring import EvaluationError
 from training.steps.train import TRAINING_SUMMARY_FILE, TrainConfig, TrainingError, train_model
 
 PROCESSING = Path("/opt/ml/processing")

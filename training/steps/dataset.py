@@ -509,8 +509,10 @@ class ExportResult:
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """The export step's settings; `min_images` has no default here: `training.min_images` is its one source."""
+
     class_names: Sequence[str]
-    min_images: int = 1
+    min_images: int
     workers: int = 8
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 

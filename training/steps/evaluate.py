@@ -29,7 +29,7 @@ import io
 import json
 import tarfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,101 +44,16 @@ from shared.contracts import (
     SplitStatistics,
 )
 from training.steps import comparison
-from training.steps.comparison import Comparison, ImageResult, Score
+from training.steps.comparison import Comparison, ImageResult
 from training.steps.dataset import DatasetError
-from training.steps.gate import REGISTRY_METADATA, ChampionResult, GateDecision, decide
-from training.steps.prepare import PREPARED_FILE, PreparedDataset, file_stem, write_data_yaml
-from training.steps.train import TRAINING_SUMMARY_FILE, TrainingError, check_onnx_model, offline_ultralytics
+from training.steps.evaluation_results import Evaluation, EvaluationReport, ModelEvaluation
+from training.steps.gate import REGISTRY_METADATA, ChampionResult, decide
+from training.steps.prepare import PREPARED_FILE, PreparedDataset, file_stem
+from training.steps.scoring import EvaluationError, score_images
+from training.steps.train import TRAINING_SUMMARY_FILE, TrainingError
 
 EVALUATION_FILE = "evaluation.json"
 ARCHIVE_FILE = "model.tar.gz"
-GATE_METRIC = "mAP50-95"
-MATCH_IOU = 0.5
-EVALUATION_CONFIDENCE = 0.001  # for mAP: the whole precision-recall curve
-
-
-class EvaluationError(Exception):
-    """A model could not be evaluated (the champion's archive, most often); the message names it."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring one model on the test split
-# --------------------------------------------------------------------------------------------------
-
-
-def _recording_validator() -> type:
-    """Ultralytics' detection validator that also keeps each image's statistics and boxes (batch size 1)."""
-    import numpy as np  # noqa: PLC0415
-    from ultralytics.models.yolo.detect import DetectionValidator  # noqa: PLC0415
-    from ultralytics.utils import ops  # noqa: PLC0415
-
-    class RecordingValidator(DetectionValidator):
-        def update_metrics(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
-            super().update_metrics(preds, batch)
-            recorded = getattr(self.metrics, "image_results", [])
-            stats = self.metrics.stats
-            for si, pred in enumerate(preds):
-                at = len(stats["tp"]) - len(preds) + si  # the entries super() just appended
-                pbatch = self._prepare_batch(si, batch)
-
-                def source_pixels(boxes: Any, pbatch: dict[str, Any] = pbatch) -> np.ndarray:
-                    if not len(boxes):
-                        return np.zeros((0, 4))
-                    scaled = ops.scale_boxes(pbatch["imgsz"], boxes.clone(), pbatch["ori_shape"], pbatch["ratio_pad"])
-                    return np.asarray(scaled.cpu() if hasattr(scaled, "cpu") else scaled, dtype=float)
-
-                recorded.append(
-                    ImageResult(
-                        name=Path(pbatch["im_file"]).name,
-                        tp=np.asarray(stats["tp"][at], dtype=bool).reshape(-1, 10),
-                        conf=np.asarray(stats["conf"][at], dtype=float),
-                        pred_cls=np.asarray(stats["pred_cls"][at], dtype=float),
-                        target_cls=np.asarray(stats["target_cls"][at], dtype=float),
-                        pred_boxes=source_pixels(pred["bboxes"]),
-                        target_boxes=source_pixels(pbatch["bboxes"]),
-                    )
-                )
-            setattr(self.metrics, "image_results", recorded)  # noqa: B010 - read back from the returned metrics
-
-    return RecordingValidator
-
-
-def score_images(
-    onnx_path: str | Path,
-    dataset: PreparedDataset,
-    *,
-    image_size: int,
-    iou_threshold: float,
-    work_dir: str | Path,
-    name: str,
-) -> tuple[list[ImageResult], dict[str, float]]:
-    """Each test image's detections and labels (sorted by image), and the validator's own mAP values."""
-    check_onnx_model(onnx_path, image_size=image_size, num_classes=len(dataset.class_names))
-    offline_ultralytics()
-    from ultralytics import YOLO  # noqa: PLC0415
-
-    work = Path(work_dir).resolve()  # Ultralytics puts a relative `project` under its own runs folder
-    data_yaml = write_data_yaml(dataset.root, dataset.class_names, destination=work / "data.yaml")
-    results = YOLO(str(onnx_path), task="detect").val(
-        validator=_recording_validator(),
-        data=str(data_yaml),
-        split="test",
-        imgsz=image_size,
-        batch=1,
-        conf=EVALUATION_CONFIDENCE,
-        iou=iou_threshold,
-        device="cpu",
-        workers=0,
-        plots=False,
-        verbose=False,
-        project=str(work),
-        name=name,
-        exist_ok=True,
-    )
-    images = sorted(getattr(results, "image_results", []), key=lambda r: r.name)
-    if len(images) != dataset.counts["test"]:
-        raise EvaluationError(f"{name}: scored {len(images)} test images of {dataset.counts['test']}")
-    return images, {"mAP50": float(results.box.map50), "mAP50-95": float(results.box.map)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,129 +89,6 @@ def load_champion(archive: str | Path, *, package: str, work_dir: str | Path) ->
 # --------------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelEvaluation:
-    """One model on the test split: what the report shows of it."""
-
-    label: str  # "new model" / "approved model"
-    results: list[ImageResult]
-    score: Score
-    precision: float
-    recall: float
-    confidence_threshold: float
-    input_size: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "metrics": self.metrics,
-            "intervals": self.score.to_json()["intervals"],
-            "images": self.score.images,
-            "confidence_threshold": self.confidence_threshold,
-            "input_size": self.input_size,
-        }
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return {
-            "precision": self.precision,
-            "recall": self.recall,
-            "mAP50": self.score.map50,
-            "mAP50-95": self.score.map50_95,
-        }
-
-
-@dataclass(frozen=True)
-class EvaluationReport:
-    """`evaluation.json`: the new model's test metrics with intervals, the comparison and the verdict."""
-
-    metrics: dict[str, float]
-    intervals: dict[str, list[float]]
-    split: str
-    images: int
-    instances: int
-    input_size: int
-    confidence_threshold: float
-    iou_threshold: float
-    dataset_version: str
-    class_names: tuple[str, ...]
-    gate: dict[str, Any]
-    test_statistics: dict[str, Any]
-    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
-    champion: dict[str, Any] | None = None
-    comparison: dict[str, Any] | None = None
-    bootstrap: dict[str, Any] = field(default_factory=dict)
-    registry_metadata: dict[str, str] = field(default_factory=dict)  # the model package's metadata (strings)
-    int8: dict[str, Any] | None = None  # the INT8 model's metrics beside FP32's, or why there is none
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "metrics": dict(self.metrics),
-            "intervals": dict(self.intervals),
-            "gate_metric": {"name": GATE_METRIC, "value": self.metrics[GATE_METRIC]},
-            "gate": dict(self.gate),
-            "split": self.split,
-            "images": self.images,
-            "instances": self.instances,
-            "input_size": self.input_size,
-            "confidence_threshold": self.confidence_threshold,
-            "iou_threshold": self.iou_threshold,
-            "match_iou": MATCH_IOU,
-            "dataset_version": self.dataset_version,
-            "class_names": list(self.class_names),
-            "per_class": self.per_class,
-            "test_statistics": dict(self.test_statistics),
-            "champion": self.champion,
-            "comparison": self.comparison,
-            "bootstrap": dict(self.bootstrap),
-            "registry_metadata": dict(self.registry_metadata),
-            "int8": self.int8,
-        }
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> EvaluationReport:
-        missing = [name for name in REQUIRED_METRICS if name not in raw.get("metrics", {})]
-        if missing:
-            raise ValueError(f"evaluation report lacks {', '.join(missing)}")
-        return cls(
-            metrics={k: float(v) for k, v in raw["metrics"].items()},
-            intervals={k: [float(x) for x in v] for k, v in raw.get("intervals", {}).items()},
-            split=str(raw["split"]),
-            images=int(raw["images"]),
-            instances=int(raw["instances"]),
-            input_size=int(raw["input_size"]),
-            confidence_threshold=float(raw["confidence_threshold"]),
-            iou_threshold=float(raw["iou_threshold"]),
-            dataset_version=str(raw["dataset_version"]),
-            class_names=tuple(raw["class_names"]),
-            gate=dict(raw.get("gate", {})),
-            test_statistics=dict(raw.get("test_statistics", {})),
-            per_class=dict(raw.get("per_class", {})),
-            champion=raw.get("champion"),
-            comparison=raw.get("comparison"),
-            bootstrap=dict(raw.get("bootstrap", {})),
-            registry_metadata={str(k): str(v) for k, v in raw.get("registry_metadata", {}).items()},
-            int8=raw.get("int8"),
-        )
-
-    @property
-    def verdict(self) -> str:
-        return str(self.gate["verdict"])
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Everything the evaluation step found: what the report, the archive and the gate are made of."""
-
-    report: EvaluationReport
-    decision: GateDecision
-    challenger: ModelEvaluation
-    champion: ModelEvaluation | None
-    comparison: Comparison | None
-    compared_images: list[str]  # names of the test images both models were compared on
-    excluded_images: list[str]  # test images the champion was trained or validated on
-    dataset: PreparedDataset
 
 
 def split_statistics(results: Sequence[ImageResult], confidence_threshold: float) -> SplitStatistics:

@@ -355,8 +355,8 @@ def evaluate_int8(
     """Score the INT8 model exactly as the FP32 model was (training.steps.evaluate, the test split); with
     FP32's per-image results, the two are compared image by image (a paired bootstrap)."""
     from training.steps import comparison  # noqa: PLC0415 - Ultralytics loads only when evaluating
-    from training.steps.evaluate import score_images  # noqa: PLC0415
     from training.steps.prepare import PreparedDataset  # noqa: PLC0415
+    from training.steps.scoring import score_images  # noqa: PLC0415
 
     results, _ = score_images(
         int8_path,

@@ -25,7 +25,7 @@ import numpy as np
 from training.steps.comparison import MATCH_IOU_INDEX, ImageResult
 
 if TYPE_CHECKING:
-    from training.steps.evaluate import Evaluation, ModelEvaluation
+    from training.steps.evaluation_results import Evaluation, ModelEvaluation
 
 REPORT_FILE = "index.html"
 MAX_ERROR_IMAGES = 40

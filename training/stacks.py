@@ -12,18 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from shared.app_stacks import AppWorkflowStack
 from shared.building_blocks import ServiceLogRetention
-from shared.config import AppName, Settings
+from shared.config import Settings
 from shared.names import resource_names
-from shared.pipelines import WorkflowPipeline
+from training import APP
 from training.model_registry import ModelRegistry
 from training.pipeline_definition import MAX_WAIT_LIMIT_SECONDS, PROCESSING_MAX_RUNTIME_SECONDS
 from training.training_pipeline import TrainingPipeline
 from training.workflow import TrainingWorkflow
-
-APP: AppName = "training"
 
 
 def workflow_timeout(settings: Settings) -> cdk.Duration:
@@ -46,17 +46,12 @@ class ModelRegistryStack(cdk.Stack):
         self.registry = ModelRegistry(self, "ModelRegistry", names=names, cache_days=settings.training.cache_days)
 
 
-class WorkflowStack(cdk.Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any) -> None:
-        names = resource_names(settings, account=cdk.Aws.ACCOUNT_ID, region=cdk.Aws.REGION)
-        super().__init__(
-            scope,
-            construct_id,
-            stack_name=names.workflow_stack(APP),
-            description=f"{settings.project.prefix}: SageMaker training pipeline, its workflow and workflow pipeline",
-            **kwargs,
-        )
-        names = resource_names(settings, account=self.account, region=self.region)
+class WorkflowStack(AppWorkflowStack):
+    app = APP
+    description = "SageMaker training pipeline, its workflow and workflow pipeline"
+
+    def build(self) -> sfn.IStateMachine:
+        settings, names = self.settings, self.names
         self.training_pipeline = TrainingPipeline(self, "TrainingPipeline", settings=settings, names=names)
         # SageMaker's own log groups of the jobs never expire unless told to.
         self.job_log_retention = ServiceLogRetention(
@@ -74,9 +69,7 @@ class WorkflowStack(cdk.Stack):
             poll_interval=cdk.Duration.seconds(settings.training.status_poll_seconds),
             timeout=workflow_timeout(settings),
         )
-        WorkflowPipeline(
-            self, "WorkflowPipeline", settings=settings, app=APP, state_machine=self.workflow.state_machine
-        )
+        return self.workflow.state_machine
 
 
 class TrainingStage(cdk.Stage):

@@ -17,14 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from labeling import APP
 from labeling.data_store import LabelDataStore, LabelSeeding
 from labeling.label_studio_server import LabelStudioServer, deployed_server
-from labeling.workflow import APP, LabelingWorkflow
+from labeling.workflow import LabelingWorkflow
+from shared.app_stacks import AppWorkflowStack
 from shared.config import Settings
 from shared.names import resource_names
-from shared.pipelines import WorkflowPipeline
 
 
 def data_stack_name(prefix: str) -> str:
@@ -75,21 +77,13 @@ class LabelStudioServerStack(cdk.Stack):
         self.server = LabelStudioServer(self, "LabelStudio", settings=settings, names=names, server=server)
 
 
-class WorkflowStack(cdk.Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any) -> None:
-        names = resource_names(settings, account=cdk.Aws.ACCOUNT_ID, region=cdk.Aws.REGION)
-        super().__init__(
-            scope,
-            construct_id,
-            stack_name=names.workflow_stack(APP),
-            description=f"{settings.project.prefix}: labeling workflow (Ground Truth rounds into the feature group)",
-            **kwargs,
-        )
-        names = resource_names(settings, account=self.account, region=self.region)
-        self.labeling = LabelingWorkflow(self, "Labeling", settings=settings, names=names)
-        self.pipeline = WorkflowPipeline(
-            self, "WorkflowPipeline", settings=settings, app=APP, state_machine=self.labeling.state_machine
-        )
+class WorkflowStack(AppWorkflowStack):
+    app = APP
+    description = "labeling workflow (Ground Truth rounds into the feature group)"
+
+    def build(self) -> sfn.IStateMachine:
+        self.labeling = LabelingWorkflow(self, "Labeling", settings=self.settings, names=self.names)
+        return self.labeling.state_machine
 
 
 class LabelingStage(cdk.Stage):

@@ -11,30 +11,28 @@ from __future__ import annotations
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from edge_deployment import APP
 from edge_deployment.fleet import DeviceFleet
 from edge_deployment.fleet_monitoring import FleetMonitoring
 from edge_deployment.inference_component import InferenceComponent
 from edge_deployment.naming import edge_names
+from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
 from edge_deployment.telemetry_store import TelemetryStore
-from edge_deployment.workflow import APP, DeploymentWorkflow, runtime_bundle
+from edge_deployment.workflow import DeploymentWorkflow
+from shared.app_stacks import AppWorkflowStack
 from shared.config import Settings
-from shared.names import resource_names
-from shared.pipelines import WorkflowPipeline
 
 
-class WorkflowStack(cdk.Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, settings: Settings, **kwargs: Any) -> None:
-        names = resource_names(settings, account=cdk.Aws.ACCOUNT_ID, region=cdk.Aws.REGION)
-        super().__init__(
-            scope,
-            construct_id,
-            stack_name=names.workflow_stack(APP),
-            description=f"{settings.project.prefix}: edge deployment (devices, components, rollout workflow)",
-            **kwargs,
-        )
-        shared_names = resource_names(settings, account=self.account, region=self.region)
+class WorkflowStack(AppWorkflowStack):
+    app = APP
+    description = "edge deployment (devices, components, rollout workflow)"
+    workflow_input = {"trigger": "workflow-pipeline"}  # the newest approved package
+
+    def build(self) -> sfn.IStateMachine:
+        settings, shared_names = self.settings, self.names
         own = edge_names(settings, account=self.account, region=self.region)
 
         self.fleet = DeviceFleet(self, "Fleet", settings=settings, names=own, shared_names=shared_names)
@@ -48,10 +46,14 @@ class WorkflowStack(cdk.Stack):
             names=own,
             shared_names=shared_names,
             fleet=self.fleet,
-            inference=self.inference,
+            inference_version=self.inference.version,
         )
         self.telemetry = TelemetryStore(
-            self, "Telemetry", settings=settings, function_code=runtime_bundle(), handler="index.process_telemetry"
+            self,
+            "Telemetry",
+            settings=settings,
+            function_code=runtime_bundle(),
+            handler=f"{HANDLER_MODULE}.process_telemetry",
         )
         self.monitoring = FleetMonitoring(
             self,
@@ -61,15 +63,7 @@ class WorkflowStack(cdk.Stack):
             state_machine=self.workflow.state_machine,
             telemetry_logs=self.telemetry.processor.log_group,
             function_code=runtime_bundle(),
-            retrain_handler="index.retrain_on_drift_alarm",
-        )
-        WorkflowPipeline(
-            self,
-            "WorkflowPipeline",
-            settings=settings,
-            app=APP,
-            state_machine=self.workflow.state_machine,
-            workflow_input={"trigger": "workflow-pipeline"},
+            retrain_handler=f"{HANDLER_MODULE}.retrain_on_drift_alarm",
         )
         if settings.edge_deployment.simulated_device:
             from edge_deployment.simulated_device import SimulatedDevice  # noqa: PLC0415 - optional
@@ -86,6 +80,7 @@ class WorkflowStack(cdk.Stack):
             ("DashboardName", self.monitoring.dashboard.dashboard_name, "CloudWatch dashboard of the fleet"),
         ):
             cdk.CfnOutput(self, output_id, value=value, description=description)
+        return self.workflow.state_machine
 
 
 class EdgeDeploymentStage(cdk.Stage):
