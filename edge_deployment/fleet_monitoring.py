@@ -35,7 +35,8 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from edge_deployment.naming import APP, EdgeNames
+from edge_deployment import APP
+from edge_deployment.naming import EdgeNames
 from edge_deployment.runtime.retraining import RetrainingConfig
 from edge_deployment.runtime.telemetry import (
     DEFECT_FRAMES,
@@ -51,14 +52,14 @@ from edge_deployment.runtime.telemetry import (
     UPLOADS_PENDING,
 )
 from shared.building_blocks import EventDeadLetters, grant_publish_by_name, log_retention, pipeline_arn, python_function
-from shared.config import Settings
+from shared.config import AppName, Settings
 from shared.guardrails import allow
 from shared.names import resource_names
 
 FIVE_MINUTES = cdk.Duration.minutes(5)
 DRIFT_ALARMS = ("uncertainty-drift", "empty-frames-drift")
 DEFECT_RATE = "defects / frames"
-LABELING_APP = "labeling"
+LABELING_APP: AppName = "labeling"  # its workflow pipeline starts the loop
 
 
 class FleetMonitoring(Construct):

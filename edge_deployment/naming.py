@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge_deployment import APP
 from shared.config import Settings
-from shared.names import AppName, resource_names
-
-APP: AppName = "edge_deployment"
+from shared.names import resource_names
 
 
 @dataclass(frozen=True)
