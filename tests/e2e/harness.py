@@ -3,8 +3,9 @@
 Every app runs its own code; AWS is replaced only at the service boundary:
 
 * S3, SageMaker (feature group description, model registry), EventBridge pattern matching: moto.
-* Step Functions: the labeling state machine runs in moto's executor (tests/labeling/workflow_harness);
-  the edge state machine is walked state by state here (moto cannot run its Greengrass task).
+* Step Functions: both state machines run in moto's executor (the suite's one harness,
+  tests/helpers/state_machine.py); the edge workflow's Greengrass SDK task (moto has no Greengrass v2)
+  is answered by the stubbed Greengrass client.
 * Ground Truth: `FakeGroundTruth` writes output manifests exactly as a job does, here with the boxes
   drawn into the synthetic images (rounded to whole pixels, as workers' boxes are).
 * Label Studio: a real server on loopback (`labeling/local/server.py`, reading the images from the
@@ -23,6 +24,7 @@ a name computed differently by two sides breaks the loop with a `LoopBroken` nam
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import http.server
@@ -54,6 +56,7 @@ from moto.events.models import EventPattern
 
 from edge_deployment.runtime.config import ENVIRONMENT_VARIABLE as EDGE_CONFIG_VARIABLE
 from edge_deployment.runtime.config import EdgeDeploymentConfig
+from edge_deployment.runtime_bundle import HANDLER_MODULE
 from labeling.functions import HANDLERS
 from labeling.runtime.config import LabelingConfig
 from labeling.runtime.ground_truth import load_task_ui
@@ -64,6 +67,7 @@ from tests.e2e.pipeline import PipelineRun, Trainer
 from tests.e2e.templates import ACCOUNT, PARTITION, REGION, Apps
 from tests.helpers import asl
 from tests.helpers.lambda_context import LambdaContext
+from tests.helpers.state_machine import MotoStateMachine, function_arn, lambda_handlers
 from tests.labeling.fakes import FakeFeatureStore, FakeGroundTruth
 from tests.labeling.workflow_harness import Workflow
 
@@ -72,6 +76,8 @@ PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 INFERENCE_VERSION_RESOURCE = "Custom::GreengrassComponentVersion"
 LABELING_HANDLERS = tuple(h for h in HANDLERS if h != "seed_resource")  # every backend's round functions
 EDGE_HANDLERS = ("resolve", "prepare_model", "create_deployment", "check_rollout")
+DESCRIBE_COMPONENT = "DescribeModelComponent"  # the SDK task, answered by the stubbed Greengrass client
+EDGE_STAGE = "edge deployment workflow"
 # A real run of the pipeline with these run parameters (any execution may override them): a tiny model.
 TINY_TRAINING = {"Epochs": 2, "ImageSize": 96, "BatchSize": 16, "MinMap50to95": 0.0}
 
@@ -478,13 +484,16 @@ class Loop:
         from edge_deployment.runtime.components import model_component_version
 
         edge = self.apps.edge_workflow
-        functions = {
-            lid: props["Handler"].removeprefix("edge_deployment.runtime.handlers.")
-            for lid, props in ((lid, r["Properties"]) for lid, r in edge.of_type("AWS::Lambda::Function").items())
-        }
-        substitutions = {f"{lid}.Arn": edge.arn(lid) for lid in functions} | dict(edge.attributes)
-        (machine,) = asl.state_machines(edge.body, substitutions).values()
-        by_arn = {edge.arn(lid): handler for lid, handler in functions.items()}
+        functions = lambda_handlers(edge.body, HANDLER_MODULE)
+        substitutions = {f"{lid}.Arn": function_arn(handler) for lid, handler in functions.items()}
+        (machine,) = asl.state_machines(edge.body, substitutions | dict(edge.attributes)).values()
+        definition = copy.deepcopy(machine.definition)
+        for _, state in asl.iter_states(definition):
+            if state["Type"] == "Wait":
+                state["Seconds"] = 0  # the rollout's IoT job answers at once here
+            if state.get("Resource", "").endswith(":aws-sdk:greengrassv2:describeComponent"):
+                # moto has no Greengrass v2: the SDK task's call goes to the stubbed client below
+                state["Resource"] = function_arn(DESCRIBE_COMPONENT)
 
         greengrass = boto3.client("greengrassv2", region_name=REGION)
         iot = boto3.client("iot", region_name=REGION)
@@ -543,23 +552,33 @@ class Loop:
             "stepfunctions": sfn,
         }
 
-        def call_lambda(resource: str, payload: dict[str, Any]) -> Any:
-            handler = by_arn[resource]
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv(EDGE_CONFIG_VARIABLE, edge_config.to_json())
-                patch.setattr(handlers, "client", lambda service, region=None: clients[service])
-                return getattr(handlers, handler)(
-                    payload, LambdaContext(handler, invoked_function_arn=resource, aws_request_id="e2e-request")
-                )
-
         def call_sdk(service: str, action: str, parameters: dict[str, Any]) -> Any:
             method = getattr(clients[service], xform_name(action))
             response = method(**{k[:1].lower() + k[1:]: v for k, v in parameters.items()})
             response.pop("ResponseMetadata", None)
             return _pascal(json.loads(json.dumps(response, default=str)))
 
-        with gg, jobs, runs:
-            output = walk(machine.definition, state_input, call_lambda=call_lambda, call_sdk=call_sdk)
+        def dispatch(handler: str, event: dict[str, Any]) -> Any:
+            if handler == DESCRIBE_COMPONENT:
+                return call_sdk("greengrassv2", "DescribeComponent", event)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv(EDGE_CONFIG_VARIABLE, edge_config.to_json())
+                patch.setattr(handlers, "client", lambda service, region=None: clients[service])
+                return getattr(handlers, handler)(event, LambdaContext(handler, aws_request_id="e2e-request"))
+
+        workflow = MotoStateMachine(
+            name="tag-inspect-edge-deployment",
+            definition=definition,
+            dispatch=dispatch,
+            topic=f"{self.wiring.labeling.project_prefix}-edge-deployment-notifications",
+            poll_seconds=0.05,
+        )
+        with gg, jobs, runs, pytest.MonkeyPatch.context() as patch:
+            workflow.install(patch)
+            described = workflow.wait(workflow.start(state_input, "e2e-edge"), timeout=300)
+        if described["status"] != "SUCCEEDED":
+            raise LoopBroken(f"{EDGE_STAGE}: {described.get('error')}: {_cause(described.get('cause', ''))}")
+        output: dict[str, Any] = json.loads(described["output"])
         self.result.deployment_request = sent.get("CreateDeployment", {})
         self.result.model_recipe = json.loads(sent["CreateComponentVersion"]["inlineRecipe"])
         return output
@@ -791,7 +810,7 @@ class Loop:
             with stage("approval"):
                 state_input = self._approval_event(package_arn)
                 self.result.edge_input = state_input
-            with stage("edge deployment workflow"):
+            with stage(EDGE_STAGE):
                 self.result.edge_output = self._edge_workflow(state_input)
             lap("edge deployment")
             patch.setenv("NO_PROXY", "127.0.0.1")
@@ -806,6 +825,14 @@ class Loop:
         return self.result
 
 
+def _cause(cause: str) -> str:
+    """A failed execution's cause: a Lambda error's message, or the cause as the workflow wrote it."""
+    try:
+        return str(json.loads(cause)["errorMessage"])
+    except (ValueError, TypeError, KeyError):
+        return cause
+
+
 def _pascal(value: Any) -> Any:
     """An AWS SDK response as Step Functions' aws-sdk integration returns it (member names capitalized)."""
     if isinstance(value, list):
@@ -813,105 +840,3 @@ def _pascal(value: Any) -> Any:
     if isinstance(value, dict):
         return {k[:1].upper() + k[1:]: _pascal(v) for k, v in value.items()}
     return value
-
-
-# --------------------------------------------------------------------------------------------------
-# Walking a state machine definition (the parts the edge workflow uses)
-# --------------------------------------------------------------------------------------------------
-
-
-def _path(path: str, data: Any, context: Mapping[str, Any]) -> Any:
-    if path.startswith("$$."):
-        data, path = context, "$." + path[3:]
-    if path == "$":
-        return data
-    for part in path.removeprefix("$.").split("."):
-        data = data[part]
-    return data
-
-
-def _parameters(template: Any, data: Any, context: Mapping[str, Any]) -> Any:
-    if isinstance(template, dict):
-        result = {}
-        for key, value in template.items():
-            if key.endswith(".$"):
-                result[key[:-2]] = _path(value, data, context) if value.startswith("$") else value
-            else:
-                result[key] = _parameters(value, data, context)
-        return result
-    if isinstance(template, list):
-        return [_parameters(item, data, context) for item in template]
-    return template
-
-
-def _result_path(data: dict[str, Any], path: str | None, result: Any) -> dict[str, Any]:
-    if path is None:
-        return data
-    if path == "$":
-        return dict(result)
-    updated = json.loads(json.dumps(data))
-    target = updated
-    parts = path.removeprefix("$.").split(".")
-    for part in parts[:-1]:
-        target = target.setdefault(part, {})
-    target[parts[-1]] = result
-    return dict(updated)
-
-
-def _choice(rule: Mapping[str, Any], data: Any) -> bool:
-    if "Or" in rule:
-        return any(_choice(r, data) for r in rule["Or"])
-    if "And" in rule:
-        return all(_choice(r, data) for r in rule["And"])
-    value = _path(rule["Variable"], data, {})
-    if "BooleanEquals" in rule:
-        return bool(value is rule["BooleanEquals"])
-    if "StringEquals" in rule:
-        return bool(value == rule["StringEquals"])
-    raise LoopBroken(f"choice rule {rule} is not supported by the walker")
-
-
-def walk(
-    definition: Mapping[str, Any],
-    state_input: dict[str, Any],
-    *,
-    call_lambda: Callable[[str, dict[str, Any]], Any],
-    call_sdk: Callable[[str, str, dict[str, Any]], Any],
-    max_transitions: int = 50,
-) -> dict[str, Any]:
-    """Run the definition's states in order (Task, Choice, Pass, Wait, Succeed, Fail); errors propagate."""
-    context = {
-        "Execution": {
-            "Id": f"arn:aws:states:{REGION}:{ACCOUNT}:execution:e2e:run-1",
-            "StartTime": datetime.now(UTC).isoformat(),
-        }
-    }
-    states, name, data = definition["States"], definition["StartAt"], dict(state_input)
-    for _ in range(max_transitions):
-        state = states[name]
-        kind = state["Type"]
-        if kind == "Succeed":
-            return data
-        if kind == "Fail":
-            error = _path(state["ErrorPath"], data, context) if "ErrorPath" in state else state.get("Error")
-            cause = _path(state["CausePath"], data, context) if "CausePath" in state else state.get("Cause")
-            raise LoopBroken(f"state {name}: {error}: {cause}")
-        if kind == "Choice":
-            name = next((c["Next"] for c in state["Choices"] if _choice(c, data)), state.get("Default"))
-            continue
-        if kind in ("Task", "Pass"):
-            payload = _parameters(state["Parameters"], data, context) if "Parameters" in state else data
-            if kind == "Pass":
-                result = payload
-            elif state["Resource"].startswith("arn:aws:lambda:"):
-                result = call_lambda(state["Resource"], payload)
-            elif state["Resource"].startswith("arn:aws:states:::aws-sdk:"):
-                service, action = state["Resource"].removeprefix("arn:aws:states:::aws-sdk:").split(":")
-                result = call_sdk(service, action[:1].upper() + action[1:], payload)
-            else:
-                result = {}  # notifications (sns:publish)
-            if "ResultSelector" in state:
-                result = _parameters(state["ResultSelector"], result, context)
-            data = _result_path(data, state.get("ResultPath", "$"), result)
-        name = state["Next"]
-    raise LoopBroken(f"the state machine did not finish within {max_transitions} transitions")

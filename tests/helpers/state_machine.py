@@ -44,8 +44,8 @@ class MotoStateMachine:
 
     name: str
     definition: Mapping[str, Any]
-    dispatch: Callable[[str, dict[str, Any]], Any]  # (function name, event) -> the function's result
-    topic: str
+    dispatch: Callable[[str, dict[str, Any]], Any] | None  # (function name, event) -> the function's result
+    topic: str | None  # None: the app's topic does not exist (its notifications fail)
     poll_seconds: float = 0.2
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (function name, event), in order
 
@@ -53,12 +53,13 @@ class MotoStateMachine:
         self.sfn = boto3.client("stepfunctions", region_name=REGION)
         self.sns = boto3.client("sns", region_name=REGION)
         self.sqs = boto3.client("sqs", region_name=REGION)
-        topic = self.sns.create_topic(Name=self.topic)["TopicArn"]
         self.queue = self.sqs.create_queue(QueueName=f"{self.name}-notifications")["QueueUrl"]
-        queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
-        self.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)  # SNS's envelope: subject and message
+        if self.topic is not None:
+            topic = self.sns.create_topic(Name=self.topic)["TopicArn"]
+            queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            self.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)  # the envelope: subject, message
         self.arn = self.sfn.create_state_machine(
             name=self.name,
             definition=json.dumps(self.definition),
@@ -74,6 +75,8 @@ class MotoStateMachine:
         with self._lock:
             self.calls.append((name, event))
         try:
+            if self.dispatch is None:
+                raise AssertionError(f"{self.name} has no Lambda task, yet {name} was invoked")
             return self.dispatch(name, event), None
         except Exception as error:
             return {"errorType": type(error).__name__, "errorMessage": str(error)}, type(error).__name__
@@ -93,8 +96,9 @@ class MotoStateMachine:
         monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
 
     # -- executions ---------------------------------------------------------------------------------------
-    def start(self, execution_input: Mapping[str, Any], name: str) -> str:
-        started = self.sfn.start_execution(stateMachineArn=self.arn, name=name, input=json.dumps(execution_input))
+    def start(self, execution_input: Mapping[str, Any], name: str | None = None) -> str:
+        named = {"name": name} if name else {}
+        started = self.sfn.start_execution(stateMachineArn=self.arn, input=json.dumps(execution_input), **named)
         return str(started["executionArn"])
 
     def wait(self, execution_arn: str, timeout: float = 120.0) -> dict[str, Any]:

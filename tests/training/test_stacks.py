@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 
 import aws_cdk as cdk
@@ -21,6 +20,7 @@ from shared.config import ConfigError
 from shared.names import ResourceNames
 from tests.helpers.asl import check_sdk_task, iam_actions, role_allows, role_statements, sdk_tasks, state_machines
 from tests.helpers.cdk_assembly import CDK_CONTEXT, synthesized
+from tests.helpers.state_machine import MotoStateMachine
 from tests.training.cfn import render
 from training import pipeline_definition as pd
 from training.dlc_registry import DLC_REGISTRY_ACCOUNTS
@@ -411,33 +411,24 @@ def _run(
 
     monkeypatch.setattr(service, "_eval_service_task", as_json)
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        sagemaker, sfn, sns, sqs = (boto3.client(s) for s in ("sagemaker", "stepfunctions", "sns", "sqs"))
+        sagemaker = boto3.client("sagemaker")
         sagemaker.create_pipeline(
             PipelineName="tag-inspect-training",
             PipelineDefinition=json.dumps({"Version": "2020-12-01", "Steps": []}),
             RoleArn="arn:aws:iam::123456789012:role/pipeline",
         )
-        queue = sqs.create_queue(QueueName="notifications")["QueueUrl"]
-        if topic_exists:
-            topic = sns.create_topic(Name="tag-inspect-training-notifications")["TopicArn"]
-            queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-            sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
-        machine = sfn.create_state_machine(
+        machine = MotoStateMachine(
             name="tag-inspect-training",
-            definition=json.dumps(definition),
-            roleArn="arn:aws:iam::123456789012:role/workflow",
-        )["stateMachineArn"]
-        execution = sfn.start_execution(stateMachineArn=machine, input=json.dumps(execution_input))["executionArn"]
-        for _ in range(200):
-            result = sfn.describe_execution(executionArn=execution)
-            if result["status"] != "RUNNING":
-                break
-            time.sleep(0.05)
+            definition=definition,
+            dispatch=None,  # no Lambda task: SDK calls only
+            topic="tag-inspect-training-notifications" if topic_exists else None,
+            poll_seconds=0.05,
+        )
+        result = machine.wait(machine.start(execution_input), timeout=10)
         executions = sagemaker.list_pipeline_executions(PipelineName="tag-inspect-training")[
             "PipelineExecutionSummaries"
         ]
-        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-        return result, executions, [m["Body"] for m in messages], described
+        return result, executions, [message["message"] for message in machine.messages()], described
 
 
 def test_a_successful_pipeline_execution_ends_the_workflow_successfully(workflow, monkeypatch):
