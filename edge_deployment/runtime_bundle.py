@@ -16,4 +16,7 @@ HANDLER_MODULE = "edge_deployment.runtime.handlers"
 
 def runtime_bundle() -> Path:
     """Stage the bundle (once per content) and return its folder."""
-    return code_bundle("edge-deployment-runtime", ["edge_deployment/runtime", "shared/runtime/cfn_response.py"])
+    return code_bundle(
+        "edge-deployment-runtime",
+        ["edge_deployment/runtime", "shared/runtime/cfn_response.py", "shared/runtime/model_registry.py"],
+    )

@@ -43,7 +43,7 @@ HANDLERS = (
     "write_label_studio_labels",
     "seed_resource",
 )
-RUNTIME_PACKAGES = ("labeling/runtime", "shared/runtime/cfn_response.py")
+RUNTIME_PACKAGES = ("labeling/runtime", "shared/runtime/cfn_response.py", "shared/runtime/model_registry.py")
 
 
 def runtime_bundle_dir() -> Path:

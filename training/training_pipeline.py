@@ -37,7 +37,7 @@ from training.pipeline_definition import PipelineResources, pipeline_definition
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEPS_DIR = REPO_ROOT / "training" / "steps"
-STEP_PACKAGES = ("training/steps",)
+STEP_PACKAGES = ("training/steps", "shared/runtime/model_registry.py")
 SAGEMAKER = iam.ServicePrincipal("sagemaker.amazonaws.com")
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from edge_deployment.runtime.aws import DeploymentInputError, error_code, parse_s3_uri, transient_errors
+from shared.runtime.model_registry import newest_approved_package_arn
 
 APPROVED = "Approved"
 # Versioned model package ARN: ...:model-package/<group name, lower-cased by SageMaker>/<version>
@@ -129,23 +130,8 @@ def describe_package(sagemaker: Any, arn: str, *, group_name: str) -> ModelPacka
 
 def newest_approved_arn(sagemaker: Any, *, group_name: str) -> str | None:
     """ARN of the group's newest approved package (creation time, descending), None when there is none."""
-    try:
-        with transient_errors():
-            page = sagemaker.list_model_packages(
-                ModelPackageGroupName=group_name,
-                ModelApprovalStatus=APPROVED,
-                ModelPackageType="Versioned",
-                SortBy="CreationTime",
-                SortOrder="Descending",
-                MaxResults=1,
-            )
-    except ClientError as error:
-        # The group does not exist until training registers its first package.
-        if error_code(error) in ("ResourceNotFound", "ResourceNotFoundException"):
-            return None
-        raise
-    summaries = page.get("ModelPackageSummaryList") or []
-    return str(summaries[0]["ModelPackageArn"]) if summaries else None
+    with transient_errors():
+        return newest_approved_package_arn(sagemaker, group_name=group_name)
 
 
 def resolve_model_package(sagemaker: Any, *, group_name: str, model_package_arn: str | None = None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 from labeling.runtime.errors import ConfigurationError
 from labeling.runtime.s3io import is_missing, list_keys, parse_s3_uri, read_jsonl, write_jsonl
 from shared.contracts import MANIFEST_FILE, MODEL_FILE, format_event_time
+from shared.runtime.model_registry import model_data_url, newest_approved_package_arn
 
 BATCH = 50  # images per part file
 MIN_SECONDS_LEFT = 60.0
@@ -118,31 +119,15 @@ class PreLabelCursor:
 
 def newest_approved_model(sagemaker: Any, *, group_name: str) -> ModelRef | None:
     """The group's newest approved model package with its archive, None when there is none (yet)."""
-    try:
-        page = sagemaker.list_model_packages(
-            ModelPackageGroupName=group_name,
-            ModelApprovalStatus=APPROVED,
-            ModelPackageType="Versioned",
-            SortBy="CreationTime",
-            SortOrder="Descending",
-            MaxResults=1,
-        )
-    except ClientError as error:
-        # The group exists only once training registered its first package.
-        if error.response.get("Error", {}).get("Code") in ("ResourceNotFound", "ResourceNotFoundException"):
-            return None
-        raise
-    summaries = page.get("ModelPackageSummaryList") or []
-    if not summaries:
+    arn = newest_approved_package_arn(sagemaker, group_name=group_name)
+    if arn is None:
         return None
-    arn = str(summaries[0]["ModelPackageArn"])
     described = sagemaker.describe_model_package(ModelPackageName=arn)
-    containers = (described.get("InferenceSpecification") or {}).get("Containers") or []
-    url = containers[0].get("ModelDataUrl") if containers else None
+    url = model_data_url(described)
     if not url:
         raise ConfigurationError(f"approved model package {arn} has no model archive (ModelDataUrl)")
     version = described.get("ModelPackageVersion", arn.rsplit("/", 1)[-1])
-    return ModelRef(arn=arn, name=f"{group_name}-v{version}", model_data_url=str(url))
+    return ModelRef(arn=arn, name=f"{group_name}-v{version}", model_data_url=url)
 
 
 def extract_model_archive(archive: Path, destination: Path) -> Path:

@@ -55,6 +55,7 @@ def test_a_bundle_lays_out_the_packages_as_in_the_repository():
         "shared/contracts.py",
         "shared/runtime/__init__.py",
         "shared/runtime/cfn_response.py",
+        "shared/runtime/model_registry.py",
         "shared/runtime/path_filter.py",
         "shared/runtime/service_log_groups.py",
     }

@@ -612,7 +612,8 @@ def test_the_bootstrap_unpacks_the_step_code_asset_and_runs_the_step(workflow_st
     assert (asset / "shared" / "contracts.py").is_file() and (
         asset / "training" / "steps" / "requirements.lock"
     ).is_file()
-    assert sorted(p.name for p in (asset / "shared").iterdir()) == ["__init__.py", "contracts.py"]
+    assert sorted(p.name for p in (asset / "shared").iterdir()) == ["__init__.py", "contracts.py", "runtime"]
+    assert sorted(p.name for p in (asset / "shared" / "runtime").iterdir()) == ["__init__.py", "model_registry.py"]
     code = tmp_path / "input" / "code"
     code.mkdir(parents=True)
     with zipfile.ZipFile(code / f"{digest}.zip", "w") as archive:

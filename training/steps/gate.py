@@ -22,6 +22,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from shared.runtime.model_registry import model_data_url, newest_approved_package_arn
+
 GATE_METRIC = "mAP50-95"
 NO_CHAMPION = "none"
 REGISTER, NO_CHANGE, FAIL = "register", "no_change", "fail"
@@ -134,21 +136,10 @@ def decide(
 
 def approved_champion(sagemaker_client: Any, group_name: str) -> Champion | None:
     """The newest Approved package of the group and its model archive, or None when none is approved."""
-    response = sagemaker_client.list_model_packages(
-        ModelPackageGroupName=group_name,
-        ModelApprovalStatus="Approved",
-        ModelPackageType="Versioned",
-        SortBy="CreationTime",
-        SortOrder="Descending",
-        MaxResults=1,
-    )
-    summaries = response.get("ModelPackageSummaryList", [])
-    if not summaries:
+    arn = newest_approved_package_arn(sagemaker_client, group_name=group_name)
+    if arn is None:
         return None
-    arn = summaries[0]["ModelPackageArn"]
-    package = sagemaker_client.describe_model_package(ModelPackageName=arn)
-    containers = (package.get("InferenceSpecification") or {}).get("Containers") or []
-    url = containers[0].get("ModelDataUrl") if containers else None
+    url = model_data_url(sagemaker_client.describe_model_package(ModelPackageName=arn))
     if not url:
         raise ValueError(
             f"approved model package {arn} has no ModelDataUrl, so it cannot be compared with; "
