@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
@@ -264,3 +265,19 @@ def test_the_dashboard_graphs_metrics_the_processor_emits_and_reads_the_processo
     assert "stats latest(ModelVersion)" in log_widget["properties"]["query"]
     assert log_widget["properties"]["query"].startswith("SOURCE '")
     assert dashboard_id.startswith("MonitoringDashboard")
+
+
+def test_the_dashboard_preview_draws_every_widget_of_the_synthesized_body(tmp_path: Path) -> None:
+    """The picture in the edge guide comes from the template: every widget, every alarm by name."""
+    from tests.tools.dashboard_preview import render, synthesized_body, widget_lines
+
+    name, body = synthesized_body()
+    assert name == "tag-inspect-edge-fleet"
+    (alarms,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    assert set(widget_lines(alarms)) == {
+        PREFIX + a for a in ALARMS - {"drift-events-undelivered", "approval-events-undelivered"}
+    }
+    for widget in body["widgets"]:
+        assert widget_lines(widget), widget.get("properties", {}).get("title")
+    picture = render(body, tmp_path / "dashboard.png", title=name)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 20_000
