@@ -53,6 +53,7 @@ from edge_deployment.runtime.telemetry import (
 )
 from shared.building_blocks import EventDeadLetters, grant_publish_by_name, log_retention, pipeline_arn, python_function
 from shared.config import AppName, Settings
+from shared.dashboards import LoopDashboard
 from shared.guardrails import allow
 from shared.names import resource_names
 
@@ -173,6 +174,17 @@ class FleetMonitoring(Construct):
             self._retraining(settings, names, stack, function_code, retrain_handler)
 
         self.dashboard = self._dashboard(names, state_machine, telemetry_logs)
+        self.loop_dashboard = LoopDashboard(
+            self,
+            "LoopDashboard",
+            settings=settings,
+            names=resource_names(settings, account=stack.account, region=stack.region),
+            fleet_metrics=[
+                self.metric(FRAMES, "Sum").with_(label="frames", period=cdk.Duration.hours(1)),
+                self.metric(DEFECT_FRAMES, "Sum").with_(label="flagged frames", period=cdk.Duration.hours(1)),
+            ],
+            alarms=[_as_alarm(self, name, self.alarms[name]) for name in DRIFT_ALARMS],
+        )
 
     # -- metrics ------------------------------------------------------------------------------------
     def metric(self, name: str, statistic: str, *, period: cdk.Duration = FIVE_MINUTES) -> cloudwatch.Metric:

@@ -21,6 +21,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from labeling import APP
+from labeling.dashboard import LabelingDashboard
 from labeling.data_store import LabelDataStore, LabelSeeding
 from labeling.label_studio_server import LabelStudioServer, deployed_server
 from labeling.workflow import LabelingWorkflow
@@ -83,6 +84,9 @@ class WorkflowStack(AppWorkflowStack):
 
     def build(self) -> sfn.IStateMachine:
         self.labeling = LabelingWorkflow(self, "Labeling", settings=self.settings, names=self.names)
+        self.dashboard = LabelingDashboard(
+            self, "Dashboard", settings=self.settings, names=self.names, workflow=self.labeling
+        )
         return self.labeling.state_machine
 
 

@@ -20,6 +20,7 @@ from shared.building_blocks import ServiceLogRetention
 from shared.config import Settings
 from shared.names import resource_names
 from training import APP
+from training.dashboard import TrainingDashboard
 from training.model_registry import ModelRegistry
 from training.pipeline_definition import MAX_WAIT_LIMIT_SECONDS, PROCESSING_MAX_RUNTIME_SECONDS
 from training.training_pipeline import TrainingPipeline
@@ -68,6 +69,13 @@ class WorkflowStack(AppWorkflowStack):
             pipeline_arn=self.training_pipeline.pipeline_arn,
             poll_interval=cdk.Duration.seconds(settings.training.status_poll_seconds),
             timeout=workflow_timeout(settings),
+        )
+        self.dashboard = TrainingDashboard(
+            self,
+            "Dashboard",
+            settings=settings,
+            state_machine=self.workflow.state_machine,
+            champion_function=self.training_pipeline.champion_function,
         )
         return self.workflow.state_machine
 

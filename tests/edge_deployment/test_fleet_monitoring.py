@@ -269,10 +269,17 @@ def test_the_dashboard_graphs_metrics_the_processor_emits_and_reads_the_processo
 
 def test_the_dashboard_preview_draws_every_widget_of_the_synthesized_body(tmp_path: Path) -> None:
     """The picture in the edge guide comes from the template: every widget, every alarm by name."""
-    from tests.tools.dashboard_preview import render, synthesized_body, widget_lines
+    from tests.tools.dashboard_preview import PICTURES, render, synthesized_dashboards, widget_lines
 
-    name, body = synthesized_body()
-    assert name == "tag-inspect-edge-fleet"
+    dashboards = synthesized_dashboards()
+    assert sorted(dashboards) == [
+        "tag-inspect-edge-fleet",
+        "tag-inspect-labeling",
+        "tag-inspect-loop",
+        "tag-inspect-training",
+    ]
+    assert all(sum(name.endswith(suffix) for suffix in PICTURES) == 1 for name in dashboards)
+    name, body = "tag-inspect-edge-fleet", dashboards["tag-inspect-edge-fleet"]
     (alarms,) = [w for w in body["widgets"] if w["type"] == "alarm"]
     assert set(widget_lines(alarms)) == {
         PREFIX + a for a in ALARMS - {"drift-events-undelivered", "approval-events-undelivered"}

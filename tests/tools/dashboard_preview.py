@@ -1,8 +1,8 @@
 """A picture of a synthesized CloudWatch dashboard: its grid of widgets, their titles and what each one shows.
 
-    .venv/bin/python -m tests.tools.dashboard_preview [--output edge_deployment/docs/fleet-dashboard.png]
+    .venv/bin/python -m tests.tools.dashboard_preview      # every app's dashboard, into the apps' docs/
 
-It synthesizes the edge app, takes the dashboard body out of the template (the JSON CloudWatch
+It synthesizes the apps, takes each dashboard's body out of the templates (the JSON CloudWatch
 receives) and draws each widget where CloudWatch places it (24 columns, rows of about 50 px). The
 rendering is matplotlib's, with no font download. It shows no data: the metrics exist only once devices
 report. Each box lists what the widget graphs (metric, statistic, SEARCH expression, log query,
@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "edge_deployment" / "docs" / "fleet-dashboard.png"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = 24
 
 
@@ -79,29 +79,41 @@ def render(body: dict[str, Any], output: Path, *, title: str) -> Path:
     return output
 
 
-def synthesized_body() -> tuple[str, dict[str, Any]]:
-    """(dashboard name, body) of the edge app as the example configuration synthesizes it."""
+def synthesized_dashboards() -> dict[str, dict[str, Any]]:
+    """Name -> body of every app's dashboard, as the example configuration synthesizes them."""
     from shared.config import load_settings
     from tests.e2e.templates import synthesize
     from tests.helpers.cdk_assembly import REPO_ROOT
 
     apps = synthesize(load_settings(REPO_ROOT / "config.yaml"))
-    edge = apps.edge_workflow
-    for logical_id, alarm in edge.of_type("AWS::CloudWatch::Alarm").items():  # the ARN ends with its name
-        name = edge.render(alarm["Properties"]["AlarmName"])
-        edge.attributes[f"{logical_id}.Arn"] = f"arn:aws:cloudwatch:eu-west-1:123456789012:alarm:{name}"
-    (dashboard,) = edge.of_type("AWS::CloudWatch::Dashboard").values()
-    properties = edge.render(dashboard["Properties"])
-    return str(properties["DashboardName"]), json.loads(properties["DashboardBody"])
+    found = {}
+    for template in vars(apps).values():
+        for logical_id, alarm in template.of_type("AWS::CloudWatch::Alarm").items():  # an alarm ARN ends with its name
+            name = template.render(alarm["Properties"]["AlarmName"])
+            template.attributes[f"{logical_id}.Arn"] = f"arn:aws:cloudwatch:eu-west-1:123456789012:alarm:{name}"
+        for dashboard in template.of_type("AWS::CloudWatch::Dashboard").values():
+            properties = template.render(dashboard["Properties"])
+            found[str(properties["DashboardName"])] = json.loads(properties["DashboardBody"])
+    return found
+
+
+# Where each dashboard's picture goes (its app's guide shows it), by the end of the dashboard's name.
+PICTURES = {
+    "-labeling": Path("labeling/docs/dashboard.png"),
+    "-training": Path("training/docs/dashboard.png"),
+    "-edge-fleet": Path("edge_deployment/docs/fleet-dashboard.png"),
+    "-loop": Path("edge_deployment/docs/loop-dashboard.png"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT, help="the pictures go under it, as in the repo")
     args = parser.parse_args(argv)
-    name, body = synthesized_body()
-    path = render(body, args.output, title=f"CloudWatch dashboard {name} (layout from the synthesized template)")
-    print(path)
+    for name, body in sorted(synthesized_dashboards().items()):
+        (relative,) = [path for suffix, path in PICTURES.items() if name.endswith(suffix)]
+        title = f"CloudWatch dashboard {name} (layout from the synthesized template)"
+        print(render(body, args.output_dir / relative, title=title))
     return 0
 
 
