@@ -32,7 +32,7 @@ from edge_deployment import APP
 from edge_deployment.fleet import DeviceFleet
 from edge_deployment.function_config import function_environment
 from edge_deployment.naming import EdgeNames
-from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY
+from edge_deployment.runtime.deployment import GOOD_OUTCOMES, REDEPLOY, Counter
 from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
 from shared.building_blocks import (
     EventDeadLetters,
@@ -45,7 +45,7 @@ from shared.building_blocks import (
 from shared.config import ROLLOUT_OVERHEAD_MINUTES, Settings
 from shared.guardrails import IAM5, acknowledge, allow, finding
 from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
-from shared.workflow_states import FailurePath, app_topic, lambda_step, publish, retry
+from shared.workflow_states import NOTIFICATION_ERROR_PATH, FailurePath, app_topic, lambda_step, publish, retry
 
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 # Errors worth another try: Lambda service faults, a function timeout, AWS calls still throttled.
@@ -188,9 +188,9 @@ class DeploymentWorkflow(Construct):
                     input=events.RuleTargetInput.from_object(
                         {
                             "trigger": "model-package-approved",
-                            "modelPackageArn": events.EventField.from_path("$.detail.ModelPackageArn"),
-                            "modelPackageGroupName": events.EventField.from_path("$.detail.ModelPackageGroupName"),
-                            "eventId": events.EventField.event_id,
+                            "model_package_arn": events.EventField.from_path("$.detail.ModelPackageArn"),
+                            "model_package_group_name": events.EventField.from_path("$.detail.ModelPackageGroupName"),
+                            "event_id": events.EventField.event_id,
                         }
                     ),
                     retry_attempts=8,
@@ -397,7 +397,7 @@ class DeploymentWorkflow(Construct):
                 "PrepareModelComponent",
                 self.prepare_function,
                 {"package.$": "$.resolution.package"},
-                "$.modelComponent",
+                "$.model_component",
             )
         )
         model_component = stack.format_arn(
@@ -414,9 +414,9 @@ class DeploymentWorkflow(Construct):
             action="describeComponent",
             iam_action="greengrass:DescribeComponent",
             iam_resources=[self._model_component_versions],
-            parameters={"Arn": sfn.JsonPath.string_at("$.modelComponent.arn")},
+            parameters={"Arn": sfn.JsonPath.string_at("$.model_component.arn")},
             result_selector={"status": sfn.JsonPath.object_at("$.Status")},
-            result_path="$.modelComponentState",
+            result_path="$.model_component_state",
         )
         retry(describe_component, ["States.TaskFailed"])
         guarded(describe_component)
@@ -426,13 +426,16 @@ class DeploymentWorkflow(Construct):
             time=sfn.WaitTime.duration(cdk.Duration.seconds(COMPONENT_POLL_SECONDS)),
         )
         start_component_polls = sfn.Pass(
-            self, "StartModelComponentPolls", parameters={"count": 0}, result_path="$.modelComponentPolls"
+            self,
+            "StartModelComponentPolls",
+            result=sfn.Result.from_object(Counter().to_json()),
+            result_path="$.model_component_polls",
         )
         count_component_poll = sfn.Pass(
             self,
             "CountModelComponentPoll",
-            parameters={"count.$": "States.MathAdd($.modelComponentPolls.count, 1)"},
-            result_path="$.modelComponentPolls",
+            parameters={"count.$": "States.MathAdd($.model_component_polls.count, 1)"},
+            result_path="$.model_component_polls",
         )
         component_not_deployable = failure.error(
             self,
@@ -440,8 +443,8 @@ class DeploymentWorkflow(Construct):
             error="ModelComponentNotDeployable",
             cause="States.Format('Greengrass did not make the model component version {} deployable "
             f"within {MODEL_COMPONENT_MAX_POLLS * COMPONENT_POLL_SECONDS} seconds (still {{}}): {{}}', "
-            "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
-            "States.JsonToString($.modelComponentState.status))",
+            "$.model_component.arn, $.model_component_state.status.ComponentState, "
+            "States.JsonToString($.model_component_state.status))",
         )
         component_rejected = failure.error(
             self,
@@ -450,8 +453,8 @@ class DeploymentWorkflow(Construct):
             cause="States.Format('Greengrass marked the model component version {} as {}: {}. A version "
             "cannot be created twice: after fixing the cause, delete it (aws greengrassv2 delete-component "
             "--arn {}) and run the workflow again', "
-            "$.modelComponent.arn, $.modelComponentState.status.ComponentState, "
-            "States.JsonToString($.modelComponentState.status), $.modelComponent.arn)",
+            "$.model_component.arn, $.model_component_state.status.ComponentState, "
+            "States.JsonToString($.model_component_state.status), $.model_component.arn)",
         )
 
         create_deployment = guarded(
@@ -460,22 +463,25 @@ class DeploymentWorkflow(Construct):
                 self.create_function,
                 {
                     "package.$": "$.resolution.package",
-                    "modelComponent.$": "$.modelComponent",
-                    "inferenceComponent": {"name": edge.inference_component_name, "version": inference_version},
-                    "executionId.$": "$$.Execution.Id",
-                    "attempt.$": "$.deploymentAttempts.count",
+                    "model_component.$": "$.model_component",
+                    "inference_component": {"name": edge.inference_component_name, "version": inference_version},
+                    "execution_id.$": "$$.Execution.Id",
+                    "attempt.$": "$.deployment_attempts.count",
                 },
                 "$.deployment",
             )
         )
         start_deployment_attempts = sfn.Pass(
-            self, "StartDeploymentAttempts", parameters={"count": 0}, result_path="$.deploymentAttempts"
+            self,
+            "StartDeploymentAttempts",
+            result=sfn.Result.from_object(Counter().to_json()),
+            result_path="$.deployment_attempts",
         )
         count_redeploy = sfn.Pass(
             self,
             "CountRedeploy",
-            parameters={"count.$": "States.MathAdd($.deploymentAttempts.count, 1)"},
-            result_path="$.deploymentAttempts",
+            parameters={"count.$": "States.MathAdd($.deployment_attempts.count, 1)"},
+            result_path="$.deployment_attempts",
         )
         kept_being_replaced = failure.error(
             self,
@@ -484,7 +490,7 @@ class DeploymentWorkflow(Construct):
             cause="States.Format('Deployments of older model packages replaced the deployment of this run {} "
             "times; the newest approved package was not left on the devices. Run the workflow pipeline "
             "when no other deployment is running: it deploys the newest approved package.', "
-            "$.deploymentAttempts.count)",
+            "$.deployment_attempts.count)",
         )
         notify_superseded = publish(
             self,
@@ -496,7 +502,7 @@ class DeploymentWorkflow(Construct):
         not_deployed = sfn.Succeed(
             self, "NewerPackageApproved", comment="A newer approved package overtook this one: nothing deployed"
         )
-        notify_superseded.add_catch(not_deployed, errors=["States.ALL"], result_path="$.notificationError")
+        notify_superseded.add_catch(not_deployed, errors=["States.ALL"], result_path=NOTIFICATION_ERROR_PATH)
         notify_superseded.next(not_deployed)
         wait_for_rollout = sfn.Wait(
             self,
@@ -510,8 +516,8 @@ class DeploymentWorkflow(Construct):
                 {
                     "deployment.$": "$.deployment",
                     "package.$": "$.resolution.package",
-                    "executionId.$": "$$.Execution.Id",
-                    "executionStart.$": "$$.Execution.StartTime",
+                    "execution_id.$": "$$.Execution.Id",
+                    "execution_start.$": "$$.Execution.StartTime",
                 },
                 "$.rollout",
             )
@@ -545,8 +551,8 @@ class DeploymentWorkflow(Construct):
             error="NotificationFailed",
             cause="Publishing the rollout report to the notification topic failed",
         )
-        notify_success.add_catch(notification_failed, errors=["States.ALL"], result_path="$.notificationError")
-        notify_rollout_failure.add_catch(rollout_failed, errors=["States.ALL"], result_path="$.notificationError")
+        notify_success.add_catch(notification_failed, errors=["States.ALL"], result_path=NOTIFICATION_ERROR_PATH)
+        notify_rollout_failure.add_catch(rollout_failed, errors=["States.ALL"], result_path=NOTIFICATION_ERROR_PATH)
 
         good = [sfn.Condition.string_equals("$.rollout.outcome", outcome) for outcome in sorted(GOOD_OUTCOMES)]
         return resolve.next(
@@ -558,7 +564,7 @@ class DeploymentWorkflow(Construct):
                 .next(
                     sfn.Choice(self, "ModelComponentDeployable")
                     .when(
-                        sfn.Condition.string_equals("$.modelComponentState.status.ComponentState", "DEPLOYABLE"),
+                        sfn.Condition.string_equals("$.model_component_state.status.ComponentState", "DEPLOYABLE"),
                         start_deployment_attempts.next(create_deployment).next(
                             sfn.Choice(self, "DeploymentSuperseded")
                             # create_deployment always answers `superseded` (runtime/deployment.py)
@@ -572,7 +578,7 @@ class DeploymentWorkflow(Construct):
                                             sfn.Choice(self, "RedeployAgain")
                                             .when(
                                                 sfn.Condition.number_greater_than(
-                                                    "$.deploymentAttempts.count", MAX_REDEPLOYS
+                                                    "$.deployment_attempts.count", MAX_REDEPLOYS
                                                 ),
                                                 kept_being_replaced,
                                             )
@@ -588,14 +594,14 @@ class DeploymentWorkflow(Construct):
                     )
                     .when(
                         sfn.Condition.or_(
-                            sfn.Condition.string_equals("$.modelComponentState.status.ComponentState", "FAILED"),
-                            sfn.Condition.string_equals("$.modelComponentState.status.ComponentState", "DEPRECATED"),
+                            sfn.Condition.string_equals("$.model_component_state.status.ComponentState", "FAILED"),
+                            sfn.Condition.string_equals("$.model_component_state.status.ComponentState", "DEPRECATED"),
                         ),
                         component_rejected,
                     )
                     .when(
                         sfn.Condition.number_greater_than_equals(
-                            "$.modelComponentPolls.count", MODEL_COMPONENT_MAX_POLLS
+                            "$.model_component_polls.count", MODEL_COMPONENT_MAX_POLLS
                         ),
                         component_not_deployable,
                     )

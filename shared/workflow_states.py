@@ -26,7 +26,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 ERROR_PATH = "$.error"  # where a caught error goes: {"Error": ..., "Cause": ...}
-NOTIFICATION_ERROR_PATH = "$.notificationError"  # a notification that could not be published
+NOTIFICATION_ERROR_PATH = "$.notification_error"  # a notification that could not be published
 ALL_ERRORS = ("States.ALL",)
 
 # The one retry timing: 2 s, 4 s, 8 s, ... (at most 60 s apart), five more tries, with full jitter so that

@@ -1,6 +1,6 @@
 """The training workflow: a state machine that runs the SageMaker pipeline and follows it to its end.
 
-    Start (with the input's `pipelineParameters`, if any) -> Wait -> Describe -> still running? -> Wait ...
+    Start (with the input's `pipeline_parameters`, if any) -> Wait -> Describe -> still running? -> Wait ...
                                                                              -> Succeeded -> Succeed
                                                                              -> Failed/Stopped -> Notify -> Fail
 
@@ -26,7 +26,7 @@ from shared.names import ResourceNames
 from shared.workflow_states import FailurePath, app_topic, retry
 from training import APP
 
-PIPELINE_PARAMETERS = "pipelineParameters"
+PIPELINE_PARAMETERS = "pipeline_parameters"
 RUNNING = ("Executing", "Stopping")
 FAILED = ("Failed", "Stopped")
 FAILURE_ERROR = "TrainingPipelineFailed"

@@ -279,7 +279,7 @@ def prepare_model_component(
         # A re-run for the same package: the version exists, so nothing is downloaded or written.
         check_same_component(greengrass, arn, recipe)
         reused = PublishedComponent(name=settings.component_name, version=version, arn=arn, created=False, state="")
-        return {**reused.to_json(), "artifactUri": artifact_uri, "reused": True}
+        return {**reused.to_json(), "artifact_uri": artifact_uri, "reused": True}
 
     bucket, archive_key = parse_s3_uri(package.model_data_url)
     if bucket != settings.model_bucket or not archive_key.startswith(settings.model_archive_prefix):
@@ -328,10 +328,10 @@ def prepare_model_component(
     published = _create_or_adopt(greengrass, recipe, arn=arn)
     return {
         **published.to_json(),
-        "artifactUri": artifact_uri,
+        "artifact_uri": artifact_uri,
         "reused": not published.created,
-        "modelSha256": repackaged.sha256,
-        "classNames": list(repackaged.manifest.class_names),
+        "model_sha256": repackaged.sha256,
+        "class_names": list(repackaged.manifest.class_names),
     }
 
 

@@ -53,13 +53,26 @@ _COUNTERS = {
     "succeeded": "numberOfSucceededThings",
     "failed": "numberOfFailedThings",
     "rejected": "numberOfRejectedThings",
-    "timedOut": "numberOfTimedOutThings",
+    "timed_out": "numberOfTimedOutThings",
     "canceled": "numberOfCanceledThings",
     "removed": "numberOfRemovedThings",
     "queued": "numberOfQueuedThings",
-    "inProgress": "numberOfInProgressThings",
+    "in_progress": "numberOfInProgressThings",
 }
 MAX_REPORTED_DEVICES = 25
+
+
+@dataclass(frozen=True)
+class Counter:
+    """A loop counter in the workflow's state: the model component's polls, the deployment's attempts.
+
+    The workflow seeds it from here (`Counter().to_json()`) and counts up with States.MathAdd on `count`.
+    """
+
+    count: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -169,10 +182,10 @@ def latest_reusable_deployment(greengrass: Any, iot: Any, request: Mapping[str, 
             with transient_errors():
                 job = iot.describe_job(jobId=job_id)["job"]
             counts = _job_counts(job)
-            failures = counts["failed"] + counts["rejected"] + counts["timedOut"]
+            failures = counts["failed"] + counts["rejected"] + counts["timed_out"]
             if job.get("status") in ("CANCELED", "DELETION_IN_PROGRESS") or failures:
                 return None  # a failed or cancelled rollout of these versions: roll out again
-        return {"deploymentId": current["deploymentId"], "iotJobId": job_id}
+        return {"deployment_id": current["deploymentId"], "iot_job_id": job_id}
     return None
 
 
@@ -182,12 +195,12 @@ def create_or_reuse_deployment(
     """Step 3: create the deployment, or reuse the group's current one when it already deploys these versions."""
     reusable = latest_reusable_deployment(greengrass, iot, request)
     started = now.astimezone(UTC).isoformat()
-    common = {"superseded": False, "startedAt": started, "components": _versions(request["components"])}
+    common = {"superseded": False, "started_at": started, "components": _versions(request["components"])}
     if reusable is not None:
         return {**reusable, "reused": True, **common}
     with transient_errors():
         created = greengrass.create_deployment(**request)
-    return {"deploymentId": created["deploymentId"], "iotJobId": created.get("iotJobId"), "reused": False, **common}
+    return {"deployment_id": created["deploymentId"], "iot_job_id": created.get("iotJobId"), "reused": False, **common}
 
 
 def superseded_result(package: Mapping[str, Any], newer: Mapping[str, Any], *, thing_group: str) -> dict[str, Any]:
@@ -228,7 +241,7 @@ def revision_outcome(
     component (a person's) replaced it: then the job's cancellation is reported as such.
     """
     with transient_errors():
-        ours = greengrass.get_deployment(deploymentId=str(deployment["deploymentId"]))
+        ours = greengrass.get_deployment(deploymentId=str(deployment["deployment_id"]))
         listed = greengrass.list_deployments(targetArn=ours["targetArn"], historyFilter="LATEST_ONLY")
     latest = [d for d in listed.get("deployments", []) if d.get("isLatestForTarget", True)]
     if not latest or latest[0]["deploymentId"] == ours["deploymentId"]:
@@ -239,7 +252,7 @@ def revision_outcome(
     mine = model_version(_versions(ours.get("components") or {}), model_component)
     if theirs is None or mine is None:
         return None
-    detail = {"deploymentId": successor["deploymentId"], "modelVersion": theirs}
+    detail = {"deployment_id": successor["deploymentId"], "model_version": theirs}
     if theirs >= mine:
         return SUPERSEDED, detail
     if still_newest():
@@ -256,7 +269,7 @@ def classify(
     status: str, counts: Mapping[str, int], *, rolling_out: bool, policy: RolloutPolicy, waited_minutes: float
 ) -> str | None:
     """The rollout's outcome, or None while devices are still pending (and the wait has not run out)."""
-    failures = counts["failed"] + counts["rejected"] + counts["timedOut"]
+    failures = counts["failed"] + counts["rejected"] + counts["timed_out"]
     executed = failures + counts["succeeded"]
     if status in ("CANCELED", "DELETION_IN_PROGRESS"):
         abort_rule_met = (
@@ -265,7 +278,7 @@ def classify(
             and 100.0 * failures / executed >= policy.abort_failure_percentage
         )
         return ABORTED if abort_rule_met else CANCELED
-    pending = counts["queued"] + counts["inProgress"]
+    pending = counts["queued"] + counts["in_progress"]
     if status == "SCHEDULED" or (status != "COMPLETED" and (pending or rolling_out)):
         return INCOMPLETE if waited_minutes >= policy.max_wait_minutes else None
     if failures:
@@ -350,7 +363,7 @@ def rollout_status(
     still_newest: Callable[[], bool] | None = None,
     older_runs: Callable[[], list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Step 4, one poll: `{"finished": bool, "outcome", "counts", "devices": [...], "jobId", "jobStatus"}`.
+    """Step 4, one poll: `{"finished": bool, "outcome", "counts", "devices": [...], "job_id", "job_status"}`.
 
     With `thing_group`, "no devices" is reported only when the group really has no members. With
     `model_component` and `still_newest`, a job cancelled because another run's deployment revised this
@@ -358,23 +371,23 @@ def rollout_status(
     executions started before this one that still run), a successful rollout is not finished while any
     of them runs.
     """
-    deployment_id = str(deployment["deploymentId"])
-    job_id = deployment.get("iotJobId")
+    deployment_id = str(deployment["deployment_id"])
+    job_id = deployment.get("iot_job_id")
     if not job_id:
         with transient_errors():
             job_id = greengrass.get_deployment(deploymentId=deployment_id).get("iotJobId")
-    started = datetime.fromisoformat(str(deployment["startedAt"]))
+    started = datetime.fromisoformat(str(deployment["started_at"]))
     waited = (now - started).total_seconds() / 60.0
     if not job_id:  # Greengrass has not created the IoT job yet
         finished = waited >= policy.max_wait_minutes
         return {
             "finished": finished,
             "outcome": INCOMPLETE if finished else None,
-            "jobId": None,
-            "jobStatus": None,
+            "job_id": None,
+            "job_status": None,
             "counts": dict.fromkeys(_COUNTERS, 0),
             "devices": [],
-            "waitedMinutes": round(waited, 1),
+            "waited_minutes": round(waited, 1),
         }
     with transient_errors():
         job = iot.describe_job(jobId=job_id)["job"]
@@ -391,11 +404,11 @@ def rollout_status(
             return {
                 "finished": True,
                 "outcome": outcome,
-                "jobId": job_id,
-                "jobStatus": status,
+                "job_id": job_id,
+                "job_status": status,
                 "counts": counts,
                 "devices": [],
-                "waitedMinutes": round(waited, 1),
+                "waited_minutes": round(waited, 1),
                 "successor": successor,
             }
     if outcome == NO_DEVICES and thing_group and group_has_members(iot, thing_group):
@@ -411,12 +424,12 @@ def rollout_status(
             return {
                 "finished": False,
                 "outcome": None,
-                "jobId": job_id,
-                "jobStatus": status,
+                "job_id": job_id,
+                "job_status": status,
                 "counts": counts,
                 "devices": [],
-                "waitedMinutes": round(waited, 1),
-                "waitingFor": running,
+                "waited_minutes": round(waited, 1),
+                "waiting_for": running,
             }
     devices: list[dict[str, str]] = []
     if outcome in (FAILED, ABORTED, CANCELED, INCOMPLETE):
@@ -430,12 +443,12 @@ def rollout_status(
     return {
         "finished": outcome is not None,
         "outcome": outcome,
-        "jobId": job_id,
-        "jobStatus": status,
+        "job_id": job_id,
+        "job_status": status,
         "counts": counts,
         "devices": devices,
-        "waitedMinutes": round(waited, 1),
-        "jobComment": job.get("comment") or job.get("reasonCode"),
+        "waited_minutes": round(waited, 1),
+        "job_comment": job.get("comment") or job.get("reasonCode"),
     }
 
 
@@ -466,10 +479,10 @@ def report(
         "",
         f"Model package: {package.get('arn')} (version {package.get('version')})",
         "Components: " + ", ".join(f"{name} {version}" for name, version in sorted(components.items())),
-        f"Greengrass deployment: {deployment.get('deploymentId')}"
+        f"Greengrass deployment: {deployment.get('deployment_id')}"
         + (" (reused: these versions were already deployed)" if deployment.get("reused") else ""),
-        f"IoT job: {status.get('jobId')} ({status.get('jobStatus')})"
-        + (f" - {status['jobComment']}" if status.get("jobComment") else ""),
+        f"IoT job: {status.get('job_id')} ({status.get('job_status')})"
+        + (f" - {status['job_comment']}" if status.get("job_comment") else ""),
         "Devices: "
         + ", ".join(
             f"{counts[key]} {label}"
@@ -477,28 +490,28 @@ def report(
                 ("succeeded", "succeeded"),
                 ("failed", "failed"),
                 ("rejected", "rejected"),
-                ("timedOut", "timed out"),
+                ("timed_out", "timed out"),
                 ("canceled", "cancelled"),
                 ("removed", "removed"),
                 ("queued", "queued"),
-                ("inProgress", "in progress"),
+                ("in_progress", "in progress"),
             )
         ),
     ]
     successor = status.get("successor")
     if successor:
         lines.append(
-            f"Replaced by Greengrass deployment {successor['deploymentId']} (model package version "
-            f"{successor['modelVersion']})"
+            f"Replaced by Greengrass deployment {successor['deployment_id']} (model package version "
+            f"{successor['model_version']})"
         )
     devices = status.get("devices") or []
     if devices:
         lines += ["", "Devices that did not succeed:"]
         lines += [f"  - {d['thing']}: {d['status']} - {d['reason']}" for d in devices]
         shown = len(devices)
-        total = sum(counts[k] for k in ("failed", "rejected", "timedOut"))
+        total = sum(counts[k] for k in ("failed", "rejected", "timed_out"))
         if outcome == INCOMPLETE:
-            total += counts["queued"] + counts["inProgress"]
+            total += counts["queued"] + counts["in_progress"]
         if total > shown:
             lines.append(f"  ... and {total - shown} more (see the IoT job's executions)")
     subject = f"Edge rollout {outcome}: model package v{package.get('version')} to {thing_group}"

@@ -56,11 +56,11 @@ def _now() -> datetime:
 
 @logger.inject_lambda_context(log_event=True)
 def resolve(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Step 1. Input: the state machine input (`modelPackageArn` and `modelPackageGroupName` from the approval
+    """Step 1. Input: the state machine input (`model_package_arn` and `model_package_group_name` from the approval
     rule, or neither: the newest approved package)."""
     group = _config().model_package_group
-    arn = event.get("modelPackageArn")
-    named_group = event.get("modelPackageGroupName")
+    arn = event.get("model_package_arn")
+    named_group = event.get("model_package_group_name")
     if named_group and named_group != group:
         raise WrongModelPackageGroup(
             f"the event is for model package group {named_group!r}, but this app deploys group {group!r}; "
@@ -91,7 +91,7 @@ def _still_newest(package: dict[str, Any], *, group: str) -> bool:
 
 def _older_runs(event: dict[str, Any]) -> Any:
     """The executions started before this one that still run (none known without the execution's id)."""
-    execution, started = event.get("executionId"), event.get("executionStart")
+    execution, started = event.get("execution_id"), event.get("execution_start")
     if not execution or not started:
         return None
     start = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
@@ -115,7 +115,7 @@ def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
         superseded = superseded_result(package, newer, thing_group=group)
         logger.info(superseded["subject"], extra={"newer": newer})
         return superseded
-    model, inference = event["modelComponent"], event["inferenceComponent"]
+    model, inference = event["model_component"], event["inference_component"]
     components = {model["name"]: model["version"], inference["name"]: inference["version"]}
     request = deployment_request(
         thing_group_arn=thing_group_arn(partition=partition, region=region, account=account, name=group),
@@ -124,7 +124,7 @@ def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
         rollout=config.rollout,
         # A retried call of one attempt creates one deployment; a new attempt (REDEPLOY) creates a new one.
         client_token=client_token(
-            str(event.get("executionId", "")),
+            str(event.get("execution_id", "")),
             str(event.get("attempt", 0)),
             *sorted(f"{k}={v}" for k, v in components.items()),
         ),

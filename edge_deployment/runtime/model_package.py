@@ -11,7 +11,7 @@ overtaken by a newer approved one deploys nothing (see runtime/deployment.py for
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -44,26 +44,19 @@ class ModelPackage:
     creation_time: str
 
     def to_json(self) -> dict[str, Any]:
-        """The package in the workflow's state: camelCase keys, as every key of the edge workflow's state."""
-        return {
-            "arn": self.arn,
-            "groupName": self.group_name,
-            "version": self.version,
-            "modelDataUrl": self.model_data_url,
-            "approvalStatus": self.approval_status,
-            "creationTime": self.creation_time,
-        }
+        """The package in the workflow's state (snake_case keys, as every app's state)."""
+        return asdict(self)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ModelPackage:
         try:
             return cls(
                 arn=str(raw["arn"]),
-                group_name=str(raw["groupName"]),
+                group_name=str(raw["group_name"]),
                 version=int(raw["version"]),
-                model_data_url=str(raw["modelDataUrl"]),
-                approval_status=str(raw["approvalStatus"]),
-                creation_time=str(raw["creationTime"]),
+                model_data_url=str(raw["model_data_url"]),
+                approval_status=str(raw["approval_status"]),
+                creation_time=str(raw["creation_time"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise DeploymentInputError(f"model package description is incomplete: {error}") from None

@@ -120,7 +120,7 @@ def test_training_trains_on_those_labels_and_registers_an_approved_package(loop,
 def test_the_approval_deploys_exactly_that_package_to_the_thing_group(loop, settings):
     edge = settings.edge_deployment
     package = loop.model_package
-    assert loop.edge_input["modelPackageArn"] == package["ModelPackageArn"]
+    assert loop.edge_input["model_package_arn"] == package["ModelPackageArn"]
     assert loop.edge_output["rollout"]["outcome"] == "SUCCEEDED"
     request = loop.deployment_request
     assert request["targetArn"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{edge.thing_group_name}"

@@ -157,7 +157,7 @@ def test_the_first_run_validates_repackages_uploads_and_creates_the_version(s3, 
     assert _objects(s3, BUCKET) == [ZIP_KEY]
     stored = s3.get_object(Bucket=BUCKET, Key=ZIP_KEY)
     assert stored["Metadata"]["model-package-arn"] == PACKAGE.arn
-    assert stored["Metadata"]["sha256"] == result["modelSha256"]
+    assert stored["Metadata"]["sha256"] == result["model_sha256"]
     (request,) = sent
     recipe = json.loads(request["inlineRecipe"])
     assert recipe_problems(recipe) == []
@@ -230,7 +230,7 @@ def test_an_archive_outside_the_model_bucket_is_refused(s3, greengrass):
     client, stub, sent = greengrass
     for url in ("s3://somebody-else/pipeline-runs/model.tar.gz", f"s3://{MODEL_BUCKET}/pretrained/model.tar.gz"):
         stub.add_client_error("describe_component", "ResourceNotFoundException", http_status_code=404)
-        elsewhere = ModelPackage.from_json(PACKAGE.to_json() | {"modelDataUrl": url})
+        elsewhere = ModelPackage.from_json(PACKAGE.to_json() | {"model_data_url": url})
         with pytest.raises(InvalidModelArchive, match=f"outside pipeline-runs/ of the model bucket {MODEL_BUCKET}"):
             prepare_model_component(s3=s3, greengrass=client, package=elsewhere, settings=SETTINGS)
     assert sent == []

@@ -44,9 +44,9 @@ POLICY = RolloutPolicy(
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 JOB = "0f4a5e6c-1111-2222-3333-444455556666"
 DEPLOYMENT = {
-    "deploymentId": "d-123",
-    "iotJobId": JOB,
-    "startedAt": (NOW - timedelta(minutes=5)).isoformat(),
+    "deployment_id": "d-123",
+    "iot_job_id": JOB,
+    "started_at": (NOW - timedelta(minutes=5)).isoformat(),
     "components": COMPONENTS,
     "reused": False,
 }
@@ -123,11 +123,11 @@ def test_a_first_deployment_is_created_with_the_request_greengrass_accepts(green
     stub.add_response("create_deployment", {"deploymentId": "d-new", "iotJobId": JOB}, request)
     result = create_or_reuse_deployment(client, iot[0], request, now=NOW)
     assert result == {
-        "deploymentId": "d-new",
-        "iotJobId": JOB,
+        "deployment_id": "d-new",
+        "iot_job_id": JOB,
         "reused": False,
         "superseded": False,
-        "startedAt": NOW.isoformat(),
+        "started_at": NOW.isoformat(),
         "components": COMPONENTS,
     }
 
@@ -160,8 +160,8 @@ def test_a_rerun_with_the_same_versions_reuses_the_current_deployment(greengrass
     iot_stub.add_response("describe_job", _job("IN_PROGRESS", succeeded=4), {"jobId": "job-old"})
     result = create_or_reuse_deployment(client, iot_client, _request(), now=NOW)
     assert result["reused"] is True
-    assert result["deploymentId"] == "d-old"
-    assert result["iotJobId"] == "job-old"
+    assert result["deployment_id"] == "d-old"
+    assert result["iot_job_id"] == "job-old"
 
 
 def test_a_new_model_version_creates_a_new_deployment(greengrass, iot):
@@ -187,7 +187,7 @@ def test_the_same_versions_are_rolled_out_again_when_their_last_rollout_failed(g
     stub.add_response("get_deployment", _current(COMPONENTS), {"deploymentId": "d-old"})
     iot_stub.add_response("describe_job", _job("IN_PROGRESS", succeeded=3, failed=1), {"jobId": "job-old"})
     stub.add_response("create_deployment", {"deploymentId": "d-new", "iotJobId": JOB}, request)
-    assert create_or_reuse_deployment(client, iot_client, request, now=NOW)["deploymentId"] == "d-new"
+    assert create_or_reuse_deployment(client, iot_client, request, now=NOW)["deployment_id"] == "d-new"
 
 
 # -- following the rollout ----------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_the_same_versions_are_rolled_out_again_when_their_last_rollout_failed(g
 def test_each_job_state_has_one_outcome(greengrass, iot, job, waited, expected):
     client, _stub = greengrass
     iot_client, iot_stub = iot
-    deployment = DEPLOYMENT | {"startedAt": (NOW - timedelta(minutes=waited)).isoformat()}
+    deployment = DEPLOYMENT | {"started_at": (NOW - timedelta(minutes=waited)).isoformat()}
     iot_stub.add_response("describe_job", job, {"jobId": JOB})
     if expected == NO_DEVICES:
         iot_stub.add_response(
@@ -365,10 +365,10 @@ def test_an_aborted_rollout_says_so(greengrass, iot):
 def test_the_job_id_is_looked_up_when_greengrass_had_not_created_it_yet(greengrass, iot):
     client, stub = greengrass
     iot_client, iot_stub = iot
-    deployment = DEPLOYMENT | {"iotJobId": None}
+    deployment = DEPLOYMENT | {"iot_job_id": None}
     stub.add_response("get_deployment", {"deploymentId": "d-123"}, {"deploymentId": "d-123"})
     waiting = rollout_status(client, iot_client, deployment=deployment, policy=POLICY, now=NOW)
-    assert waiting["finished"] is False and waiting["jobId"] is None
+    assert waiting["finished"] is False and waiting["job_id"] is None
     stub.add_response("get_deployment", {"deploymentId": "d-123", "iotJobId": JOB}, {"deploymentId": "d-123"})
     iot_stub.add_response("describe_job", _job("IN_PROGRESS", succeeded=2), {"jobId": JOB})
     assert rollout_status(client, iot_client, deployment=deployment, policy=POLICY, now=NOW)["outcome"] == SUCCEEDED
@@ -446,7 +446,7 @@ def _replaced(greengrass, iot, *, by: str | None, still_newest: bool, job_status
 def test_replaced_by_a_newer_package_s_deployment_is_superseded_and_reported_as_a_success(greengrass, iot):
     status = _replaced(greengrass, iot, by="1.0.8", still_newest=False)
     assert (status["finished"], status["outcome"]) == (True, "SUPERSEDED")
-    assert status["successor"] == {"deploymentId": "d-456", "modelVersion": 8}
+    assert status["successor"] == {"deployment_id": "d-456", "model_version": 8}
     assert "SUPERSEDED" in GOOD_OUTCOMES
     message = report(status, deployment=DEPLOYMENT, package=PACKAGE, thing_group="line-1", deployment_name="line-1")[
         "message"
@@ -461,7 +461,7 @@ def test_replaced_by_another_run_of_the_same_package_is_superseded_too(greengras
 
 def test_replaced_by_an_older_package_while_still_the_newest_approved_deploys_again(greengrass, iot):
     status = _replaced(greengrass, iot, by="1.0.6", still_newest=True)
-    assert (status["outcome"], status["successor"]) == ("REDEPLOY", {"deploymentId": "d-456", "modelVersion": 6})
+    assert (status["outcome"], status["successor"]) == ("REDEPLOY", {"deployment_id": "d-456", "model_version": 6})
 
 
 def test_replaced_by_an_older_package_after_a_rollback_is_left_alone(greengrass, iot):
@@ -504,7 +504,7 @@ def test_a_successful_rollout_waits_for_the_runs_started_before_it(greengrass, i
     waiting = rollout_status(
         greengrass[0], iot[0], deployment=DEPLOYMENT, policy=POLICY, now=NOW, older_runs=lambda: ["arn:run-0"]
     )
-    assert (waiting["finished"], waiting["waitingFor"]) == (False, ["arn:run-0"])
+    assert (waiting["finished"], waiting["waiting_for"]) == (False, ["arn:run-0"])
     _succeeded(iot)
     done = rollout_status(greengrass[0], iot[0], deployment=DEPLOYMENT, policy=POLICY, now=NOW, older_runs=list)
     assert (done["finished"], done["outcome"]) == (True, "SUCCEEDED")

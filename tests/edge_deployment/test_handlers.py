@@ -64,7 +64,7 @@ def environment(monkeypatch, settings):
 
 def test_an_event_for_another_group_fails_before_any_call(clients, environment):
     with Stubber(clients("sagemaker")), pytest.raises(WrongModelPackageGroup, match="group 'other-group'"):
-        handlers.resolve({"modelPackageGroupName": "other-group", "modelPackageArn": "arn:x"}, _context())
+        handlers.resolve({"model_package_group_name": "other-group", "model_package_arn": "arn:x"}, _context())
 
 
 def test_the_pipeline_trigger_resolves_the_newest_approved_package(clients, environment):
@@ -96,9 +96,9 @@ def _newest_approved(stub: Stubber, version: int) -> None:
 
 CREATE_EVENT = {
     "package": _package(7),
-    "modelComponent": {"name": "com.example.tag-inspection.ScratchModel", "version": "1.0.7"},
-    "inferenceComponent": {"name": "com.example.tag-inspection.ScratchDetector", "version": "1.0.99"},
-    "executionId": "arn:aws:states:eu-west-1:123456789012:execution:tag-inspect-edge-deployment:run-1",
+    "model_component": {"name": "com.example.tag-inspection.ScratchModel", "version": "1.0.7"},
+    "inference_component": {"name": "com.example.tag-inspection.ScratchDetector", "version": "1.0.99"},
+    "execution_id": "arn:aws:states:eu-west-1:123456789012:execution:tag-inspect-edge-deployment:run-1",
 }
 
 
@@ -135,9 +135,9 @@ def test_a_package_a_newer_approved_one_overtook_deploys_nothing(clients, enviro
 
 def test_check_rollout_adds_the_report_when_finished(clients, environment):
     deployment = {
-        "deploymentId": "d-1",
-        "iotJobId": "job-1",
-        "startedAt": datetime.now(UTC).isoformat(),
+        "deployment_id": "d-1",
+        "iot_job_id": "job-1",
+        "started_at": datetime.now(UTC).isoformat(),
         "components": {"m": "1.0.7"},
     }
     with Stubber(clients("iot")) as stub, Stubber(clients("sagemaker")) as registry:
@@ -154,7 +154,7 @@ def test_check_rollout_adds_the_report_when_finished(clients, environment):
 
 
 def test_check_rollout_without_report_while_devices_are_pending(clients, environment):
-    deployment = {"deploymentId": "d-1", "iotJobId": "job-1", "startedAt": datetime.now(UTC).isoformat()}
+    deployment = {"deployment_id": "d-1", "iot_job_id": "job-1", "started_at": datetime.now(UTC).isoformat()}
     with Stubber(clients("iot")) as stub:
         stub.add_response(
             "describe_job",
@@ -270,7 +270,7 @@ def test_the_approval_event_s_package_is_resolved_even_when_it_is_not_the_newest
             )["ModelPackageArn"]
             for n in (1, 2)
         ]
-        event = {"trigger": "model-package-approved", "modelPackageArn": arns[0], "modelPackageGroupName": GROUP}
+        event = {"trigger": "model-package-approved", "model_package_arn": arns[0], "model_package_group_name": GROUP}
         approved = handlers.resolve(event, _context())
         newest = handlers.resolve({"trigger": "workflow-pipeline"}, _context())
     assert (approved["package"]["arn"], approved["package"]["version"]) == (arns[0], 1)

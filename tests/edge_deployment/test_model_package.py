@@ -54,8 +54,8 @@ def test_the_event_s_package_is_deployed_not_the_newest(sagemaker):
     assert result["found"] is True
     assert result["package"]["arn"] == named
     assert result["package"]["version"] == 1
-    assert result["package"]["modelDataUrl"] == f"s3://{MODEL_BUCKET}/first/model.tar.gz"
-    assert result["package"]["groupName"] == GROUP
+    assert result["package"]["model_data_url"] == f"s3://{MODEL_BUCKET}/first/model.tar.gz"
+    assert result["package"]["group_name"] == GROUP
     assert "named by the approval event" in result["message"]
 
 

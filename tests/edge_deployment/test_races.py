@@ -20,7 +20,12 @@ WAIT = 60.0
 
 
 def _approval(arn: str) -> dict:
-    return {"trigger": "model-package-approved", "modelPackageArn": arn, "modelPackageGroupName": GROUP, "eventId": "e"}
+    return {
+        "trigger": "model-package-approved",
+        "model_package_arn": arn,
+        "model_package_group_name": GROUP,
+        "event_id": "e",
+    }
 
 
 @pytest.fixture

@@ -391,7 +391,7 @@ def test_the_rule_passes_that_package_s_arn_to_the_workflow(workflow_stack):
     (target,) = rule["Properties"]["Targets"]
     transformer = target["InputTransformer"]
     assert transformer["InputPathsMap"]["detail-ModelPackageArn"] == "$.detail.ModelPackageArn"
-    assert '"modelPackageArn":<detail-ModelPackageArn>' in transformer["InputTemplate"]
+    assert '"model_package_arn":<detail-ModelPackageArn>' in transformer["InputTemplate"]
     assert target["RetryPolicy"]["MaximumRetryAttempts"] > 0
 
 

@@ -32,11 +32,11 @@ INFERENCE_VERSION = "1.0.4242"
 TOPIC = "tag-inspect-edge-deployment-notifications"
 PACKAGE = {
     "arn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model-package/{GROUP}/7",
-    "groupName": GROUP,
+    "group_name": GROUP,
     "version": 7,
-    "modelDataUrl": "s3://tag-inspect-models/7/model.tar.gz",
-    "approvalStatus": "Approved",
-    "creationTime": "2026-11-20T10:00:00+00:00",
+    "model_data_url": "s3://tag-inspect-models/7/model.tar.gz",
+    "approval_status": "Approved",
+    "creation_time": "2026-11-20T10:00:00+00:00",
 }
 MODEL_COMPONENT = {
     "name": "com.example.tag-inspection.ScratchModel",
@@ -46,17 +46,17 @@ MODEL_COMPONENT = {
     "reused": False,
 }
 DEPLOYMENT = {
-    "deploymentId": "d-1",
-    "iotJobId": "job-1",
+    "deployment_id": "d-1",
+    "iot_job_id": "job-1",
     "reused": False,
     "superseded": False,
-    "startedAt": "2026-11-22T12:00:00+00:00",
+    "started_at": "2026-11-22T12:00:00+00:00",
 }
 APPROVAL_EVENT_INPUT = {
     "trigger": "model-package-approved",
-    "modelPackageArn": PACKAGE["arn"],
-    "modelPackageGroupName": GROUP,
-    "eventId": "e-1",
+    "model_package_arn": PACKAGE["arn"],
+    "model_package_group_name": GROUP,
+    "event_id": "e-1",
 }
 
 
@@ -219,9 +219,9 @@ def test_first_model_creates_component_deploys_both_components_and_reports_succe
         "Deployed",
     ]
     # the resolver got the event's package ARN; the deployment gets the published inference version
-    assert inputs["ResolveModelPackage"][0]["modelPackageArn"] == PACKAGE["arn"]
+    assert inputs["ResolveModelPackage"][0]["model_package_arn"] == PACKAGE["arn"]
     create_input = inputs["CreateDeployment"][0]
-    assert create_input["modelComponent"] == MODEL_COMPONENT
+    assert create_input["model_component"] == MODEL_COMPONENT
     assert messages == [
         {"subject": "Edge rollout SUCCEEDED: model package v7 to line-1", "message": "every device runs model 1.0.7"}
     ]
@@ -229,14 +229,14 @@ def test_first_model_creates_component_deploys_both_components_and_reports_succe
 
 def test_the_deployment_step_receives_exactly_the_published_inference_version(definition):
     parameters = definition["States"]["CreateDeployment"]["Parameters"]
-    assert parameters["inferenceComponent"] == {
+    assert parameters["inference_component"] == {
         "name": "com.example.tag-inspection.ScratchDetector",
         "version": INFERENCE_VERSION,
     }
-    assert parameters["modelComponent.$"] == "$.modelComponent"
-    assert parameters["executionId.$"] == "$$.Execution.Id"
+    assert parameters["model_component.$"] == "$.model_component"
+    assert parameters["execution_id.$"] == "$$.Execution.Id"
     assert parameters["package.$"] == "$.resolution.package"
-    assert parameters["attempt.$"] == "$.deploymentAttempts.count"
+    assert parameters["attempt.$"] == "$.deployment_attempts.count"
 
 
 def test_rerunning_the_same_package_reuses_component_and_deployment(definition, monkeypatch):

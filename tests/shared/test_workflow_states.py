@@ -82,7 +82,7 @@ def test_every_failure_is_notified_then_ends_the_execution_with_its_own_error():
         "States.Format('App run {} failed. Error: {}. Cause: {}', $$.Execution.Id, $.error.Error, $.error.Cause)"
     )
     assert notify["Retry"] == [{"ErrorEquals": ["States.ALL"], **POLICY}]
-    assert notify["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.notificationError", "Next": "Failed"}]
+    assert notify["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.notification_error", "Next": "Failed"}]
     assert notify["Next"] == "Failed"
     assert states["Failed"]["ErrorPath"] == "$.error.Error" and states["Failed"]["CausePath"] == "$.error.Cause"
 

@@ -341,7 +341,7 @@ def test_every_sdk_task_is_a_real_call_the_role_may_make(workflow, workflow_stac
         assert workflow.definition["States"][task.state_name]["Catch"][0]["ErrorEquals"] == ["States.ALL"]
     starts = [t for t in tasks if t.action == "startPipelineExecution"]
     assert {t.parameters["PipelineName"] for t in starts} == {"tag-inspect-training"}
-    assert {t.parameters.get("PipelineParameters.$") for t in starts} == {None, "$.pipelineParameters"}
+    assert {t.parameters.get("PipelineParameters.$") for t in starts} == {None, "$.pipeline_parameters"}
     template = workflow_stack.template
     assert role_allows(template, workflow.role_logical_id, "sns:Publish")
     assert role_allows(template, workflow.role_logical_id, "kms:GenerateDataKey")
@@ -460,7 +460,7 @@ def test_a_notification_that_cannot_be_sent_still_ends_in_the_workflows_own_fail
     assert result["error"] == "TrainingPipelineFailed", result
     notify = workflow.definition["States"]["NotifyFailure"]
     assert notify["Catch"] == [
-        {"ErrorEquals": ["States.ALL"], "ResultPath": "$.notificationError", "Next": "PipelineFailed"}
+        {"ErrorEquals": ["States.ALL"], "ResultPath": "$.notification_error", "Next": "PipelineFailed"}
     ]
 
 
@@ -475,7 +475,7 @@ def test_run_parameters_from_the_input_reach_the_pipeline(workflow, monkeypatch)
         return original(self, *arguments)
 
     monkeypatch.setattr(SageMakerModelBackend, "start_pipeline_execution", start)
-    result, _, _, _ = _run(workflow, {"pipelineParameters": parameters}, ["Succeeded"], monkeypatch)
+    result, _, _, _ = _run(workflow, {"pipeline_parameters": parameters}, ["Succeeded"], monkeypatch)
     assert result["status"] == "SUCCEEDED"
     assert captured["parameters"] == parameters
     # The token is the SHA-256 of the execution id: a retried start returns the same pipeline execution.
