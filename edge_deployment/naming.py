@@ -67,9 +67,22 @@ def edge_names(settings: Settings, *, account: str, region: str) -> EdgeNames:
     )
 
 
+THING_PLACEHOLDER = "{thing}"  # one whole level of a configured topic (checked by shared.config)
+
+
 def device_topic(template: str, thing: str) -> str:
     """A configured topic for one device (`{thing}` is the device's thing name)."""
-    return template.replace("{thing}", thing)
+    return template.replace(THING_PLACEHOLDER, thing)
+
+
+def topic_filter(template: str) -> str:
+    """The MQTT filter that covers a configured topic on every device: `{thing}` becomes `+`."""
+    return "/".join("+" if level == THING_PLACEHOLDER else level for level in template.split("/"))
+
+
+def thing_level(template: str) -> int:
+    """The 1-based level of `{thing}` in a configured topic (IoT SQL's `topic(n)`)."""
+    return template.split("/").index(THING_PLACEHOLDER) + 1
 
 
 def partition(region: str) -> str:

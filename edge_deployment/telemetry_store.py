@@ -32,6 +32,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from edge_deployment.naming import thing_level, topic_filter
 from edge_deployment.runtime.telemetry import HEARTBEATS, REJECTED, RESULTS, TelemetryConfig
 from shared.building_blocks import (
     access_log_bucket,
@@ -44,7 +45,6 @@ from shared.config import Settings
 from shared.guardrails import acknowledge, allow, finding
 
 IAM5 = "AwsSolutions-IAM5"
-THING_PLACEHOLDER = "{thing}"
 RULE_ERRORS = "rule-errors/"
 FIREHOSE_ERRORS = "firehose-errors/"
 ATHENA_RESULTS = "athena-results/"
@@ -105,20 +105,11 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def topic_level_of_thing(topic: str) -> int:
-    """The 1-based level of `{thing}` in a configured topic (IoT SQL's `topic(n)`)."""
-    levels = topic.split("/")
-    if levels.count(THING_PLACEHOLDER) != 1:
-        raise ValueError(f"topic {topic!r}: {THING_PLACEHOLDER} must be exactly one whole topic level")
-    return levels.index(THING_PLACEHOLDER) + 1
-
-
 def rule_sql(topic: str, kind: str) -> str:
     """The topic rule's query: the payload as received (base64), its kind, its topic's thing, IoT's time."""
-    topic_filter = "/".join("+" if level == THING_PLACEHOLDER else level for level in topic.split("/"))
     # IoT SQL from validated config values (the topic's pattern) and a fixed kind.
-    selected = f"encode(*, 'base64') AS payload, '{kind}' AS kind, topic({topic_level_of_thing(topic)}) AS topic_thing"
-    return f"SELECT {selected}, timestamp() AS received_at FROM '{topic_filter}'"  # noqa: S608
+    selected = f"encode(*, 'base64') AS payload, '{kind}' AS kind, topic({thing_level(topic)}) AS topic_thing"
+    return f"SELECT {selected}, timestamp() AS received_at FROM '{topic_filter(topic)}'"  # noqa: S608
 
 
 def glue_name(value: str) -> str:

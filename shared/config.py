@@ -970,6 +970,14 @@ class EdgeDeploymentSettings(_Section):
         default="t4g.medium", description="Graviton (arm64) instance type of the simulated device."
     )
 
+    @field_validator("results_topic", "heartbeat_topic")
+    @classmethod
+    def _one_thing_level(cls, value: str) -> str:
+        # Each device publishes on its own topic; the cloud reads the sender from that level (topic rules).
+        if value.split("/").count("{thing}") != 1 or value.count("{thing}") != 1:
+            raise ValueError("must hold {thing} exactly once, as a whole topic level (e.g. inspection/{thing}/results)")
+        return value
+
     @field_validator("uncertainty_band")
     @classmethod
     def _band_order(cls, value: tuple[float, float]) -> tuple[float, float]:

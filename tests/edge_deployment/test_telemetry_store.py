@@ -15,10 +15,11 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Template
 
+from edge_deployment.naming import thing_level, topic_filter
 from edge_deployment.runtime import handlers
 from edge_deployment.runtime.telemetry import HEARTBEATS, REJECTED, RESULTS, Row, TelemetryConfig
 from edge_deployment.runtime_bundle import HANDLER_MODULE, runtime_bundle
-from edge_deployment.telemetry_store import COLUMNS, RULE_ERRORS, TelemetryStore, rule_sql, topic_level_of_thing
+from edge_deployment.telemetry_store import COLUMNS, RULE_ERRORS, TelemetryStore, rule_sql
 from shared.config import TelemetrySettings
 from tests.helpers.asl import render_token, role_statements
 
@@ -63,18 +64,17 @@ def ids(template: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("topic", "level"),
-    [("inspection/{thing}/results", 2), ("{thing}/heartbeat", 1), ("plant/a/line/{thing}", 4)],
+    ("topic", "level", "devices"),
+    [
+        ("inspection/{thing}/results", 2, "inspection/+/results"),
+        ("{thing}/heartbeat", 1, "+/heartbeat"),
+        ("plant/a/line/{thing}", 4, "plant/a/line/+"),
+    ],
 )
-def test_the_rule_reads_the_thing_from_its_level_of_the_topic(topic: str, level: int) -> None:
-    assert topic_level_of_thing(topic) == level
+def test_the_rule_reads_the_thing_from_its_level_of_the_topic(topic: str, level: int, devices: str) -> None:
+    assert thing_level(topic) == level and topic_filter(topic) == devices
     assert f"topic({level}) AS topic_thing" in rule_sql(topic, "result")
-
-
-@pytest.mark.parametrize("topic", ["inspection/results", "inspection/{thing}/{thing}", "inspection/x{thing}/results"])
-def test_a_topic_without_exactly_one_thing_level_is_refused(topic: str) -> None:
-    with pytest.raises(ValueError, match="must be exactly one whole topic level"):
-        topic_level_of_thing(topic)
+    assert rule_sql(topic, "result").endswith(f"FROM '{devices}'")
 
 
 def test_each_device_topic_has_a_rule_that_forwards_every_payload_as_received(

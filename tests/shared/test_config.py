@@ -101,6 +101,21 @@ def test_unknown_environment_is_named(raw):
         ("notifications.email", ["ops@acme-tags.test", "nope"], r"notifications\.email\.1: does not match"),
         ("edge_deployment.uncertainty_band", [0.8, 0.2], r"edge_deployment\.uncertainty_band: .*low < high"),
         (
+            "edge_deployment.results_topic",
+            "inspection/results",
+            r"edge_deployment\.results_topic: .*\{thing\} exactly once",
+        ),
+        (
+            "edge_deployment.heartbeat_topic",
+            "line/{thing}/{thing}",
+            r"edge_deployment\.heartbeat_topic: .*exactly once",
+        ),
+        (
+            "edge_deployment.results_topic",
+            "line/x{thing}/results",
+            r"edge_deployment\.results_topic: .*whole topic level",
+        ),
+        (
             "edge_deployment.inference_component_name",
             "aws.greengrass.Nope",
             r"inference_component_name: does not match",
