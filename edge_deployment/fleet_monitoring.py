@@ -56,6 +56,7 @@ from shared.config import AppName, Settings
 from shared.dashboards import LoopDashboard
 from shared.guardrails import allow
 from shared.names import resource_names
+from shared.workflow_states import app_topic
 
 FIVE_MINUTES = cdk.Duration.minutes(5)
 DRIFT_ALARMS = ("uncertainty-drift", "empty-frames-drift")
@@ -83,9 +84,7 @@ class FleetMonitoring(Construct):
         monitoring = settings.edge_deployment.monitoring
         self._namespace = names.metrics_namespace
         self._group = {"ThingGroup": names.thing_group}
-        topic = sns.Topic.from_topic_arn(
-            self, "Topic", stack.format_arn(service="sns", resource=names.notification_topic)
-        )
+        topic = app_topic(self, names.notification_topic)
         self.alarms: dict[str, cloudwatch.CfnAlarm | cloudwatch.Alarm] = {}
 
         def alarm(name: str, **props: Any) -> cloudwatch.Alarm:
@@ -171,7 +170,9 @@ class FleetMonitoring(Construct):
         self._defect_rate_anomaly(names, monitoring.defect_rate_band, topic)
 
         if monitoring.retrain_on_drift:
-            self._retraining(settings, names, stack, function_code, retrain_handler)
+            self._retraining(
+                settings, names, stack=stack, topic=topic, function_code=function_code, handler=retrain_handler
+            )
 
         self.dashboard = self._dashboard(names, state_machine, telemetry_logs)
         self.loop_dashboard = LoopDashboard(
@@ -268,13 +269,20 @@ class FleetMonitoring(Construct):
 
     # -- retraining on drift --------------------------------------------------------------------------
     def _retraining(
-        self, settings: Settings, names: EdgeNames, stack: cdk.Stack, function_code: Any, handler: str
+        self,
+        settings: Settings,
+        names: EdgeNames,
+        *,
+        stack: cdk.Stack,
+        topic: sns.ITopic,
+        function_code: Any,
+        handler: str,
     ) -> None:
         shared = resource_names(settings, account=stack.account, region=stack.region)
         labeling_pipeline = shared.workflow_pipeline(LABELING_APP)
         config = RetrainingConfig(
             pipeline=labeling_pipeline,
-            topic_arn=stack.format_arn(service="sns", resource=names.notification_topic),
+            topic_arn=topic.topic_arn,
             min_interval_hours=settings.edge_deployment.monitoring.retrain_min_hours,
         )
         self.retrain_function: lambda_.Function = python_function(
