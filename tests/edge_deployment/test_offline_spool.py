@@ -8,12 +8,11 @@ import boto3
 import pytest
 import yaml
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from edge_deployment.device_policy import device_policy_document
 from edge_deployment.function_config import function_config
 from edge_deployment.naming import edge_names
-from edge_deployment.register_device import main, nucleus_url, register_device
+from edge_deployment.register_device import nucleus_url
 from edge_deployment.runtime import handlers
 from edge_deployment.runtime.config import ENVIRONMENT_VARIABLE, ConfigurationError, EdgeDeploymentConfig
 from edge_deployment.runtime.spooler import DISK_SPOOLER, with_disk_spooler
@@ -73,64 +72,11 @@ def test_a_version_that_is_not_major_minor_patch_is_refused(bad):
         OfflineSpoolSettings(disk_spooler_version=bad)
 
 
-# -- the device's first configuration (register_device and the simulated device) --------------------------------
+# -- the simulated device (register_device's configuration: test_register_device.py) ------------------------------
 
 
-@pytest.fixture
-def names(settings):
-    return edge_names(settings, account=ACCOUNT, region=REGION)
-
-
-@pytest.fixture
-def iot(names):
-    with mock_aws():
-        client = boto3.client("iot", region_name=REGION)
-        client.create_thing_group(thingGroupName=names.thing_group)
-        client.create_role_alias(roleAlias=names.role_alias, roleArn=f"arn:aws:iam::{ACCOUNT}:role/token-exchange")
-        yield client
-
-
-def test_a_registered_device_spools_on_disk_through_the_plugin_the_deployment_brings(iot, names, tmp_path):
-    spool = OfflineSpoolSettings(max_size_mb=16)
-    registration = register_device(
-        iot, names=names, thing_name="line-1-cam-1", output_dir=tmp_path / "cam1", region=REGION, spool=spool
-    )
-    text = (tmp_path / "cam1" / "greengrass-config.yaml").read_text()
-    document = yaml.safe_load(text)  # the installer reads YAML: the file must parse, not only contain the words
-    nucleus = document["services"]["aws.greengrass.Nucleus"]
-    assert nucleus["configuration"]["iotRoleAlias"] == names.role_alias
-    assert nucleus["configuration"]["mqtt"]["spooler"] == {
-        "storageType": "Disk",
-        "pluginName": DISK_SPOOLER,
-        "maxSizeInBytes": 16 * 1024 * 1024,
-        "keepQos0WhenOffline": False,
-    }
-    assert document["system"]["thingName"] == "line-1-cam-1"
-    assert registration.nucleus_version == spool.nucleus_version
-
-
-def test_without_a_disk_spooler_the_device_keeps_the_memory_spool_at_the_configured_size(iot, names, tmp_path):
-    spool = OfflineSpoolSettings(disk_spooler_version=None, nucleus_version="2.10.3", max_size_mb=8)
-    register_device(iot, names=names, thing_name="cam-2", output_dir=tmp_path / "c", region=REGION, spool=spool)
-    spooler = _nucleus_spooler((tmp_path / "c" / "greengrass-config.yaml").read_text())
-    # no storageType at all: a nucleus before 2.11 knows no "Disk" and would stop publishing
-    assert spooler == {"maxSizeInBytes": 8 * 1024 * 1024, "keepQos0WhenOffline": False}
-
-
-def test_the_installer_printed_is_the_configured_nucleus_version_not_the_latest(tmp_path, capsys, settings, names):
-    with mock_aws():
-        client = boto3.client("iot", region_name=REGION)
-        client.create_thing_group(thingGroupName=names.thing_group)
-        client.create_role_alias(roleAlias=names.role_alias, roleArn=f"arn:aws:iam::{ACCOUNT}:role/token-exchange")
-        assert main(["--thing-name", "line-1-cam-2", "--region", REGION, "--output-dir", str(tmp_path / "d")]) == 0
-    text = capsys.readouterr().out
-    version = settings.edge_deployment.offline_spool.nucleus_version
-    assert nucleus_url(version) in text
-    assert nucleus_url(version).endswith(f"/releases/greengrass-{version}.zip")
-    assert "latest" not in text
-
-
-def test_the_simulated_device_installs_the_same_nucleus_with_the_same_spooler(names):
+def test_the_simulated_device_installs_the_same_nucleus_with_the_same_spooler(settings):
+    names = edge_names(settings, account=ACCOUNT, region=REGION)
     spool = OfflineSpoolSettings(max_size_mb=32)
     script = boot_script(names=names, region=REGION, spool=spool)
     config = script.split("<<CONFIG\n", 1)[1].split("\nCONFIG\n", 1)[0]
@@ -206,9 +152,10 @@ def test_the_functions_refuse_a_malformed_plugin_version(bad, settings):
 # -- what the plugin needs of the device's permissions -------------------------------------------------------------
 
 
-def test_the_device_policy_lets_the_nucleus_fetch_the_plugin_like_any_component(settings, names):
+def test_the_device_policy_lets_the_nucleus_fetch_the_plugin_like_any_component(settings):
     """A public component's artifact comes through GetComponentVersionArtifact (a presigned URL of Greengrass's own
     bucket), resolved with ResolveComponentCandidates: both in the device policy, nothing more for the plugin."""
+    names = edge_names(settings, account=ACCOUNT, region=REGION)
     document = device_policy_document(
         partition="aws",
         region=REGION,
