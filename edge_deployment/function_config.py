@@ -44,6 +44,7 @@ def function_config(
         max_archive_bytes=edge.max_model_archive_mb * 1024 * 1024,
         class_names=tuple(settings.project.class_names),
         rollout=rollout_policy(settings),
+        disk_spooler_version=edge.offline_spool.disk_spooler_version,
     )
 
 

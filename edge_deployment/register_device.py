@@ -39,11 +39,34 @@ from botocore.exceptions import BotoCoreError, ClientError
 from edge_deployment.device_alarms import delete_device_alarms, put_device_alarms
 from edge_deployment.device_policy import MAX_POLICY_CHARACTERS, device_policy_document, device_policy_name, policy_json
 from edge_deployment.naming import EdgeNames, edge_names
-from shared.config import DEFAULT_CONFIG_FILE, ConfigError, load_settings
+from edge_deployment.runtime.spooler import DISK_SPOOLER
+from shared.config import DEFAULT_CONFIG_FILE, ConfigError, OfflineSpoolSettings, load_settings
 
 THING_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")  # no ':' either: the name is also a path and an MQTT level
 ROOT_CA_URL = "https://www.amazontrust.com/repository/AmazonRootCA1.pem"
-NUCLEUS_URL = "https://d2s8p88vqu9w66.cloudfront.net/releases/greengrass-nucleus-latest.zip"
+
+
+DEVICE_DIR = "/greengrass/v2/device"
+DEFAULT_SPOOL = OfflineSpoolSettings()  # the configuration's defaults (settings frozen: safe to share)
+
+
+def nucleus_url(version: str) -> str:
+    """The Greengrass installer of one nucleus version (not `-latest`: the disk spooler works with one range)."""
+    return f"https://d2s8p88vqu9w66.cloudfront.net/releases/greengrass-{version}.zip"
+
+
+def spooler_config_lines(spool: OfflineSpoolSettings, *, indent: str) -> list[str]:
+    """The nucleus's mqtt.spooler settings for the installer's --init-config (YAML lines, under `configuration:`).
+
+    With a disk spooler version the spool is on disk: the nucleus finds the plugin when it starts after the
+    deployment brought it (installing a plugin restarts the nucleus), and until then, or if the plugin is missing,
+    it spools in memory. Without one, only the spool's size is set (the nucleus's memory spool).
+    """
+    lines = [f"{indent}mqtt:", f"{indent}  spooler:"]
+    if spool.disk_spooler_version is not None:
+        lines += [f'{indent}    storageType: "Disk"', f'{indent}    pluginName: "{DISK_SPOOLER}"']
+    lines += [f"{indent}    maxSizeInBytes: {spool.max_size_bytes}", f"{indent}    keepQos0WhenOffline: false"]
+    return lines
 
 
 class RegistrationError(Exception):
@@ -66,6 +89,7 @@ class Registration:
     policy_name: str
     region: str
     config_file: str
+    nucleus_version: str = DEFAULT_SPOOL.nucleus_version
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +159,7 @@ def register_device(
     output_dir: Path,
     region: str,
     keep_other_groups: bool = False,
+    spool: OfflineSpoolSettings = DEFAULT_SPOOL,
 ) -> Registration:
     """Create thing, certificate and the device's policy, attach them, add to the group; undo all on failure."""
     _check_thing_name(thing_name)
@@ -216,8 +241,9 @@ def register_device(
         policy_name=policy_name,
         region=region,
         config_file=str((output_dir / "greengrass-config.yaml").resolve()),
+        nucleus_version=spool.nucleus_version,
     )
-    Path(registration.config_file).write_text(greengrass_config(registration, device_dir="/greengrass/v2/device"))
+    Path(registration.config_file).write_text(greengrass_config(registration, device_dir=DEVICE_DIR, spool=spool))
     return registration
 
 
@@ -346,8 +372,9 @@ def _remove_certificates(iot: Any, thing_name: str, policy_name: str) -> list[st
     return done
 
 
-def greengrass_config(registration: Registration, *, device_dir: str) -> str:
+def greengrass_config(registration: Registration, *, device_dir: str, spool: OfflineSpoolSettings | None = None) -> str:
     """The Greengrass installer's --init-config file, with the certificate files copied to `device_dir`."""
+    spool = spool or OfflineSpoolSettings()
     return "\n".join(
         [
             "# Greengrass nucleus configuration for this device (installer: --init-config this file).",
@@ -366,13 +393,14 @@ def greengrass_config(registration: Registration, *, device_dir: str) -> str:
             f'      iotRoleAlias: "{registration.role_alias}"',
             f'      iotDataEndpoint: "{registration.iot_data_endpoint}"',
             f'      iotCredEndpoint: "{registration.iot_credentials_endpoint}"',
+            *spooler_config_lines(spool, indent="      "),
             "",
         ]
     )
 
 
 def instructions(registration: Registration) -> str:
-    device_dir = "/greengrass/v2/device"
+    device_dir = DEVICE_DIR
     return f"""Registered {registration.thing_name} in thing group {registration.thing_group} ({registration.region}).
 
 Greengrass installer settings
@@ -384,16 +412,18 @@ Greengrass installer settings
   certificate           {registration.certificate_file}
   private key           {registration.private_key_file}   (keep it secret; it never leaves this folder)
   root CA               {registration.root_ca_file}   (download: curl -o AmazonRootCA1.pem {ROOT_CA_URL})
-  nucleus config        {registration.config_file}
+  nucleus config        {registration.config_file}   (spools MQTT messages on disk while offline)
+  nucleus version       {registration.nucleus_version}   (edge_deployment.offline_spool.nucleus_version)
 
 On the device (Java 11+ installed; the files above copied to {device_dir}):
-  curl -s {NUCLEUS_URL} -o greengrass-nucleus-latest.zip
-  unzip greengrass-nucleus-latest.zip -d GreengrassInstaller
+  curl -s {nucleus_url(registration.nucleus_version)} -o greengrass-nucleus.zip
+  unzip greengrass-nucleus.zip -d GreengrassInstaller
   sudo -E java -Droot=/greengrass/v2 -Dlog.store=FILE -jar GreengrassInstaller/lib/Greengrass.jar \\
       --init-config {device_dir}/greengrass-config.yaml \\
       --component-default-user ggc_user:ggc_group --setup-system-service true
 
-The device then receives the thing group's current deployment (inference + model components).
+The device then receives the thing group's current deployment (inference + model components, and the
+disk spooler plugin, whose installation restarts the nucleus once).
 """
 
 
@@ -463,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_dir=args.output_dir or Path.home() / "greengrass-devices" / args.thing_name,
             region=region,
             keep_other_groups=args.keep_other_groups,
+            spool=settings.edge_deployment.offline_spool,
         )
         try:
             put_device_alarms(cloudwatch, names, monitoring, args.thing_name)

@@ -18,9 +18,9 @@ from constructs import Construct
 from edge_deployment.device_policy import device_policy_document, policy_json
 from edge_deployment.fleet import DeviceFleet
 from edge_deployment.naming import EdgeNames
-from edge_deployment.register_device import NUCLEUS_URL, ROOT_CA_URL
+from edge_deployment.register_device import ROOT_CA_URL, nucleus_url, spooler_config_lines
 from shared.building_blocks import log_group, log_retention
-from shared.config import Settings
+from shared.config import OfflineSpoolSettings, Settings
 from shared.guardrails import acknowledge, allow
 
 UBUNTU_ARM64 = "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id"
@@ -34,12 +34,23 @@ def simulated_thing_prefix(names: EdgeNames) -> str:
 THING_PLACEHOLDER = "__THING__"
 
 
-def boot_script(*, names: EdgeNames, region: str, partition: str = "aws", account: str | None = None) -> str:
+def boot_script(
+    *,
+    names: EdgeNames,
+    region: str,
+    partition: str = "aws",
+    account: str | None = None,
+    spool: OfflineSpoolSettings | None = None,
+) -> str:
     """First-boot script: register this instance as a device and install Greengrass (bash).
+
+    The nucleus is `spool.nucleus_version`, set up to spool MQTT messages on disk like `register_device`'s devices.
 
     Like `register_device`, it gives the device its own IoT policy (device_policy.py), its thing name
     written into the document on the instance.
     """
+    spool = spool or OfflineSpoolSettings()
+    spooler = "\n".join(spooler_config_lines(spool, indent="      "))
     thing_prefix = simulated_thing_prefix(names)
     policy_template = policy_json(
         device_policy_document(
@@ -105,8 +116,9 @@ services:
       iotRoleAlias: "{names.role_alias}"
       iotDataEndpoint: "$DATA_ENDPOINT"
       iotCredEndpoint: "$CRED_ENDPOINT"
+{spooler}
 CONFIG
-curl -sS -o /tmp/greengrass-nucleus.zip {NUCLEUS_URL}
+curl -sS -o /tmp/greengrass-nucleus.zip {nucleus_url(spool.nucleus_version)}
 unzip -o -q /tmp/greengrass-nucleus.zip -d /tmp/GreengrassInstaller
 java -Droot=/greengrass/v2 -Dlog.store=FILE -jar /tmp/GreengrassInstaller/lib/Greengrass.jar \\
   --init-config "$DEVICE_DIR/greengrass-config.yaml" \\
@@ -192,7 +204,13 @@ class SimulatedDevice(Construct):
         )
 
         user_data = ec2.UserData.custom(
-            boot_script(names=names, region=stack.region, partition=stack.partition, account=stack.account)
+            boot_script(
+                names=names,
+                region=stack.region,
+                partition=stack.partition,
+                account=stack.account,
+                spool=edge.offline_spool,
+            )
         )
         self.instance = ec2.Instance(
             self,

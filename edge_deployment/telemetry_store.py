@@ -93,6 +93,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("expected_empty_frame_rate", "double"),
         ("empty_frames_drifting", "boolean"),
         ("expected_uncertain_frame_rate", "double"),
+        ("publish_pending", "bigint"),
+        ("publish_dropped", "bigint"),
         ("message_version", "int"),
     ],
     REJECTED: [

@@ -914,6 +914,74 @@ class FleetMonitoringSettings(_Section):
         return value
 
 
+# aws.greengrass.DiskSpooler versions and the Greengrass nucleus versions each one installs with: every
+# version has a hard dependency on a nucleus range that ends before the next nucleus minor version (the
+# disk spooler component's dependency tables in the Greengrass developer guide). A deployment that carries a
+# version whose range misses the device's nucleus fails on that device. Newer versions are accepted unchecked.
+DISK_SPOOLER_NUCLEUS_RANGES: dict[str, tuple[str, str]] = {
+    "1.0.1": ("2.11.0", "2.13.0"),
+    "1.0.2": ("2.11.0", "2.13.0"),
+    "1.0.3": ("2.11.0", "2.13.0"),
+    "1.0.4": ("2.11.0", "2.14.0"),
+    "1.0.5": ("2.11.0", "2.15.0"),
+    "1.0.6": ("2.11.0", "2.16.0"),
+    "1.0.7": ("2.11.0", "2.17.0"),
+}
+# The nucleus reads mqtt.spooler.storageType "Disk" from 2.11.0 on; older ones know no such value and break
+# their spooler (nothing reaches AWS IoT Core), so the disk spooler needs at least this nucleus.
+MIN_DISK_SPOOLER_NUCLEUS = "2.11.0"
+_SEMVER = r"^\d+\.\d+\.\d+$"
+
+
+def semver_tuple(version: str) -> tuple[int, int, int]:
+    """`2.16.1` -> (2, 16, 1), for comparing Greengrass component versions."""
+    major, minor, patch = (int(part) for part in version.split("."))
+    return major, minor, patch
+
+
+class OfflineSpoolSettings(_Section):
+    """Results and heartbeats published while a device is offline wait on disk (the nucleus's disk spooler)."""
+
+    disk_spooler_version: Annotated[str, Field(pattern=_SEMVER)] | None = Field(
+        default="1.0.7",
+        description="aws.greengrass.DiskSpooler version deployed with the components; null: the nucleus spools "
+        "in memory (lost at a restart).",
+    )
+    nucleus_version: Annotated[str, Field(pattern=_SEMVER)] = Field(
+        default="2.16.1",
+        description="Greengrass nucleus version new devices install (register_device, the simulated device).",
+    )
+    max_size_mb: int = Field(
+        default=64,
+        ge=1,
+        le=10_240,
+        description="The spool's size (nucleus mqtt.spooler.maxSizeInBytes); when full, new messages are refused.",
+    )
+
+    @model_validator(mode="after")
+    def _compatible(self) -> OfflineSpoolSettings:
+        version = self.disk_spooler_version
+        if version is None:
+            return self
+        nucleus = semver_tuple(self.nucleus_version)
+        if nucleus < semver_tuple(MIN_DISK_SPOOLER_NUCLEUS):
+            raise ValueError(
+                f"nucleus_version {self.nucleus_version} cannot use the disk spooler (it needs "
+                f"{MIN_DISK_SPOOLER_NUCLEUS} or later): raise nucleus_version or set disk_spooler_version to null"
+            )
+        known = DISK_SPOOLER_NUCLEUS_RANGES.get(version)
+        if known is not None and not semver_tuple(known[0]) <= nucleus < semver_tuple(known[1]):
+            raise ValueError(
+                f"disk_spooler_version {version} installs only with nucleus >={known[0]} <{known[1]}, "
+                f"not nucleus_version {self.nucleus_version}: choose a pair from the disk spooler's dependency table"
+            )
+        return self
+
+    @property
+    def max_size_bytes(self) -> int:
+        return self.max_size_mb * 1024 * 1024
+
+
 class EdgeDeploymentSettings(_Section):
     """The IoT team's app: thing group, components, what the device does and how a model rolls out."""
 
@@ -929,6 +997,7 @@ class EdgeDeploymentSettings(_Section):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     monitoring: FleetMonitoringSettings = Field(default_factory=FleetMonitoringSettings)
+    offline_spool: OfflineSpoolSettings = Field(default_factory=OfflineSpoolSettings)
     max_model_archive_mb: int = Field(
         default=200, ge=1, le=2048, description="Larger model archives are refused before anything is created."
     )

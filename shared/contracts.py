@@ -603,6 +603,8 @@ class DeviceHeartbeat:
     expected_empty_frame_rate: float | None = None
     empty_frames_drifting: bool = False
     expected_uncertain_frame_rate: float | None = None  # the test split's share of top scores in the band
+    publish_pending: int = 0  # results/heartbeats the nucleus refused, waiting on the device to be published again
+    publish_dropped: int = 0  # of those, dropped (the device's outbox full or not writable): lost
 
     FIELDS = frozenset(
         (
@@ -611,6 +613,7 @@ class DeviceHeartbeat:
             "frames_since_last_heartbeat", "mean_latency_ms", "publish_failures", "uploads_enabled",
             "uploads_pending", "uploads_dropped", "uploads_done", "upload_error", "uploads_capped",
             "empty_frame_rate", "expected_empty_frame_rate", "empty_frames_drifting", "expected_uncertain_frame_rate",
+            "publish_pending", "publish_dropped",
         )
     )  # fmt: skip
 
@@ -654,4 +657,6 @@ class DeviceHeartbeat:
             expected_empty_frame_rate=rate("expected_empty_frame_rate"),
             empty_frames_drifting=bool(_field(raw, "empty_frames_drifting", bool, optional=True)),
             expected_uncertain_frame_rate=rate("expected_uncertain_frame_rate"),
+            publish_pending=_count(raw, "publish_pending") if raw.get("publish_pending") is not None else 0,
+            publish_dropped=_count(raw, "publish_dropped") if raw.get("publish_dropped") is not None else 0,
         )

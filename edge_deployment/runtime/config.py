@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -17,6 +18,7 @@ from edge_deployment.runtime.components import ModelComponentSettings
 from edge_deployment.runtime.deployment import RolloutPolicy
 
 ENVIRONMENT_VARIABLE = "EDGE_DEPLOYMENT_CONFIG"
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 _NAMES = (
@@ -46,6 +48,7 @@ class EdgeDeploymentConfig:
     max_archive_bytes: int
     class_names: tuple[str, ...]
     rollout: RolloutPolicy
+    disk_spooler_version: str | None = None  # aws.greengrass.DiskSpooler deployed beside the components (None: not)
 
     def __post_init__(self) -> None:
         for name in _NAMES:
@@ -63,6 +66,11 @@ class EdgeDeploymentConfig:
         if not self.class_names or not all(isinstance(name, str) and name for name in self.class_names):
             raise ConfigurationError(
                 f"{ENVIRONMENT_VARIABLE}: class_names must be a non-empty list of names, got {list(self.class_names)!r}"
+            )
+        if self.disk_spooler_version is not None and not _SEMVER.match(str(self.disk_spooler_version)):
+            raise ConfigurationError(
+                f"{ENVIRONMENT_VARIABLE}: disk_spooler_version must be a version like 1.0.7 or null, "
+                f"got {self.disk_spooler_version!r}"
             )
         if not self.model_archive_prefix.endswith("/"):
             raise ConfigurationError(

@@ -39,6 +39,7 @@ from edge_deployment.runtime.model_package import (
     resolve_model_package,
 )
 from edge_deployment.runtime.retraining import AlarmChange, RetrainingConfig, retrain_on_drift
+from edge_deployment.runtime.spooler import with_disk_spooler
 from edge_deployment.runtime.telemetry import TelemetryConfig, transform
 from shared.runtime import cfn_response
 
@@ -116,7 +117,9 @@ def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.info(superseded["subject"], extra={"newer": newer})
         return superseded
     model, inference = event["model_component"], event["inference_component"]
-    components = {model["name"]: model["version"], inference["name"]: inference["version"]}
+    components = with_disk_spooler(
+        {model["name"]: model["version"], inference["name"]: inference["version"]}, config.disk_spooler_version
+    )
     request = deployment_request(
         thing_group_arn=thing_group_arn(partition=partition, region=region, account=account, name=group),
         deployment_name=config.deployment_name,

@@ -359,6 +359,15 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
 # --------------------------------------------------------------------------------------------------
 
 
+def _identity(data: bytes, arrived: datetime) -> tuple[str, str, bytes] | None:
+    """What makes two records the same device message (not the time IoT received each copy); None: no envelope."""
+    try:
+        envelope = read_envelope(data, arrived)
+    except ContractError:
+        return None
+    return envelope.kind, envelope.topic_thing, envelope.payload
+
+
 def transform(
     event: Mapping[str, Any],
     config: TelemetryConfig,
@@ -368,11 +377,15 @@ def transform(
 ) -> dict[str, Any]:
     """Firehose's transformation request to its response: every record Ok, with its line and partition keys.
 
-    A record is never dropped or failed for what a device sent (that goes to `rejected`); the metric
-    lines go to `emit` (the function's log, where CloudWatch extracts them).
+    A record is never dropped or failed for what a device sent (that goes to `rejected`), with one exception:
+    a repeat of a message already in this batch (the same device, kind and payload bytes: QoS 1 delivers a
+    message again when its acknowledgement was lost, and a device publishes again what its nucleus may have
+    taken before refusing) is Dropped, so it is neither stored nor counted twice; its first copy is kept.
+    The metric lines go to `emit` (the function's log, where CloudWatch extracts them).
     """
     now = now or datetime.now(UTC)
     answers, rows = [], []
+    seen: set[tuple[str, str, bytes]] = set()
     for record in event["records"]:
         arrived_ms = record.get("approximateArrivalTimestamp")
         arrived = datetime.fromtimestamp(arrived_ms / 1000, UTC) if isinstance(arrived_ms, int | float) else now
@@ -382,6 +395,12 @@ def transform(
             data = str(record.get("data")).encode()
             row = rejected_row(f"record data is not base64 ({error})", data, None, arrived)
         else:
+            identity = _identity(data, arrived)
+            if identity is not None and identity in seen:
+                answers.append({"recordId": record["recordId"], "result": "Dropped", "data": record["data"]})
+                continue
+            if identity is not None:
+                seen.add(identity)
             row = process(data, arrived, config)
         rows.append(row)
         answers.append(

@@ -288,7 +288,7 @@ def test_frames_of_other_sizes_and_colour_modes_are_served(tmp_path: Path, name:
     assert 0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height
 
 
-def test_a_publish_failure_is_counted_and_serving_goes_on(tmp_path: Path) -> None:
+def test_a_publish_failure_is_counted_serving_goes_on_and_the_result_is_published_later(tmp_path: Path) -> None:
     device = Device(tmp_path)
     device.deploy_model("1.0.1", lambda d: score_model(d, 0.9))
     service = device.service()
@@ -296,10 +296,13 @@ def test_a_publish_failure_is_counted_and_serving_goes_on(tmp_path: Path) -> Non
     device.drop("a.jpg", jpeg(tag()))
     assert service.step() == 1
     assert service.publish_failures == 2  # the result and the first heartbeat
+    assert service.outbox.pending == 2  # kept on disk (outbox/), not lost
     device.greengrass.offline = False
     device.drop("b.jpg", jpeg(tag()))
     service.step()
-    assert [r["image"] for r in device.greengrass.messages(RESULTS)] == ["b.jpg"]
+    # b.jpg went straight through; a.jpg followed from the outbox once the nucleus took messages again
+    assert [r["image"] for r in device.greengrass.messages(RESULTS)] == ["b.jpg", "a.jpg"]
+    assert len(device.greengrass.messages(HEARTBEAT)) == 1 and service.outbox.pending == 0
 
 
 # --------------------------------------------------------------------------------------------------

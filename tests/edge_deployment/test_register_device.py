@@ -8,6 +8,7 @@ import stat
 
 import boto3
 import pytest
+import yaml
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
@@ -17,10 +18,13 @@ from edge_deployment.naming import edge_names
 from edge_deployment.register_device import (
     RegistrationError,
     main,
+    nucleus_url,
     register_device,
     remove_device,
     update_device_policy,
 )
+from edge_deployment.runtime.spooler import DISK_SPOOLER
+from shared.config import OfflineSpoolSettings
 from tests.edge_deployment.conftest import ACCOUNT, REGION
 
 
@@ -245,3 +249,51 @@ def test_an_existing_policy_of_that_name_stops_the_registration_before_anything_
     with pytest.raises(RegistrationError, match="run --remove for it first"):
         register_device(iot, names=names, thing_name="cam", output_dir=tmp_path, region=REGION)
     assert iot.list_things()["things"] == [] and iot.list_certificates()["certificates"] == []
+
+
+# --------------------------------------------------------------------------------------------------
+# The nucleus's spool: on disk through the plugin the deployment brings (edge_deployment.offline_spool)
+# --------------------------------------------------------------------------------------------------
+
+
+def _nucleus_spooler(config_text: str) -> dict:
+    document = yaml.safe_load(config_text)
+    return document["services"]["aws.greengrass.Nucleus"]["configuration"]["mqtt"]["spooler"]
+
+
+def test_a_registered_device_spools_on_disk_through_the_plugin_the_deployment_brings(iot, names, tmp_path):
+    spool = OfflineSpoolSettings(max_size_mb=16)
+    registration = register_device(
+        iot, names=names, thing_name="line-1-cam-1", output_dir=tmp_path / "cam1", region=REGION, spool=spool
+    )
+    text = (tmp_path / "cam1" / "greengrass-config.yaml").read_text()
+    document = yaml.safe_load(text)  # the installer reads YAML: the file must parse, not only contain the words
+    nucleus = document["services"]["aws.greengrass.Nucleus"]
+    assert nucleus["configuration"]["iotRoleAlias"] == names.role_alias
+    assert nucleus["configuration"]["mqtt"]["spooler"] == {
+        "storageType": "Disk",
+        "pluginName": DISK_SPOOLER,
+        "maxSizeInBytes": 16 * 1024 * 1024,
+        "keepQos0WhenOffline": False,
+    }
+    assert document["system"]["thingName"] == "line-1-cam-1"
+    assert registration.nucleus_version == spool.nucleus_version
+
+
+def test_without_a_disk_spooler_the_device_keeps_the_memory_spool_at_the_configured_size(iot, names, tmp_path):
+    spool = OfflineSpoolSettings(disk_spooler_version=None, nucleus_version="2.10.3", max_size_mb=8)
+    register_device(iot, names=names, thing_name="cam-2", output_dir=tmp_path / "c", region=REGION, spool=spool)
+    spooler = _nucleus_spooler((tmp_path / "c" / "greengrass-config.yaml").read_text())
+    # no storageType at all: a nucleus before 2.11 knows no "Disk" and would stop publishing
+    assert spooler == {"maxSizeInBytes": 8 * 1024 * 1024, "keepQos0WhenOffline": False}
+
+
+def test_the_installer_printed_is_the_configured_nucleus_version_not_the_latest(tmp_path, capsys, settings, names):
+    with mock_aws():
+        _deploy_app(boto3.client("iot", region_name=REGION), names)
+        assert main(["--thing-name", "line-1-cam-2", "--region", REGION, "--output-dir", str(tmp_path / "d")]) == 0
+    text = capsys.readouterr().out
+    version = settings.edge_deployment.offline_spool.nucleus_version
+    assert nucleus_url(version) in text
+    assert nucleus_url(version).endswith(f"/releases/greengrass-{version}.zip")
+    assert "latest" not in text

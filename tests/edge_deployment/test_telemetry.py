@@ -305,7 +305,10 @@ def test_results_become_frame_defect_uncertainty_score_and_latency_metrics_per_d
 
 
 def test_metrics_are_per_minute_of_the_device_s_own_time_and_values_come_in_chunks_of_100() -> None:
-    records = [envelope(_result(timestamp=f"2026-12-04T10:{10 + index // 150:02d}:00.000Z")) for index in range(300)]
+    records = [
+        envelope(_result(image=f"f-{index}.jpg", timestamp=f"2026-12-04T10:{10 + index // 150:02d}:00.000Z"))
+        for index in range(300)  # each frame its own message (identical copies count once)
+    ]
     _, _, documents = run(*records)
     frames = [(d["_aws"]["Timestamp"], d["Frames"]) for d in documents if "Frames" in d]
     assert [count for _, count in frames] == [150, 150]
@@ -381,3 +384,37 @@ def test_the_settings_travel_as_one_json_document() -> None:
 def test_missing_or_malformed_settings_name_the_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(TelemetryConfigurationError, match=message):
         TelemetryConfig.from_environment(environ)
+
+
+# --------------------------------------------------------------------------------------------------
+# Messages delivered twice (QoS 1 redelivery, a device publishing again what its nucleus may have taken)
+# --------------------------------------------------------------------------------------------------
+
+
+def _received_later(record: bytes, seconds: int) -> bytes:
+    """The same message as IoT received it again `seconds` later (only the envelope's receive time differs)."""
+    document = json.loads(record)
+    document["received_at"] += seconds * 1000
+    return json.dumps(document).encode()
+
+
+def test_a_message_delivered_twice_in_a_batch_is_stored_and_counted_once(tmp_path: Path) -> None:
+    (result,), heartbeats = device_messages(tmp_path, [0.9])
+    first, beat = envelope(result), envelope(heartbeats[-1], kind="heartbeat")
+    printed: list[str] = []
+    records = [first, beat, _received_later(first, 40), _received_later(beat, 40)]
+    answers = transform(firehose_event(*records), CONFIG, emit=printed.append, now=NOW)["records"]
+    assert [answer["result"] for answer in answers] == ["Ok", "Ok", "Dropped", "Dropped"]
+    assert [answer["recordId"] for answer in answers] == ["r0", "r1", "r2", "r3"]  # every record answered
+    documents = [json.loads(line) for line in printed]
+    assert metric_values(documents, "Frames", Device=THING) == [1]
+    assert metric_values(documents, "Heartbeats", Device=THING) == [1]
+
+
+def test_two_frames_with_the_same_content_but_their_own_image_are_both_kept(tmp_path: Path) -> None:
+    (result,), _ = device_messages(tmp_path, [0.9])
+    other = {**result, "image": "frame-other.jpg"}
+    answers, rows, documents = run(envelope(result), envelope(other))
+    assert [answer["result"] for answer in answers] == ["Ok", "Ok"]
+    assert sorted(row["image"] for row in rows) == ["frame-0.jpg", "frame-other.jpg"]
+    assert metric_values(documents, "Frames", Device=THING) == [2]

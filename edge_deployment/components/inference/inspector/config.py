@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "uploadBucket": "",
     "uploadPrefix": "raw-images/edge/",
     "offlineQueueMaxMB": 512,
+    "outboxMaxMB": 16,  # results/heartbeats the nucleus refused (spool full, IPC down), kept to publish again
     "modelComponentName": "",
     "modelDirectory": "",  # optional: serve model.onnx + model.json from this folder instead
     "modelPollSeconds": 30,
@@ -85,6 +86,7 @@ class ComponentConfig:
     precision: str = "auto"
     int8_max_map50_loss: float = 0.01
     execution_providers: tuple[str, ...] = ("cpu",)
+    outbox_max_bytes: int = 16 * 1024 * 1024
 
     @property
     def uploads_enabled(self) -> bool:
@@ -134,6 +136,7 @@ class ComponentConfig:
             upload_bucket=reader.text("uploadBucket", allow_empty=True),
             upload_prefix=prefix,
             offline_queue_max_bytes=int(reader.number("offlineQueueMaxMB", minimum=1.0) * 1024 * 1024),
+            outbox_max_bytes=int(reader.number("outboxMaxMB", minimum=1.0) * 1024 * 1024),
             model_component_name=model_component,
             model_directory=Path(model_directory) if model_directory else None,
             model_poll_s=reader.number("modelPollSeconds", minimum=1.0),

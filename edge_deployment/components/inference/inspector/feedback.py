@@ -269,11 +269,17 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 class UploadQueue:
-    """First in, first out, on disk, size-capped; safe to share between one producer and one consumer thread."""
+    """First in, first out, on disk, size-capped; safe to share between one producer and one consumer thread.
 
-    def __init__(self, directory: str | Path, *, max_bytes: int) -> None:
+    `name` and `item` only word the log lines (the outbox of results keeps messages in one too).
+    """
+
+    def __init__(
+        self, directory: str | Path, *, max_bytes: int, name: str = "upload queue", item: str = "frame"
+    ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
+        self.name, self.item = name, item
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
@@ -294,19 +300,21 @@ class UploadQueue:
             try:
                 self._dropped = int(json.loads(state_path.read_text(encoding="utf-8")).get("dropped", 0))
             except (OSError, ValueError, TypeError, AttributeError) as error:
-                LOG.warning("upload queue state %s unreadable (%s); dropped count restarts at 0", state_path, error)
+                LOG.warning("%s state %s unreadable (%s); dropped count restarts at 0", self.name, state_path, error)
         items = []
         for path in self.directory.glob(f"*{ITEM_SUFFIX}"):
             try:
                 items.append(QueuedFrame(sequence=int(path.stem), path=path, size=path.stat().st_size))
             except (ValueError, OSError):
-                LOG.warning("ignoring %s in the upload queue folder: not a queued frame", path.name)
+                LOG.warning("ignoring %s in the %s folder: not a queued %s", path.name, self.name, self.item)
         items.sort(key=lambda item: item.sequence)
         self._items.extend(items)
         self._bytes = sum(item.size for item in items)
         self._next_sequence = (items[-1].sequence + 1) if items else 1
         if items:
-            LOG.info("upload queue: %d frame(s), %.1f MB waiting from a previous run", len(items), self._bytes / 1e6)
+            LOG.info(
+                "%s: %d %s(s), %.1f MB waiting from a previous run", self.name, len(items), self.item, self._bytes / 1e6
+            )
         self._enforce_cap(incoming=0)
 
     # -- state ----------------------------------------------------------------------------------------
@@ -335,8 +343,10 @@ class UploadQueue:
         item.path.unlink(missing_ok=True)
         self._dropped += 1
         LOG.warning(
-            "upload queue over %.0f MB: dropped the oldest frame (%s); %d dropped so far",
+            "%s over %.0f MB: dropped the oldest %s (%s); %d dropped so far",
+            self.name,
             self.max_bytes / 1024 / 1024,
+            self.item,
             item.path.name,
             self._dropped,
         )
@@ -362,9 +372,11 @@ class UploadQueue:
                 self._dropped += 1
                 self._save_state()
                 LOG.warning(
-                    "frame %s (%d bytes) is larger than the upload queue (%d bytes): dropped",
+                    "%s %s (%d bytes) is larger than the %s (%d bytes): dropped",
+                    self.item,
                     upload.key,
                     len(data),
+                    self.name,
                     self.max_bytes,
                 )
                 return False
@@ -395,9 +407,9 @@ class UploadQueue:
                 metadata={str(k): str(v) for k, v in dict(meta.get("metadata", {})).items()},
             )
         except FileNotFoundError:
-            raise QueueError(f"{item.path.name}: gone from the upload queue folder") from None
+            raise QueueError(f"{item.path.name}: gone from the {self.name} folder") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise QueueError(f"{item.path.name}: unreadable queued frame ({error})") from None
+            raise QueueError(f"{item.path.name}: unreadable queued {self.item} ({error})") from None
 
     def _forget(self, item: QueuedFrame) -> bool:
         """Take `item` out of the queue (lock held); False when it is no longer there.

@@ -40,6 +40,7 @@ from .feedback import (
 from .frame_sources import REJECTED_DIR, DirectoryFrames, Frame, make_frame_source, utc_now
 from .greengrass import FixedModelLocator, Greengrass, IpcError, ModelComponentLocator
 from .model_manager import ModelLocator, ModelManager
+from .outbox import Outbox
 
 LOG = logging.getLogger(__name__)
 
@@ -141,6 +142,10 @@ class InferenceService:
         self.frames_processed = 0
         self.frames_failed = 0
         self.publish_failures = 0
+        # What the nucleus refused waits here (read back from disk) and is published again once it takes messages.
+        self.outbox = Outbox(context.work_dir / "outbox", max_bytes=config.outbox_max_bytes)
+        self.outbox_write_failures = 0
+        self._nucleus_took_last = True
         self._window_latency = 0.0
         self._window_frames = 0
         self._config_changed = threading.Event()
@@ -235,6 +240,7 @@ class InferenceService:
         )
         if self.queue is not None:
             self.queue.max_bytes = config.offline_queue_max_bytes
+        self.outbox.max_bytes = config.outbox_max_bytes
         if config.uploads_enabled and self.uploader is None:
             # A bucket configured after the start (a deployment's configuration merge does not restart the
             # component): uploads begin now, not at the next restart.
@@ -342,13 +348,45 @@ class InferenceService:
         return (key if queued else None), False
 
     def _publish(self, topic: str, payload: dict[str, Any]) -> bool:
+        """Publish; what the nucleus refuses goes to the outbox (on disk) to be published again. Never raises."""
         try:
             self.context.greengrass.publish(topic, payload)
-            return True
-        except (IpcError, ValueError) as error:
+        except ValueError as error:  # not JSON (a NaN): no retry can help
             self.publish_failures += 1
-            LOG.warning("publish failed (%d so far): %s", self.publish_failures, error)
+            LOG.error("publish to %s refused, not kept: %s", topic, error)
             return False
+        except IpcError as error:
+            self.publish_failures += 1
+            self._nucleus_took_last = False
+            try:
+                kept = self.outbox.put(topic, payload)
+            except OSError as write_error:  # disk full or read-only: the message is lost, and counted
+                self.outbox_write_failures += 1
+                LOG.error("publish failed and the outbox cannot keep the message (%s): %s", write_error, error)
+                return False
+            LOG.warning(
+                "publish failed (%d so far), %s: %s",
+                self.publish_failures,
+                "kept in the outbox" if kept else "larger than the outbox, dropped",
+                error,
+            )
+            return False
+        self._nucleus_took_last = True
+        return True
+
+    def replay_outbox(self) -> int:
+        """Publish kept messages again while the nucleus takes messages (a bounded batch per call)."""
+        if not self.outbox.pending or not self._nucleus_took_last:
+            return 0
+
+        def publish(topic: str, payload: dict[str, Any]) -> None:
+            try:
+                self.context.greengrass.publish(topic, payload)
+            except IpcError:
+                self._nucleus_took_last = False
+                raise
+
+        return self.outbox.replay(publish)
 
     def poll_frames(self, stop: threading.Event | None = None) -> int:
         """Process every frame that is ready now; the number processed."""
@@ -385,6 +423,8 @@ class InferenceService:
             "frames_since_last_heartbeat": self._window_frames,
             "mean_latency_ms": round(mean, 2) if mean is not None else None,
             "publish_failures": self.publish_failures,
+            "publish_pending": self.outbox.pending,
+            "publish_dropped": self.outbox.dropped + self.outbox_write_failures,
             "uploads_enabled": self.uploader is not None,
             "uploads_pending": 0,
             "uploads_dropped": 0,
@@ -416,6 +456,7 @@ class InferenceService:
         self.models.refresh()
         processed = self.poll_frames(stop)
         self._heartbeat_if_due()
+        self.replay_outbox()
         return processed
 
     def run(self, stop: threading.Event) -> None:
