@@ -260,10 +260,123 @@ class LinearResizer:
         np.divide(pixels.transpose(2, 0, 1), np.float32(255), out=out, dtype=np.float32, casting="unsafe")
 
 
+_BYTE_LANES = np.uint64(0x00FF00FF00FF00FF)  # bytes 0, 2, 4, 6 of a word as four 16-bit lanes
+_LANE_ONES = 0x0001000100010001
+
+
+def _regular_taps(source: int, target: int, clamp: bool) -> tuple[int, int, int] | None:
+    """(first tap, step, taps per output) when an axis shrinks by a whole factor, else None.
+
+    Then every output pixel reads the same one tap (odd factor: weights 2048, 0) or the same two
+    neighbouring taps (even factor: 1024, 1024), `step` source pixels apart.
+    """
+    if source % target:
+        return None
+    first, second, weight0, weight1 = _linear_taps(source, target, clamp)
+    step = source // target
+    if not np.array_equal(first, step * np.arange(target) + first[0]):
+        return None
+    if np.all(weight0 == 1 << _COEF_BITS) and not weight1.any():
+        return int(first[0]), step, 1
+    if np.all(weight0 == 1 << (_COEF_BITS - 1)) and np.all(weight1 == weight0) and np.all(second == first + 1):
+        return int(first[0]), step, 2
+    return None
+
+
+class BlockResizer:
+    """OpenCV's INTER_LINEAR, bit-exact, for a shrink by a whole factor on both axes (1920x1080 -> 320x180).
+
+    With the weights of such a shrink OpenCV's fixed-point arithmetic reduces to the rounded mean of the
+    1, 2 or 4 taps of each output pixel: (sum + n / 2) >> log2(n) (1024 * 64 >> 16 and the like are exact).
+    No gather is needed: the taps of one source row are a strided view of the frame, one 8-byte word
+    per output pixel holding both horizontal taps' R, G, B. The sums run on those words as four 16-bit
+    lanes (bytes 0, 2, 4, 6 and bytes 1, 3, 5, 7), which never carry into each other (at most 4 * 255).
+    """
+
+    def __init__(
+        self,
+        source_height: int,
+        source_width: int,
+        height: int,
+        width: int,
+        *,
+        rows: tuple[int, int, int],
+        columns: tuple[int, int, int],
+    ) -> None:
+        (top, row_step, row_taps), (left, column_step, column_taps) = rows, columns
+        self.source_shape = (source_height, source_width)
+        self.shape = (height, width)
+        line = source_width * 3
+        self._words = [((top + tap) * line + 3 * left, (row_step * line, 3 * column_step)) for tap in range(row_taps)]
+        self._pairs = column_taps == 2
+        taps = row_taps * column_taps
+        self._shift = np.uint64(taps.bit_length() - 1)
+        self._round = np.uint64(taps // 2 * _LANE_ONES)
+        self._even = np.empty(self.shape, dtype=np.uint64)
+        self._odd = np.empty(self.shape, dtype=np.uint64)
+        self._spare = np.empty(self.shape, dtype=np.uint64)
+
+    @classmethod
+    def fits(cls, source_height: int, source_width: int, height: int, width: int) -> BlockResizer | None:
+        rows, columns = _regular_taps(source_height, height, False), _regular_taps(source_width, width, True)
+        if rows is None or columns is None:
+            return None
+        # The last word read must end inside the frame (an 8-byte word holds 6 bytes of taps).
+        last = (rows[0] + rows[2] - 1 + rows[1] * (height - 1)) * source_width * 3 + 3 * (
+            columns[0] + columns[1] * (width - 1)
+        )
+        if last + 8 > source_height * source_width * 3:
+            return None
+        return cls(source_height, source_width, height, width, rows=rows, columns=columns)
+
+    def _channels(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The resized R, G, B planes as (height, width) uint8 views."""
+        if image.shape[:2] != self.source_shape or not image.flags.c_contiguous:
+            raise ValueError(f"expected a C-contiguous {self.source_shape} frame, got {image.shape}")
+        rows, width = self.shape
+        even, odd, spare = self._even, self._odd, self._spare
+        for index, (offset, strides) in enumerate(self._words):
+            words = np.ndarray(self.shape, dtype="<u8", buffer=image, offset=offset, strides=strides)
+            if index == 0:  # lanes of even: R0, B0, G1, -; of odd: G0, R1, B1, -
+                np.bitwise_and(words, _BYTE_LANES, out=even)
+                np.right_shift(words, np.uint64(8), out=odd)
+                odd &= _BYTE_LANES
+            else:
+                np.bitwise_and(words, _BYTE_LANES, out=spare)
+                even += spare
+                np.right_shift(words, np.uint64(8), out=spare)
+                spare &= _BYTE_LANES
+                odd += spare
+        even += self._round
+        if self._pairs:  # R0 + R1 and B0 + B1 in lanes 0 and 1 of spare; G0 + G1 in lane 0 of even
+            np.right_shift(odd, np.uint64(16), out=spare)
+            spare += even
+            even >>= np.uint64(32)
+            even += odd
+            red_blue, green = spare, even
+        else:
+            odd += self._round
+            red_blue, green = even, odd
+        red_blue >>= self._shift  # the neighbouring lane's low bits land above bit 8: the low byte is exact
+        green >>= self._shift
+        red_blue_bytes = red_blue.view(np.uint8).reshape(rows, width, 8)
+        return red_blue_bytes[..., 0], green.view(np.uint8).reshape(rows, width, 8)[..., 0], red_blue_bytes[..., 2]
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """The resized (height, width, 3) uint8 image (a new array)."""
+        return np.stack(self._channels(image), axis=2)
+
+    def resize_into(self, image: np.ndarray, out: np.ndarray) -> None:
+        """Write the resized image, divided by 255, into `out`: a (3, height, width) float32 (CHW) view."""
+        for plane, values in zip(out, self._channels(image), strict=True):
+            np.divide(values, np.float32(255), out=plane, dtype=np.float32)
+
+
 @lru_cache(maxsize=4)
-def linear_resizer(source_height: int, source_width: int, height: int, width: int) -> LinearResizer:
+def linear_resizer(source_height: int, source_width: int, height: int, width: int) -> LinearResizer | BlockResizer:
     """The resizer of one size pair (cached: a camera sends frames of one size; the buffers are reused)."""
-    return LinearResizer(source_height, source_width, height, width)
+    block = BlockResizer.fits(source_height, source_width, height, width)
+    return block if block is not None else LinearResizer(source_height, source_width, height, width)
 
 
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
