@@ -397,34 +397,45 @@ def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS in float32 like torchvision.ops.nms: indices kept, highest score first.
+    """Greedy NMS in float32 like torchvision.ops.nms on (n, 4) boxes x1, y1, x2, y2: indices kept, best first."""
+    return _nms_columns(np.ascontiguousarray(boxes.T), scores, iou_threshold)
+
+
+def _nms_columns(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """nms on (4, n) boxes (rows x1, y1, x2, y2: the layout the model's output comes in).
 
     Up to _PAIRWISE_NMS boxes (every frame of a trained model at a device's threshold) the IoU of every
     pair is computed at once, with the same float32 arithmetic as box against box; beyond, box by box.
+    torchvision compares the float IoU with the double threshold; NaN (two empty boxes) never suppresses.
     """
-    if not len(boxes):
-        return np.empty(0, dtype=np.int64)
+    count = scores.size
+    if count <= 1:
+        return np.zeros(count, dtype=np.int64)
     order = np.argsort(-scores, kind="stable")
-    ranked = boxes[order]
-    x1, y1, x2, y2 = (np.ascontiguousarray(ranked[:, k]) for k in range(4))
+    x1, y1, x2, y2 = boxes[:, order]
     areas = (x2 - x1) * (y2 - y1)
-    if len(boxes) <= _PAIRWISE_NMS:
-        width = np.maximum(np.float32(0), np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1))
-        height = np.maximum(np.float32(0), np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1))
-        inter = width * height
+    threshold = np.float64(iou_threshold)
+    if count <= _PAIRWISE_NMS:
+        width = np.minimum(x2[:, None], x2)
+        width -= np.maximum(x1[:, None], x1)
+        np.maximum(width, np.float32(0), out=width)
+        height = np.minimum(y2[:, None], y2)
+        height -= np.maximum(y1[:, None], y1)
+        np.maximum(height, np.float32(0), out=height)
+        width *= height  # the intersections
+        union = areas[:, None] + areas
+        union -= width
         with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 for two empty boxes: NaN
-            overlap = inter / (areas[:, None] + areas - inter)
-        # torchvision compares the float IoU with the double threshold; NaN (empty boxes) never suppresses.
-        suppresses = overlap.astype(np.float64) > iou_threshold
-        removed = np.zeros(len(boxes), dtype=bool)
+            suppresses = np.divide(width, union, out=width) > threshold
+        removed = np.zeros(count, dtype=bool)
         kept = []
-        for index in range(len(boxes)):
+        for index in range(count):
             if not removed[index]:
                 kept.append(index)
                 removed |= suppresses[index]
         return order[kept]
     keep = []
-    rank = np.arange(len(boxes))
+    rank = np.arange(count)
     while rank.size:
         i = rank[0]
         keep.append(i)
@@ -434,7 +445,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         inter = width * height
         with np.errstate(invalid="ignore", divide="ignore"):
             overlap = inter / (areas[i] + areas[rest] - inter)
-        rank = rest[~(overlap.astype(np.float64) > iou_threshold)]
+        rank = rest[~(overlap > threshold)]
     return order[np.asarray(keep, dtype=np.int64)]
 
 
@@ -793,32 +804,31 @@ class Detector:
             return (), top_score
         if candidates.size > _MAX_NMS_CANDIDATES:
             candidates = candidates[np.argsort(-best[candidates], kind="stable")[:_MAX_NMS_CANDIDATES]]
-        centre = prediction[0:2, candidates].T
-        half = prediction[2:4, candidates].T / np.float32(2)
-        boxes = np.concatenate([centre - half, centre + half], axis=1)
+        chosen = prediction[:4, candidates]  # (4, n): centre x, centre y, width, height
+        half = chosen[2:4] / np.float32(2)
+        boxes = np.concatenate((chosen[:2] - half, chosen[:2] + half))  # (4, n): x1, y1, x2, y2
         confidences = best[candidates]
         if classes is None:
-            labels = np.zeros(candidates.size, dtype=np.int64)
-            keep = nms(boxes, confidences, self.iou_threshold)[: self.max_detections]
+            keep = _nms_columns(boxes, confidences, self.iou_threshold)[: self.max_detections]
+            labels = [0] * keep.size
         else:
-            labels = classes[candidates]
-            offsets = (labels.astype(np.float32) * _CLASS_OFFSET)[:, None]
-            keep = nms(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
-        boxes = boxes[keep]
-        xs, ys = boxes[:, 0::2], boxes[:, 1::2]  # views: x1, x2 and y1, y2
+            offsets = classes[candidates].astype(np.float32) * _CLASS_OFFSET
+            keep = _nms_columns(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
+            labels = classes[candidates[keep]].tolist()
+        boxes = boxes[:, keep]
+        xs, ys = boxes[0::2], boxes[1::2]  # views: x1, x2 and y1, y2
         xs -= np.float32(geometry.left)
         ys -= np.float32(geometry.top)
         xs /= np.float32(geometry.gain_x)
         ys /= np.float32(geometry.gain_y)
-        np.clip(xs, 0, width, out=xs)
-        np.clip(ys, 0, height, out=ys)
+        np.maximum(boxes, np.float32(0), out=boxes)
+        np.minimum(xs, np.float32(width), out=xs)
+        np.minimum(ys, np.float32(height), out=ys)
         names = self.class_names
         return (
             tuple(
                 Detection(box=(box[0], box[1], box[2], box[3]), class_id=label, class_name=names[label], score=score)
-                for box, label, score in zip(
-                    boxes.tolist(), labels[keep].tolist(), confidences[keep].tolist(), strict=True
-                )
+                for box, label, score in zip(boxes.T.tolist(), labels, confidences[keep].tolist(), strict=True)
             ),
             top_score,
         )
