@@ -6,8 +6,9 @@ path for ONNX models, so the boxes match `YOLO("model.onnx").predict(...)` on th
 - decoding: Pillow, EXIF orientation applied, any colour mode turned into 8-bit RGB the way
   OpenCV's `IMREAD_COLOR` does (alpha dropped, 16-bit samples keep their high byte);
 - letterbox: the same scale, rounding and centred padding (value 114) as `LetterBox`, and a resize
-  that is bit-exact with OpenCV's `INTER_LINEAR` (fixed-point coefficients, and the 2x2 averaging
-  OpenCV switches to for an exact 2x reduction);
+  that is bit-exact with OpenCV's `INTER_LINEAR` (fixed-point coefficients, the 2x2 averaging
+  OpenCV switches to for an exact 2x reduction, and the rounded mean of 1, 2 or 4 taps its
+  arithmetic comes down to when a frame shrinks by a whole factor, as 1920x1080 does into 320 px);
 - post-processing: the float32 arithmetic of `non_max_suppression` (best class per box, strict
   thresholds, class offsets of 7680 px, greedy NMS ordered by score) and of `scale_boxes`.
 """
