@@ -217,8 +217,9 @@ class LinearResizer:
         self._taps = np.empty((rows.size, width), dtype=np.uint64)
         self._lanes = np.empty((rows.size, width), dtype=np.uint32)
         self._left = np.empty((rows.size, width * 4), dtype=np.int32)
-        self._right = np.empty((rows.size, width * 4), dtype=np.int32)
-        self._top = np.empty((height, width * 4), dtype=np.int32)
+        # The vertical pass writes its top rows where the right taps were (dead by then): less to keep in cache.
+        shared = np.empty((max(rows.size, height), width * 4), dtype=np.int32)
+        self._right, self._top = shared[: rows.size], shared[:height]
         self._bottom = np.empty((height, width * 4), dtype=np.int32)
 
     def _interpolate(self, image: np.ndarray) -> np.ndarray:
