@@ -28,7 +28,10 @@ Latencies: the methods take turns on every frame (FP32 detector, FP32 bare run, 
 bare run, ...) for `--rounds` passes over the frames, so a busy machine slows them alike; ratios are
 taken per frame between neighbours in time and reported as median and interquartile range. onnxruntime
 runs with its default threading. A cross-check measures the CPU time of the process per call with
-onnxruntime on one thread, which other load on the machine hardly changes. The conditions (CPUs, load
+onnxruntime on one thread, which other load on the machine hardly changes: each model alone (its
+detector and bare run taking turns, as on a device that serves one model; the ratio with both models
+taking turns is printed beside it), and splits the detector's CPU time into letterbox, inference and
+post-processing (each stage right after the one before, as in `detect`). The conditions (CPUs, load
 average before and after) are printed.
 """
 
@@ -47,7 +50,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,24 +308,80 @@ def ratios(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str
 
 def cpu_work(models: Models, files: Sequence[Path], *, rounds: int) -> dict[str, Any]:
     """A cross-check that a busy machine cannot blur: CPU time of the whole process per call, onnxruntime on
-    one thread (no thread ever waits or spins), detector against bare run of the same session."""
+    one thread (no thread ever waits or spins), detector against bare run of the same session.
+
+    The overhead ratios come from each model alone, its detector and bare run taking turns, as on a device
+    that serves one model; `*_overhead_mixed` from all four methods taking turns, where each call finds
+    the caches as the other model's run left them."""
     import numpy as np
 
-    from edge_deployment.components.inference.inspector.detector import load_detector, load_image
+    from edge_deployment.components.inference.inspector.detector import (
+        letterbox_geometry,
+        linear_resizer,
+        load_detector,
+        load_image,
+    )
 
     images = [load_image(path) for path in files]
     methods: dict[str, Callable[[int], object]] = {}
+    detectors: dict[str, Any] = {}
     for precision, path in (("fp32", models.fp32), ("int8", models.int8)):
-        detector = load_detector(path, threads=1)
+        detector = detectors[precision] = load_detector(path, threads=1)
         feeds = [{detector.input_name: np.array(detector.prepare(image)[0])} for image in images]
         methods[f"{precision}_detector"] = _detect_call(detector, images)
         methods[f"{precision}_bare"] = _run_call(detector.session, feeds)
     times = interleaved(methods, frames=len(images), rounds=rounds, clock=time.process_time)
     result: dict[str, Any] = {name: spread(values) for name, values in times.items()}
     for precision in ("fp32", "int8"):
-        result[f"{precision}_overhead"] = ratios(times[f"{precision}_detector"], times[f"{precision}_bare"])
+        served, bare = f"{precision}_detector", f"{precision}_bare"
+        alone = interleaved(
+            {served: methods[served], bare: methods[bare]},
+            frames=len(images),
+            rounds=rounds,
+            clock=time.process_time,
+        )
+        result[f"{precision}_overhead"] = ratios(alone[served], alone[bare])
+        result[f"{precision}_overhead_mixed"] = ratios(times[served], times[bare])
+        result[f"{precision}_stages"] = stage_times(detectors[precision], images, rounds=rounds)
     result["int8_vs_fp32_bare"] = ratios(times["int8_bare"], times["fp32_bare"])
+    height, width = images[0].shape[:2]
+    fp32 = detectors["fp32"]
+    geometry = letterbox_geometry(height, width, fp32.input_height, fp32.input_width)
+    result["resizer"] = type(linear_resizer(height, width, geometry.height, geometry.width)).__name__
     return result
+
+
+def stage_times(detector: Any, images: Sequence[Any], *, rounds: int) -> dict[str, float]:
+    """Where the detector's CPU time goes, per frame (median milliseconds): letterbox, inference, post-processing.
+
+    Each stage runs right after the previous one, as in `detect`: the letterbox finds the caches as the last
+    inference left them, the post-processing as this one left them. Each of the two is then run once more
+    on the same input ("warm"): the difference is what refilling the caches costs."""
+    stages: dict[str, list[float]] = {
+        name: [] for name in ("letterbox", "inference", "postprocess", "letterbox_warm", "postprocess_warm")
+    }
+    clock = time.process_time
+    for _ in range(rounds):
+        for image in images:
+            height, width = image.shape[:2]
+            started = clock()
+            tensor, geometry = detector.prepare(image)
+            prepared = clock()
+            output = detector.session.run([detector.output_name], {detector.input_name: tensor})[0]
+            ran = clock()
+            detector.postprocess(output[0], geometry, height, width)
+            finished = clock()
+            detector.postprocess(output[0], geometry, height, width)
+            again = clock()
+            detector.prepare(image)
+            warm = clock()
+            detector.prepare(image)
+            stages["letterbox_warm"].append((clock() - warm) * 1000.0)
+            stages["letterbox"].append((prepared - started) * 1000.0)
+            stages["inference"].append((ran - prepared) * 1000.0)
+            stages["postprocess"].append((finished - ran) * 1000.0)
+            stages["postprocess_warm"].append((again - finished) * 1000.0)
+    return {name: statistics.median(values) for name, values in stages.items()}
 
 
 def latencies(models: Models, files: Sequence[Path], *, rounds: int, ultralytics: bool) -> dict[str, Any]:
@@ -470,8 +529,10 @@ def report(
     for key, label in labels.items():
         for precision in ("fp32", "int8"):
             stats = timing[key]["cpu"][f"{precision}_overhead"]
+            mixed = timing[key]["cpu"][f"{precision}_overhead_mixed"]["median"]
             name = f"  cross-check: {precision.upper()} CPU time, detector / bare, 1 thread, {label}"
-            figures.append(_ratio_figure(name, stats, 1.05))
+            figure = _ratio_figure(name, stats, 1.05)
+            figures.append(replace(figure, note=f"{figure.note}; {mixed:.3f} with both models taking turns"))
     first = next(iter(labels))
     figures.append(
         _ratio_figure(f"INT8 / FP32 detector latency, {labels[first]}", timing[first]["int8_vs_fp32_detector"], 0.6)
@@ -582,6 +643,14 @@ def print_timing(timing: dict[str, dict[str, Any]], labels: dict[str, str]) -> N
             f"{cpu['fp32_bare']['median']:.2f}; INT8 detector {cpu['int8_detector']['median']:.2f}, bare "
             f"{cpu['int8_bare']['median']:.2f} (INT8 / FP32 bare {cpu['int8_vs_fp32_bare']['median']:.3f}x)"
         )
+        for precision in ("fp32", "int8"):
+            stages = cpu[f"{precision}_stages"]
+            print(
+                f"  where {precision.upper()}'s CPU time goes (one thread, per frame): letterbox "
+                f"{stages['letterbox']:.2f} ms ({cpu['resizer']}; {stages['letterbox_warm']:.2f} warm), inference "
+                f"{stages['inference']:.2f} ms, post-processing {stages['postprocess']:.2f} ms "
+                f"({stages['postprocess_warm']:.2f} warm)"
+            )
         print(
             f"  INT8 / FP32 bare run {t['int8_vs_fp32_bare']['median']:.3f}x; overhead around the model: "
             f"FP32 {t['fp32_detector']['median'] - t['fp32_bare']['median']:+.2f} ms, "

@@ -21,10 +21,13 @@ import pytest
 from PIL import Image
 
 from edge_deployment.components.inference.inspector.detector import (
+    BlockResizer,
     Detection,
     ImageError,
+    LinearResizer,
     ModelError,
     letterbox_geometry,
+    linear_resizer,
     load_detector,
     load_image,
     nms,
@@ -279,6 +282,63 @@ def test_resize_is_bit_exact_with_opencv_inter_linear(source: tuple[int, int], t
     image = np.random.default_rng(sum(source)).integers(0, 256, (*source, 3), dtype=np.uint8)
     expected = cv2.resize(image, (target[1], target[0]), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(resize_linear(image, target[1], target[0]), expected)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "path"),
+    [
+        ((1080, 1920), (180, 320), BlockResizer),  # full HD into a 320 model: 2 x 2 taps, 6 apart
+        ((720, 1280), (180, 320), BlockResizer),
+        ((2160, 3840), (180, 320), BlockResizer),
+        ((1080, 1920), (360, 640), BlockResizer),  # odd factor: one tap
+        ((63, 96), (21, 32), BlockResizer),
+        ((90, 120), (30, 40), BlockResizer),  # odd rows, even columns
+        ((5, 8), (5, 2), BlockResizer),  # rows kept, columns shrunk
+        ((1080, 1920), (1080, 640), LinearResizer),  # the last 8-byte word would end past the frame
+        ((300, 450), (213, 320), LinearResizer),  # the reference photos: no whole factor
+        ((1081, 1920), (180, 320), LinearResizer),
+    ],
+)
+def test_whole_factor_shrinks_take_the_block_path_and_stay_bit_exact(
+    source: tuple[int, int], target: tuple[int, int], path: type
+) -> None:
+    import cv2
+
+    image = np.random.default_rng(sum(source) + sum(target)).integers(0, 256, (*source, 3), dtype=np.uint8)
+    resizer = linear_resizer(*source, *target)
+    assert type(resizer) is path
+    expected = cv2.resize(image, (target[1], target[0]), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(resize_linear(image, target[1], target[0]), expected)
+    tensor = np.full((3, *target), -1, dtype=np.float32)
+    resizer.resize_into(image, tensor)
+    np.testing.assert_array_equal(tensor, expected.transpose(2, 0, 1).astype(np.float32) / np.float32(255))
+
+
+def test_the_block_path_refuses_a_frame_of_another_size_or_layout() -> None:
+    resizer = linear_resizer(1080, 1920, 180, 320)
+    assert isinstance(resizer, BlockResizer)
+    frame = np.zeros((1080, 1920, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        resizer.resize(np.zeros((720, 1280, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        resizer.resize(np.asfortranarray(frame))
+
+
+@pytest.mark.parametrize(("height", "width"), [(1080, 1920), (720, 1280), (300, 450), (1920, 1080)])
+def test_letterbox_of_camera_and_reference_sizes_equals_ultralytics(tmp_path: Path, height: int, width: int) -> None:
+    """The device's own sizes (full HD, HD, the reference photos) into a 320 px model, tensor for tensor."""
+    import cv2
+    from ultralytics.data.augment import LetterBox
+
+    model = constant_model(tmp_path / "model.onnx", np.zeros((1, 5, 8), dtype=np.float32), input_shape=(1, 3, 320, 320))
+    detector = load_detector(model)
+    path = tmp_path / "frame.png"
+    Image.fromarray(np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    bgr = LetterBox((320, 320), auto=False, stride=32)(image=cv2.imread(str(path)))
+    expected = bgr[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255
+    for _ in range(2):  # the second frame of a size reuses the buffers and the padding
+        tensor, _geometry = detector.prepare(load_image(path))
+        np.testing.assert_array_equal(tensor, expected)
 
 
 @pytest.mark.parametrize(

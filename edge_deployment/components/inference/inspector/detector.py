@@ -6,8 +6,9 @@ path for ONNX models, so the boxes match `YOLO("model.onnx").predict(...)` on th
 - decoding: Pillow, EXIF orientation applied, any colour mode turned into 8-bit RGB the way
   OpenCV's `IMREAD_COLOR` does (alpha dropped, 16-bit samples keep their high byte);
 - letterbox: the same scale, rounding and centred padding (value 114) as `LetterBox`, and a resize
-  that is bit-exact with OpenCV's `INTER_LINEAR` (fixed-point coefficients, and the 2x2 averaging
-  OpenCV switches to for an exact 2x reduction);
+  that is bit-exact with OpenCV's `INTER_LINEAR` (fixed-point coefficients, the 2x2 averaging
+  OpenCV switches to for an exact 2x reduction, and the rounded mean of 1, 2 or 4 taps its
+  arithmetic comes down to when a frame shrinks by a whole factor, as 1920x1080 does into 320 px);
 - post-processing: the float32 arithmetic of `non_max_suppression` (best class per box, strict
   thresholds, class offsets of 7680 px, greedy NMS ordered by score) and of `scale_boxes`.
 """
@@ -216,8 +217,9 @@ class LinearResizer:
         self._taps = np.empty((rows.size, width), dtype=np.uint64)
         self._lanes = np.empty((rows.size, width), dtype=np.uint32)
         self._left = np.empty((rows.size, width * 4), dtype=np.int32)
-        self._right = np.empty((rows.size, width * 4), dtype=np.int32)
-        self._top = np.empty((height, width * 4), dtype=np.int32)
+        # The vertical pass writes its top rows where the right taps were (dead by then): less to keep in cache.
+        shared = np.empty((max(rows.size, height), width * 4), dtype=np.int32)
+        self._right, self._top = shared[: rows.size], shared[:height]
         self._bottom = np.empty((height, width * 4), dtype=np.int32)
 
     def _interpolate(self, image: np.ndarray) -> np.ndarray:
@@ -260,10 +262,123 @@ class LinearResizer:
         np.divide(pixels.transpose(2, 0, 1), np.float32(255), out=out, dtype=np.float32, casting="unsafe")
 
 
+_BYTE_LANES = np.uint64(0x00FF00FF00FF00FF)  # bytes 0, 2, 4, 6 of a word as four 16-bit lanes
+_LANE_ONES = 0x0001000100010001
+
+
+def _regular_taps(source: int, target: int, clamp: bool) -> tuple[int, int, int] | None:
+    """(first tap, step, taps per output) when an axis shrinks by a whole factor, else None.
+
+    Then every output pixel reads the same one tap (odd factor: weights 2048, 0) or the same two
+    neighbouring taps (even factor: 1024, 1024), `step` source pixels apart.
+    """
+    if source % target:
+        return None
+    first, second, weight0, weight1 = _linear_taps(source, target, clamp)
+    step = source // target
+    if not np.array_equal(first, step * np.arange(target) + first[0]):
+        return None
+    if np.all(weight0 == 1 << _COEF_BITS) and not weight1.any():
+        return int(first[0]), step, 1
+    if np.all(weight0 == 1 << (_COEF_BITS - 1)) and np.all(weight1 == weight0) and np.all(second == first + 1):
+        return int(first[0]), step, 2
+    return None
+
+
+class BlockResizer:
+    """OpenCV's INTER_LINEAR, bit-exact, for a shrink by a whole factor on both axes (1920x1080 -> 320x180).
+
+    With the weights of such a shrink OpenCV's fixed-point arithmetic reduces to the rounded mean of the
+    1, 2 or 4 taps of each output pixel: (sum + n / 2) >> log2(n) (1024 * 64 >> 16 and the like are exact).
+    No gather is needed: the taps of one source row are a strided view of the frame, one 8-byte word
+    per output pixel holding both horizontal taps' R, G, B. The sums run on those words as four 16-bit
+    lanes (bytes 0, 2, 4, 6 and bytes 1, 3, 5, 7), which never carry into each other (at most 4 * 255).
+    """
+
+    def __init__(
+        self,
+        source_height: int,
+        source_width: int,
+        height: int,
+        width: int,
+        *,
+        rows: tuple[int, int, int],
+        columns: tuple[int, int, int],
+    ) -> None:
+        (top, row_step, row_taps), (left, column_step, column_taps) = rows, columns
+        self.source_shape = (source_height, source_width)
+        self.shape = (height, width)
+        line = source_width * 3
+        self._words = [((top + tap) * line + 3 * left, (row_step * line, 3 * column_step)) for tap in range(row_taps)]
+        self._pairs = column_taps == 2
+        taps = row_taps * column_taps
+        self._shift = np.uint64(taps.bit_length() - 1)
+        self._round = np.uint64(taps // 2 * _LANE_ONES)
+        self._even = np.empty(self.shape, dtype=np.uint64)
+        self._odd = np.empty(self.shape, dtype=np.uint64)
+        self._spare = np.empty(self.shape, dtype=np.uint64)
+
+    @classmethod
+    def fits(cls, source_height: int, source_width: int, height: int, width: int) -> BlockResizer | None:
+        rows, columns = _regular_taps(source_height, height, False), _regular_taps(source_width, width, True)
+        if rows is None or columns is None:
+            return None
+        # The last word read must end inside the frame (an 8-byte word holds 6 bytes of taps).
+        last = (rows[0] + rows[2] - 1 + rows[1] * (height - 1)) * source_width * 3 + 3 * (
+            columns[0] + columns[1] * (width - 1)
+        )
+        if last + 8 > source_height * source_width * 3:
+            return None
+        return cls(source_height, source_width, height, width, rows=rows, columns=columns)
+
+    def _channels(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The resized R, G, B planes as (height, width) uint8 views."""
+        if image.shape[:2] != self.source_shape or not image.flags.c_contiguous:
+            raise ValueError(f"expected a C-contiguous {self.source_shape} frame, got {image.shape}")
+        rows, width = self.shape
+        even, odd, spare = self._even, self._odd, self._spare
+        for index, (offset, strides) in enumerate(self._words):
+            words = np.ndarray(self.shape, dtype="<u8", buffer=image, offset=offset, strides=strides)
+            if index == 0:  # lanes of even: R0, B0, G1, -; of odd: G0, R1, B1, -
+                np.bitwise_and(words, _BYTE_LANES, out=even)
+                np.right_shift(words, np.uint64(8), out=odd)
+                odd &= _BYTE_LANES
+            else:
+                np.bitwise_and(words, _BYTE_LANES, out=spare)
+                even += spare
+                np.right_shift(words, np.uint64(8), out=spare)
+                spare &= _BYTE_LANES
+                odd += spare
+        even += self._round
+        if self._pairs:  # R0 + R1 and B0 + B1 in lanes 0 and 1 of spare; G0 + G1 in lane 0 of even
+            np.right_shift(odd, np.uint64(16), out=spare)
+            spare += even
+            even >>= np.uint64(32)
+            even += odd
+            red_blue, green = spare, even
+        else:
+            odd += self._round
+            red_blue, green = even, odd
+        red_blue >>= self._shift  # the neighbouring lane's low bits land above bit 8: the low byte is exact
+        green >>= self._shift
+        red_blue_bytes = red_blue.view(np.uint8).reshape(rows, width, 8)
+        return red_blue_bytes[..., 0], green.view(np.uint8).reshape(rows, width, 8)[..., 0], red_blue_bytes[..., 2]
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """The resized (height, width, 3) uint8 image (a new array)."""
+        return np.stack(self._channels(image), axis=2)
+
+    def resize_into(self, image: np.ndarray, out: np.ndarray) -> None:
+        """Write the resized image, divided by 255, into `out`: a (3, height, width) float32 (CHW) view."""
+        for plane, values in zip(out, self._channels(image), strict=True):
+            np.divide(values, np.float32(255), out=plane, dtype=np.float32)
+
+
 @lru_cache(maxsize=4)
-def linear_resizer(source_height: int, source_width: int, height: int, width: int) -> LinearResizer:
+def linear_resizer(source_height: int, source_width: int, height: int, width: int) -> LinearResizer | BlockResizer:
     """The resizer of one size pair (cached: a camera sends frames of one size; the buffers are reused)."""
-    return LinearResizer(source_height, source_width, height, width)
+    block = BlockResizer.fits(source_height, source_width, height, width)
+    return block if block is not None else LinearResizer(source_height, source_width, height, width)
 
 
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -284,34 +399,45 @@ def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS in float32 like torchvision.ops.nms: indices kept, highest score first.
+    """Greedy NMS in float32 like torchvision.ops.nms on (n, 4) boxes x1, y1, x2, y2: indices kept, best first."""
+    return _nms_columns(np.ascontiguousarray(boxes.T), scores, iou_threshold)
+
+
+def _nms_columns(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """nms on (4, n) boxes (rows x1, y1, x2, y2: the layout the model's output comes in).
 
     Up to _PAIRWISE_NMS boxes (every frame of a trained model at a device's threshold) the IoU of every
     pair is computed at once, with the same float32 arithmetic as box against box; beyond, box by box.
+    torchvision compares the float IoU with the double threshold; NaN (two empty boxes) never suppresses.
     """
-    if not len(boxes):
-        return np.empty(0, dtype=np.int64)
+    count = scores.size
+    if count <= 1:
+        return np.zeros(count, dtype=np.int64)
     order = np.argsort(-scores, kind="stable")
-    ranked = boxes[order]
-    x1, y1, x2, y2 = (np.ascontiguousarray(ranked[:, k]) for k in range(4))
+    x1, y1, x2, y2 = boxes[:, order]
     areas = (x2 - x1) * (y2 - y1)
-    if len(boxes) <= _PAIRWISE_NMS:
-        width = np.maximum(np.float32(0), np.minimum(x2[:, None], x2) - np.maximum(x1[:, None], x1))
-        height = np.maximum(np.float32(0), np.minimum(y2[:, None], y2) - np.maximum(y1[:, None], y1))
-        inter = width * height
+    threshold = np.float64(iou_threshold)
+    if count <= _PAIRWISE_NMS:
+        width = np.minimum(x2[:, None], x2)
+        width -= np.maximum(x1[:, None], x1)
+        np.maximum(width, np.float32(0), out=width)
+        height = np.minimum(y2[:, None], y2)
+        height -= np.maximum(y1[:, None], y1)
+        np.maximum(height, np.float32(0), out=height)
+        width *= height  # the intersections
+        union = areas[:, None] + areas
+        union -= width
         with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 for two empty boxes: NaN
-            overlap = inter / (areas[:, None] + areas - inter)
-        # torchvision compares the float IoU with the double threshold; NaN (empty boxes) never suppresses.
-        suppresses = overlap.astype(np.float64) > iou_threshold
-        removed = np.zeros(len(boxes), dtype=bool)
+            suppresses = np.divide(width, union, out=width) > threshold
+        removed = np.zeros(count, dtype=bool)
         kept = []
-        for index in range(len(boxes)):
+        for index in range(count):
             if not removed[index]:
                 kept.append(index)
                 removed |= suppresses[index]
         return order[kept]
     keep = []
-    rank = np.arange(len(boxes))
+    rank = np.arange(count)
     while rank.size:
         i = rank[0]
         keep.append(i)
@@ -321,7 +447,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         inter = width * height
         with np.errstate(invalid="ignore", divide="ignore"):
             overlap = inter / (areas[i] + areas[rest] - inter)
-        rank = rest[~(overlap.astype(np.float64) > iou_threshold)]
+        rank = rest[~(overlap > threshold)]
     return order[np.asarray(keep, dtype=np.int64)]
 
 
@@ -680,32 +806,31 @@ class Detector:
             return (), top_score
         if candidates.size > _MAX_NMS_CANDIDATES:
             candidates = candidates[np.argsort(-best[candidates], kind="stable")[:_MAX_NMS_CANDIDATES]]
-        centre = prediction[0:2, candidates].T
-        half = prediction[2:4, candidates].T / np.float32(2)
-        boxes = np.concatenate([centre - half, centre + half], axis=1)
+        chosen = prediction[:4, candidates]  # (4, n): centre x, centre y, width, height
+        half = chosen[2:4] / np.float32(2)
+        boxes = np.concatenate((chosen[:2] - half, chosen[:2] + half))  # (4, n): x1, y1, x2, y2
         confidences = best[candidates]
         if classes is None:
-            labels = np.zeros(candidates.size, dtype=np.int64)
-            keep = nms(boxes, confidences, self.iou_threshold)[: self.max_detections]
+            keep = _nms_columns(boxes, confidences, self.iou_threshold)[: self.max_detections]
+            labels = [0] * keep.size
         else:
-            labels = classes[candidates]
-            offsets = (labels.astype(np.float32) * _CLASS_OFFSET)[:, None]
-            keep = nms(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
-        boxes = boxes[keep]
-        xs, ys = boxes[:, 0::2], boxes[:, 1::2]  # views: x1, x2 and y1, y2
+            offsets = classes[candidates].astype(np.float32) * _CLASS_OFFSET
+            keep = _nms_columns(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
+            labels = classes[candidates[keep]].tolist()
+        boxes = boxes[:, keep]
+        xs, ys = boxes[0::2], boxes[1::2]  # views: x1, x2 and y1, y2
         xs -= np.float32(geometry.left)
         ys -= np.float32(geometry.top)
         xs /= np.float32(geometry.gain_x)
         ys /= np.float32(geometry.gain_y)
-        np.clip(xs, 0, width, out=xs)
-        np.clip(ys, 0, height, out=ys)
+        np.maximum(boxes, np.float32(0), out=boxes)
+        np.minimum(xs, np.float32(width), out=xs)
+        np.minimum(ys, np.float32(height), out=ys)
         names = self.class_names
         return (
             tuple(
                 Detection(box=(box[0], box[1], box[2], box[3]), class_id=label, class_name=names[label], score=score)
-                for box, label, score in zip(
-                    boxes.tolist(), labels[keep].tolist(), confidences[keep].tolist(), strict=True
-                )
+                for box, label, score in zip(boxes.T.tolist(), labels, confidences[keep].tolist(), strict=True)
             ),
             top_score,
         )
