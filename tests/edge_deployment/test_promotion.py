@@ -1,0 +1,61 @@
+"""The approval CLI: the answers it sends Step Functions, and the answers it refuses (requests checked by Stubber)."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from edge_deployment import promotion
+from edge_deployment.workflow import REJECTED
+
+TOKEN = "AQCEAAAAKgAAAAMAAAAAAAAAAd" + "x" * 40
+
+
+@pytest.fixture
+def sfn():
+    return boto3.client("stepfunctions", region_name="eu-west-1")
+
+
+def test_approve_sends_the_token_and_who_approved(sfn):
+    with Stubber(sfn) as stub:
+        output = json.dumps({"approved": True, "by": "lead", "note": "ok"})
+        stub.add_response("send_task_success", {}, {"taskToken": TOKEN, "output": output})
+        promotion.approve(sfn, token=f" {TOKEN}\n", by="lead", note="ok")
+        stub.assert_no_pending_responses()
+
+
+def test_reject_sends_the_error_the_workflow_catches_with_the_reason(sfn):
+    assert promotion.REJECTED == REJECTED  # the CLI and the state machine name the rejection alike
+    with Stubber(sfn) as stub:
+        stub.add_response(
+            "send_task_failure",
+            {},
+            {"taskToken": TOKEN, "error": "Rejected", "cause": "rejected by lead: flags clean tags"},
+        )
+        promotion.reject(sfn, token=TOKEN, by="lead", reason="flags clean tags")
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda sfn: promotion.reject(sfn, token=TOKEN, by="lead", reason="  "), "--reason must say why"),
+        (lambda sfn: promotion.approve(sfn, token="", by="lead"), "--token must be the task_token"),
+        (lambda sfn: promotion.approve(sfn, token="x" * 1025, by="lead"), "--token must be the task_token"),
+    ],
+    ids=["no-reason", "no-token", "token-too-long"],
+)
+def test_an_answer_without_what_it_needs_is_refused_before_any_call(sfn, call, message):
+    with Stubber(sfn) as stub, pytest.raises(promotion.PromotionError, match=message):
+        call(sfn)
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("code", ["TaskTimedOut", "TaskDoesNotExist", "InvalidToken"])
+def test_an_answer_that_comes_too_late_says_the_stage_was_rolled_back(sfn, code):
+    with Stubber(sfn) as stub, pytest.raises(promotion.PromotionError, match="rolled back"):
+        stub.add_client_error("send_task_success", service_error_code=code)
+        promotion.approve(sfn, token=TOKEN, by="lead")
