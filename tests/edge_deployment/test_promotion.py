@@ -49,13 +49,13 @@ def test_reject_sends_the_error_the_workflow_catches_with_the_reason(sfn):
     ids=["no-reason", "no-token", "token-too-long"],
 )
 def test_an_answer_without_what_it_needs_is_refused_before_any_call(sfn, call, message):
-    with Stubber(sfn) as stub, pytest.raises(promotion.PromotionError, match=message):
-        call(sfn)
-        stub.assert_no_pending_responses()
+    with Stubber(sfn), pytest.raises(promotion.PromotionError, match=message):
+        call(sfn)  # an unexpected call would fail: the stubber has no response queued
 
 
 @pytest.mark.parametrize("code", ["TaskTimedOut", "TaskDoesNotExist", "InvalidToken"])
 def test_an_answer_that_comes_too_late_says_the_stage_was_rolled_back(sfn, code):
-    with Stubber(sfn) as stub, pytest.raises(promotion.PromotionError, match="rolled back"):
+    with Stubber(sfn) as stub:
         stub.add_client_error("send_task_success", service_error_code=code)
-        promotion.approve(sfn, token=TOKEN, by="lead")
+        with pytest.raises(promotion.PromotionError, match="rolled back"):
+            promotion.approve(sfn, token=TOKEN, by="lead")
