@@ -202,7 +202,7 @@ def test_an_approval_nobody_gives_times_out_and_fails_safe(workflow_stack, monke
 
 
 @pytest.mark.parametrize(
-    ("groups", "deleted", "reason"),
+    "case",
     [
         ({PILOT_GROUP: (), FLEET_GROUP: ("a", "b")}, False, f"thing group {PILOT_GROUP} has no devices"),
         ({FLEET_GROUP: ("a", "b")}, False, f"thing group {PILOT_GROUP} does not exist"),
@@ -210,9 +210,8 @@ def test_an_approval_nobody_gives_times_out_and_fails_safe(workflow_stack, monke
     ],
     ids=["empty-group", "missing-group", "previous-version-gone"],
 )
-def test_bad_stage_input_stops_the_stage_safe_before_it_deploys(
-    workflow_stack, monkeypatch, moto, groups, deleted, reason
-):
+def test_bad_stage_input_stops_the_stage_safe_before_it_deploys(workflow_stack, monkeypatch, moto, case):
+    groups, deleted, reason = case
     edge = _workflow(workflow_stack, monkeypatch)
     if deleted:
         assert _deploy(edge, "v1")[1]["status"] == "SUCCEEDED"
