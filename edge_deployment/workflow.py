@@ -640,7 +640,12 @@ class DeploymentWorkflow(Construct):
             result_path="$.next_stage",
         )
         begin_stage = guarded(
-            self._lambda_step("BeginStage", self.begin_stage_function, {"index.$": "$.next_stage.index"}, "$.stage")
+            self._lambda_step(
+                "BeginStage",
+                self.begin_stage_function,
+                {"index.$": "$.next_stage.index", "request.$": "$$.Execution.Input"},
+                "$.stage",
+            )
         )
         create_deployment = guarded(
             self._lambda_step(
@@ -820,8 +825,9 @@ class DeploymentWorkflow(Construct):
             "NotifySuccess",
             topic=topic,
             subject=sfn.JsonPath.format(
-                f"[{prefix}] Edge rollout SUCCEEDED: model version {{}} on every stage",
+                f"[{prefix}] Edge rollout SUCCEEDED: model version {{}} through stage {{}}",
                 sfn.JsonPath.string_at("$.model_component.version"),
+                sfn.JsonPath.string_at("$.stage.name"),
             ),
             message=stage_passed_message,
         )

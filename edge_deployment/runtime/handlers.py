@@ -49,6 +49,7 @@ from edge_deployment.runtime.stages import (
     combine_rollouts,
     deadline_after,
     health_status,
+    on_demand_stages,
     rollback_report,
     rollback_requests,
     serving_status,
@@ -126,10 +127,18 @@ def _deployment_names(config: EdgeDeploymentConfig, stage: dict[str, Any]) -> di
 
 @logger.inject_lambda_context(log_event=True)
 def begin_stage(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """A stage begins. Input: `{"index"}`. Output: its groups (checked) with what each ran before, and its timings."""
+    """A stage begins. Input: `{"index", "request"}` (the execution's input). Output: its groups (checked) with what
+    each ran before, and its timings.
+
+    A rollback on demand (`{"trigger": "rollback", "stages": [...]}`) runs only the stages it names (all when it
+    names none), without soak, health gate or approval: the version it puts back ran there before.
+    """
     config = _config()
     partition, region, account = account_of(context.invoked_function_arn)
+    wanted = on_demand_stages(event.get("request"), [stage.name for stage in config.stages])
     index = int(event["index"])
+    if wanted is not None:
+        index = next(i for i in wanted if i >= index)
     stage = start_stage(
         client("greengrassv2"),
         client("iot"),
@@ -142,6 +151,8 @@ def begin_stage(event: dict[str, Any], context: Any) -> dict[str, Any]:
         account=account,
         now=_now(),
     )
+    if wanted is not None:
+        stage.update(on_demand=True, last=index == wanted[-1], soak_seconds=0, manual_approval=False)
     logger.info("stage started", extra={"stage": stage})
     return stage
 
@@ -156,8 +167,13 @@ def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
     config = _config()
     package, stage = event["package"], event["stage"]
     stage_settings = config.stage(int(stage["index"]))
-    newer = newer_approved_package(
-        client("sagemaker"), group_name=config.model_package_group, version=int(package["version"])
+    # a rollback on demand deploys an older package on purpose
+    newer = (
+        None
+        if stage.get("on_demand")
+        else newer_approved_package(
+            client("sagemaker"), group_name=config.model_package_group, version=int(package["version"])
+        )
     )
     if newer is not None:
         superseded = superseded_result(package, newer, thing_group=f"stage {stage['name']}")
@@ -229,7 +245,9 @@ def check_rollout(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Step 4, one poll of the stage's deployments. Input: `{"deployment", "package", "stage"}`. Output: finished?
     and, when finished, the report (and the failure a bad outcome rolls back)."""
     config = _config()
-    status = _group_statuses(event, config, event["deployment"], follow_runs=True)
+    # a rollback on demand is not overtaken by newer approvals or older runs: a person asked for this version
+    follow_runs = not event["stage"].get("on_demand")
+    status = _group_statuses(event, config, event["deployment"], follow_runs=follow_runs)
     if status["outcome"] == REDEPLOY:
         logger.info("an older package's deployment replaced this one: deploying again", extra={"rollout": status})
         return status
@@ -275,8 +293,13 @@ def check_serving(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @logger.inject_lambda_context(log_event=True)
 def check_health(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """The health gate after the soak. Input: `{"stage", "model_version", "since"}` (when every device served it)."""
+    """The health gate after the soak. Input: `{"stage", "model_version", "since"}` (when every device served it).
+
+    A rollback on demand is not gated: it puts back a version a person chose, and every device serves it.
+    """
     config = _config()
+    if event["stage"].get("on_demand"):
+        return {"healthy": True, "devices": 0, "window_minutes": 0, "samples": [], "gated": False}
     status = health_status(
         client("cloudwatch"),
         client("iot"),

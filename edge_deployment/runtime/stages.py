@@ -237,6 +237,24 @@ def start_stage(
     }
 
 
+ROLLBACK_TRIGGER = "rollback"
+
+
+def on_demand_stages(request: Mapping[str, Any] | None, names: Sequence[str]) -> list[int] | None:
+    """The stage indexes a rollback on demand runs (its `stages`, all when it names none); None for a promotion."""
+    if not request or request.get("trigger") != ROLLBACK_TRIGGER:
+        return None
+    named = request.get("stages") or list(names)
+    if not isinstance(named, list) or not all(isinstance(name, str) for name in named):
+        raise StageInputError(f"rollback: stages must be a list of stage names, got {named!r}")
+    unknown = [name for name in named if name not in names]
+    if unknown:
+        raise StageInputError(
+            f"rollback: no stage named {', '.join(unknown)} (the stages are {', '.join(names)}); nothing was deployed"
+        )
+    return sorted(names.index(name) for name in set(named))
+
+
 def stage_deployment_name(deployment_name: str, *, thing_group: str, fleet_group: str) -> str:
     """The app's deployment name on its own thing group (as before stages); the group's name added elsewhere."""
     return deployment_name if thing_group == fleet_group else f"{deployment_name}-{thing_group}"[:256]

@@ -6,7 +6,7 @@ import json
 
 import boto3
 import pytest
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 
 from edge_deployment import promotion
 from edge_deployment.workflow import REJECTED
@@ -59,3 +59,36 @@ def test_an_answer_that_comes_too_late_says_the_stage_was_rolled_back(sfn, code)
         stub.add_client_error("send_task_success", service_error_code=code)
         with pytest.raises(promotion.PromotionError, match="rolled back"):
             promotion.approve(sfn, token=TOKEN, by="lead")
+
+
+def test_the_rollback_command_starts_the_workflow_with_the_package_and_stages(sfn, settings):
+    request = promotion.rollback_request(
+        settings, version=6, stages=["production"], account="123456789012", region="eu-west-1"
+    )
+    assert request == {
+        "trigger": "rollback",
+        "model_package_arn": "arn:aws:sagemaker:eu-west-1:123456789012:model-package/tag-inspect-scratch-detector/6",
+        "model_package_group_name": "tag-inspect-scratch-detector",
+        "stages": ["production"],
+    }
+    with Stubber(sfn) as stub:
+        stub.add_response(
+            "start_execution",
+            {"executionArn": "arn:aws:states:eu-west-1:123456789012:execution:x:y", "startDate": "2026-12-04"},
+            {
+                "stateMachineArn": "arn:aws:states:eu-west-1:123456789012:stateMachine:tag-inspect-edge-deployment",
+                "name": ANY,
+                "input": json.dumps(request),
+            },
+        )
+        promotion.start_rollback(sfn, settings, request, account="123456789012", region="eu-west-1")
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(
+    ("version", "stages", "message"),
+    [(6, ["canary"], "--stage canary: no such stage"), (0, [], "--version must be a model package version")],
+)
+def test_a_rollback_to_nothing_known_is_refused(settings, version, stages, message):
+    with pytest.raises(promotion.PromotionError, match=message):
+        promotion.rollback_request(settings, version=version, stages=stages, account="123456789012", region="eu-west-1")

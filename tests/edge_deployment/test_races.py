@@ -85,7 +85,7 @@ def test_two_approvals_close_together_end_on_the_newer_package_whatever_reaches_
     assert edge.visited(run_older)[-2:] == ["NotifyOvertaken", "Overtaken"]
     outcomes = _outcomes(edge)
     assert [len(outcomes.get(o, [])) for o in ("SUCCEEDED", "SUPERSEDED")] == [1, 1], outcomes
-    assert outcomes["SUCCEEDED"] == ["[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.2 on every stage"]
+    assert outcomes["SUCCEEDED"] == ["[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.2 through stage fleet"]
 
 
 def test_an_approval_processed_after_a_newer_one_deploys_nothing(edge):

@@ -77,7 +77,7 @@ def test_a_healthy_model_reaches_the_pilot_first_then_production(workflow_stack,
     subjects = [n["subject"] for n in edge.notifications()]
     assert subjects == [
         "[tag-inspect] Edge stage pilot passed: model version 1.0.1",
-        "[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.1 on every stage",
+        "[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.1 through stage production",
     ]
     # each device was asked for its own heartbeats with the new version, in the devices' namespace
     asked = [
@@ -240,3 +240,44 @@ def test_a_failing_telemetry_query_does_not_promote_the_stage(workflow_stack, mo
     assert _targets(edge) == [(PILOT_GROUP, "1.0.1"), (PILOT_GROUP, None)]
     (report,) = edge.notifications()
     assert "could not be read (HealthQueryError" in report["message"] and "AccessDenied" in report["message"]
+
+
+def _rollback(edge: EdgeWorkflow, package: str, stages: list[str], name: str) -> tuple[str, dict[str, Any]]:
+    execution = edge.start(
+        {"trigger": "rollback", "model_package_arn": package, "model_package_group_name": GROUP, "stages": stages},
+        name,
+    )
+    return execution, edge.wait(execution)
+
+
+def test_a_rollback_on_demand_puts_the_named_stage_back_on_an_earlier_version(workflow_stack, monkeypatch, moto):
+    edge = _workflow(workflow_stack, monkeypatch)
+    first = edge.register()
+    edge.approve(first)
+    assert edge.wait(edge.start(_approval(first), "v1"))["status"] == "SUCCEEDED"
+    assert _deploy(edge, "v2")[1]["status"] == "SUCCEEDED"
+    edge.notifications()
+    execution, described = _rollback(edge, first, ["production"], "back-to-v1")
+    assert described["status"] == "SUCCEEDED", described
+    assert edge.greengrass.model_on_group(FLEET_ARN) == "1.0.1"  # production put back
+    assert edge.greengrass.model_on_group(PILOT_ARN) == "1.0.2"  # the pilot not named: untouched
+    visited = edge.visited(execution)
+    assert visited.count("BeginStage") == 1 and "CheckServing" in visited  # devices must report v1 again
+    assert "RequestApproval" not in visited
+    (report,) = edge.notifications()
+    assert report["subject"] == "[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.1 through stage production"
+
+
+def test_a_rollback_on_demand_of_the_whole_fleet_and_of_an_unknown_stage(workflow_stack, monkeypatch, moto):
+    edge = _workflow(workflow_stack, monkeypatch)
+    first = edge.register()
+    edge.approve(first)
+    assert edge.wait(edge.start(_approval(first), "v1"))["status"] == "SUCCEEDED"
+    assert _deploy(edge, "v2")[1]["status"] == "SUCCEEDED"
+    assert _rollback(edge, first, [], "all-back")[1]["status"] == "SUCCEEDED"
+    assert edge.greengrass.model_on_group(FLEET_ARN) == edge.greengrass.model_on_group(PILOT_ARN) == "1.0.1"
+    created = len(edge.greengrass.created)
+    _, described = _rollback(edge, first, ["canary"], "unknown")
+    assert described["status"] == "FAILED" and described["error"] == "StageInputError"
+    assert "no stage named canary (the stages are pilot, production)" in described["cause"]
+    assert len(edge.greengrass.created) == created

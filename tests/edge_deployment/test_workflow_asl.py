@@ -308,7 +308,7 @@ def test_first_model_creates_component_deploys_both_components_and_reports_succe
             "the health gate over 10.0 minutes.\n\nevery pilot device runs model 1.0.7",
         },
         {
-            "subject": "[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.7 on every stage",
+            "subject": "[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.7 through stage production",
             "message": "Stage production passed with model version 1.0.7: every one of its 2 devices served it and "
             "met the health gate over 10.0 minutes.\n\nevery device runs model 1.0.7",
         },
