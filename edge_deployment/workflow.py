@@ -1,20 +1,28 @@
-"""The edge deployment workflow: approved model package -> Greengrass components -> rollout -> report.
+"""The edge deployment workflow: approved model package -> Greengrass components -> stage by stage -> report.
 
     ResolveModelPackage -> (none approved yet: NothingToDeploy, succeed)
       -> PrepareModelComponent -> DescribeModelComponent <-> WaitForModelComponent (until DEPLOYABLE;
          FAILED/DEPRECATED, or not DEPLOYABLE after MODEL_COMPONENT_MAX_POLLS looks: NotifyFailure)
-      -> CreateDeployment (a newer approved package exists: NotifySuperseded, succeed)
-      -> WaitForRollout <-> CheckRollout (until every device finished; replaced by an older package's
-         deployment: CreateDeployment again, at most MAX_REDEPLOYS times)
-      -> NotifySuccess | NotifyRolloutFailure (per-device reasons) ; any error -> NotifyFailure
+      -> StartStages, then for each stage (runtime/stages.py):
+         BeginStage (groups exist and have devices; what they run recorded; bad input: NotifyFailure)
+         -> CreateDeployment (a newer approved package exists: NotifySuperseded, succeed)
+         -> WaitForRollout <-> CheckRollout (until every group's job finished; replaced by an older package's
+            deployment: CreateDeployment again, at most MAX_REDEPLOYS times; overtaken: NotifyOvertaken)
+         -> WaitForHeartbeats <-> CheckServing (every device reports the new version)
+         -> Soak -> CheckHealth -> [RequestApproval (task token, timeout)] -> NotifyStagePassed -> NextStage
+         -> after the last: NotifySuccess
+      a stage that fails (jobs, heartbeats, health, telemetry query, rejection, approval timeout):
+         RollBackStage -> WaitForRollback <-> CheckRollback -> NotifyStageRolledBack -> StageRolledBack
+      any other error -> NotifyFailure -> DeploymentFailed
 
 Runs may overlap; the devices end on the newest approved package whatever the order (see
-runtime/deployment.py).
+runtime/deployment.py). A rollback on demand (`{"trigger": "rollback", ...}`, edge_deployment/promotion.py)
+runs the named stages without soak, health gate or approval.
 
 Started by the model package group's "SageMaker Model Package State Change" event when a package
 is Approved (the event's package), and by the workflow pipeline (the newest approved package).
 Every task retries transient errors with the apps' one policy (`shared.workflow_states`) and has a
-catch; a failure is notified (NotifyFailure) and ends the execution with its error (DeploymentFailed).
+catch; nothing waits in a function (Wait states, and the task token for an approval).
 Logging ALL and tracing are set by `workflow_state_machine`.
 """
 
