@@ -803,12 +803,12 @@ class DeploymentWorkflow(Construct):
         # -- a stage passed: the next one, or the end --------------------------------------------------
         stage_passed_message = sfn.TaskInput.from_text(
             sfn.JsonPath.format(
-                "Stage {} passed with model version {}: every one of its {} devices served it and met the health "
-                "gate over {} minutes.\n\n{}",
+                "Stage {} passed with model version {}: every one of its {} devices reports it in its heartbeats; "
+                "{}.\n\n{}",
                 sfn.JsonPath.string_at("$.stage.name"),
                 sfn.JsonPath.string_at("$.model_component.version"),
-                sfn.JsonPath.string_at("$.health.devices"),
-                sfn.JsonPath.string_at("$.health.window_minutes"),
+                sfn.JsonPath.string_at("$.serving.devices"),
+                sfn.JsonPath.string_at("$.health.verdict"),
                 sfn.JsonPath.string_at("$.rollout.message"),
             )
         )

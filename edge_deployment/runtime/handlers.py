@@ -295,11 +295,14 @@ def check_serving(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def check_health(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The health gate after the soak. Input: `{"stage", "model_version", "since"}` (when every device served it).
 
-    A rollback on demand is not gated: it puts back a version a person chose, and every device serves it.
+    Not gated: a rollback on demand (it puts back a version a person chose), and a stage without soak time
+    (`soak_minutes: 0`, the one stage when none is configured): a gate over no time would judge nothing.
     """
     config = _config()
-    if event["stage"].get("on_demand"):
-        return {"healthy": True, "devices": 0, "window_minutes": 0, "samples": [], "gated": False}
+    stage = event["stage"]
+    if stage.get("on_demand") or not stage.get("soak_seconds"):
+        why = "rollback on demand" if stage.get("on_demand") else "soak_minutes 0"
+        return {"healthy": True, "gated": False, "verdict": f"not health-gated ({why})", "samples": []}
     status = health_status(
         client("cloudwatch"),
         client("iot"),

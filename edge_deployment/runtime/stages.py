@@ -597,8 +597,11 @@ def health_status(
     broken = [(sample.thing, judge(sample, bounds, model_version=model_version)) for sample in samples]
     failing = [(thing, "; ".join(problems)) for thing, problems in broken if problems]
     minutes = (now - since).total_seconds() / 60
+    verdict = "passed" if not failing else f"failed by {len(failing)}"
     answer: dict[str, Any] = {
         "healthy": not failing,
+        "gated": True,
+        "verdict": f"health gate {verdict} of {len(devices)} devices over {minutes:.0f} minutes",
         "devices": len(devices),
         "window_minutes": round(minutes, 1),
         "samples": [asdict(sample) for sample in samples[:MAX_LISTED_DEVICES]],

@@ -281,3 +281,22 @@ def test_a_rollback_on_demand_of_the_whole_fleet_and_of_an_unknown_stage(workflo
     assert described["status"] == "FAILED" and described["error"] == "StageInputError"
     assert "no stage named canary (the stages are pilot, production)" in described["cause"]
     assert len(edge.greengrass.created) == created
+
+
+def test_a_stage_without_soak_is_not_health_gated_but_still_needs_every_device_s_heartbeat(
+    workflow_stack, monkeypatch, moto
+):
+    one_stage = [{"name": "fleet", "thing_groups": [FLEET_GROUP], "soak_minutes": 0, "manual_approval": False}]
+    edge = _workflow(workflow_stack, monkeypatch, stages=one_stage)
+    edge.cloudwatch.figures["line-1-cam-1"] = {"LatencyMs": 5000.0}  # would fail a gate: there is none
+    _, described = _deploy(edge, "v1")
+    assert described["status"] == "SUCCEEDED", described
+    (report,) = edge.notifications()
+    assert (
+        "every one of its 2 devices reports it in its heartbeats; not health-gated (soak_minutes 0)"
+        in (report["message"])
+    )
+    edge.cloudwatch.not_loading.add("line-1-cam-2")  # the heartbeat check still holds
+    _, described = _deploy(edge, "v2")
+    assert described["status"] == "FAILED" and described["error"] == "StageRolledBack"
+    assert edge.greengrass.model_on_group(FLEET_ARN) == "1.0.1"

@@ -153,7 +153,14 @@ def _stage(index: int, name: str, *, last: bool) -> dict[str, Any]:
 STAGES = [_stage(0, "pilot", last=False), _stage(1, "production", last=True)]
 SERVING = {"finished": True, "outcome": "SUCCEEDED", "devices": 2, "serving": 2, "missing": [],
            "confirmed_at": "2026-11-22T12:10:00+00:00"}  # fmt: skip
-HEALTHY = {"healthy": True, "devices": 2, "window_minutes": 10.0, "samples": []}
+HEALTHY = {
+    "healthy": True,
+    "gated": True,
+    "verdict": "health gate passed of 2 devices over 10 minutes",
+    "devices": 2,
+    "window_minutes": 10.0,
+    "samples": [],
+}
 # Both stages pass their heartbeats and health gate: a test scripts only what differs.
 STAGES_PASS = {"BeginStage": STAGES, "CheckServing": [SERVING], "CheckHealth": [HEALTHY]}
 STAGE_STATES = [
@@ -304,13 +311,13 @@ def test_first_model_creates_component_deploys_both_components_and_reports_succe
     assert messages == [
         {
             "subject": "[tag-inspect] Edge stage pilot passed: model version 1.0.7",
-            "message": "Stage pilot passed with model version 1.0.7: every one of its 2 devices served it and met "
-            "the health gate over 10.0 minutes.\n\nevery pilot device runs model 1.0.7",
+            "message": "Stage pilot passed with model version 1.0.7: every one of its 2 devices reports it in its "
+            "heartbeats; health gate passed of 2 devices over 10 minutes.\n\nevery pilot device runs model 1.0.7",
         },
         {
             "subject": "[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.7 through stage production",
-            "message": "Stage production passed with model version 1.0.7: every one of its 2 devices served it and "
-            "met the health gate over 10.0 minutes.\n\nevery device runs model 1.0.7",
+            "message": "Stage production passed with model version 1.0.7: every one of its 2 devices reports it in "
+            "its heartbeats; health gate passed of 2 devices over 10 minutes.\n\nevery device runs model 1.0.7",
         },
     ]
 
