@@ -347,10 +347,6 @@ def failure(summary: str, devices: Iterable[tuple[str, str]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _query_id(index: int, metric: str) -> str:
-    return f"q{index}_{metric.lower()}"
-
-
 def _stat(*, namespace: str, metric: str, dimensions: Mapping[str, str], stat: str, period: int) -> dict[str, Any]:
     return {
         "Metric": {
@@ -373,6 +369,7 @@ def metric_values(
 ) -> dict[str, float | None]:
     """Query id -> the statistic over [start, end] (None: no data point), asked in batches."""
     values: dict[str, float | None] = {}
+    stats = {query_id: str(stat["Stat"]) for query_id, stat in queries}
     for offset in range(0, len(queries), MAX_QUERIES):
         batch = queries[offset : offset + MAX_QUERIES]
         request: dict[str, Any] = {
@@ -391,21 +388,25 @@ def metric_values(
                     f"{error.response.get('Error', {}).get('Message', '')})"
                 ) from None
             for result in page.get("MetricDataResults", []):
-                found = result.get("Values") or []
-                if found:
-                    values[result["Id"]] = float(found[0]) if len(found) == 1 else _combine(result["Id"], found)
-                else:
-                    values.setdefault(result["Id"], None)
+                found = [float(value) for value in result.get("Values") or []]
+                previous = values.get(result["Id"])
+                if previous is not None:
+                    found.append(previous)
+                values[result["Id"]] = _combine(stats[result["Id"]], found) if found else None
             if not page.get("NextToken"):
                 break
             request["NextToken"] = page["NextToken"]
     return values
 
 
-def _combine(query_id: str, found: Sequence[float]) -> float:
-    # One period covers the window, so several values only come from paging; a maximum or p95 keeps the
-    # largest, a sum adds up.
-    return float(max(found)) if query_id.endswith(("_max", "_p95")) else float(sum(found))
+def _combine(stat: str, found: Sequence[float]) -> float:
+    """One figure from the values of one query: one period covers the window, but its start may be aligned
+    so that the window spans two, and a page may end between them."""
+    if stat == "Sum":
+        return float(sum(found))
+    if stat == "Average":
+        return float(sum(found) / len(found))
+    return float(max(found))  # Maximum, p95: the larger (a bound holds on the worst part)
 
 
 def serving_status(

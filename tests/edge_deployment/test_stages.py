@@ -292,3 +292,27 @@ def test_a_stage_s_groups_make_one_rollout_answer(outcomes, combined):
     answer = combine_rollouts([(f"g{i}", _status(o, succeeded=1)) for i, o in enumerate(outcomes)])
     assert answer["outcome"] == combined and answer["finished"] is (combined is not None)
     assert answer["counts"] == {"succeeded": len(outcomes)}
+
+
+def test_metric_values_gather_pages_and_periods_and_a_failing_query_is_named():
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    from edge_deployment.runtime.stages import HealthQueryError, metric_values
+
+    cloudwatch = boto3.client("cloudwatch", region_name="eu-west-1")
+    stat = {"Metric": {"Namespace": "n", "MetricName": "Frames", "Dimensions": []}, "Period": 3600}
+    queries = [("q0_frames", {**stat, "Stat": "Sum"}), ("q0_latency", {**stat, "Stat": "p95"})]
+    with Stubber(cloudwatch) as stub:
+        window = {"MetricDataQueries": ANY, "StartTime": ANY, "EndTime": ANY, "ScanBy": "TimestampDescending"}
+        first = {"MetricDataResults": [{"Id": "q0_frames", "Values": [3.0, 4.0]}], "NextToken": "page-2"}
+        stub.add_response("get_metric_data", first, window)
+        second = {"MetricDataResults": [{"Id": "q0_frames", "Values": [5.0]}, {"Id": "q0_latency", "Values": []}]}
+        stub.add_response("get_metric_data", second, {**window, "NextToken": "page-2"})
+        stub.add_client_error("get_metric_data", "AccessDenied", "not allowed")
+        assert metric_values(cloudwatch, queries, start=START, end=START + timedelta(hours=1)) == {
+            "q0_frames": 12.0,  # a sum adds up across periods and pages
+            "q0_latency": None,  # no data point
+        }
+        with pytest.raises(HealthQueryError, match="GetMetricData: AccessDenied: not allowed"):
+            metric_values(cloudwatch, queries, start=START, end=START + timedelta(hours=1))
