@@ -896,7 +896,9 @@ class RolloutStageSettings(_Section):
         min_length=1, description="The devices of the stage (each group deployed to separately)."
     )
     rollout: RolloutSettings | None = Field(
-        default=None, description="The stage's rollout rate, abort rule and waits; default: edge_deployment.rollout."
+        default=None,
+        description="The stage's rollout rate, abort rule and waits: the keys given here replace "
+        "edge_deployment.rollout's, the others are taken from it.",
     )
     soak_minutes: int = Field(
         default=0, ge=0, le=10_080, description="How long the stage serves the new model before its health is judged."
@@ -1044,6 +1046,23 @@ class EdgeDeploymentSettings(_Section):
         if not 0.0 <= low < high <= 1.0:
             raise ValueError("must be [low, high] with 0 <= low < high <= 1")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_rollouts_inherit(cls, data: Any) -> Any:
+        # A stage's `rollout` names what differs; the rest is edge_deployment.rollout's.
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+            return data
+        base = data.get("rollout") or {}
+        if not isinstance(base, dict):
+            return data
+        stages = [
+            {**stage, "rollout": {**base, **stage["rollout"]}}
+            if isinstance(stage, dict) and isinstance(stage.get("rollout"), dict)
+            else stage
+            for stage in data["stages"]
+        ]
+        return {**data, "stages": stages}
 
     @model_validator(mode="after")
     def _stages_fit(self) -> EdgeDeploymentSettings:

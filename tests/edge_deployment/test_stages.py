@@ -316,3 +316,14 @@ def test_metric_values_gather_pages_and_periods_and_a_failing_query_is_named():
         }
         with pytest.raises(HealthQueryError, match="GetMetricData: AccessDenied: not allowed"):
             metric_values(cloudwatch, queries, start=START, end=START + timedelta(hours=1))
+
+
+def test_a_stage_s_rollout_takes_what_it_does_not_name_from_the_fleet_s(raw):  # noqa: F811
+    document = _set(raw, "edge_deployment.rollout.poll_interval_seconds", 45)
+    pilot, production = parse_settings(document).edge_deployment.effective_stages
+    assert pilot.rollout is not None and production.rollout is not None
+    assert pilot.rollout.poll_interval_seconds == 45  # not named by the pilot: the fleet's
+    assert pilot.rollout.max_wait_minutes == 60 and pilot.rollout.base_rate_per_minute == 1  # the pilot's own
+    assert production.rollout.poll_interval_seconds == 45
+    with pytest.raises(ConfigError, match=r"edge_deployment\.stages\.0\.rollout"):
+        parse_settings(_set(document, "edge_deployment.stages", [{**PILOT, "rollout": {"job_timeout_minutes": 999}}]))
