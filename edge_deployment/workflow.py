@@ -797,6 +797,17 @@ class DeploymentWorkflow(Construct):
             },
             result_path="$.stage_failure",
         ).next(roll_back)
+        approval_not_given = sfn.Pass(
+            self,
+            "ApprovalNotGiven",
+            parameters={
+                "summary.$": "States.Format('the answer to the approval request was not an approval ({})', "
+                "States.JsonToString($.approval))",
+                "devices": [],
+                "more_devices": 0,
+            },
+            result_path="$.stage_failure",
+        ).next(roll_back)
         request_approval.add_catch(approval_timed_out, errors=[APPROVAL_TIMEOUT], result_path=ERROR_PATH)
         request_approval.add_catch(approval_rejected, errors=["States.ALL"], result_path=ERROR_PATH)
 
@@ -852,8 +863,16 @@ class DeploymentWorkflow(Construct):
         promote.otherwise(notify_stage_passed.next(next_stage).next(begin_stage))
         request_approval.next(
             sfn.Choice(self, "Approved")
-            .when(sfn.Condition.boolean_equals("$.approval.approved", True), promote)
-            .otherwise(approval_rejected)
+            # only an explicit {"approved": true} promotes; any other answer is a rejection
+            .when(
+                sfn.Condition.and_(
+                    sfn.Condition.is_present("$.approval.approved"),
+                    sfn.Condition.is_boolean("$.approval.approved"),
+                    sfn.Condition.boolean_equals("$.approval.approved", True),
+                ),
+                promote,
+            )
+            .otherwise(approval_not_given)
         )
 
         serving_devices = [sfn.Condition.string_equals("$.rollout.outcome", o) for o in sorted(SERVING_CHECKED)]

@@ -300,3 +300,21 @@ def test_a_stage_without_soak_is_not_health_gated_but_still_needs_every_device_s
     _, described = _deploy(edge, "v2")
     assert described["status"] == "FAILED" and described["error"] == "StageRolledBack"
     assert edge.greengrass.model_on_group(FLEET_ARN) == "1.0.1"
+
+
+@pytest.mark.parametrize("answer", ["{}", '{"approved": "yes"}', '{"approved": false}'], ids=["empty", "text", "false"])
+def test_only_an_explicit_approval_promotes(workflow_stack, monkeypatch, moto, answer):
+    edge = _workflow(workflow_stack, monkeypatch, stages=MANUAL_PILOT)
+    package = edge.register()
+    edge.approve(package)
+    execution = edge.start(_approval(package), "unclear")
+    request = _approval_request(edge)
+    edge.sfn.send_task_success(taskToken=request["task_token"], output=answer)  # e.g. by hand, half-typed
+    described = edge.wait(execution)
+    assert described["status"] == "FAILED" and described["error"] == "StageRolledBack"
+    assert "ApprovalNotGiven" in edge.visited(execution)
+    assert _targets(edge) == [(PILOT_GROUP, "1.0.1"), (PILOT_GROUP, None)]
+    report = [n for n in edge.notifications() if n["subject"].startswith("Edge rollout stopped")]
+    assert (
+        f"the answer to the approval request was not an approval ({answer.replace(' ', '')})" in (report[0]["message"])
+    )
