@@ -9,12 +9,14 @@ from __future__ import annotations
 from edge_deployment.naming import EdgeNames
 from edge_deployment.runtime.config import ENVIRONMENT_VARIABLE, EdgeDeploymentConfig
 from edge_deployment.runtime.deployment import RolloutPolicy
-from shared.config import Settings
+from edge_deployment.runtime.stages import HealthBounds, Stage
+from shared.config import RolloutSettings, Settings
 from shared.names import MODEL_ARCHIVE_PREFIX, ResourceNames
 
 
-def rollout_policy(settings: Settings) -> RolloutPolicy:
-    rollout = settings.edge_deployment.rollout
+def rollout_policy(settings: Settings, rollout: RolloutSettings | None = None) -> RolloutPolicy:
+    """The rollout of `rollout` (a stage's), default: edge_deployment.rollout."""
+    rollout = rollout or settings.edge_deployment.rollout
     return RolloutPolicy(
         base_rate_per_minute=rollout.base_rate_per_minute,
         increment_factor=rollout.increment_factor,
@@ -25,6 +27,32 @@ def rollout_policy(settings: Settings) -> RolloutPolicy:
         job_timeout_minutes=rollout.job_timeout_minutes,
         component_update_timeout_seconds=rollout.component_update_timeout_seconds,
         max_wait_minutes=rollout.max_wait_minutes,
+    )
+
+
+def stages(settings: Settings) -> tuple[Stage, ...]:
+    """edge_deployment.stages in order (one stage, the app's thing group, when none is configured)."""
+    return tuple(
+        Stage(
+            name=stage.name,
+            thing_groups=tuple(stage.thing_groups),
+            rollout=rollout_policy(settings, stage.rollout),
+            poll_interval_seconds=(stage.rollout or settings.edge_deployment.rollout).poll_interval_seconds,
+            soak_minutes=stage.soak_minutes,
+            manual_approval=stage.manual_approval,
+            approval_timeout_hours=stage.approval_timeout_hours,
+        )
+        for stage in settings.edge_deployment.effective_stages
+    )
+
+
+def health_bounds(settings: Settings) -> HealthBounds:
+    health = settings.edge_deployment.health
+    return HealthBounds(
+        min_frames=health.min_frames,
+        max_failed_frame_rate=health.max_failed_frame_rate,
+        max_latency_p95_ms=health.max_latency_p95_ms,
+        max_defect_rate_gap=health.max_defect_rate_gap,
     )
 
 
@@ -44,6 +72,9 @@ def function_config(
         max_archive_bytes=edge.max_model_archive_mb * 1024 * 1024,
         class_names=tuple(settings.project.class_names),
         rollout=rollout_policy(settings),
+        stages=stages(settings),
+        health=health_bounds(settings),
+        metrics_namespace=names.metrics_namespace,
         disk_spooler_version=edge.offline_spool.disk_spooler_version,
     )
 

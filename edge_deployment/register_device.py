@@ -2,7 +2,7 @@
 
     .venv/bin/python -m edge_deployment.register_device --thing-name line-1-cam-1 [--env prod]
         [--output-dir ~/greengrass-devices/line-1-cam-1] [--region eu-west-1] [--profile name] [--json]
-        [--keep-other-groups]
+        [--keep-other-groups] [--thing-group tag-inspection-line-1-pilot]
     .venv/bin/python -m edge_deployment.register_device --thing-name line-1-cam-1 --update-policy
     .venv/bin/python -m edge_deployment.register_device --thing-name line-1-cam-1 --remove
 
@@ -17,6 +17,9 @@ removed again.
 
 It also creates the device's own alarms (edge_deployment/device_alarms.py: silent, uploads dropped).
 
+--thing-group puts the device into another stage's thing group (edge_deployment.stages, e.g. the pilot)
+instead of thing_group_name; give it to --remove too for such a device. The group must exist.
+
 --update-policy writes the device's policy and alarms again from the configuration (after a change of
 the result or heartbeat topics, or of edge_deployment.monitoring); --remove takes the device out of
 the group and deletes its certificate, policy, Greengrass core device, thing and alarms.
@@ -25,6 +28,7 @@ the group and deletes its certificate, policy, Greengrass core device, thing and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -427,7 +431,21 @@ disk spooler plugin, whose installation restarts the nucleus once).
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def stage_membership(names: EdgeNames, stage_groups: Sequence[str], thing_group: str | None) -> EdgeNames:
+    """The names with the device's thing group: a stage's (`--thing-group`) or the app's own.
+
+    The device's deployments come from that group; its metrics and alarms keep the app's group name.
+    """
+    if not thing_group:
+        return names
+    if thing_group not in stage_groups:
+        raise RegistrationError(
+            f"--thing-group {thing_group} is no stage's thing group (edge_deployment.stages: {', '.join(stage_groups)})"
+        )
+    return dataclasses.replace(names, thing_group=thing_group)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--thing-name", required=True, help="the device's IoT thing name (unique in the account)")
     mode = parser.add_mutually_exclusive_group()
@@ -452,7 +470,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--region", help="AWS region (default: the environment's, else the AWS CLI's)")
     parser.add_argument("--profile", help="AWS CLI profile")
     parser.add_argument("--json", action="store_true", help="print the registration as JSON")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--thing-group", help="a stage's thing group (edge_deployment.stages) instead of thing_group_name"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         import boto3  # noqa: PLC0415 - keep --help fast
         from botocore.config import Config  # noqa: PLC0415
@@ -469,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{settings.environment.account}"
             )
         names = edge_names(settings, account=account, region=region)
+        membership = stage_membership(names, settings.edge_deployment.stage_thing_groups, args.thing_group)
         # Standard retry mode: throttling and transient errors are retried with backoff.
         retrying = Config(retries={"mode": "standard", "max_attempts": 8})
         iot = session.client("iot", region_name=region, config=retrying)
@@ -476,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         monitoring = settings.edge_deployment.monitoring
         if args.remove:
             greengrass = session.client("greengrassv2", region_name=region, config=retrying)
-            done = remove_device(iot, greengrass, names=names, thing_name=args.thing_name)
+            done = remove_device(iot, greengrass, names=membership, thing_name=args.thing_name)
             done += [f"deleted alarm {name}" for name in delete_device_alarms(cloudwatch, names, args.thing_name)]
             print("\n".join(done))
             return 0
@@ -488,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         registration = register_device(
             iot,
-            names=names,
+            names=membership,
             thing_name=args.thing_name,
             output_dir=args.output_dir or Path.home() / "greengrass-devices" / args.thing_name,
             region=region,

@@ -863,6 +863,62 @@ class RolloutSettings(_Section):
         return self
 
 
+class HealthGateSettings(_Section):
+    """When a stage's devices count as healthy: read from their own telemetry after the stage's soak time."""
+
+    min_frames: int = Field(
+        default=20,
+        ge=1,
+        description="Frames each device must have served during the soak (an idle device is not judged healthy).",
+    )
+    max_failed_frame_rate: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="Largest share of frames a device may fail to process."
+    )
+    max_latency_p95_ms: float = Field(default=1000.0, gt=0.0, description="Largest p95 inference latency of a device.")
+    max_defect_rate_gap: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="Largest difference between a device's share of flagged frames and the share of test images "
+        "the model flagged (model.json's test_statistics.detection_rate).",
+    )
+
+
+_STAGE_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
+_THING_GROUP = r"^[a-zA-Z0-9:_-]{1,128}$"
+
+
+class RolloutStageSettings(_Section):
+    """One stage of a staged promotion: its thing groups, how fast it rolls out, how long it soaks."""
+
+    name: Annotated[str, Field(pattern=_STAGE_NAME)]
+    thing_groups: list[Annotated[str, Field(pattern=_THING_GROUP)]] = Field(
+        min_length=1, description="The devices of the stage (each group deployed to separately)."
+    )
+    rollout: RolloutSettings | None = Field(
+        default=None,
+        description="The stage's rollout rate, abort rule and waits: the keys given here replace "
+        "edge_deployment.rollout's, the others are taken from it.",
+    )
+    soak_minutes: int = Field(
+        default=0, ge=0, le=10_080, description="How long the stage serves the new model before its health is judged."
+    )
+    manual_approval: bool = Field(
+        default=False, description="A person approves (or rejects) the next stage after the health gate passed."
+    )
+    approval_timeout_hours: int = Field(
+        default=24, ge=1, le=72, description="Without an answer by then the stage is rolled back (fails safe)."
+    )
+
+    @field_validator("thing_groups")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        repeated = sorted({group for group in value if value.count(group) > 1})
+        if repeated:
+            raise ValueError(f"thing groups must be distinct; repeated: {', '.join(repeated)}")
+        return value
+
+
 class TelemetrySettings(_Section):
     """Where the devices' results and heartbeats are kept (S3 + Athena) and how they become metrics."""
 
@@ -995,6 +1051,11 @@ class EdgeDeploymentSettings(_Section):
     heartbeat_topic: Annotated[str, Field(pattern=_MQTT_TOPIC)] = "inspection/{thing}/heartbeat"
     heartbeat_interval_seconds: int = Field(default=60, ge=5, le=3600)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    stages: list[RolloutStageSettings] = Field(
+        default_factory=list,
+        description="Ordered rollout stages (pilot first); empty: one stage, thing_group_name with `rollout`.",
+    )
+    health: HealthGateSettings = Field(default_factory=HealthGateSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     monitoring: FleetMonitoringSettings = Field(default_factory=FleetMonitoringSettings)
     offline_spool: OfflineSpoolSettings = Field(default_factory=OfflineSpoolSettings)
@@ -1055,9 +1116,77 @@ class EdgeDeploymentSettings(_Section):
             raise ValueError("must be [low, high] with 0 <= low < high <= 1")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_rollouts_inherit(cls, data: Any) -> Any:
+        # A stage's `rollout` names what differs; the rest is edge_deployment.rollout's.
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+            return data
+        base = data.get("rollout") or {}
+        if not isinstance(base, dict):
+            return data
+        stages = [
+            {**stage, "rollout": {**base, **stage["rollout"]}}
+            if isinstance(stage, dict) and isinstance(stage.get("rollout"), dict)
+            else stage
+            for stage in data["stages"]
+        ]
+        return {**data, "stages": stages}
+
+    @model_validator(mode="after")
+    def _stages_fit(self) -> EdgeDeploymentSettings:
+        names = [stage.name for stage in self.stages]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"stages: stage names must be unique; repeated: {', '.join(repeated)}")
+        groups = [group for stage in self.stages for group in stage.thing_groups]
+        shared = sorted({group for group in groups if groups.count(group) > 1})
+        if shared:
+            # one device would get two deployments of the same components (they conflict on the device)
+            raise ValueError(f"stages: a thing group belongs to one stage only; in several: {', '.join(shared)}")
+        if self.stages and self.stages[-1].manual_approval:
+            raise ValueError(
+                f"stages: the last stage ({self.stages[-1].name}) has no next stage to approve; "
+                "set manual_approval on the stage before the one a person must approve"
+            )
+        if stage_wait_minutes(self) > MAX_ROLLOUT_WAIT_MINUTES:
+            raise ValueError(
+                f"stages: the stages' waits (rollout max_wait_minutes, soak_minutes, approval_timeout_hours) add up "
+                f"to {stage_wait_minutes(self)} minutes, more than {MAX_ROLLOUT_WAIT_MINUTES}: the workflow must end "
+                "within the 7 days CodePipeline waits for it"
+            )
+        return self
+
+    @property
+    def effective_stages(self) -> list[RolloutStageSettings]:
+        """The configured stages, each with its rollout; none configured: one stage, the app's thing group."""
+        if not self.stages:
+            return [RolloutStageSettings(name="fleet", thing_groups=[self.thing_group_name], rollout=self.rollout)]
+        return [
+            stage if stage.rollout is not None else stage.model_copy(update={"rollout": self.rollout})
+            for stage in self.stages
+        ]
+
+    @property
+    def stage_thing_groups(self) -> list[str]:
+        """Every thing group a deployment targets, in stage order."""
+        return [group for stage in self.effective_stages for group in stage.thing_groups]
+
     @property
     def effective_deployment_name(self) -> str:
         return self.deployment_name or self.thing_group_name
+
+
+def stage_wait_minutes(edge: EdgeDeploymentSettings) -> int:
+    """The longest the stages may wait in all (rollouts, soaks, approvals), plus one rollback's rollout."""
+    total = 0
+    longest_rollout = 0
+    for stage in edge.effective_stages:
+        rollout = stage.rollout or edge.rollout
+        longest_rollout = max(longest_rollout, rollout.max_wait_minutes)
+        total += rollout.max_wait_minutes + stage.soak_minutes
+        total += stage.approval_timeout_hours * 60 if stage.manual_approval else 0
+    return total + longest_rollout
 
 
 # --------------------------------------------------------------------------------------------------

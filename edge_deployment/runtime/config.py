@@ -16,6 +16,7 @@ from typing import Any
 
 from edge_deployment.runtime.components import ModelComponentSettings
 from edge_deployment.runtime.deployment import RolloutPolicy
+from edge_deployment.runtime.stages import HealthBounds, Stage
 
 ENVIRONMENT_VARIABLE = "EDGE_DEPLOYMENT_CONFIG"
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
@@ -48,9 +49,16 @@ class EdgeDeploymentConfig:
     max_archive_bytes: int
     class_names: tuple[str, ...]
     rollout: RolloutPolicy
+    stages: tuple[Stage, ...]  # in promotion order (at least one)
+    health: HealthBounds  # the health gate between stages
+    metrics_namespace: str  # the device metrics (runtime/telemetry.py); their ThingGroup is thing_group_name
     disk_spooler_version: str | None = None  # aws.greengrass.DiskSpooler deployed beside the components (None: not)
 
     def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigurationError(f"{ENVIRONMENT_VARIABLE}: stages must hold at least one stage")
+        if not self.metrics_namespace:
+            raise ConfigurationError(f"{ENVIRONMENT_VARIABLE}: metrics_namespace must be a non-empty string")
         for name in _NAMES:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -96,6 +104,8 @@ class EdgeDeploymentConfig:
         document: dict[str, Any] = {field.name: getattr(self, field.name) for field in fields(self)}
         document["class_names"] = list(self.class_names)
         document["rollout"] = self.rollout.to_json()
+        document["stages"] = [stage.to_json() for stage in self.stages]
+        document["health"] = self.health.to_json()
         return json.dumps(document, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -120,7 +130,26 @@ class EdgeDeploymentConfig:
         if not isinstance(rollout, dict) or any(name not in rollout for name in rollout_fields):
             absent = [name for name in rollout_fields if not isinstance(rollout, dict) or name not in rollout]
             raise ConfigurationError(f"{ENVIRONMENT_VARIABLE}: rollout is missing {', '.join(absent)}")
-        return cls(**{**raw, "class_names": tuple(raw["class_names"]), "rollout": RolloutPolicy.from_json(rollout)})
+        try:
+            stages = tuple(Stage.from_json(stage) for stage in raw["stages"])
+            health = HealthBounds.from_json(raw["health"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigurationError(f"{ENVIRONMENT_VARIABLE}: stages or health: missing or invalid {error}") from None
+        return cls(
+            **{
+                **raw,
+                "class_names": tuple(raw["class_names"]),
+                "rollout": RolloutPolicy.from_json(rollout),
+                "stages": stages,
+                "health": health,
+            }
+        )
+
+    def stage(self, index: int) -> Stage:
+        """The stage at `index` (0: the first); an index outside the stages is a defect of the state machine."""
+        if not 0 <= index < len(self.stages):
+            raise ConfigurationError(f"{ENVIRONMENT_VARIABLE}: no stage {index} (there are {len(self.stages)})")
+        return self.stages[index]
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> EdgeDeploymentConfig:

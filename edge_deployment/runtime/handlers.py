@@ -13,7 +13,14 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from edge_deployment.runtime.aws import DeploymentInputError, account_of, client, component_arn, thing_group_arn
+from edge_deployment.runtime.aws import (
+    DeploymentInputError,
+    account_of,
+    client,
+    component_arn,
+    thing_group_arn,
+    transient_errors,
+)
 from edge_deployment.runtime.components import (
     VERSION_PLACEHOLDER,
     inference_component_version,
@@ -28,7 +35,6 @@ from edge_deployment.runtime.deployment import (
     create_or_reuse_deployment,
     deployment_request,
     older_running_executions,
-    report,
     rollout_status,
     superseded_result,
 )
@@ -40,6 +46,18 @@ from edge_deployment.runtime.model_package import (
 )
 from edge_deployment.runtime.retraining import AlarmChange, RetrainingConfig, retrain_on_drift
 from edge_deployment.runtime.spooler import with_disk_spooler
+from edge_deployment.runtime.stages import (
+    combine_rollouts,
+    deadline_after,
+    health_status,
+    on_demand_stages,
+    rollback_report,
+    rollback_requests,
+    serving_status,
+    stage_deployment_name,
+    stage_rollout_report,
+    start_stage,
+)
 from edge_deployment.runtime.telemetry import TelemetryConfig, transform
 from shared.runtime import cfn_response
 
@@ -99,74 +117,257 @@ def _older_runs(event: dict[str, Any]) -> Any:
     return lambda: older_running_executions(client("stepfunctions"), execution_arn=execution, started=start)
 
 
+def _deployment_names(config: EdgeDeploymentConfig, stage: dict[str, Any]) -> dict[str, str]:
+    return {
+        group["name"]: stage_deployment_name(
+            config.deployment_name, thing_group=group["name"], fleet_group=config.thing_group_name
+        )
+        for group in stage["thing_groups"]
+    }
+
+
+@logger.inject_lambda_context(log_event=True)
+def begin_stage(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A stage begins. Input: `{"index", "request"}` (the execution's input). Output: its groups (checked) with what
+    each ran before, and its timings.
+
+    A rollback on demand (`{"trigger": "rollback", "stages": [...]}`) runs only the stages it names (all when it
+    names none), without soak, health gate or approval: the version it puts back ran there before.
+    """
+    config = _config()
+    partition, region, account = account_of(context.invoked_function_arn)
+    wanted = on_demand_stages(event.get("request"), [stage.name for stage in config.stages])
+    index = int(event["index"])
+    if wanted is not None:
+        index = next(i for i in wanted if i >= index)
+    stage = start_stage(
+        client("greengrassv2"),
+        client("iot"),
+        stage=config.stage(index),
+        index=index,
+        count=len(config.stages),
+        group_arn=lambda name: thing_group_arn(partition=partition, region=region, account=account, name=name),
+        partition=partition,
+        region=region,
+        account=account,
+        now=_now(),
+    )
+    if wanted is not None:
+        stage.update(on_demand=True, last=index == wanted[-1], soak_seconds=0, manual_approval=False)
+    logger.info("stage started", extra={"stage": stage})
+    return stage
+
+
 @logger.inject_lambda_context(log_event=True)
 def create_deployment(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Step 3. Input: the package, the model and inference component versions. Output: the deployment to follow.
+    """Step 3. Input: the package, the model and inference component versions, the stage. Output: the stage's
+    deployments (one per thing group) to follow.
 
     Right before creating, a package that a newer approved one overtook deploys nothing (`superseded`).
     """
     config = _config()
-    partition, region, account = account_of(context.invoked_function_arn)
-    group = config.thing_group_name
-    package = event["package"]
-    newer = newer_approved_package(
-        client("sagemaker"), group_name=config.model_package_group, version=int(package["version"])
+    package, stage = event["package"], event["stage"]
+    stage_settings = config.stage(int(stage["index"]))
+    # a rollback on demand deploys an older package on purpose
+    newer = (
+        None
+        if stage.get("on_demand")
+        else newer_approved_package(
+            client("sagemaker"), group_name=config.model_package_group, version=int(package["version"])
+        )
     )
     if newer is not None:
-        superseded = superseded_result(package, newer, thing_group=group)
+        superseded = superseded_result(package, newer, thing_group=f"stage {stage['name']}")
         logger.info(superseded["subject"], extra={"newer": newer})
         return superseded
     model, inference = event["model_component"], event["inference_component"]
     components = with_disk_spooler(
         {model["name"]: model["version"], inference["name"]: inference["version"]}, config.disk_spooler_version
     )
-    request = deployment_request(
-        thing_group_arn=thing_group_arn(partition=partition, region=region, account=account, name=group),
-        deployment_name=config.deployment_name,
-        components=components,
-        rollout=config.rollout,
-        # A retried call of one attempt creates one deployment; a new attempt (REDEPLOY) creates a new one.
-        client_token=client_token(
-            str(event.get("execution_id", "")),
-            str(event.get("attempt", 0)),
-            *sorted(f"{k}={v}" for k, v in components.items()),
-        ),
-    )
-    deployment = create_or_reuse_deployment(client("greengrassv2"), client("iot"), request, now=_now())
+    names = _deployment_names(config, stage)
+    deployments = []
+    started = None
+    for group in stage["thing_groups"]:
+        request = deployment_request(
+            thing_group_arn=group["arn"],
+            deployment_name=names[group["name"]],
+            components=components,
+            rollout=stage_settings.rollout,
+            # A retried call of one attempt creates one deployment; a new attempt (REDEPLOY) creates a new one.
+            client_token=client_token(
+                str(event.get("execution_id", "")),
+                str(event.get("attempt", 0)),
+                group["name"],
+                *sorted(f"{k}={v}" for k, v in components.items()),
+            ),
+        )
+        created = create_or_reuse_deployment(client("greengrassv2"), client("iot"), request, now=_now())
+        started = started or created["started_at"]
+        deployments.append(
+            {
+                "thing_group": group["name"],
+                "deployment_id": created["deployment_id"],
+                "iot_job_id": created["iot_job_id"],
+                "reused": created["reused"],
+            }
+        )
+    deployment = {"superseded": False, "started_at": started, "components": components, "deployments": deployments}
     logger.info("deployment", extra={"deployment": deployment})
     return deployment
 
 
+def _group_statuses(
+    event: dict[str, Any], config: EdgeDeploymentConfig, deployment: dict[str, Any], *, follow_runs: bool
+) -> dict[str, Any]:
+    package = event.get("package") or {}
+    policy = config.stage(int(event["stage"]["index"])).rollout
+    statuses = [
+        (
+            group["thing_group"],
+            rollout_status(
+                client("greengrassv2"),
+                client("iot"),
+                deployment={**group, "started_at": deployment["started_at"]},
+                policy=policy,
+                now=_now(),
+                thing_group=group["thing_group"],
+                model_component=config.model_component_name if follow_runs else None,
+                still_newest=(lambda: _still_newest(package, group=config.model_package_group))
+                if follow_runs
+                else None,
+                older_runs=_older_runs(event) if follow_runs else None,
+            ),
+        )
+        for group in deployment["deployments"]
+    ]
+    return combine_rollouts(statuses)
+
+
 @logger.inject_lambda_context(log_event=True)
 def check_rollout(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Step 4, one poll. Input: `{"deployment": {...}, "package": {...}}`. Output: finished? and the report."""
+    """Step 4, one poll of the stage's deployments. Input: `{"deployment", "package", "stage"}`. Output: finished?
+    and, when finished, the report (and the failure a bad outcome rolls back)."""
     config = _config()
-    package = event.get("package") or {}
-    status = rollout_status(
-        client("greengrassv2"),
-        client("iot"),
-        deployment=event["deployment"],
-        policy=config.rollout,
-        now=_now(),
-        thing_group=config.thing_group_name,
-        model_component=config.model_component_name,
-        still_newest=lambda: _still_newest(package, group=config.model_package_group),
-        older_runs=_older_runs(event),
-    )
+    # a rollback on demand is not overtaken by newer approvals or older runs: a person asked for this version
+    follow_runs = not event["stage"].get("on_demand")
+    status = _group_statuses(event, config, event["deployment"], follow_runs=follow_runs)
     if status["outcome"] == REDEPLOY:
         logger.info("an older package's deployment replaced this one: deploying again", extra={"rollout": status})
         return status
     if status["finished"]:
         status.update(
-            report(
+            stage_rollout_report(
                 status,
+                stage=event["stage"],
                 deployment=event["deployment"],
-                package=package,
-                thing_group=config.thing_group_name,
-                deployment_name=config.deployment_name,
+                package=event.get("package") or {},
+                deployment_names=_deployment_names(config, event["stage"]),
             )
         )
         logger.info(status["subject"], extra={"rollout": status})
+    return status
+
+
+@logger.inject_lambda_context(log_event=True)
+def check_serving(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """One look: does every device of the stage report the new model version in its heartbeats?
+
+    Input: `{"stage", "deployment", "model_version"}`. Devices get the stage's max_wait_minutes from the
+    deployment's start; a device still silent then fails the stage (NOT_SERVING).
+    """
+    config = _config()
+    stage = event["stage"]
+    policy = config.stage(int(stage["index"])).rollout
+    started = str(event["deployment"]["started_at"])
+    status = serving_status(
+        client("cloudwatch"),
+        client("iot"),
+        stage=stage,
+        namespace=config.metrics_namespace,
+        fleet_group=config.thing_group_name,
+        model_version=str(event["model_version"]),
+        since=datetime.fromisoformat(started),
+        now=_now(),
+        deadline=deadline_after(started, policy.max_wait_minutes),
+    )
+    logger.info("serving", extra={"serving": status})
+    return status
+
+
+@logger.inject_lambda_context(log_event=True)
+def check_health(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The health gate after the soak. Input: `{"stage", "model_version", "since"}` (when every device served it).
+
+    Not gated: a rollback on demand (it puts back a version a person chose), and a stage without soak time
+    (`soak_minutes: 0`, the one stage when none is configured): a gate over no time would judge nothing.
+    """
+    config = _config()
+    stage = event["stage"]
+    if stage.get("on_demand") or not stage.get("soak_seconds"):
+        why = "rollback on demand" if stage.get("on_demand") else "soak_minutes 0"
+        return {"healthy": True, "gated": False, "verdict": f"not health-gated ({why})", "samples": []}
+    status = health_status(
+        client("cloudwatch"),
+        client("iot"),
+        stage=event["stage"],
+        bounds=config.health,
+        namespace=config.metrics_namespace,
+        fleet_group=config.thing_group_name,
+        model_version=str(event["model_version"]),
+        since=datetime.fromisoformat(str(event["since"])),
+        now=_now(),
+    )
+    logger.info("health", extra={"health": status})
+    return status
+
+
+@logger.inject_lambda_context(log_event=True)
+def roll_back_stage(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Put every group of the stage back on what it ran when the stage began. Input: `{"stage", "execution_id"}`."""
+    config = _config()
+    stage = event["stage"]
+    execution = str(event.get("execution_id", ""))
+    requests = rollback_requests(
+        stage,
+        deployment_names=_deployment_names(config, stage),
+        rollout=config.stage(int(stage["index"])).rollout,
+        token=lambda group: client_token(execution, "rollback", str(stage["index"]), group),
+    )
+    greengrass = client("greengrassv2")
+    deployments = []
+    for group, request in requests:
+        with transient_errors():
+            created = greengrass.create_deployment(**request)
+        deployments.append(
+            {
+                "thing_group": group,
+                "deployment_id": created["deploymentId"],
+                "iot_job_id": created.get("iotJobId"),
+                "reused": False,
+            }
+        )
+    rollback = {"started_at": _now().isoformat(), "deployments": deployments}
+    logger.info("stage rolled back", extra={"rollback": rollback})
+    return rollback
+
+
+@logger.inject_lambda_context(log_event=True)
+def check_rollback(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """One poll of a stage's rollback. Input: `{"rollback", "stage", "failure", "package"}`. Output: the report."""
+    config = _config()
+    status = _group_statuses(event, config, event["rollback"], follow_runs=False)
+    if status["finished"]:
+        index = int(event["stage"]["index"])
+        status.update(
+            rollback_report(
+                status,
+                stage=event["stage"],
+                failure_reason=event.get("failure") or {},
+                package=event.get("package") or {},
+                stages_after=[stage.name for stage in config.stages[index + 1 :]],
+            )
+        )
+        logger.info(status["subject"], extra={"rollback": status})
     return status
 
 

@@ -50,6 +50,7 @@ FRAMES, DEFECT_FRAMES, UNCERTAIN_FRAMES, TOP_SCORE, LATENCY = (
 )
 HEARTBEAT_COUNT, SERVING, EMPTY_FRAMES_DRIFTING = "Heartbeats", "Serving", "EmptyFramesDrifting"
 EXPECTED_UNCERTAIN, UPLOADS_PENDING, UPLOADS_DROPPED = "ExpectedUncertainShare", "UploadsPending", "UploadsDroppedTotal"
+EXPECTED_EMPTY = "ExpectedEmptyShare"  # 1 - the serving model's test split detection rate (model.json)
 FRAMES_FAILED, PUBLISH_FAILURES, REJECTED_MESSAGES = "FramesFailedTotal", "PublishFailuresTotal", "RejectedMessages"
 HEARTBEATS_BY_VERSION = "DeviceHeartbeats"
 MAX_EMF_VALUES = 100  # values of one metric in one EMF document
@@ -284,8 +285,9 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
     Results: Frames, DefectFrames, UncertainFrames (counts), TopScore and LatencyMs (every value, so
     CloudWatch computes averages and percentiles). Heartbeats: Heartbeats, FramesFailedTotal,
     PublishFailuresTotal, UploadsPending, UploadsDroppedTotal, Serving and EmptyFramesDrifting (1 or 0),
-    ExpectedUncertainShare (the serving model's test split, when known), and DeviceHeartbeats by
-    ModelVersion. Rejected messages: RejectedMessages (thing group only).
+    ExpectedUncertainShare and ExpectedEmptyShare (the serving model's test split, when known), and
+    DeviceHeartbeats by ModelVersion (per thing group and per device). Rejected messages: RejectedMessages
+    (thing group only).
     """
     minutes: dict[tuple[str, datetime], _DeviceMinute] = defaultdict(_DeviceMinute)
     rejected: dict[datetime, int] = defaultdict(int)
@@ -329,16 +331,22 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
             }
             if heartbeat.expected_uncertain_frame_rate is not None:
                 health[EXPECTED_UNCERTAIN] = ("None", heartbeat.expected_uncertain_frame_rate)
+            if heartbeat.expected_empty_frame_rate is not None:
+                health[EXPECTED_EMPTY] = ("None", heartbeat.expected_empty_frame_rate)
             properties = {"ModelVersion": heartbeat.model_version or "none", "Status": heartbeat.status}
             documents.append(_document(config, moment, dimensions, DEVICE_DIMENSIONS, health, properties))
             documents.append(
                 _document(
                     config,
                     moment,
-                    {"ThingGroup": config.thing_group, "ModelVersion": heartbeat.model_version or "none"},
-                    [["ThingGroup", "ModelVersion"]],
+                    {
+                        "ThingGroup": config.thing_group,
+                        "ModelVersion": heartbeat.model_version or "none",
+                        "Device": thing,
+                    },
+                    # per device too: the staged rollout asks whether each device serves the new version
+                    [["ThingGroup", "ModelVersion"], ["ThingGroup", "Device", "ModelVersion"]],
                     {HEARTBEATS_BY_VERSION: ("Count", 1)},
-                    {"Device": thing},
                 )
             )
     for moment, count in sorted(rejected.items()):

@@ -16,6 +16,10 @@ Every app runs its own code; AWS is replaced only at the service boundary:
 * SageMaker Pipelines: `tests/e2e/pipeline.py` runs the deployed definition with the step code.
 * Greengrass v2 and IoT jobs: `botocore.stub.Stubber`; the device's IPC: `FakeGreengrass`; the
   device's uploads go to a moto server on 127.0.0.1 through the component's own signed PUT.
+* The edge workflow goes through config.yaml's stages (pilot, then production); their heartbeat check
+  and health gate read the device metrics from `StageMetrics` (each stage's device reports the version
+  its group was deployed, with a healthy line's figures): the workflow runs before the device does
+  here, so these are not the device's own (tests/edge_deployment/test_stages.py judges those).
 
 Every name comes from the owner's synthesized stack and from each reader's own configuration, so
 a name computed differently by two sides breaks the loop with a `LoopBroken` naming the stage.
@@ -75,7 +79,59 @@ THING = "line-1-camera-1"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 INFERENCE_VERSION_RESOURCE = "Custom::GreengrassComponentVersion"
 LABELING_HANDLERS = tuple(h for h in HANDLERS if h != "seed_resource")  # every backend's round functions
-EDGE_HANDLERS = ("resolve", "prepare_model", "create_deployment", "check_rollout")
+EDGE_HANDLERS = (
+    "resolve",
+    "prepare_model",
+    "begin_stage",
+    "create_deployment",
+    "check_rollout",
+    "check_serving",
+    "check_health",
+    "roll_back_stage",
+    "check_rollback",
+)
+PILOT_THING = "line-1-pilot-camera"
+
+
+class StageMetrics:
+    """CloudWatch GetMetricData for the stages' gates (requests checked against botocore): each device sends
+    heartbeats with the version the last deployment carries and a healthy line's figures (the health rule on
+    real device telemetry is tested in tests/edge_deployment/test_stages.py)."""
+
+    HEALTHY = {"Frames": 600.0, "DefectFrames": 60.0, "FramesFailedTotal": 0.0, "LatencyMs": 45.0}
+
+    def __init__(self, deployed_version: Callable[[], str]) -> None:
+        import botocore.session
+        from botocore.validate import validate_parameters
+
+        self._deployed_version = deployed_version
+        self._validate = functools.partial(
+            validate_parameters,
+            shape=botocore.session.get_session()
+            .get_service_model("cloudwatch")
+            .operation_model("GetMetricData")
+            .input_shape,
+        )
+        self.devices: list[str] = []
+
+    def get_metric_data(self, **params: Any) -> dict[str, Any]:
+        self._validate(params)
+        results = []
+        for query in params["MetricDataQueries"]:
+            metric = query["MetricStat"]["Metric"]
+            dimensions = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+            self.devices.append(dimensions["Device"])
+            if metric["MetricName"] == "DeviceHeartbeats":
+                value = 3.0 if dimensions["ModelVersion"] == self._deployed_version() else None
+            elif metric["MetricName"] == "ExpectedEmptyShare":
+                value = 0.9
+            else:
+                value = self.HEALTHY.get(metric["MetricName"])
+            answer = [value] if value is not None else []
+            results.append({"Id": query["Id"], "StatusCode": "Complete", "Values": answer, "Timestamps": []})
+        return {"MetricDataResults": results}
+
+
 DESCRIBE_COMPONENT = "DescribeModelComponent"  # the SDK task, answered by the stubbed Greengrass client
 EDGE_STAGE = "edge deployment workflow"
 # A real run of the pipeline with these run parameters (any execution may override them): a tiny model.
@@ -221,7 +277,9 @@ class LoopResult:
     model_package: dict[str, Any] = field(default_factory=dict)  # once approved
     edge_input: dict[str, Any] = field(default_factory=dict)
     edge_output: dict[str, Any] = field(default_factory=dict)
-    deployment_request: dict[str, Any] = field(default_factory=dict)
+    deployment_request: dict[str, Any] = field(default_factory=dict)  # the last stage's (the device's group)
+    deployment_requests: list[dict[str, Any]] = field(default_factory=list)  # every stage's, in order
+    stage_metrics_asked: list[str] = field(default_factory=list)  # devices the health gates asked about
     model_recipe: dict[str, Any] = field(default_factory=dict)
     model_files: list[str] = field(default_factory=list)
     results: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -490,7 +548,8 @@ class Loop:
         definition = copy.deepcopy(machine.definition)
         for _, state in asl.iter_states(definition):
             if state["Type"] == "Wait":
-                state["Seconds"] = 0  # the rollout's IoT job answers at once here
+                state.pop("SecondsPath", None)
+                state["Seconds"] = 0  # the rollout's IoT job answers at once here, and no stage soaks
             if state.get("Resource", "").endswith(":aws-sdk:greengrassv2:describeComponent"):
                 # moto has no Greengrass v2: the SDK task's call goes to the stubbed client below
                 state["Resource"] = function_arn(DESCRIBE_COMPONENT)
@@ -503,11 +562,15 @@ class Loop:
         arn = component_arn(partition=PARTITION, region=REGION, account=ACCOUNT, name=component, version=version)
         now = datetime.now(UTC)
         sent: dict[str, dict[str, Any]] = {}
+        deployments: list[dict[str, Any]] = []
         for operation in ("CreateComponentVersion", "CreateDeployment"):
             greengrass.meta.events.register(
                 f"provide-client-params.greengrassv2.{operation}",
                 lambda params, _op=operation, **_: sent.__setitem__(_op, dict(params)),
             )
+        greengrass.meta.events.register(
+            "provide-client-params.greengrassv2.CreateDeployment", lambda params, **_: deployments.append(dict(params))
+        )
         gg, jobs = Stubber(greengrass), Stubber(iot)
         gg.add_client_error("describe_component", "ResourceNotFoundException", http_status_code=404)
         gg.add_response(
@@ -533,23 +596,55 @@ class Loop:
             },
             {"arn": arn},
         )
-        gg.add_response("list_deployments", {"deployments": []})
-        gg.add_response("create_deployment", {"deploymentId": "e2e-deployment", "iotJobId": "e2e-job"})
-        jobs.add_response(
-            "describe_job",
-            {"job": {"jobId": "e2e-job", "status": "COMPLETED", "jobProcessDetails": {"numberOfSucceededThings": 1}}},
-            {"jobId": "e2e-job"},
-        )
-        # the only execution of the workflow: no earlier run that could still replace its deployment
+        # the stages of config.yaml in order (pilot, production): each group's devices, no deployment before
         sfn = boto3.client("stepfunctions", region_name=REGION)
         runs = Stubber(sfn)
-        runs.add_response("list_executions", {"executions": []})
+        stages = [(stage.name, stage.thing_groups[0]) for stage in edge_config.stages]
+        members = {
+            group: [PILOT_THING if index < len(stages) - 1 else THING] for index, (_, group) in enumerate(stages)
+        }
+        for index, (_, group) in enumerate(stages):
+            group_arn = f"arn:{PARTITION}:iot:{REGION}:{ACCOUNT}:thinggroup/{group}"
+            jobs.add_response(
+                "describe_thing_group", {"thingGroupName": group, "thingGroupArn": group_arn}, {"thingGroupName": group}
+            )
+            jobs.add_response(
+                "list_things_in_thing_group", {"things": members[group]}, {"thingGroupName": group, "maxResults": 1}
+            )
+            gg.add_response(
+                "list_deployments", {"deployments": []}, {"targetArn": group_arn, "historyFilter": "LATEST_ONLY"}
+            )
+            gg.add_response("list_deployments", {"deployments": []})
+            gg.add_response(
+                "create_deployment", {"deploymentId": f"e2e-deployment-{index}", "iotJobId": f"e2e-job-{index}"}
+            )
+            jobs.add_response(
+                "describe_job",
+                {
+                    "job": {
+                        "jobId": f"e2e-job-{index}",
+                        "status": "COMPLETED",
+                        "jobProcessDetails": {"numberOfSucceededThings": 1},
+                    }
+                },
+                {"jobId": f"e2e-job-{index}"},
+            )
+            # the only execution of the workflow: no earlier run that could still replace its deployment
+            runs.add_response("list_executions", {"executions": []})
+            for _ in ("heartbeats", "health"):
+                jobs.add_response(
+                    "list_things_in_thing_group",
+                    {"things": members[group]},
+                    {"thingGroupName": group, "maxResults": 250},
+                )
+        metrics = StageMetrics(lambda: deployments[-1]["components"][component]["componentVersion"])
         clients = {
             "greengrassv2": greengrass,
             "iot": iot,
             "s3": self.s3,
             "sagemaker": self.sagemaker,
             "stepfunctions": sfn,
+            "cloudwatch": metrics,
         }
 
         def call_sdk(service: str, action: str, parameters: dict[str, Any]) -> Any:
@@ -580,6 +675,8 @@ class Loop:
             raise LoopBroken(f"{EDGE_STAGE}: {described.get('error')}: {_cause(described.get('cause', ''))}")
         output: dict[str, Any] = json.loads(described["output"])
         self.result.deployment_request = sent.get("CreateDeployment", {})
+        self.result.deployment_requests = deployments
+        self.result.stage_metrics_asked = metrics.devices
         self.result.model_recipe = json.loads(sent["CreateComponentVersion"]["inlineRecipe"])
         return output
 

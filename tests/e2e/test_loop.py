@@ -122,7 +122,15 @@ def test_the_approval_deploys_exactly_that_package_to_the_thing_group(loop, sett
     package = loop.model_package
     assert loop.edge_input["model_package_arn"] == package["ModelPackageArn"]
     assert loop.edge_output["rollout"]["outcome"] == "SUCCEEDED"
+    assert loop.edge_output["health"]["healthy"] is True and loop.edge_output["stage"]["last"] is True
+    # through the example's two stages: the pilot group first, then production (the device's group)
+    pilot, production = loop.deployment_requests
+    groups = [group for stage in edge.effective_stages for group in stage.thing_groups]
+    assert [r["targetArn"].rsplit("/", 1)[-1] for r in (pilot, production)] == groups
+    assert pilot["components"] == production["components"]  # the same versions, promoted
+    assert {"line-1-pilot-camera", THING} == set(loop.stage_metrics_asked)  # each stage's own devices were judged
     request = loop.deployment_request
+    assert request == production
     assert request["targetArn"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{edge.thing_group_name}"
     model = request["components"][edge.model_component_name]["componentVersion"]
     assert model == f"1.0.{package['ModelPackageVersion']}" == loop.model_recipe["ComponentVersion"]

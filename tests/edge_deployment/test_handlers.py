@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from edge_deployment.function_config import rollout_policy
+from edge_deployment.function_config import health_bounds, rollout_policy, stages
 from edge_deployment.runtime import handlers
 from edge_deployment.runtime.components import VERSION_PLACEHOLDER, inference_component_version
 from edge_deployment.runtime.config import ENVIRONMENT_VARIABLE, EdgeDeploymentConfig
@@ -57,6 +57,9 @@ def environment(monkeypatch, settings):
         max_archive_bytes=512 * 1024 * 1024,
         class_names=("scratch",),
         rollout=rollout_policy(settings),
+        stages=stages(settings),  # the example's: pilot, production
+        health=health_bounds(settings),
+        metrics_namespace="tag-inspect/Devices",
     )
     monkeypatch.setenv(ENVIRONMENT_VARIABLE, config.to_json())
     return config
@@ -94,8 +97,15 @@ def _newest_approved(stub: Stubber, version: int) -> None:
     stub.add_response("list_model_packages", {"ModelPackageSummaryList": [summary]}, NEWEST_APPROVED_QUERY)
 
 
+FLEET_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/tag-inspection-line-1"
+PRODUCTION = {
+    "index": 1,
+    "name": "production",
+    "thing_groups": [{"name": "tag-inspection-line-1", "arn": FLEET_ARN, "previous": None}],
+}
 CREATE_EVENT = {
     "package": _package(7),
+    "stage": PRODUCTION,
     "model_component": {"name": "com.example.tag-inspection.ScratchModel", "version": "1.0.7"},
     "inference_component": {"name": "com.example.tag-inspection.ScratchDetector", "version": "1.0.99"},
     "execution_id": "arn:aws:states:eu-west-1:123456789012:execution:tag-inspect-edge-deployment:run-1",
@@ -117,7 +127,11 @@ def test_create_deployment_targets_the_configured_group_in_the_function_s_own_ac
             result = handlers.create_deployment({**CREATE_EVENT, "attempt": attempt}, _context())
         registry.assert_no_pending_responses()
     assert result["superseded"] is False
-    assert sent[0]["targetArn"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/tag-inspection-line-1"
+    assert [d["thing_group"] for d in result["deployments"]] == ["tag-inspection-line-1"]
+    assert sent[0]["targetArn"] == FLEET_ARN
+    assert sent[0]["deploymentName"] == "tag-inspection-line-1"  # the app's own group keeps its deployment name
+    # the stage's own rollout (production has none: edge_deployment.rollout)
+    assert sent[0]["iotJobConfiguration"]["jobExecutionsRolloutConfig"]["maximumPerMinute"] == 100
     assert sent[0]["components"]["com.example.tag-inspection.ScratchDetector"]["componentVersion"] == "1.0.99"
     assert sent[1]["clientToken"] == sent[0]["clientToken"]  # a retried call of one run is the same request
     assert sent[2]["clientToken"] != sent[0]["clientToken"]  # a new attempt (REDEPLOY) is a new deployment
@@ -129,38 +143,46 @@ def test_a_package_a_newer_approved_one_overtook_deploys_nothing(clients, enviro
         result = handlers.create_deployment(CREATE_EVENT, _context())
         stub.assert_no_pending_responses()  # no Greengrass call at all
     assert result["superseded"] is True and result["newer"] == _package(8)
-    assert result["subject"] == "Edge rollout SUPERSEDED: model package v7 not deployed to tag-inspection-line-1"
+    assert result["subject"] == "Edge rollout SUPERSEDED: model package v7 not deployed to stage production"
     assert "version 8" in result["message"] and "reject the newer package" in result["message"]
 
 
-def test_check_rollout_adds_the_report_when_finished(clients, environment):
-    deployment = {
-        "deployment_id": "d-1",
-        "iot_job_id": "job-1",
+def _deployment(**group: object) -> dict:
+    return {
         "started_at": datetime.now(UTC).isoformat(),
         "components": {"m": "1.0.7"},
+        "deployments": [
+            {"thing_group": "tag-inspection-line-1", "deployment_id": "d-1", "iot_job_id": "job-1", "reused": False}
+            | group
+        ],
     }
+
+
+def test_check_rollout_adds_the_report_when_finished(clients, environment):
+    deployment = _deployment()
     with Stubber(clients("iot")) as stub, Stubber(clients("sagemaker")) as registry:
         stub.add_response(
             "describe_job",
             {"job": {"jobId": "job-1", "status": "IN_PROGRESS", "jobProcessDetails": {"numberOfSucceededThings": 3}}},
         )
         _newest_approved(registry, 7)  # still the newest approved package: the devices run it
-        result = handlers.check_rollout({"deployment": deployment, "package": _package(7)}, _context())
+        result = handlers.check_rollout(
+            {"deployment": deployment, "package": _package(7), "stage": PRODUCTION}, _context()
+        )
         registry.assert_no_pending_responses()
     assert result["finished"] is True and result["outcome"] == "SUCCEEDED"
-    assert result["subject"] == "Edge rollout SUCCEEDED: model package v7 to tag-inspection-line-1"
-    assert "3 succeeded" in result["message"]
+    assert result["subject"] == "Edge rollout SUCCEEDED: model package v7, stage production"
+    assert "3 succeeded" in result["message"] and "failure" not in result
 
 
 def test_check_rollout_without_report_while_devices_are_pending(clients, environment):
-    deployment = {"deployment_id": "d-1", "iot_job_id": "job-1", "started_at": datetime.now(UTC).isoformat()}
+    deployment = _deployment()
     with Stubber(clients("iot")) as stub:
         stub.add_response(
             "describe_job",
             {"job": {"jobId": "job-1", "status": "IN_PROGRESS", "jobProcessDetails": {"numberOfInProgressThings": 1}}},
         )
-        result = handlers.check_rollout({"deployment": deployment}, _context())
+        result = handlers.check_rollout({"deployment": deployment, "stage": PRODUCTION}, _context())
     assert result["finished"] is False and "message" not in result
 
 

@@ -1,8 +1,10 @@
 """Overlapping runs of the edge deployment workflow: the devices end on the newest approved package.
 
-The synthesized state machine runs in moto's executor with the real resolve / create / check functions
-(tests/edge_deployment/workflow_harness.py). A test holds one run right before its CreateDeployment
-call reaches Greengrass and lets the other one through, to play each race in its worst order.
+The synthesized state machine runs in moto's executor with the real functions
+(tests/edge_deployment/workflow_harness.py), with one stage (the app's thing group): the races are
+between runs, whatever the stages (test_stages_workflow.py plays the stages). A test holds one run right
+before its CreateDeployment call reaches Greengrass and lets the other one through, to play each race in
+its worst order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tests.edge_deployment.workflow_harness import MODEL_COMPONENT, EdgeWorkflow
 
 GROUP_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/tag-inspection-line-1"
 WAIT = 60.0
+ONE_STAGE = {"name": "fleet", "thing_groups": ["tag-inspection-line-1"], "soak_minutes": 0, "manual_approval": False}
 
 
 def _approval(arn: str) -> dict:
@@ -31,7 +34,7 @@ def _approval(arn: str) -> dict:
 @pytest.fixture
 def edge(workflow_stack, monkeypatch):
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}):
-        workflow = EdgeWorkflow(workflow_stack.template)
+        workflow = EdgeWorkflow(workflow_stack.template, stages=[ONE_STAGE])
         workflow.install(monkeypatch)
         yield workflow
 
@@ -55,7 +58,7 @@ class Hold:
 def _outcomes(edge: EdgeWorkflow) -> dict[str, list[str]]:
     by_subject: dict[str, list[str]] = {}
     for notification in edge.notifications():
-        outcome = notification["subject"].split(":")[0].removeprefix("Edge rollout ")
+        outcome = notification["subject"].removeprefix("[tag-inspect] ").split(":")[0].removeprefix("Edge rollout ")
         by_subject.setdefault(outcome, []).append(notification["subject"])
     return by_subject
 
@@ -79,10 +82,10 @@ def test_two_approvals_close_together_end_on_the_newer_package_whatever_reaches_
     versions = [d["components"][MODEL_COMPONENT]["componentVersion"] for d in edge.greengrass.created]
     assert versions == ["1.0.2", "1.0.1", "1.0.2"]  # v2, replaced by v1, deployed again
     assert "CountRedeploy" in edge.visited(run_newer)
-    assert edge.visited(run_older)[-2:] == ["NotifySuccess", "Deployed"]
+    assert edge.visited(run_older)[-2:] == ["NotifyOvertaken", "Overtaken"]
     outcomes = _outcomes(edge)
     assert [len(outcomes.get(o, [])) for o in ("SUCCEEDED", "SUPERSEDED")] == [1, 1], outcomes
-    assert outcomes["SUCCEEDED"] == ["Edge rollout SUCCEEDED: model package v2 to tag-inspection-line-1"]
+    assert outcomes["SUCCEEDED"] == ["[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.2 through stage fleet"]
 
 
 def test_an_approval_processed_after_a_newer_one_deploys_nothing(edge):
@@ -101,7 +104,7 @@ def test_an_approval_processed_after_a_newer_one_deploys_nothing(edge):
     ]
     assert resolved["package"]["arn"] == older
     outcomes = _outcomes(edge)
-    assert outcomes["SUPERSEDED"] == ["Edge rollout SUPERSEDED: model package v1 not deployed to tag-inspection-line-1"]
+    assert outcomes["SUPERSEDED"] == ["Edge rollout SUPERSEDED: model package v1 not deployed to stage fleet"]
 
 
 def test_the_same_package_from_the_approval_and_the_pipeline_is_rolled_out_once_and_reported_once(edge):

@@ -297,3 +297,27 @@ def test_the_installer_printed_is_the_configured_nucleus_version_not_the_latest(
     assert nucleus_url(version) in text
     assert nucleus_url(version).endswith(f"/releases/greengrass-{version}.zip")
     assert "latest" not in text
+
+
+def test_a_pilot_device_joins_its_stage_s_group_and_keeps_the_app_s_alarms(tmp_path, capsys, settings):
+    names = edge_names(settings, account=ACCOUNT, region=REGION)
+    pilot = settings.edge_deployment.effective_stages[0].thing_groups[0]
+    with mock_aws():
+        client = boto3.client("iot", region_name=REGION)
+        _deploy_app(client, names)
+        client.create_thing_group(thingGroupName=pilot)
+        arguments = ["--thing-name", "line-1-pilot-cam", "--region", REGION, "--output-dir", str(tmp_path / "p")]
+        assert main([*arguments, "--thing-group", pilot, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["thing_group"] == pilot
+        assert client.list_things_in_thing_group(thingGroupName=pilot)["things"] == ["line-1-pilot-cam"]
+        assert client.list_things_in_thing_group(thingGroupName=names.thing_group)["things"] == []
+        alarms = boto3.client("cloudwatch", region_name=REGION).describe_alarms()["MetricAlarms"]
+        dimensions = {d["Name"]: d["Value"] for alarm in alarms for d in alarm["Dimensions"]}
+        assert dimensions["ThingGroup"] == names.thing_group  # the telemetry's group name, whatever the stage
+        assert (
+            main(
+                ["--thing-name", "x", "--region", REGION, "--output-dir", str(tmp_path / "x"), "--thing-group", "other"]
+            )
+            == 1
+        )
+    assert "--thing-group other is no stage's thing group" in capsys.readouterr().err

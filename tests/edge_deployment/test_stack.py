@@ -210,7 +210,8 @@ def test_the_state_machine_logs_everything_and_is_traced(machine):
 
 def test_every_task_retries_with_backoff_and_has_a_catch(machine):
     tasks = {name: state for name, state in machine.definition["States"].items() if state["Type"] == "Task"}
-    assert len(tasks) == 9  # 4 functions, DescribeModelComponent, 4 notifications
+    # 9 functions, DescribeModelComponent, 6 notifications and the approval request (task token)
+    assert len(tasks) == 17
     for name, state in tasks.items():
         assert state.get("Retry"), f"{name} has no retry"
         assert all(retry.get("IntervalSeconds", 1) >= 1 for retry in state["Retry"]), name
@@ -270,6 +271,28 @@ FUNCTION_CALLS = {
         ("sagemaker", "ListModelPackages"),
         ("sfn", "ListExecutions"),
     ],
+    "WorkflowBeginStageFunction": [
+        ("iot", "DescribeThingGroup"),
+        ("iot", "ListThingsInThingGroup"),
+        ("greengrassv2", "ListDeployments"),
+        ("greengrassv2", "GetDeployment"),
+        ("greengrassv2", "DescribeComponent"),
+    ],
+    "WorkflowCheckServingFunction": [("iot", "ListThingsInThingGroup"), ("cloudwatch", "GetMetricData")],
+    "WorkflowCheckHealthFunction": [("iot", "ListThingsInThingGroup"), ("cloudwatch", "GetMetricData")],
+    "WorkflowRollBackStageFunction": [
+        ("greengrassv2", "CreateDeployment"),
+        ("iot", "CreateJob"),
+        ("iot", "DescribeThingGroup"),
+        ("iot", "DescribeJob"),
+    ],
+    "WorkflowCheckRollbackFunction": [
+        ("greengrassv2", "GetDeployment"),
+        ("iot", "DescribeJob"),
+        ("iot", "ListJobExecutionsForJob"),
+        ("greengrassv2", "ListEffectiveDeployments"),
+        ("iot", "ListThingsInThingGroup"),
+    ],
     "InferenceComponentPublishFunction": [
         ("greengrassv2", "DescribeComponent"),
         ("greengrassv2", "GetComponent"),
@@ -289,6 +312,41 @@ def test_each_function_s_role_grants_the_iam_actions_of_its_calls(workflow_stack
         call = SdkTask("call", service, operation[0].lower() + operation[1:], {}, "")
         for action in iam_actions(call):
             assert role_allows(template, role_id, action), f"{function}: {service}.{operation} needs {action}"
+
+
+def test_the_stage_functions_may_reach_every_stage_s_thing_group_and_no_other(workflow_stack, settings):
+    template = workflow_stack.template
+    (fleet_group_id,) = [
+        lid
+        for lid, r in template["Resources"].items()
+        if r["Type"] == "AWS::IoT::ThingGroup"
+        and r["Properties"]["ThingGroupName"] == settings.edge_deployment.thing_group_name
+    ]
+    # the app's own group by its resource, the other stages' groups by name
+    expected = {
+        f"${{{fleet_group_id}.Arn}}"
+        if group == settings.edge_deployment.thing_group_name
+        else f"arn:aws:iot:eu-west-1:123456789012:thinggroup/{group}"
+        for group in settings.edge_deployment.stage_thing_groups
+    }
+    assert len(expected) == 2  # the example: pilot and production
+    for function, action in (
+        ("WorkflowCreateDeploymentFunction", "iot:CreateJob"),
+        ("WorkflowRollBackStageFunction", "iot:CreateJob"),
+        ("WorkflowBeginStageFunction", "iot:ListThingsInThingGroup"),
+        ("WorkflowCheckHealthFunction", "iot:ListThingsInThingGroup"),
+        ("WorkflowCheckServingFunction", "iot:ListThingsInThingGroup"),
+    ):
+        _, resource = _by_prefix(template, "AWS::Lambda::Function", function)
+        role_id = resource["Properties"]["Role"]["Fn::GetAtt"][0]
+        granted = {
+            render_token(arn, {"AWS::Partition": "aws", "AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012"})
+            for statement in role_statements(template, role_id)
+            if action in _as_list(statement["Action"])
+            for arn in _as_list(statement["Resource"])
+        }
+        groups = {arn for arn in granted if "thinggroup/" in arn or "ThingGroup" in arn}
+        assert groups == expected, (function, groups)
 
 
 def test_the_prepare_function_reads_only_the_model_archives_training_writes(workflow_stack):

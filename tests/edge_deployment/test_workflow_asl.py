@@ -75,7 +75,7 @@ class _InOrder(list):
         self.served = 0
 
     def __getitem__(self, _index):  # type: ignore[override]
-        item = list.__getitem__(self, min(self.served, len(self) - 1))
+        item = list.__getitem__(self, min(self.served, list.__len__(self) - 1))
         self.served += 1
         return item
 
@@ -116,16 +116,70 @@ def _fast(definition: Mapping[str, Any]) -> dict[str, Any]:
     fast = copy.deepcopy(definition)
     for _, state in iter_states(fast):
         if state["Type"] == "Wait":
+            state.pop("SecondsPath", None)
             state["Seconds"] = 0
     return fast
 
 
-LAMBDA_STATES = {"ResolveModelPackage", "PrepareModelComponent", "CreateDeployment", "CheckRollout"}
+LAMBDA_STATES = {
+    "ResolveModelPackage",
+    "PrepareModelComponent",
+    "BeginStage",
+    "CreateDeployment",
+    "CheckRollout",
+    "CheckServing",
+    "CheckHealth",
+    "RollBackStage",
+    "CheckRollback",
+}
+
+
+def _stage(index: int, name: str, *, last: bool) -> dict[str, Any]:
+    """BeginStage's answer for the example's stages (pilot, production)."""
+    return {
+        "index": index,
+        "name": name,
+        "last": last,
+        "next_index": index + 1,
+        "thing_groups": [{"name": f"line-1-{name}", "arn": f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/line-1-{name}"}],
+        "poll_seconds": 30,
+        "soak_seconds": 600,
+        "manual_approval": False,
+        "approval_timeout_seconds": 3600,
+        "started_at": "2026-11-22T12:00:00+00:00",
+    }
+
+
+STAGES = [_stage(0, "pilot", last=False), _stage(1, "production", last=True)]
+SERVING = {"finished": True, "outcome": "SUCCEEDED", "devices": 2, "serving": 2, "missing": [],
+           "confirmed_at": "2026-11-22T12:10:00+00:00"}  # fmt: skip
+HEALTHY = {
+    "healthy": True,
+    "gated": True,
+    "verdict": "health gate passed of 2 devices over 10 minutes",
+    "devices": 2,
+    "window_minutes": 10.0,
+    "samples": [],
+}
+# Both stages pass their heartbeats and health gate: a test scripts only what differs.
+STAGES_PASS = {"BeginStage": STAGES, "CheckServing": [SERVING], "CheckHealth": [HEALTHY]}
+STAGE_STATES = [
+    "CheckRollout",
+    "RolloutFinished",
+    "WaitForHeartbeats",
+    "CheckServing",
+    "ServingNewVersion",
+    "Soak",
+    "CheckHealth",
+    "StageHealthy",
+    "LastStage",
+]
 
 
 def run(definition, execution_input: Mapping[str, Any], answers: Mapping[str, Sequence[Any]], monkeypatch):
     """Run the state machine; returns (describe_execution, visited states, SNS messages, task inputs)."""
     case = MockTestCase("edge", "path", [])
+    answers = {**STAGES_PASS, **answers}
     for state, state_answers in answers.items():
         case.state_mocked_responses[state] = _mocked(state, state_answers, lambda_task=state in LAMBDA_STATES)
 
@@ -165,13 +219,29 @@ def run(definition, execution_input: Mapping[str, Any], answers: Mapping[str, Se
 def _rollout(outcome: str | None, message: str = "") -> dict[str, Any]:
     if outcome is None:
         return {"finished": False, "outcome": None, "counts": {}, "devices": []}
-    return {
+    answer = {
         "finished": True,
         "outcome": outcome,
-        "subject": f"Edge rollout {outcome}: model package v7 to line-1",
+        "subject": f"Edge rollout {outcome}: model package v7, stage pilot",
         "message": message or f"rollout {outcome}",
         "counts": {},
         "devices": [],
+    }
+    if outcome not in ("SUCCEEDED", "NO_DEVICES", "SUPERSEDED"):
+        answer["failure"] = {"summary": f"the stage's rollout ended {outcome}", "devices": [], "more_devices": 0}
+    return answer
+
+
+ROLLBACK = {"started_at": "2026-11-22T12:30:00+00:00", "deployments": [{"thing_group": "line-1-pilot",
+            "deployment_id": "d-2", "iot_job_id": "job-2", "reused": False}]}  # fmt: skip
+
+
+def _rolled_back(message: str) -> dict[str, Any]:
+    return {
+        "finished": True,
+        "outcome": "SUCCEEDED",
+        "subject": "Edge rollout stopped at stage pilot: model package v7 rolled back",
+        "message": message,
     }
 
 
@@ -187,11 +257,16 @@ def test_first_model_creates_component_deploys_both_components_and_reports_succe
                 {"Status": {"ComponentState": "DEPLOYABLE"}},
             ],
             "CreateDeployment": [DEPLOYMENT],
-            "CheckRollout": [_rollout(None), _rollout(None), _rollout("SUCCEEDED", "every device runs model 1.0.7")],
+            "CheckRollout": [
+                _rollout(None),
+                _rollout(None),
+                _rollout("SUCCEEDED", "every pilot device runs model 1.0.7"),
+                _rollout("SUCCEEDED", "every device runs model 1.0.7"),
+            ],
         },
         monkeypatch,
     )
-    assert described["status"] == "SUCCEEDED", described
+    assert described["status"] == "SUCCEEDED", (described.get("error"), described.get("cause"), visited)
     assert visited == [
         "ResolveModelPackage",
         "ModelPackageFound",
@@ -203,6 +278,8 @@ def test_first_model_creates_component_deploys_both_components_and_reports_succe
         "WaitForModelComponent",
         "DescribeModelComponent",
         "ModelComponentDeployable",
+        "StartStages",
+        "BeginStage",
         "StartDeploymentAttempts",
         "CreateDeployment",
         "DeploymentSuperseded",
@@ -213,17 +290,35 @@ def test_first_model_creates_component_deploys_both_components_and_reports_succe
         "CheckRollout",
         "RolloutFinished",
         "WaitForRollout",
-        "CheckRollout",
-        "RolloutFinished",
+        *STAGE_STATES,
+        "NotifyStagePassed",
+        "NextStage",
+        "BeginStage",
+        "StartDeploymentAttempts",
+        "CreateDeployment",
+        "DeploymentSuperseded",
+        "WaitForRollout",
+        *STAGE_STATES,
         "NotifySuccess",
         "Deployed",
     ]
+    assert [i["next_stage"]["index"] for i in inputs["BeginStage"]] == [0, 1]  # the stages in order
+    assert [i["stage"]["name"] for i in inputs["CreateDeployment"]] == ["pilot", "production"]
     # the resolver got the event's package ARN; the deployment gets the published inference version
     assert inputs["ResolveModelPackage"][0]["model_package_arn"] == PACKAGE["arn"]
     create_input = inputs["CreateDeployment"][0]
     assert create_input["model_component"] == MODEL_COMPONENT
     assert messages == [
-        {"subject": "Edge rollout SUCCEEDED: model package v7 to line-1", "message": "every device runs model 1.0.7"}
+        {
+            "subject": "[tag-inspect] Edge stage pilot passed: model version 1.0.7",
+            "message": "Stage pilot passed with model version 1.0.7: every one of its 2 devices reports it in its "
+            "heartbeats; health gate passed of 2 devices over 10 minutes.\n\nevery pilot device runs model 1.0.7",
+        },
+        {
+            "subject": "[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.7 through stage production",
+            "message": "Stage production passed with model version 1.0.7: every one of its 2 devices reports it in "
+            "its heartbeats; health gate passed of 2 devices over 10 minutes.\n\nevery device runs model 1.0.7",
+        },
     ]
 
 
@@ -254,24 +349,15 @@ def test_rerunning_the_same_package_reuses_component_and_deployment(definition, 
     )
     assert described["status"] == "SUCCEEDED"
     assert "WaitForModelComponent" not in visited
-    assert visited.count("CreateDeployment") == 1 and visited.count("CheckRollout") == 1
-    assert [m["message"] for m in messages] == ["already deployed"]
+    assert visited.count("CreateDeployment") == 2 and visited.count("CheckRollout") == 2  # once per stage
+    assert [m["message"].split("\n\n")[-1] for m in messages] == ["already deployed", "already deployed"]
 
 
-@pytest.mark.parametrize(
-    ("outcome", "report"),
-    [
-        ("FAILED", "failed on some devices; those devices rolled back\n  - line-1-cam-3: FAILED - COMPONENT_BROKEN"),
-        ("ABORTED", "aborted by the abort rule (too many failures)\n  - line-1-cam-4: FAILED - OOM"),
-        ("CANCELED", "cancelled before it finished (a newer deployment to the group, or a person)"),
-        ("INCOMPLETE", "not finished within the wait\n  - line-1-cam-8: still QUEUED after 180 minutes"),
-    ],
-    ids=["rollback", "abort", "cancelled", "devices-offline"],
-)
-def test_a_rollout_that_did_not_succeed_is_reported_with_the_devices_and_fails(
-    definition, monkeypatch, outcome, report
+@pytest.mark.parametrize("outcome", ["FAILED", "ABORTED", "CANCELED", "INCOMPLETE"])
+def test_a_stage_whose_rollout_did_not_succeed_is_rolled_back_and_the_next_stage_never_starts(
+    definition, monkeypatch, outcome
 ):
-    described, visited, messages, _ = run(
+    described, visited, messages, inputs = run(
         definition,
         APPROVAL_EVENT_INPUT,
         {
@@ -279,19 +365,42 @@ def test_a_rollout_that_did_not_succeed_is_reported_with_the_devices_and_fails(
             "PrepareModelComponent": [MODEL_COMPONENT],
             "DescribeModelComponent": [{"Status": {"ComponentState": "DEPLOYABLE"}}],
             "CreateDeployment": [DEPLOYMENT],
-            "CheckRollout": [_rollout(None), _rollout(outcome, report)],
+            "CheckRollout": [_rollout(None), _rollout(outcome)],
+            "RollBackStage": [ROLLBACK],
+            "CheckRollback": [{"finished": False, "outcome": None}, _rolled_back("put back on 1.0.6")],
         },
         monkeypatch,
     )
     assert described["status"] == "FAILED"
-    assert described["error"] == outcome
-    assert described["cause"] == f"Edge rollout {outcome}: model package v7 to line-1"
-    assert visited[-3:] == ["RolloutFinished", "NotifyRolloutFailure", "RolloutFailed"]
-    assert messages == [{"subject": f"Edge rollout {outcome}: model package v7 to line-1", "message": report}]
+    assert described["error"] == "StageRolledBack"
+    assert described["cause"] == "Edge rollout stopped at stage pilot: model package v7 rolled back"
+    assert visited[-11:] == [
+        "RolloutFinished",
+        "RolloutFailedOnStage",
+        "RollBackStage",
+        "WaitForRollback",
+        "CheckRollback",
+        "RollbackFinished",
+        "WaitForRollback",
+        "CheckRollback",
+        "RollbackFinished",
+        "NotifyStageRolledBack",
+        "StageRolledBack",
+    ]
+    assert visited.count("BeginStage") == 1 and "CheckServing" not in visited  # production never deployed
+    assert inputs["RollBackStage"][0]["stage_failure"]["summary"] == f"the stage's rollout ended {outcome}"
+    assert messages == [
+        {"subject": "Edge rollout stopped at stage pilot: model package v7 rolled back", "message": "put back on 1.0.6"}
+    ]
 
 
-def test_a_group_with_no_devices_yet_is_a_success(definition, monkeypatch):
-    described, visited, _, _ = run(
+def test_a_group_with_no_devices_in_the_job_still_needs_every_device_s_heartbeat(definition, monkeypatch):
+    not_serving = {
+        "finished": True,
+        "outcome": "NOT_SERVING",
+        "failure": {"summary": "1 of 1 devices did not report model version 1.0.7", "devices": [], "more_devices": 0},
+    }
+    described, visited, _, inputs = run(
         definition,
         APPROVAL_EVENT_INPUT,
         {
@@ -300,11 +409,16 @@ def test_a_group_with_no_devices_yet_is_a_success(definition, monkeypatch):
             "DescribeModelComponent": [{"Status": {"ComponentState": "DEPLOYABLE"}}],
             "CreateDeployment": [DEPLOYMENT],
             "CheckRollout": [_rollout("NO_DEVICES")],
+            "CheckServing": [{"finished": False, "outcome": None}, not_serving],
+            "RollBackStage": [ROLLBACK],
+            "CheckRollback": [_rolled_back("put back")],
         },
         monkeypatch,
     )
-    assert described["status"] == "SUCCEEDED"
-    assert visited[-2:] == ["NotifySuccess", "Deployed"]
+    assert described["status"] == "FAILED" and described["error"] == "StageRolledBack"
+    assert visited.count("CheckServing") == 2 and "Soak" not in visited
+    assert "NotServingNewVersion" in visited
+    assert inputs["CheckRollback"][0]["stage_failure"] == not_serving["failure"]
 
 
 def test_no_approved_model_yet_succeeds_with_a_message_and_does_nothing_else(definition, monkeypatch):
@@ -341,8 +455,13 @@ def test_no_approved_model_yet_succeeds_with_a_message_and_does_nothing_else(def
             "model archive s3://m/7 is 250.0 MiB, over the limit of 200 MiB",
         ),
         ("CreateDeployment", "AccessDeniedException", "not authorized to perform greengrass:CreateDeployment"),
+        (
+            "BeginStage",
+            "StageInputError",
+            "stage pilot (edge_deployment.stages[0]): thing group line-1-pilot has no devices",
+        ),
     ],
-    ids=["other-group", "no-onnx", "too-large", "deployment-denied"],
+    ids=["other-group", "no-onnx", "too-large", "deployment-denied", "empty-group"],
 )
 def test_a_failing_step_stops_the_workflow_early_and_notifies_the_reason(
     definition, monkeypatch, failing_state, error, reason
@@ -360,7 +479,7 @@ def test_a_failing_step_stops_the_workflow_early_and_notifies_the_reason(
     assert described["error"] == error
     assert reason in described["cause"]
     assert visited[-2:] == ["NotifyFailure", "DeploymentFailed"]
-    order = ["ResolveModelPackage", "PrepareModelComponent", "CreateDeployment", "CheckRollout"]
+    order = ["ResolveModelPackage", "PrepareModelComponent", "BeginStage", "CreateDeployment", "CheckRollout"]
     for later in order[order.index(failing_state) + 1 :]:
         assert later not in visited  # nothing after the failing step ran: nothing was created
     assert visited.count(failing_state) == 1  # bad input is not retried

@@ -33,6 +33,8 @@ PSEUDO_PARAMETERS = {
 }
 
 # Operations whose IAM action is not `<signing name>:<operation>`.
+# Services whose IAM prefix is neither their signing name nor their endpoint prefix.
+IAM_PREFIXES = {"monitoring": "cloudwatch"}
 IRREGULAR_IAM_ACTIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("s3", "ListObjectsV2"): ("s3:ListBucket",),
     ("s3", "ListObjects"): ("s3:ListBucket",),
@@ -237,7 +239,7 @@ def iam_actions(task: SdkTask) -> tuple[str, ...]:
         return irregular
     metadata = _session().get_service_model(service).metadata
     prefix = metadata.get("signingName") or metadata["endpointPrefix"]
-    return (f"{prefix}:{task.operation_name}",)
+    return (f"{IAM_PREFIXES.get(prefix, prefix)}:{task.operation_name}",)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -234,17 +234,23 @@ def test_workflows_that_could_outlast_the_workflow_pipeline_are_refused(raw, key
 
 
 def test_the_longest_accepted_workflows_end_within_the_workflow_action_limit(raw):
-    from shared.config import ROLLOUT_OVERHEAD_MINUTES, WORKFLOW_ACTION_LIMIT_SECONDS
+    from shared.config import ROLLOUT_OVERHEAD_MINUTES, WORKFLOW_ACTION_LIMIT_SECONDS, stage_wait_minutes
     from training.stacks import workflow_timeout
 
+    # one stage (no stages configured): its rollout, and a rollback's, fit in the limit
     document = _set(
-        _set(raw, "training.max_runtime_seconds", 270_000), "edge_deployment.rollout.max_wait_minutes", 10_020
+        _set(_set(raw, "training.max_runtime_seconds", 270_000), "edge_deployment.rollout.max_wait_minutes", 5010),
+        "edge_deployment.stages",
+        [],
     )
     settings = parse_settings(document)
     assert workflow_timeout(settings).to_seconds() <= WORKFLOW_ACTION_LIMIT_SECONDS
+    assert stage_wait_minutes(settings.edge_deployment) == 2 * 5010
     assert (
-        settings.edge_deployment.rollout.max_wait_minutes + ROLLOUT_OVERHEAD_MINUTES
+        stage_wait_minutes(settings.edge_deployment) + ROLLOUT_OVERHEAD_MINUTES
     ) * 60 <= WORKFLOW_ACTION_LIMIT_SECONDS
+    with pytest.raises(ConfigError, match=r"the stages' waits .* add up to 10022 minutes"):
+        parse_settings(_set(document, "edge_deployment.rollout.max_wait_minutes", 5011))
 
 
 _LS_URL = {"url": "https://labels.example.com", "api_token_secret": "tag-inspect/label-studio-token"}
