@@ -6,7 +6,9 @@ its own alarms, named after it (the notification names the device), as it gets i
 * `<alarm prefix>device-silent-<thing>`: no heartbeat for `monitoring.silent_minutes` minutes
   (missing data counts as silence);
 * `<alarm prefix>uploads-dropped-<thing>`: the device's upload queue dropped frames in the last
-  five minutes (its running count of dropped frames went up).
+  five minutes (its running count of dropped frames went up);
+* `<alarm prefix>messages-dropped-<thing>`: results or heartbeats the nucleus refused and the device's
+  outbox could not keep (full or not writable) were lost in the last five minutes.
 
 Both notify the edge app's topic, which accepts alarms whose names start with the app's alarm prefix.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge_deployment.naming import EdgeNames
-from edge_deployment.runtime.telemetry import HEARTBEAT_COUNT, UPLOADS_DROPPED
+from edge_deployment.runtime.telemetry import HEARTBEAT_COUNT, PUBLISH_DROPPED, UPLOADS_DROPPED
 from shared.config import FleetMonitoringSettings
 
 
@@ -26,6 +28,48 @@ def silent_alarm_name(names: EdgeNames, thing_name: str) -> str:
 
 def uploads_dropped_alarm_name(names: EdgeNames, thing_name: str) -> str:
     return f"{names.alarm_prefix}uploads-dropped-{thing_name}"
+
+
+def messages_dropped_alarm_name(names: EdgeNames, thing_name: str) -> str:
+    return f"{names.alarm_prefix}messages-dropped-{thing_name}"
+
+
+def alarm_names(names: EdgeNames, thing_name: str) -> list[str]:
+    """The names of one device's alarms, in the order device_alarm_requests makes them."""
+    return [
+        silent_alarm_name(names, thing_name),
+        uploads_dropped_alarm_name(names, thing_name),
+        messages_dropped_alarm_name(names, thing_name),
+    ]
+
+
+def _rise_alarm(
+    names: EdgeNames, dimensions: list[dict[str, str]], *, name: str, description: str, metric: str, label: str
+) -> dict[str, Any]:
+    """An alarm on the rise of a running count the device reports (it counts since the component started)."""
+    return {
+        "AlarmName": name,
+        "AlarmDescription": description,
+        "Metrics": [
+            {
+                "Id": "total",
+                "MetricStat": {
+                    "Metric": {"Namespace": names.metrics_namespace, "MetricName": metric, "Dimensions": dimensions},
+                    "Period": 300,
+                    "Stat": "Maximum",
+                },
+                "ReturnData": False,
+            },
+            # The rise of the running count is what was dropped in the period.
+            {"Id": "newly_dropped", "Expression": "DIFF(total)", "Label": label, "ReturnData": True},
+        ],
+        "EvaluationPeriods": 1,
+        "Threshold": 0.0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": [names.notification_topic_arn],
+        "OKActions": [names.notification_topic_arn],
+    }
 
 
 def device_alarm_requests(
@@ -52,33 +96,24 @@ def device_alarm_requests(
             "TreatMissingData": "breaching",
             **actions,
         },
-        {
-            "AlarmName": uploads_dropped_alarm_name(names, thing_name),
-            "AlarmDescription": f"Device {thing_name} dropped frames meant for labeling: its offline queue is full "
+        _rise_alarm(
+            names,
+            dimensions,
+            name=uploads_dropped_alarm_name(names, thing_name),
+            description=f"Device {thing_name} dropped frames meant for labeling: its offline queue is full "
             "(long offline, or edge_deployment.offline_queue_mb too small).",
-            "Metrics": [
-                {
-                    "Id": "dropped",
-                    "MetricStat": {
-                        "Metric": {
-                            "Namespace": names.metrics_namespace,
-                            "MetricName": UPLOADS_DROPPED,
-                            "Dimensions": dimensions,
-                        },
-                        "Period": 300,
-                        "Stat": "Maximum",
-                    },
-                    "ReturnData": False,
-                },
-                # The count runs since the component started: its rise is what was dropped in the period.
-                {"Id": "newly_dropped", "Expression": "DIFF(dropped)", "Label": "frames dropped", "ReturnData": True},
-            ],
-            "EvaluationPeriods": 1,
-            "Threshold": 0.0,
-            "ComparisonOperator": "GreaterThanThreshold",
-            "TreatMissingData": "notBreaching",
-            **actions,
-        },
+            metric=UPLOADS_DROPPED,
+            label="frames dropped",
+        ),
+        _rise_alarm(
+            names,
+            dimensions,
+            name=messages_dropped_alarm_name(names, thing_name),
+            description=f"Device {thing_name} lost results or heartbeats: the nucleus refused them (spool full or "
+            "IPC down) and the component's outbox was full or not writable (outboxMaxMB; section 5 of the guide).",
+            metric=PUBLISH_DROPPED,
+            label="messages dropped",
+        ),
     ]
 
 
@@ -94,7 +129,7 @@ def put_device_alarms(
 
 def delete_device_alarms(cloudwatch: Any, names: EdgeNames, thing_name: str) -> list[str]:
     """Delete the device's alarms that exist; their names (none: nothing to delete)."""
-    wanted = [silent_alarm_name(names, thing_name), uploads_dropped_alarm_name(names, thing_name)]
+    wanted = alarm_names(names, thing_name)
     found = [alarm["AlarmName"] for alarm in cloudwatch.describe_alarms(AlarmNames=wanted).get("MetricAlarms", [])]
     if found:
         cloudwatch.delete_alarms(AlarmNames=found)

@@ -15,7 +15,7 @@ Alarms (to the edge app's notification topic; thresholds in `edge_deployment.mon
 * `rejected-messages`: device messages the telemetry store could not read (kept under rejected/);
 * `workflow-failed`: an edge deployment run failed, timed out or was aborted.
 
-Each device's own silence and dropped-upload alarms are made by register_device (device_alarms.py).
+Each device's own silence, dropped-upload and dropped-message alarms are made by register_device (device_alarms.py).
 With `retrain_on_drift`, the two drift alarms start the labeling workflow pipeline through a function
 that starts at most one run per `retrain_min_hours` and notifies either way (runtime/retraining.py).
 """
@@ -46,6 +46,8 @@ from edge_deployment.runtime.telemetry import (
     HEARTBEAT_COUNT,
     HEARTBEATS_BY_VERSION,
     LATENCY,
+    PUBLISH_DROPPED,
+    PUBLISH_PENDING,
     REJECTED_MESSAGES,
     UNCERTAIN_FRAMES,
     UPLOADS_DROPPED,
@@ -407,9 +409,9 @@ class FleetMonitoring(Construct):
                 width=width,
             ),
             cloudwatch.GraphWidget(
-                title="Uploads waiting and dropped (per device)",
-                left=[self._search(UPLOADS_PENDING, "Maximum")],
-                right=[self._search(UPLOADS_DROPPED, "Maximum")],
+                title="Frames and messages waiting, and dropped (per device)",
+                left=[self._search(UPLOADS_PENDING, "Maximum"), self._search(PUBLISH_PENDING, "Maximum")],
+                right=[self._search(UPLOADS_DROPPED, "Maximum"), self._search(PUBLISH_DROPPED, "Maximum")],
                 width=width,
             ),
         )

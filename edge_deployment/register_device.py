@@ -15,7 +15,8 @@ Greengrass installer needs: data and credentials endpoints, role alias, thing na
 The edge_deployment app must be deployed first. If a step fails, what the script created so far is
 removed again.
 
-It also creates the device's own alarms (edge_deployment/device_alarms.py: silent, uploads dropped).
+It also creates the device's own alarms (edge_deployment/device_alarms.py: silent, uploads dropped,
+messages dropped).
 
 --thing-group puts the device into another stage's thing group (edge_deployment.stages, e.g. the pilot)
 instead of thing_group_name; give it to --remove too for such a device. The group must exist.

@@ -50,6 +50,7 @@ FRAMES, DEFECT_FRAMES, UNCERTAIN_FRAMES, TOP_SCORE, LATENCY = (
 )
 HEARTBEAT_COUNT, SERVING, EMPTY_FRAMES_DRIFTING = "Heartbeats", "Serving", "EmptyFramesDrifting"
 EXPECTED_UNCERTAIN, UPLOADS_PENDING, UPLOADS_DROPPED = "ExpectedUncertainShare", "UploadsPending", "UploadsDroppedTotal"
+PUBLISH_PENDING, PUBLISH_DROPPED = "PublishPending", "PublishDroppedTotal"  # the device's outbox (inspector/outbox.py)
 EXPECTED_EMPTY = "ExpectedEmptyShare"  # 1 - the serving model's test split detection rate (model.json)
 FRAMES_FAILED, PUBLISH_FAILURES, REJECTED_MESSAGES = "FramesFailedTotal", "PublishFailuresTotal", "RejectedMessages"
 HEARTBEATS_BY_VERSION = "DeviceHeartbeats"
@@ -284,7 +285,8 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
 
     Results: Frames, DefectFrames, UncertainFrames (counts), TopScore and LatencyMs (every value, so
     CloudWatch computes averages and percentiles). Heartbeats: Heartbeats, FramesFailedTotal,
-    PublishFailuresTotal, UploadsPending, UploadsDroppedTotal, Serving and EmptyFramesDrifting (1 or 0),
+    PublishFailuresTotal, UploadsPending, UploadsDroppedTotal, PublishPending, PublishDroppedTotal, Serving and
+    EmptyFramesDrifting (1 or 0),
     ExpectedUncertainShare and ExpectedEmptyShare (the serving model's test split, when known), and
     DeviceHeartbeats by ModelVersion (per thing group and per device). Rejected messages: RejectedMessages
     (thing group only).
@@ -326,6 +328,8 @@ def metric_documents(rows: Iterable[Row], config: TelemetryConfig, now: datetime
                 PUBLISH_FAILURES: ("Count", heartbeat.publish_failures),
                 UPLOADS_PENDING: ("Count", heartbeat.uploads_pending),
                 UPLOADS_DROPPED: ("Count", heartbeat.uploads_dropped),
+                PUBLISH_PENDING: ("Count", heartbeat.publish_pending),
+                PUBLISH_DROPPED: ("Count", heartbeat.publish_dropped),
                 SERVING: ("None", 1 if heartbeat.serving else 0),
                 EMPTY_FRAMES_DRIFTING: ("None", 1 if heartbeat.empty_frames_drifting else 0),
             }

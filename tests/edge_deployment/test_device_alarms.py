@@ -8,8 +8,10 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from edge_deployment.device_alarms import (
+    alarm_names,
     delete_device_alarms,
     device_alarm_requests,
+    messages_dropped_alarm_name,
     put_device_alarms,
     silent_alarm_name,
     uploads_dropped_alarm_name,
@@ -28,7 +30,7 @@ def names(settings):
 
 
 def test_the_silent_alarm_fires_on_missing_heartbeats_for_the_configured_minutes(names, settings):
-    silent, _ = device_alarm_requests(names, FleetMonitoringSettings(silent_minutes=7), THING)
+    silent, _, _ = device_alarm_requests(names, FleetMonitoringSettings(silent_minutes=7), THING)
     assert silent["AlarmName"] == f"{names.alarm_prefix}device-silent-{THING}"
     assert silent["AlarmName"].startswith(names.alarm_prefix), "only the app's alarms may publish to its topic"
     assert (silent["Namespace"], silent["MetricName"]) == (f"{settings.project.prefix}/Devices", "Heartbeats")
@@ -43,15 +45,28 @@ def test_the_silent_alarm_fires_on_missing_heartbeats_for_the_configured_minutes
     assert silent["AlarmActions"] == silent["OKActions"] == [topic]
 
 
-def test_the_uploads_alarm_fires_when_the_running_count_of_dropped_frames_rises(names):
-    _, dropped = device_alarm_requests(names, FleetMonitoringSettings(), THING)
-    assert dropped["AlarmName"] == uploads_dropped_alarm_name(names, THING)
+@pytest.mark.parametrize(
+    ("index", "alarm_name", "metric_name"),
+    [
+        (1, uploads_dropped_alarm_name, "UploadsDroppedTotal"),  # frames meant for labeling
+        (2, messages_dropped_alarm_name, "PublishDroppedTotal"),  # results and heartbeats the outbox could not keep
+    ],
+)
+def test_a_dropped_alarm_fires_when_the_device_s_running_count_rises(names, index, alarm_name, metric_name):
+    dropped = device_alarm_requests(names, FleetMonitoringSettings(), THING)[index]
+    assert dropped["AlarmName"] == alarm_name(names, THING)
+    assert dropped["AlarmName"].startswith(names.alarm_prefix), "only the app's alarms may publish to its topic"
     metric, expression = dropped["Metrics"]
-    assert metric["MetricStat"]["Metric"]["MetricName"] == "UploadsDroppedTotal"
+    assert metric["MetricStat"]["Metric"]["MetricName"] == metric_name
+    assert metric["MetricStat"]["Metric"]["Dimensions"] == [
+        {"Name": "ThingGroup", "Value": names.thing_group},
+        {"Name": "Device", "Value": THING},
+    ]
     assert metric["MetricStat"]["Stat"] == "Maximum" and metric["ReturnData"] is False
-    assert expression["Expression"] == "DIFF(dropped)" and expression["ReturnData"] is True
+    assert expression["Expression"] == f"DIFF({metric['Id']})" and expression["ReturnData"] is True
     assert (dropped["ComparisonOperator"], dropped["Threshold"]) == ("GreaterThanThreshold", 0.0)
     assert dropped["TreatMissingData"] == "notBreaching"
+    assert dropped["AlarmActions"] == dropped["OKActions"] == [names.notification_topic_arn]
 
 
 def test_the_requests_are_valid_cloudwatch_calls(names):
@@ -62,6 +77,7 @@ def test_the_requests_are_valid_cloudwatch_calls(names):
         assert put_device_alarms(cloudwatch, names, FleetMonitoringSettings(), THING) == [
             silent_alarm_name(names, THING),
             uploads_dropped_alarm_name(names, THING),
+            messages_dropped_alarm_name(names, THING),
         ]
         stub.assert_no_pending_responses()
 
@@ -73,14 +89,10 @@ def test_alarms_are_written_again_and_deleted_with_only_this_device_s(names):
         put_device_alarms(cloudwatch, names, FleetMonitoringSettings(), "line-1-cam-2")
         put_device_alarms(cloudwatch, names, FleetMonitoringSettings(silent_minutes=30), THING)  # updated, not doubled
         alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms()["MetricAlarms"]}
-        assert len(alarms) == 4 and alarms[silent_alarm_name(names, THING)]["EvaluationPeriods"] == 30
-        assert sorted(delete_device_alarms(cloudwatch, names, THING)) == sorted(
-            [silent_alarm_name(names, THING), uploads_dropped_alarm_name(names, THING)]
-        )
+        assert len(alarms) == 6 and alarms[silent_alarm_name(names, THING)]["EvaluationPeriods"] == 30
+        assert sorted(delete_device_alarms(cloudwatch, names, THING)) == sorted(alarm_names(names, THING))
         remaining = sorted(a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"])
-        assert remaining == sorted(
-            [silent_alarm_name(names, "line-1-cam-2"), uploads_dropped_alarm_name(names, "line-1-cam-2")]
-        )
+        assert remaining == sorted(alarm_names(names, "line-1-cam-2"))
         assert delete_device_alarms(cloudwatch, names, THING) == [], "deleting again finds nothing and fails nothing"
 
 
@@ -98,7 +110,7 @@ def test_registering_on_the_command_line_creates_the_alarms_and_removing_deletes
         assert main(["--thing-name", THING, "--region", REGION, "--output-dir", str(tmp_path / "d")]) == 0
         cloudwatch = boto3.client("cloudwatch", region_name=REGION)
         created = sorted(a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"])
-        assert created == sorted([silent_alarm_name(names, THING), uploads_dropped_alarm_name(names, THING)])
+        assert created == sorted(alarm_names(names, THING))
         capsys.readouterr()
         assert main(["--thing-name", THING, "--region", REGION, "--remove"]) == 0
         removal = capsys.readouterr().out

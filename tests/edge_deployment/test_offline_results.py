@@ -19,8 +19,9 @@ import pytest
 from edge_deployment.components.inference.inspector.greengrass import IpcError
 from edge_deployment.components.inference.inspector.outbox import REPLAY_BATCH, Outbox
 from shared.contracts import DeviceHeartbeat
-from tests.edge_deployment.device_support import MODEL_COMPONENT, FakeGreengrass, restore_pillow_open
+from tests.edge_deployment.device_support import MODEL_COMPONENT, THING, FakeGreengrass, restore_pillow_open
 from tests.edge_deployment.test_inference_service import BUCKET, HEARTBEAT, RESULTS, Device, jpeg, score_model, tag
+from tests.edge_deployment.test_telemetry import envelope, metric_values, run
 
 
 @pytest.fixture(autouse=True)
@@ -200,3 +201,23 @@ def test_the_service_counts_a_message_it_could_not_keep(tmp_path: Path, monkeypa
     monkeypatch.setattr(service.outbox, "put", disk_full)
     _frames(device, service, ["a.jpg"])  # inference goes on
     assert service.heartbeat_payload()["publish_dropped"] == 2  # the result and the heartbeat: lost, and counted
+
+
+def test_the_messages_a_device_lost_reach_the_metric_its_alarm_watches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device, nucleus = _device(tmp_path, storage="Disk", max_bytes=10_000_000)
+    service = device.service()
+    nucleus.ipc_up = False
+
+    def disk_full(*_: Any) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(service.outbox, "put", disk_full)
+    _frames(device, service, ["a.jpg", "b.jpg"])
+    heartbeat = service.heartbeat_payload()
+    assert heartbeat["publish_dropped"] >= 2  # both results at least
+    _, _, documents = run(envelope(heartbeat, kind="heartbeat"))
+    # the running count becomes PublishDroppedTotal, the metric the messages-dropped alarm watches
+    assert metric_values(documents, "PublishDroppedTotal", Device=THING) == [heartbeat["publish_dropped"]]
+    assert metric_values(documents, "PublishPending", Device=THING) == [0]

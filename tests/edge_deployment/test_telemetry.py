@@ -358,6 +358,8 @@ def test_a_heartbeat_becomes_health_metrics_and_a_count_per_model_version(tmp_pa
     assert metric_values(documents, "Serving", Device=THING) == [1]
     assert metric_values(documents, "FramesFailedTotal", Device=THING) == [0]
     assert metric_values(documents, "UploadsDroppedTotal", Device=THING) == [0]
+    assert metric_values(documents, "PublishPending", Device=THING) == [0]
+    assert metric_values(documents, "PublishDroppedTotal", Device=THING) == [0]
     assert metric_values(documents, "DeviceHeartbeats", ModelVersion="1.0.1") == [1]
     (by_version,) = [d for d in documents if "DeviceHeartbeats" in d]
     assert by_version["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [
