@@ -126,7 +126,6 @@ TUNED = "Tuned"  # added to the suffix of the chains that tune instead of traini
 DATASET_PROPERTIES = "DatasetProperties"
 EVALUATION_REPORT = "EvaluationReport"
 CHAMPION_OUTPUTS = {"champion_package_arn": "String", "champion_model_url": "String"}
-TUNED_HYPERPARAMETERS = ("model_size", "epochs", "image_size", "learning_rate")
 
 # -- containers ---------------------------------------------------------------------------------------
 PROCESSING_ROOT = "/opt/ml/processing"
@@ -146,8 +145,6 @@ BOOTSTRAP = (
     'exec bash training/steps/run.sh "$@"'
 )
 ENVIRONMENT = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "PYTHONUNBUFFERED": "1"}
-
-
 JOB_ENTRY = "training/steps/job.py"  # what the training toolkit runs in script mode
 
 
@@ -420,7 +417,9 @@ def _processing_step(
     )
 
 
+# The JSON files the pipeline reads values from (`JsonGet`): the dataset version, the gate's verdict.
 DATASET_FILE = PropertyFile(name=DATASET_PROPERTIES, output_name="export", path="dataset.json")
+EVALUATION_FILE = PropertyFile(name=EVALUATION_REPORT, output_name="evaluation", path="evaluation.json")
 
 
 def export_step(build: Build, class_names: Sequence[str]) -> ProcessingStep:
@@ -489,10 +488,6 @@ def prepare_step(build: Build) -> ProcessingStep:
     )
 
 
-def evaluation_file(chain: str) -> PropertyFile:
-    return PropertyFile(name=EVALUATION_REPORT, output_name="evaluation", path="evaluation.json")
-
-
 def evaluate_step(chain: str, build: Build, model_uri: Any, dataset_uri: Any, champion: LambdaStep) -> ProcessingStep:
     run = ("pipeline-runs", ExecutionVariables.PIPELINE_EXECUTION_ID)
     bucket = build.resources.model_bucket
@@ -522,13 +517,13 @@ def evaluate_step(chain: str, build: Build, model_uri: Any, dataset_uri: Any, ch
             _processing_output("evaluation", s3_uri(bucket, *run, "evaluation")),
             _processing_output("package", s3_uri(bucket, *run, "package")),
         ],
-        property_files=[evaluation_file(chain)],
+        property_files=[EVALUATION_FILE],
     )
 
 
 def evaluation_value(evaluate: ProcessingStep, path: str) -> JsonGet:
     """A value of the evaluation's evaluation.json (the verdict, the registry metadata)."""
-    return JsonGet(step_name=evaluate.name, property_file=EVALUATION_REPORT, json_path=path)
+    return JsonGet(step_name=evaluate.name, property_file=EVALUATION_FILE, json_path=path)
 
 
 # --------------------------------------------------------------------------------------------------
