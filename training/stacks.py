@@ -21,8 +21,8 @@ from shared.config import Settings
 from shared.names import resource_names
 from training import APP
 from training.dashboard import TrainingDashboard
+from training.job_limits import MAX_WAIT_LIMIT_SECONDS, PROCESSING_MAX_RUNTIME_SECONDS
 from training.model_registry import ModelRegistry
-from training.pipeline_definition import MAX_WAIT_LIMIT_SECONDS, PROCESSING_MAX_RUNTIME_SECONDS
 from training.training_pipeline import TrainingPipeline
 from training.workflow import TrainingWorkflow
 

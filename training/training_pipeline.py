@@ -33,7 +33,7 @@ from shared.config import Settings
 from shared.guardrails import allow
 from shared.names import OFFLINE_STORE_PREFIX, RAW_IMAGE_PREFIX, ResourceNames
 from training.dlc_registry import image_repository_arn, resolve_image
-from training.pipeline_definition import PipelineResources, pipeline_definition
+from training.quiet_sdk import quiet_sdk
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEPS_DIR = REPO_ROOT / "training" / "steps"
@@ -256,7 +256,12 @@ class TrainingPipeline(Construct):
         grant_key_by_alias(self.pipeline_role, alias=names.model_key_alias, stack=stack, actions=["kms:Decrypt"])
 
         # -- the pipeline -----------------------------------------------------------------------------
+        # Authored with the SageMaker Python SDK, imported here: only a training stack pays for its import.
+        with quiet_sdk():
+            from training.pipeline_definition import PipelineResources, pipeline_definition  # noqa: PLC0415
+
         resources = PipelineResources(
+            pipeline_name=names.training_pipeline,
             role_arn=self.job_role.role_arn,
             model_bucket=names.model_bucket,
             model_key_arn=stack.format_arn(

@@ -105,7 +105,7 @@ def test_labeling_writes_every_raw_image_s_verified_boxes_to_the_offline_store(l
 
 def test_training_trains_on_those_labels_and_registers_an_approved_package(loop, names):
     assert loop.dataset["image_count"] == len(loop.raw_images)
-    assert {"ExportDataset", "PrepareDataset", "TrainSpot", "EvaluateSpot", "RegisterModelSpot"} <= set(
+    assert {"ExportDataset", "PrepareDataset", "TrainSpot", "EvaluateSpot", "RegisterModelSpot-RegisterModel"} <= set(
         loop.pipeline_steps
     )
     registered, package = loop.registered_package, loop.model_package

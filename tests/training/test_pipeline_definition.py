@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import botocore.session
+import pytest
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
 from training import pipeline_definition as pd
@@ -44,6 +46,16 @@ def references(value: Any) -> list[str]:
     """Every `Get` path inside a value (property references, parameters, execution variables)."""
     text = json.dumps(value)
     return re.findall(r'"Get": "([^"]+)"', text)
+
+
+def evaluated(value: Any, gets: dict[str, str]) -> Any:
+    """A `Std:Join` as the service evaluates it, with each `Get` path replaced by its value in `gets`."""
+    if isinstance(value, dict) and set(value) == {"Get"}:
+        return gets[value["Get"]]
+    if isinstance(value, dict) and set(value) == {"Std:Join"}:
+        join = value["Std:Join"]
+        return join["On"].join(str(evaluated(part, gets)) for part in join["Values"])
+    return value
 
 
 def step_references(step: dict) -> set[str]:
@@ -128,7 +140,7 @@ def test_steps_and_branches(definition):
             (new_model,) = gate_step["ElseSteps"]
             assert (new_model["Name"], new_model["Type"]) == (f"NewModel{chain}", "Condition")
             registered = [(s["Name"], s["Type"]) for s in new_model["Arguments"]["IfSteps"]]
-            assert registered == [(f"RegisterModel{chain}", "RegisterModel")]
+            assert registered == [(f"RegisterModel{chain}-RegisterModel", "RegisterModel")]
             assert new_model["Arguments"]["ElseSteps"] == []  # no change: the run ends, nothing registered
     names = [s["Name"] for s in pd.iter_steps(definition["Steps"])]
     assert len(names) == len(set(names)) == 2 + 1 + 2 + 4 * 7  # export, prepare, capacity, tuning x2, chains
@@ -147,7 +159,7 @@ def test_data_dependencies_chain_the_steps(definition):
             assert depends[f"Evaluate{chain}"] == {model_step, "PrepareDataset", f"FindChampion{chain}"}
             assert depends[f"QualityGate{chain}"] == {f"Evaluate{chain}"}
             assert depends[f"NewModel{chain}"] == {f"Evaluate{chain}"}
-            assert depends[f"RegisterModel{chain}"] == {"ExportDataset", f"Evaluate{chain}"}
+            assert depends[f"RegisterModel{chain}-RegisterModel"] == {"ExportDataset", f"Evaluate{chain}"}
             assert depends[f"QualityGateFailed{chain}"] == {f"Evaluate{chain}"}
     for name, needed in depends.items():  # a chain never waits for a step of a chain not taken
         own = next((chain for chain in sorted(CHAINS, key=len, reverse=True) if name.endswith(chain)), None)
@@ -193,19 +205,14 @@ def test_the_tuned_chain_evaluates_the_tuning_jobs_best_model(definition):
             for i in steps[f"Evaluate{capacity}Tuned"]["Arguments"]["ProcessingInputs"]
             if i["InputName"] == "model"
         ]
-        assert model == {
-            "Std:Join": {
-                "On": "",
-                "Values": [
-                    "s3://tag-inspect-models-123456789012-eu-west-1/training-jobs/",
-                    {"Get": f"Steps.Tune{capacity}.TrainingJobSummaries[0].TrainingJobName"},
-                    "/output/model.tar.gz",
-                ],
-            }
-        }
-        # where a training job of the tuning job writes its model: <S3OutputPath><job name>/output/model.tar.gz
+        # the best training job of the tuning job (summaries sorted by the objective, best first) ...
+        best = f"Steps.Tune{capacity}.TrainingJobSummaries[0].TrainingJobName"
+        assert references(model) == [best]
+        # ... where a training job of the tuning job writes its model: <S3OutputPath><job name>/output/model.tar.gz
         output = steps[f"Tune{capacity}"]["Arguments"]["TrainingJobDefinition"]["OutputDataConfig"]["S3OutputPath"]
-        assert model["Std:Join"]["Values"][0] == output
+        assert output == "s3://tag-inspect-models-123456789012-eu-west-1/training-jobs/"
+        job = "pipelines-e2e0001-TuneSpot-Ab12Cd-003-9f8e7d6c"
+        assert evaluated(model, {best: job}) == f"{output}{job}/output/model.tar.gz"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,7 +295,7 @@ def test_the_champion_lambda_step_matches_the_handler(definition, workflow_stack
 
 def test_registration_points_at_the_archive_metrics_report_and_dataset_manifest(definition):
     for chain in CHAINS:
-        arguments = steps_by_name(definition)[f"RegisterModel{chain}"]["Arguments"]
+        arguments = steps_by_name(definition)[f"RegisterModel{chain}-RegisterModel"]["Arguments"]
         assert arguments["ModelPackageGroupName"] == "tag-inspect-scratch-detector"
         assert arguments["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
         (container,) = arguments["InferenceSpecification"]["Containers"]
@@ -353,7 +360,9 @@ def test_spot_and_on_demand_jobs_differ_only_in_capacity(definition, settings):
         ("Tune", lambda s: s["Arguments"]["TrainingJobDefinition"]),
     ):
         spot, on_demand = (copy.deepcopy(jobs(steps[f"{kind}{s}"])) for s in (SPOT, ON_DEMAND))
-        assert spot["EnableManagedSpotTraining"] is True and on_demand["EnableManagedSpotTraining"] is False
+        # The SDK leaves EnableManagedSpotTraining out when it is off (the API's default: off).
+        assert spot.pop("EnableManagedSpotTraining") is True
+        assert on_demand.pop("EnableManagedSpotTraining", False) is False
         runtime = settings.training.max_runtime_seconds
         assert spot["StoppingCondition"] == {"MaxRuntimeInSeconds": runtime, "MaxWaitTimeInSeconds": 2 * runtime}
         # CreateTrainingJob rejects MaxWaitTimeInSeconds without managed spot training.
@@ -361,7 +370,7 @@ def test_spot_and_on_demand_jobs_differ_only_in_capacity(definition, settings):
         assert spot["CheckpointConfig"] == on_demand["CheckpointConfig"]
         assert spot["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
         for arguments in (spot, on_demand):
-            del arguments["EnableManagedSpotTraining"], arguments["StoppingCondition"]
+            del arguments["StoppingCondition"]
         assert spot == on_demand
 
 
@@ -650,3 +659,132 @@ def test_the_bootstrap_unpacks_the_step_code_asset_and_runs_the_step(workflow_st
         check=False,
     )
     assert failed.returncode == 1 and "no step code archive" in failed.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# The SDK, offline
+# --------------------------------------------------------------------------------------------------
+
+TOKENS = pd.PipelineResources(  # values as CDK hands them over: tokens, bucket names with tokens inside
+    pipeline_name="tag-inspect-training",
+    role_arn="${Token[TOKEN.101]}",
+    model_bucket="tag-inspect-models-${Token[AWS.AccountId.7]}-${Token[AWS.Region.9]}",
+    model_key_arn="arn:${Token[AWS.Partition.8]}:kms:${Token[AWS.Region.9]}:${Token[AWS.AccountId.7]}:alias/k",
+    code_uri="s3://cdk-assets-${Token[AWS.AccountId.7]}/${Token[TOKEN.102]}.zip",
+    source_uri="s3://cdk-assets-${Token[AWS.AccountId.7]}/${Token[TOKEN.103]}.gz",
+    code_version="0123456789abcdef",
+    feature_group="tag-inspect-labels",
+    model_package_group="tag-inspect-scratch-detector",
+    champion_function_arn="${Token[TOKEN.104]}",
+    region="${Token[AWS.Region.9]}",
+    training_image="${Token[TOKEN.105]}.dkr.ecr.${Token[AWS.Region.9]}.amazonaws.com/pytorch-training:2",
+    processing_image="${Token[TOKEN.105]}.dkr.ecr.${Token[AWS.Region.9]}.amazonaws.com/pytorch-training:2",
+)
+
+
+@pytest.fixture
+def offline_machine(monkeypatch, tmp_path):
+    """Every socket connection and name lookup fails and is recorded, so is every request the offline
+    session refuses; and SDK defaults files that would put every job in a VPC, tag it and switch
+    telemetry on, where the SDK looks for them."""
+    attempts: dict[str, list[str]] = {"network": [], "aws": []}
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        attempts["network"].append(repr(args))
+        raise OSError("no network at synth")
+
+    refuse = pd._refuse_request
+
+    def refused(event_name: str = "", **kwargs: Any) -> None:
+        attempts["aws"].append(event_name.removeprefix("before-send."))
+        refuse(event_name=event_name, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(pd, "_refuse_request", refused)
+    defaults = tmp_path / "sagemaker-defaults.yaml"
+    vpc = {"SecurityGroupIds": ["sg-0123456789abcdef0"], "Subnets": ["subnet-0123456789abcdef0"]}
+    tags = [{"Key": "from-sdk-defaults", "Value": "yes"}]
+    defaults.write_text(
+        json.dumps(
+            {
+                "SchemaVersion": "1.0",
+                "SageMaker": {
+                    "PythonSDK": {"Modules": {"TelemetryOptOut": False}},
+                    "TrainingJob": {"VpcConfig": vpc, "Tags": tags},
+                    "ProcessingJob": {"NetworkConfig": {"VpcConfig": vpc}, "Tags": tags},
+                    "Model": {"EnableNetworkIsolation": True},
+                },
+            }
+        )
+    )
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(defaults))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)  # nothing to find: the credential chain would go on
+    monkeypatch.delenv("AWS_PROFILE", raising=False)  # to the instance metadata service (a socket)
+    return attempts
+
+
+def test_the_definition_is_built_offline_with_tokens_as_given(offline_machine, settings):
+    """No socket, no AWS request, no SDK defaults file, no upload: what the stack does at synth."""
+    from sagemaker.processing import Processor
+    from sagemaker.workflow.pipeline_context import PipelineSession
+
+    # the defaults file is where the SDK reads it: a session of its own would put every job in the VPC
+    probe = Processor(
+        role="arn:aws:iam::1:role/r",
+        image_uri="i",
+        instance_count=1,
+        instance_type="ml.m5.large",
+        sagemaker_session=PipelineSession(boto_session=pd.OfflineSession().boto_session),
+    )
+    assert probe.network_config is not None and probe.network_config.subnets == ["subnet-0123456789abcdef0"]
+
+    definition = pd.pipeline_definition(TOKENS, settings.training, ["scratch"])
+    text = json.dumps(definition)
+    assert "subnet-" not in text and "from-sdk-defaults" not in text and "EnableNetworkIsolation" not in text
+    steps = steps_by_name(definition)
+    assert len(steps) == 2 + 1 + 2 + 4 * 7
+    # the tokens are in the definition as they were given (the stack resolves them when it renders it)
+    for field in ("role_arn", "champion_function_arn", "region", "training_image", "code_version"):
+        assert getattr(TOKENS, field) in text, field
+    code = steps["ExportDataset"]["Arguments"]["ProcessingInputs"][0]["S3Input"]["S3Uri"]
+    assert code == {"Std:Join": {"On": "", "Values": [TOKENS.code_uri]}}
+    assert steps["TrainSpot"]["Arguments"]["HyperParameters"]["sagemaker_submit_directory"] == TOKENS.source_uri
+    assert steps["TrainSpot"]["Arguments"]["RoleArn"] == TOKENS.role_arn
+    assert steps["FindChampionSpot"]["FunctionArn"] == TOKENS.champion_function_arn
+    assert f'"{pd.SDK_REGION}"' not in text and f".{pd.SDK_REGION}." not in text  # the SDK's own region
+    # Nothing left the process. The only requests the SDK tried are its telemetry's account lookups, refused
+    # before anything was sent (it then gives up: it sends telemetry only for regions it knows).
+    assert offline_machine["network"] == []
+    assert set(offline_machine["aws"]) <= {"sts.GetCallerIdentity"}, offline_machine["aws"]
+
+
+def test_the_offline_session_refuses_every_aws_request():
+    session = pd.OfflineSession()
+    with pytest.raises(pd.OfflineSessionError, match=r"must not call AWS, but the SDK sent sagemaker\.ListPipelines"):
+        session.sagemaker_client.list_pipelines()
+    with pytest.raises(pd.OfflineSessionError, match=r"sent sts\.GetCallerIdentity"):
+        session.boto_session.client("sts").get_caller_identity()
+    with pytest.raises(pd.OfflineSessionError, match="default bucket"):
+        session.default_bucket()
+    assert session.expand_role("${Token[TOKEN.1]}") == "${Token[TOKEN.1]}"  # not looked up in IAM
+    assert not session.sagemaker_config  # no SDK defaults
+
+
+def test_only_the_training_stack_imports_the_sdk_and_it_leaves_the_app_as_it_was():
+    """The apps' modules load without the SDK (labeling and edge synth do not pay for it); building the
+    training definition loads it quietly, and synth errors keep Python's own traceback."""
+    script = (
+        "import sys\n"
+        "import app, training.stacks, training.training_pipeline\n"
+        "assert 'sagemaker' not in sys.modules, 'the SDK was imported by a module of the apps'\n"
+        "with __import__('training.quiet_sdk').quiet_sdk.quiet_sdk():\n"
+        "    import training.pipeline_definition\n"
+        "assert 'sagemaker.workflow.pipeline' in sys.modules\n"
+        "assert sys.excepthook is sys.__excepthook__, sys.excepthook\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no SDK notes, no deprecation warning
