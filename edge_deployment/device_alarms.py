@@ -21,26 +21,30 @@ from edge_deployment.naming import EdgeNames
 from edge_deployment.runtime.telemetry import HEARTBEAT_COUNT, PUBLISH_DROPPED, UPLOADS_DROPPED
 from shared.config import FleetMonitoringSettings
 
+# Each device's alarms are named <alarm prefix><kind>-<thing>.
+SILENT, UPLOADS_DROPPED_KIND, MESSAGES_DROPPED = "device-silent", "uploads-dropped", "messages-dropped"
+DEVICE_ALARM_KINDS = (SILENT, UPLOADS_DROPPED_KIND, MESSAGES_DROPPED)
+
+
+def _alarm_name(names: EdgeNames, kind: str, thing_name: str) -> str:
+    return f"{names.alarm_prefix}{kind}-{thing_name}"
+
 
 def silent_alarm_name(names: EdgeNames, thing_name: str) -> str:
-    return f"{names.alarm_prefix}device-silent-{thing_name}"
+    return _alarm_name(names, SILENT, thing_name)
 
 
 def uploads_dropped_alarm_name(names: EdgeNames, thing_name: str) -> str:
-    return f"{names.alarm_prefix}uploads-dropped-{thing_name}"
+    return _alarm_name(names, UPLOADS_DROPPED_KIND, thing_name)
 
 
 def messages_dropped_alarm_name(names: EdgeNames, thing_name: str) -> str:
-    return f"{names.alarm_prefix}messages-dropped-{thing_name}"
+    return _alarm_name(names, MESSAGES_DROPPED, thing_name)
 
 
 def alarm_names(names: EdgeNames, thing_name: str) -> list[str]:
     """The names of one device's alarms, in the order device_alarm_requests makes them."""
-    return [
-        silent_alarm_name(names, thing_name),
-        uploads_dropped_alarm_name(names, thing_name),
-        messages_dropped_alarm_name(names, thing_name),
-    ]
+    return [_alarm_name(names, kind, thing_name) for kind in DEVICE_ALARM_KINDS]
 
 
 def _rise_alarm(
