@@ -86,6 +86,13 @@ MAX_REDEPLOYS = 3
 SERVING_CHECKED = frozenset({SUCCEEDED, NO_DEVICES})
 APPROVAL_TIMEOUT = "States.Timeout"
 REJECTED = "Rejected"  # the error a rejection sends (edge_deployment/promotion.py)
+# The SNS publish integration's errors worth another try (Step Functions names them SNS.<exception>).
+SNS_PUBLISH_TRANSIENT_ERRORS = [
+    "SNS.ThrottledException",
+    "SNS.InternalErrorException",
+    "SNS.KMSThrottlingException",
+    "SNS.SdkClientException",
+]
 
 
 def model_approved_pattern(*, group_name: str) -> events.EventPattern:
@@ -749,7 +756,10 @@ class DeploymentWorkflow(Construct):
 
         # -- a person's approval before the next stage (optional) ------------------------------------
         request_approval = self._approval_request(topic=topic, prefix=prefix)
-        retry(request_approval, non_retryable=[APPROVAL_TIMEOUT, REJECTED])
+        # Only the publish's own throttling and faults are retried: any error sent for the token (Rejected,
+        # the console's "send task failure", a typo) is an answer, and it rolls the stage back. Retrying
+        # one would publish a new request with a new token and a new full timeout.
+        retry(request_approval, SNS_PUBLISH_TRANSIENT_ERRORS)
 
         # -- a stage that fails is put back on what it ran before --------------------------------------
         def stage_failed(state_id: str, source: str) -> sfn.Pass:

@@ -25,6 +25,7 @@ from tests.edge_deployment.workflow_harness import (
     PILOT_GROUP,
     EdgeWorkflow,
 )
+from tests.helpers import asl
 
 PILOT_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{PILOT_GROUP}"
 FLEET_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{FLEET_GROUP}"
@@ -191,6 +192,35 @@ def test_a_rejected_pilot_is_rolled_back_with_the_reason(workflow_stack, monkeyp
     (report,) = edge.notifications()
     # moto's SendTaskFailure drops the cause (AWS keeps it): the request itself is checked in test_promotion.py
     assert "the next stage was not approved (Rejected" in report["message"]
+
+
+@pytest.mark.parametrize("error", ["Nope", None], ids=["typo", "no-error-named"])
+def test_any_failure_sent_for_an_approval_is_a_rejection_asked_once(workflow_stack, monkeypatch, moto, error):
+    edge = _workflow(workflow_stack, monkeypatch, stages=MANUAL_PILOT)
+    package = edge.register()
+    edge.approve(package)
+    execution = edge.start(_approval(package), "not-rejected-by-name")
+    request = _approval_request(edge)
+    # e.g. the console's "send task failure", or the CLI without --error Rejected
+    named = {"error": error} if error else {}
+    edge.sfn.send_task_failure(taskToken=request["task_token"], cause="not this one", **named)
+    described = edge.wait(execution, timeout=30)  # a retry would publish a new request and wait on it
+    assert described["status"] == "FAILED" and described["error"] == "StageRolledBack", described
+    visited = edge.visited(execution)
+    assert visited.count("RequestApproval") == 1 and "ApprovalRejected" in visited
+    assert _targets(edge) == [(PILOT_GROUP, "1.0.1"), (PILOT_GROUP, None)]
+    notifications = edge.notifications()
+    assert not [n for n in notifications if n["subject"].startswith("[tag-inspect] Approve the next edge stage")]
+    (report,) = notifications
+    assert f"the next stage was not approved ({error or ''}" in report["message"]
+
+
+def test_the_approval_request_retries_only_the_publish_s_transient_errors(workflow_stack):
+    (machine,) = asl.state_machines(workflow_stack.template, {}).values()
+    (state,) = [state for name, state in asl.iter_states(machine.definition) if name == "RequestApproval"]
+    retried = [error for rule in state["Retry"] if rule.get("MaxAttempts", 3) > 0 for error in rule["ErrorEquals"]]
+    # the publish's own throttling and faults; an answer (any error sent for the token) is never retried
+    assert retried and all(error.startswith("SNS.") for error in retried), retried
 
 
 def test_an_approval_nobody_gives_times_out_and_fails_safe(workflow_stack, monkeypatch, moto):
