@@ -473,6 +473,21 @@ def serving_status(
 ) -> dict[str, Any]:
     """Step 3, one look: has every device of the stage sent a heartbeat with `model_version` since `since`?"""
     devices = [thing for group in stage["thing_groups"] for thing in group_members(iot, group["name"])]
+    if not devices:  # emptied after the stage began (or its rollout found none): nobody served the model
+        groups = ", ".join(group["name"] for group in stage["thing_groups"])
+        return {
+            "devices": 0,
+            "serving": 0,
+            "missing": [],
+            "confirmed_at": now.astimezone(UTC).isoformat(),
+            "finished": True,
+            "outcome": NOT_SERVING,
+            "failure": failure(
+                f"stage {stage['name']}: thing group(s) {groups} have no devices left, so no device served model "
+                f"version {model_version}; the stage is not promoted",
+                [],
+            ),
+        }
     queries = [
         (
             f"q{index}_heartbeats",

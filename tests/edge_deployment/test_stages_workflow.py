@@ -336,6 +336,24 @@ def test_a_stage_without_soak_is_not_health_gated_but_still_needs_every_device_s
     assert edge.greengrass.model_on_group(FLEET_ARN) == "1.0.1"
 
 
+def test_a_stage_whose_devices_all_left_after_it_began_is_not_promoted(workflow_stack, monkeypatch, moto):
+    one_stage = [{"name": "fleet", "thing_groups": [FLEET_GROUP], "soak_minutes": 0, "manual_approval": False}]
+    edge = _workflow(workflow_stack, monkeypatch, stages=one_stage)
+    deploy = edge.greengrass.create_deployment
+
+    def deploy_then_empty_the_group(**request: Any) -> dict[str, Any]:
+        answer = deploy(**request)
+        edge.greengrass.groups[FLEET_GROUP] = ()  # every device moved out while the stage rolls out
+        return answer
+
+    monkeypatch.setattr(edge.greengrass, "create_deployment", deploy_then_empty_the_group)
+    execution, described = _deploy(edge, "emptied")
+    assert described["status"] == "FAILED" and described["error"] == "StageRolledBack", described
+    assert "NotServingNewVersion" in edge.visited(execution)
+    (report,) = edge.notifications()
+    assert f"stage fleet: thing group(s) {FLEET_GROUP} have no devices left" in report["message"]
+
+
 @pytest.mark.parametrize("answer", ["{}", '{"approved": "yes"}', '{"approved": false}'], ids=["empty", "text", "false"])
 def test_only_an_explicit_approval_promotes(workflow_stack, monkeypatch, moto, answer):
     edge = _workflow(workflow_stack, monkeypatch, stages=MANUAL_PILOT)
