@@ -13,6 +13,7 @@
          -> after the last: NotifySuccess
       a stage that fails (jobs, heartbeats, health, telemetry query, rejection, approval timeout):
          RollBackStage -> WaitForRollback <-> CheckRollback -> NotifyStageRolledBack -> StageRolledBack
+         (a rollback on demand is not put back: CheckRollback reports it -> RollbackOnDemandFailed)
       any other error -> NotifyFailure -> DeploymentFailed
 
 Runs may overlap; the devices end on the newest approved package whatever the order (see
@@ -1020,10 +1021,23 @@ class DeploymentWorkflow(Construct):
             subject_path="$.rollback_status.subject",
             message=sfn.TaskInput.from_json_path_at("$.rollback_status.message"),
         )
-        notify_rolled_back.add_catch(stage_rolled_back, errors=["States.ALL"], result_path=NOTIFICATION_ERROR_PATH)
+        # a rollback on demand that fails is reported, not put back (RollBackStage deploys nothing for it)
+        on_demand_failed = sfn.Fail(
+            self,
+            "RollbackOnDemandFailed",
+            comment="A stage of a rollback on demand did not confirm the older version; nothing else was deployed",
+            error="RollbackOnDemandFailed",
+            cause_path="$.rollback_status.subject",
+        )
+        ended = (
+            sfn.Choice(self, "RolledBackOrOnDemand")
+            .when(sfn.Condition.boolean_equals("$.stage.on_demand", True), on_demand_failed)
+            .otherwise(stage_rolled_back)
+        )
+        notify_rolled_back.add_catch(ended, errors=["States.ALL"], result_path=NOTIFICATION_ERROR_PATH)
         roll_back.next(wait_for_rollback).next(check_rollback).next(
             sfn.Choice(self, "RollbackFinished")
             .when(sfn.Condition.boolean_equals("$.rollback_status.finished", False), wait_for_rollback)
-            .otherwise(notify_rolled_back.next(stage_rolled_back))
+            .otherwise(notify_rolled_back.next(ended))
         )
         return roll_back

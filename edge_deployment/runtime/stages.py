@@ -184,10 +184,13 @@ def start_stage(
     region: str,
     account: str,
     now: datetime,
+    on_demand: bool = False,
 ) -> dict[str, Any]:
     """Step 1 of a stage: its groups checked and what they run now recorded (the state machine keeps it).
 
     `group_arn(name)` is a thing group's ARN. StageInputError names the group or version that stops the stage.
+    A rollback on demand (`on_demand`) never puts back what the stage runs now (the version a person wants
+    to leave, perhaps deleted already), so those versions need not exist.
     """
     where = f"stage {stage.name} (edge_deployment.stages[{index}])"
     groups = []
@@ -212,7 +215,7 @@ def start_stage(
         arn = group_arn(name)
         previous = previous_deployment(greengrass, arn)
         for component, spec in sorted(((previous or {}).get("components") or {}).items()):
-            if component.startswith("aws."):
+            if on_demand or component.startswith("aws."):
                 continue  # AWS-provided components are not this account's to delete
             version = str(spec.get("componentVersion"))
             own = component_arn(partition=partition, region=region, account=account, name=component, version=version)
@@ -235,6 +238,7 @@ def start_stage(
         "manual_approval": stage.manual_approval,
         "approval_timeout_seconds": stage.approval_timeout_hours * 3600,
         "started_at": now.astimezone(UTC).isoformat(),
+        "on_demand": on_demand,
     }
 
 
@@ -764,6 +768,36 @@ def rollback_report(
     if stages_after:
         lines.append(f"Not deployed (the model stopped here): stage(s) {', '.join(stages_after)}.")
     subject = f"Edge rollout stopped at stage {stage['name']}: model package v{package.get('version')} rolled back"
+    return {"subject": subject[:100], "message": "\n".join(lines)}
+
+
+def on_demand_failure_report(
+    *, stage: Mapping[str, Any], failure_reason: Mapping[str, Any], package: Mapping[str, Any]
+) -> dict[str, str]:
+    """The notification of a rollback on demand whose stage did not confirm the older version.
+
+    Nothing is redeployed: what the stage ran when it began is the version the person wanted to leave.
+    """
+    lines = [
+        f"Rollback on demand to model package v{package.get('version')} ({package.get('arn')}) did not finish at "
+        f"stage {stage['name']}: {failure_reason.get('summary')}.",
+        "",
+    ]
+    devices = failure_reason.get("devices") or []
+    if devices:
+        lines.append("Devices that did not confirm it:")
+        lines += [f"  - {d['thing']}: {d['problem']}" for d in devices]
+        if failure_reason.get("more_devices"):
+            lines.append(f"  ... and {failure_reason['more_devices']} more")
+        lines.append("")
+    groups = ", ".join(group["name"] for group in stage["thing_groups"])
+    lines += [
+        f"Nothing else was deployed: thing group(s) {groups} keep the deployment of v{package.get('version')} this "
+        "rollback made (the version they ran before is the one the rollback leaves, so it is not put back).",
+        "Check the devices named above, then start the rollback again; the stages after this one that it named "
+        "were not run.",
+    ]
+    subject = f"Edge rollback on demand stopped at stage {stage['name']}: model package v{package.get('version')}"
     return {"subject": subject[:100], "message": "\n".join(lines)}
 
 

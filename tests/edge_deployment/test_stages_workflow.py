@@ -302,6 +302,43 @@ def test_a_rollback_on_demand_puts_the_named_stage_back_on_an_earlier_version(wo
     assert report["subject"] == "[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.1 through stage production"
 
 
+def test_a_rollback_on_demand_leaves_a_version_that_was_deleted(workflow_stack, monkeypatch, moto):
+    edge = _workflow(workflow_stack, monkeypatch)
+    first = edge.register()
+    edge.approve(first)
+    assert edge.wait(edge.start(_approval(first), "v1"))["status"] == "SUCCEEDED"
+    assert _deploy(edge, "v2")[1]["status"] == "SUCCEEDED"
+    # the bad version's component is deleted first (it must never run again): the rollback still goes ahead
+    edge.greengrass.deleted_components.add(
+        f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{MODEL_COMPONENT}:versions:1.0.2"
+    )
+    _, described = _rollback(edge, first, ["production"], "leave-deleted-v2")
+    assert described["status"] == "SUCCEEDED", described
+    assert edge.greengrass.model_on_group(FLEET_ARN) == "1.0.1"
+
+
+def test_a_failed_rollback_on_demand_is_reported_and_does_not_redeploy_the_version_it_leaves(
+    workflow_stack, monkeypatch, moto
+):
+    edge = _workflow(workflow_stack, monkeypatch)
+    first = edge.register()
+    edge.approve(first)
+    assert edge.wait(edge.start(_approval(first), "v1"))["status"] == "SUCCEEDED"
+    assert _deploy(edge, "v2")[1]["status"] == "SUCCEEDED"
+    edge.notifications()
+    edge.cloudwatch.not_loading.add("line-1-cam-2")  # this device does not report 1.0.1 again
+    created = len(edge.greengrass.created)
+    execution, described = _rollback(edge, first, ["production"], "back-to-v1-fails")
+    assert described["status"] == "FAILED" and described["error"] == "RollbackOnDemandFailed", described
+    assert "NotServingNewVersion" in edge.visited(execution)
+    assert _targets(edge)[created:] == [(FLEET_GROUP, "1.0.1")]  # the rollback's deployment only: 1.0.2 not back
+    assert edge.greengrass.model_on_group(FLEET_ARN) == "1.0.1"
+    (report,) = edge.notifications()
+    assert report["subject"] == "Edge rollback on demand stopped at stage production: model package v1"
+    assert "  - line-1-cam-2: no heartbeat with model version 1.0.1" in report["message"]
+    assert "Nothing else was deployed" in report["message"]
+
+
 def test_a_rollback_on_demand_of_the_whole_fleet_and_of_an_unknown_stage(workflow_stack, monkeypatch, moto):
     edge = _workflow(workflow_stack, monkeypatch)
     first = edge.register()
