@@ -229,10 +229,16 @@ def test_an_approval_nobody_gives_times_out_and_fails_safe(workflow_stack, monke
     assert described["status"] == "FAILED" and described["error"] == "StageRolledBack"
     assert "ApprovalTimedOut" in edge.visited(execution)
     assert _targets(edge) == [(PILOT_GROUP, "1.0.1"), (PILOT_GROUP, None)]  # production never deployed
-    report = [n for n in edge.notifications() if n["subject"].startswith("Edge rollout stopped")]
+    notifications = edge.notifications()
+    report = [n for n in notifications if n["subject"].startswith("Edge rollout stopped")]
     assert report and "nobody approved the next stage within 86400 seconds" in report[0]["message"]
-    with pytest.raises(promotion.PromotionError):  # a late answer is refused, and says the stage was rolled back
-        promotion.approve(edge.sfn, token="not-a-token", by="late")
+    (request,) = [
+        json.loads(n["message"]) for n in notifications if n["subject"].startswith("[tag-inspect] Approve the next")
+    ]
+    # the request's own token, answered after the timeout: refused, and the person is told the stage was rolled back
+    with pytest.raises(promotion.PromotionError, match="a stage that timed out has been rolled back"):
+        promotion.approve(edge.sfn, token=request["task_token"], by="late")
+    assert _targets(edge) == [(PILOT_GROUP, "1.0.1"), (PILOT_GROUP, None)]  # and nothing was promoted
 
 
 @pytest.mark.parametrize(
