@@ -3,8 +3,9 @@ recorded, the configuration of stages, and how a stage's groups make one rollout
 
 The health samples go the whole way a device's messages go: the real service publishes results and
 heartbeats, the real record processor (runtime/telemetry.py) turns them into EMF metric documents, and a
-CloudWatch that answers GetMetricData from those documents (Sum, Maximum, Average, p95, as CloudWatch
-computes them from the values; requests checked against botocore) feeds `device_samples` and `judge`.
+CloudWatch that answers GetMetricData from those documents (only those inside [StartTime, EndTime), one
+Sum, Maximum, Average or p95 per period, as CloudWatch computes them; requests checked against botocore)
+feeds `device_samples` and `judge`.
 """
 
 from __future__ import annotations
