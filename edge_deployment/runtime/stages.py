@@ -214,8 +214,10 @@ def start_stage(
             )
         arn = group_arn(name)
         previous = previous_deployment(greengrass, arn)
-        for component, spec in sorted(((previous or {}).get("components") or {}).items()):
-            if on_demand or component.startswith("aws."):
+        # what a rollback on demand leaves is never put back: its versions need not exist
+        put_back = {} if on_demand else ((previous or {}).get("components") or {})
+        for component, spec in sorted(put_back.items()):
+            if component.startswith("aws."):
                 continue  # AWS-provided components are not this account's to delete
             version = str(spec.get("componentVersion"))
             own = component_arn(partition=partition, region=region, account=account, name=component, version=version)
