@@ -53,6 +53,7 @@ def inference_configuration(settings: Settings, *, upload_bucket: str) -> dict[s
         "uploadBucket": upload_bucket,
         "uploadPrefix": EDGE_UPLOAD_PREFIX,
         "offlineQueueMaxMB": edge.offline_queue_mb,
+        "outboxMaxMB": edge.outbox_mb,
         "modelComponentName": edge.model_component_name,
         "precision": edge.model_precision,
         "int8MaxMap50Loss": edge.int8_max_map50_loss,

@@ -13,6 +13,7 @@
          -> after the last: NotifySuccess
       a stage that fails (jobs, heartbeats, health, telemetry query, rejection, approval timeout):
          RollBackStage -> WaitForRollback <-> CheckRollback -> NotifyStageRolledBack -> StageRolledBack
+         (a rollback on demand is not put back: CheckRollback reports it -> RollbackOnDemandFailed)
       any other error -> NotifyFailure -> DeploymentFailed
 
 Runs may overlap; the devices end on the newest approved package whatever the order (see
@@ -86,6 +87,13 @@ MAX_REDEPLOYS = 3
 SERVING_CHECKED = frozenset({SUCCEEDED, NO_DEVICES})
 APPROVAL_TIMEOUT = "States.Timeout"
 REJECTED = "Rejected"  # the error a rejection sends (edge_deployment/promotion.py)
+# The SNS publish integration's errors worth another try (Step Functions names them SNS.<exception>).
+SNS_PUBLISH_TRANSIENT_ERRORS = [
+    "SNS.ThrottledException",
+    "SNS.InternalErrorException",
+    "SNS.KMSThrottlingException",
+    "SNS.SdkClientException",
+]
 
 
 def model_approved_pattern(*, group_name: str) -> events.EventPattern:
@@ -749,7 +757,10 @@ class DeploymentWorkflow(Construct):
 
         # -- a person's approval before the next stage (optional) ------------------------------------
         request_approval = self._approval_request(topic=topic, prefix=prefix)
-        retry(request_approval, non_retryable=[APPROVAL_TIMEOUT, REJECTED])
+        # Only the publish's own throttling and faults are retried: any error sent for the token (Rejected,
+        # the console's "send task failure", a typo) is an answer, and it rolls the stage back. Retrying
+        # one would publish a new request with a new token and a new full timeout.
+        retry(request_approval, SNS_PUBLISH_TRANSIENT_ERRORS)
 
         # -- a stage that fails is put back on what it ran before --------------------------------------
         def stage_failed(state_id: str, source: str) -> sfn.Pass:
@@ -1010,10 +1021,23 @@ class DeploymentWorkflow(Construct):
             subject_path="$.rollback_status.subject",
             message=sfn.TaskInput.from_json_path_at("$.rollback_status.message"),
         )
-        notify_rolled_back.add_catch(stage_rolled_back, errors=["States.ALL"], result_path=NOTIFICATION_ERROR_PATH)
+        # a rollback on demand that fails is reported, not put back (RollBackStage deploys nothing for it)
+        on_demand_failed = sfn.Fail(
+            self,
+            "RollbackOnDemandFailed",
+            comment="A stage of a rollback on demand did not confirm the older version; nothing else was deployed",
+            error="RollbackOnDemandFailed",
+            cause_path="$.rollback_status.subject",
+        )
+        ended = (
+            sfn.Choice(self, "RolledBackOrOnDemand")
+            .when(sfn.Condition.boolean_equals("$.stage.on_demand", True), on_demand_failed)
+            .otherwise(stage_rolled_back)
+        )
+        notify_rolled_back.add_catch(ended, errors=["States.ALL"], result_path=NOTIFICATION_ERROR_PATH)
         roll_back.next(wait_for_rollback).next(check_rollback).next(
             sfn.Choice(self, "RollbackFinished")
             .when(sfn.Condition.boolean_equals("$.rollback_status.finished", False), wait_for_rollback)
-            .otherwise(notify_rolled_back.next(stage_rolled_back))
+            .otherwise(notify_rolled_back.next(ended))
         )
         return roll_back

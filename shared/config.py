@@ -1076,6 +1076,12 @@ class EdgeDeploymentSettings(_Section):
         default=120, ge=0, le=36_000, description="Cap on frames one device sends back per hour (0: no cap)."
     )
     offline_queue_mb: int = Field(default=512, ge=1)
+    outbox_mb: int = Field(
+        default=16,
+        ge=1,
+        description="The inference component's outbox on disk (outboxMaxMB): results and heartbeats the nucleus "
+        "refused, kept to publish again; beyond it the oldest are dropped.",
+    )
     frames_directory: Annotated[str, Field(pattern=r"^[^\s]+$")] = Field(
         default="frames",
         description="Where the line camera drops frames on the device; relative: inside the component's work folder.",

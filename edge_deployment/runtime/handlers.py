@@ -50,6 +50,7 @@ from edge_deployment.runtime.stages import (
     combine_rollouts,
     deadline_after,
     health_status,
+    on_demand_failure_report,
     on_demand_stages,
     rollback_report,
     rollback_requests,
@@ -151,6 +152,7 @@ def begin_stage(event: dict[str, Any], context: Any) -> dict[str, Any]:
         region=region,
         account=account,
         now=_now(),
+        on_demand=wanted is not None,
     )
     if wanted is not None:
         stage.update(on_demand=True, last=index == wanted[-1], soak_seconds=0, manual_approval=False)
@@ -323,9 +325,18 @@ def check_health(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @logger.inject_lambda_context(log_event=True)
 def roll_back_stage(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Put every group of the stage back on what it ran when the stage began. Input: `{"stage", "execution_id"}`."""
+    """Put every group of the stage back on what it ran when the stage began. Input: `{"stage", "execution_id"}`.
+
+    A rollback on demand is not put back (that is the version it leaves): no deployment, and CheckRollback
+    reports the failure.
+    """
     config = _config()
     stage = event["stage"]
+    if stage.get("on_demand"):
+        # a rollback on demand that failed: what the stage ran at its start is the version to leave
+        rollback: dict[str, Any] = {"started_at": _now().isoformat(), "deployments": [], "on_demand": True}
+        logger.info("rollback on demand failed; nothing redeployed", extra={"rollback": rollback})
+        return rollback
     execution = str(event.get("execution_id", ""))
     requests = rollback_requests(
         stage,
@@ -355,6 +366,12 @@ def roll_back_stage(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def check_rollback(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """One poll of a stage's rollback. Input: `{"rollback", "stage", "failure", "package"}`. Output: the report."""
     config = _config()
+    if event["stage"].get("on_demand"):
+        report = on_demand_failure_report(
+            stage=event["stage"], failure_reason=event.get("failure") or {}, package=event.get("package") or {}
+        )
+        logger.info(report["subject"], extra={"failure": event.get("failure")})
+        return {"finished": True, "outcome": None, **report}
     status = _group_statuses(event, config, event["rollback"], follow_runs=False)
     if status["finished"]:
         index = int(event["stage"]["index"])

@@ -54,6 +54,7 @@ NOT_SERVING = "NOT_SERVING"
 """The stage's jobs succeeded, but devices did not report the new model version in time."""
 MAX_QUERIES = 500  # metric queries in one GetMetricData call
 MAX_LISTED_DEVICES = 25  # devices named in a notification
+COUNTER_LOOKBACK = timedelta(minutes=15)  # how far before a window a running total's last value is looked for
 _BAD_ORDER = (FAILED, ABORTED, CANCELED, INCOMPLETE)
 
 
@@ -183,10 +184,13 @@ def start_stage(
     region: str,
     account: str,
     now: datetime,
+    on_demand: bool = False,
 ) -> dict[str, Any]:
     """Step 1 of a stage: its groups checked and what they run now recorded (the state machine keeps it).
 
     `group_arn(name)` is a thing group's ARN. StageInputError names the group or version that stops the stage.
+    A rollback on demand (`on_demand`) never puts back what the stage runs now (the version a person wants
+    to leave, perhaps deleted already), so those versions need not exist.
     """
     where = f"stage {stage.name} (edge_deployment.stages[{index}])"
     groups = []
@@ -210,7 +214,9 @@ def start_stage(
             )
         arn = group_arn(name)
         previous = previous_deployment(greengrass, arn)
-        for component, spec in sorted(((previous or {}).get("components") or {}).items()):
+        # what a rollback on demand leaves is never put back: its versions need not exist
+        put_back = {} if on_demand else ((previous or {}).get("components") or {})
+        for component, spec in sorted(put_back.items()):
             if component.startswith("aws."):
                 continue  # AWS-provided components are not this account's to delete
             version = str(spec.get("componentVersion"))
@@ -234,6 +240,7 @@ def start_stage(
         "manual_approval": stage.manual_approval,
         "approval_timeout_seconds": stage.approval_timeout_hours * 3600,
         "started_at": now.astimezone(UTC).isoformat(),
+        "on_demand": on_demand,
     }
 
 
@@ -364,12 +371,10 @@ def _window_period(start: datetime, end: datetime) -> int:
     return max(60, math.ceil((end - start).total_seconds() / 60) * 60)
 
 
-def metric_values(
+def _metric_results(
     cloudwatch: Any, queries: Sequence[tuple[str, dict[str, Any]]], *, start: datetime, end: datetime
-) -> dict[str, float | None]:
-    """Query id -> the statistic over [start, end] (None: no data point), asked in batches."""
-    values: dict[str, float | None] = {}
-    stats = {query_id: str(stat["Stat"]) for query_id, stat in queries}
+) -> Iterable[dict[str, Any]]:
+    """Every MetricDataResult of the queries over [start, end], asked in batches and gathered across pages."""
     for offset in range(0, len(queries), MAX_QUERIES):
         batch = queries[offset : offset + MAX_QUERIES]
         request: dict[str, Any] = {
@@ -387,16 +392,67 @@ def metric_values(
                     f"the devices' metrics could not be read (CloudWatch GetMetricData: {error_code(error)}: "
                     f"{error.response.get('Error', {}).get('Message', '')})"
                 ) from None
-            for result in page.get("MetricDataResults", []):
-                found = [float(value) for value in result.get("Values") or []]
-                previous = values.get(result["Id"])
-                if previous is not None:
-                    found.append(previous)
-                values[result["Id"]] = _combine(stats[result["Id"]], found) if found else None
+            yield from page.get("MetricDataResults", [])
             if not page.get("NextToken"):
                 break
             request["NextToken"] = page["NextToken"]
+
+
+def metric_values(
+    cloudwatch: Any, queries: Sequence[tuple[str, dict[str, Any]]], *, start: datetime, end: datetime
+) -> dict[str, float | None]:
+    """Query id -> the statistic over [start, end] (None: no data point), asked in batches."""
+    values: dict[str, float | None] = {}
+    stats = {query_id: str(stat["Stat"]) for query_id, stat in queries}
+    for result in _metric_results(cloudwatch, queries, start=start, end=end):
+        found = [float(value) for value in result.get("Values") or []]
+        previous = values.get(result["Id"])
+        if previous is not None:
+            found.append(previous)
+        values[result["Id"]] = _combine(stats[result["Id"]], found) if found else None
     return values
+
+
+def counter_rise(points: Iterable[tuple[datetime, float]], *, since: datetime) -> float | None:
+    """How much a device's running total rose from `since` on (None: no value inside the window).
+
+    The total counts from the device component's process start, and a new model does not restart that
+    process, so its value at `since` holds failures of earlier models: only the rise counts. The rise is
+    taken from the last value before the window (the failures after that heartbeat happened on the new
+    model, which was serving by `since`); without one, from the window's first value. A value lower than
+    the one before it means the component restarted and its total began again at 0, so that value is
+    all rise (a Maximum minus Minimum would instead count the old process's lifetime failures).
+    """
+    ordered = sorted(points)
+    inside = [value for moment, value in ordered if moment >= since]
+    if not inside:
+        return None
+    before = [value for moment, value in ordered if moment < since]
+    previous = before[-1] if before else inside[0]
+    rise = 0.0
+    for value in inside:
+        rise += value - previous if value >= previous else value
+        previous = value
+    return rise
+
+
+def counter_rises(
+    cloudwatch: Any, queries: Sequence[tuple[str, dict[str, Any]]], *, start: datetime, end: datetime
+) -> dict[str, float | None]:
+    """Query id -> `counter_rise` over [start, end] of a running total asked per minute (Stat Maximum, Period 60).
+
+    The query reaches COUNTER_LOOKBACK before `start` for the last value before the window.
+    """
+    points: dict[str, list[tuple[datetime, float]]] = {query_id: [] for query_id, _ in queries}
+    for result in _metric_results(cloudwatch, queries, start=start - COUNTER_LOOKBACK, end=end):
+        moments = [_utc(moment) for moment in result.get("Timestamps") or []]
+        points[result["Id"]] += zip(moments, [float(value) for value in result.get("Values") or []], strict=True)
+    return {query_id: counter_rise(found, since=start) for query_id, found in points.items()}
+
+
+def _utc(moment: datetime | str) -> datetime:
+    parsed = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _combine(stat: str, found: Sequence[float]) -> float:
@@ -423,6 +479,21 @@ def serving_status(
 ) -> dict[str, Any]:
     """Step 3, one look: has every device of the stage sent a heartbeat with `model_version` since `since`?"""
     devices = [thing for group in stage["thing_groups"] for thing in group_members(iot, group["name"])]
+    if not devices:  # emptied after the stage began (or its rollout found none): nobody served the model
+        groups = ", ".join(group["name"] for group in stage["thing_groups"])
+        return {
+            "devices": 0,
+            "serving": 0,
+            "missing": [],
+            "confirmed_at": now.astimezone(UTC).isoformat(),
+            "finished": True,
+            "outcome": NOT_SERVING,
+            "failure": failure(
+                f"stage {stage['name']}: thing group(s) {groups} have no devices left, so no device served model "
+                f"version {model_version}; the stage is not promoted",
+                [],
+            ),
+        }
     queries = [
         (
             f"q{index}_heartbeats",
@@ -476,7 +547,7 @@ class DeviceSample:
     heartbeats_new_version: float  # heartbeats that named the new model version
     frames: float
     defect_frames: float
-    failed_frames: float  # frames the device failed to process since its component started (at the deployment)
+    failed_frames: float  # frames the device failed to process during the window (its running total's rise)
     latency_p95_ms: float | None
     expected_empty_share: float | None  # 1 - the model's test split detection rate, as the device loaded model.json
 
@@ -521,7 +592,6 @@ _HEALTH_METRICS = (
     ("heartbeats", HEARTBEATS_BY_VERSION, "Sum"),
     ("frames", FRAMES, "Sum"),
     ("defects", DEFECT_FRAMES, "Sum"),
-    ("failed_max", FRAMES_FAILED, "Maximum"),
     ("latency_p95", LATENCY, "p95"),
     ("expected_empty", EXPECTED_EMPTY, "Average"),
 )
@@ -552,6 +622,20 @@ def device_samples(
                 )
             )
     values = metric_values(cloudwatch, queries, start=start, end=end) if queries else {}
+    failed_queries = [
+        (
+            f"q{index}_failed",
+            _stat(
+                namespace=namespace,
+                metric=FRAMES_FAILED,
+                dimensions={"ThingGroup": fleet_group, "Device": thing},
+                stat="Maximum",
+                period=60,  # per minute: a restart (the total falling) shows; the waits stay within 15 days
+            ),
+        )
+        for index, thing in enumerate(devices)
+    ]
+    values |= counter_rises(cloudwatch, failed_queries, start=start, end=end) if failed_queries else {}
 
     def value(index: int, key: str) -> float | None:
         return values.get(f"q{index}_{key}")
@@ -562,7 +646,7 @@ def device_samples(
             heartbeats_new_version=value(index, "heartbeats") or 0.0,
             frames=value(index, "frames") or 0.0,
             defect_frames=value(index, "defects") or 0.0,
-            failed_frames=value(index, "failed_max") or 0.0,
+            failed_frames=value(index, "failed") or 0.0,
             latency_p95_ms=value(index, "latency_p95"),
             expected_empty_share=value(index, "expected_empty"),
         )
@@ -686,6 +770,36 @@ def rollback_report(
     if stages_after:
         lines.append(f"Not deployed (the model stopped here): stage(s) {', '.join(stages_after)}.")
     subject = f"Edge rollout stopped at stage {stage['name']}: model package v{package.get('version')} rolled back"
+    return {"subject": subject[:100], "message": "\n".join(lines)}
+
+
+def on_demand_failure_report(
+    *, stage: Mapping[str, Any], failure_reason: Mapping[str, Any], package: Mapping[str, Any]
+) -> dict[str, str]:
+    """The notification of a rollback on demand whose stage did not confirm the older version.
+
+    Nothing is redeployed: what the stage ran when it began is the version the person wanted to leave.
+    """
+    lines = [
+        f"Rollback on demand to model package v{package.get('version')} ({package.get('arn')}) did not finish at "
+        f"stage {stage['name']}: {failure_reason.get('summary')}.",
+        "",
+    ]
+    devices = failure_reason.get("devices") or []
+    if devices:
+        lines.append("Devices that did not confirm it:")
+        lines += [f"  - {d['thing']}: {d['problem']}" for d in devices]
+        if failure_reason.get("more_devices"):
+            lines.append(f"  ... and {failure_reason['more_devices']} more")
+        lines.append("")
+    groups = ", ".join(group["name"] for group in stage["thing_groups"])
+    lines += [
+        f"Nothing else was deployed: thing group(s) {groups} keep the deployment of v{package.get('version')} this "
+        "rollback made (the version they ran before is the one the rollback leaves, so it is not put back).",
+        "Check the devices named above, then start the rollback again; the stages after this one that it named "
+        "were not run.",
+    ]
+    subject = f"Edge rollback on demand stopped at stage {stage['name']}: model package v{package.get('version')}"
     return {"subject": subject[:100], "message": "\n".join(lines)}
 
 

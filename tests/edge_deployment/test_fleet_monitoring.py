@@ -288,3 +288,13 @@ def test_the_dashboard_preview_draws_every_widget_of_the_synthesized_body(tmp_pa
         assert widget_lines(widget), widget.get("properties", {}).get("title")
     picture = render(body, tmp_path / "dashboard.png", title=name)
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 20_000
+
+
+def test_a_run_that_times_out_mid_stage_raises_the_workflow_alarm(alarms: dict[str, dict[str, Any]]) -> None:
+    # nothing rolls back a run the state machine's timeout stops; this alarm is what tells someone
+    counted = {
+        query["MetricStat"]["Metric"]["MetricName"]
+        for query in alarms["workflow-failed"]["Metrics"]
+        if "MetricStat" in query
+    }
+    assert counted == {"ExecutionsFailed", "ExecutionsTimedOut", "ExecutionsAborted"}

@@ -37,8 +37,10 @@ from edge_deployment.components.inference.recipe import (
     inference_recipe,
     requirements_digest,
 )
+from shared.config import ConfigError, parse_settings
 from shared.names import EDGE_UPLOAD_PREFIX
 from tests.edge_deployment.recipes import recipe_problems
+from tests.shared.test_config import _set
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACT_URI = "s3://tag-inspect-edge-components-123456789012-eu-west-1/artifacts/inspector/1.0.5/inference.zip"
@@ -259,6 +261,7 @@ def test_the_default_configuration_carries_the_settings_and_is_valid_on_a_device
     assert config.uncertainty_band == tuple(edge.uncertainty_band)
     assert config.confident_sample_rate == edge.confident_sample_rate
     assert config.offline_queue_max_bytes == edge.offline_queue_mb * 1024 * 1024
+    assert config.outbox_max_bytes == edge.outbox_mb * 1024 * 1024
     assert config.model_component_name == edge.model_component_name
     assert config.upload_bucket == UPLOAD_BUCKET
     assert config.upload_prefix == EDGE_UPLOAD_PREFIX
@@ -400,3 +403,16 @@ def test_what_synth_imports_needs_nothing_but_the_standard_library(module: str) 
                 absolute.add((node.module or "").split(".")[0])
     assert absolute <= set(sys.stdlib_module_names) | {"__future__"}
     assert relative <= {"inspector.config"}
+
+
+def test_the_outbox_size_comes_from_config_yaml(settings) -> None:
+    import yaml
+
+    from edge_deployment.inference_component import inference_configuration
+
+    edge = settings.edge_deployment.model_copy(update={"outbox_mb": 64})
+    assert configuration_from_settings(edge, upload_bucket=UPLOAD_BUCKET)["outboxMaxMB"] == 64
+    stack_side = inference_configuration(settings.model_copy(update={"edge_deployment": edge}), upload_bucket="b")
+    assert stack_side["outboxMaxMB"] == 64
+    with pytest.raises(ConfigError, match=r"edge_deployment\.outbox_mb"):
+        parse_settings(_set(yaml.safe_load((REPO_ROOT / "config.yaml").read_text()), "edge_deployment.outbox_mb", 0))

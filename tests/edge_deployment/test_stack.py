@@ -169,6 +169,7 @@ def test_the_inference_component_version_is_published_from_the_repo_s_recipe(wor
     assert configuration["modelComponentName"] == edge.model_component_name
     assert configuration["uncertaintyBand"] == list(edge.uncertainty_band)
     assert configuration["offlineQueueMaxMB"] == edge.offline_queue_mb
+    assert configuration["outboxMaxMB"] == edge.outbox_mb
     model_dependency = recipe["ComponentDependencies"][edge.model_component_name]
     assert model_dependency["DependencyType"] == "SOFT"  # a new model must not restart the inference
 

@@ -3,8 +3,9 @@ recorded, the configuration of stages, and how a stage's groups make one rollout
 
 The health samples go the whole way a device's messages go: the real service publishes results and
 heartbeats, the real record processor (runtime/telemetry.py) turns them into EMF metric documents, and a
-CloudWatch that answers GetMetricData from those documents (Sum, Maximum, Average, p95, as CloudWatch
-computes them from the values; requests checked against botocore) feeds `device_samples` and `judge`.
+CloudWatch that answers GetMetricData from those documents (only those inside [StartTime, EndTime), one
+Sum, Maximum, Average or p95 per period, as CloudWatch computes them; requests checked against botocore)
+feeds `device_samples` and `judge`.
 """
 
 from __future__ import annotations
@@ -83,10 +84,13 @@ class MetricsFromEmf:
         self.documents = documents
         self.requests: list[dict[str, Any]] = []
 
-    def _values(self, metric: Mapping[str, Any]) -> list[float]:
+    def _values(self, metric: Mapping[str, Any], start: datetime, end: datetime) -> list[tuple[datetime, float]]:
         wanted = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
-        found: list[float] = []
+        found: list[tuple[datetime, float]] = []
         for document in self.documents:
+            moment = datetime.fromtimestamp(document["_aws"]["Timestamp"] / 1000, tz=UTC)
+            if not start <= moment < end:  # as CloudWatch: only data points inside [StartTime, EndTime)
+                continue
             directive = document["_aws"]["CloudWatchMetrics"][0]
             if directive["Namespace"] != metric["Namespace"]:
                 continue
@@ -95,7 +99,7 @@ class MetricsFromEmf:
             if metric["MetricName"] not in document or any(document.get(k) != v for k, v in wanted.items()):
                 continue
             value = document[metric["MetricName"]]
-            found += [float(v) for v in value] if isinstance(value, list) else [float(value)]
+            found += [(moment, float(v)) for v in (value if isinstance(value, list) else [value])]
         return found
 
     @staticmethod
@@ -113,12 +117,23 @@ class MetricsFromEmf:
     def get_metric_data(self, **params: Any) -> dict[str, Any]:
         validate_parameters(params, _MODEL.input_shape)
         self.requests.append(params)
+        start, end = params["StartTime"], params["EndTime"]
         results = []
         for query in params["MetricDataQueries"]:
-            values = self._values(query["MetricStat"]["Metric"])
+            period = timedelta(seconds=query["MetricStat"]["Period"])
+            periods: dict[int, list[float]] = {}  # one statistic per period, periods counted from StartTime
+            for moment, value in self._values(query["MetricStat"]["Metric"], start, end):
+                periods.setdefault((moment - start) // period, []).append(value)
             stat = query["MetricStat"]["Stat"]
-            answer = [self._statistic(values, stat)] if values else []
-            results.append({"Id": query["Id"], "StatusCode": "Complete", "Values": answer, "Timestamps": []})
+            newest_first = sorted(periods, reverse=True)
+            results.append(
+                {
+                    "Id": query["Id"],
+                    "StatusCode": "Complete",
+                    "Values": [self._statistic(periods[n], stat) for n in newest_first],
+                    "Timestamps": [start + n * period for n in newest_first],
+                }
+            )
         return {"MetricDataResults": results}
 
 
@@ -184,13 +199,34 @@ def test_an_idle_device_and_a_model_without_test_split_figures_are_not_called_he
     ]
 
 
-def test_failed_frames_count_against_the_frames_served(tmp_path: Path) -> None:
+def _failed_total(documents: Sequence[Mapping[str, Any]], *totals: tuple[int, int]) -> list[dict[str, Any]]:
+    """`documents` plus one heartbeat for each (minutes after START, the device's FramesFailedTotal then)."""
+    (heartbeat, *_) = [d for d in documents if "FramesFailedTotal" in d]
+    added = []
+    for minutes, total in totals:
+        moment = int((START + timedelta(minutes=minutes)).timestamp() * 1000)
+        added.append({**heartbeat, "_aws": {**heartbeat["_aws"], "Timestamp": moment}, "FramesFailedTotal": total})
+    return [d for d in documents if "FramesFailedTotal" not in d] + added
+
+
+def test_failed_frames_are_the_rise_of_the_device_s_total_within_the_window(tmp_path: Path) -> None:
     documents = recorded(tmp_path, _model(0.9, detection_rate=0.9))
-    for document in documents:  # the device's own counter of frames it could not process, as a heartbeat says
-        if "FramesFailedTotal" in document:
-            document["FramesFailedTotal"] = 3
-    _, problems = _judged(documents)
+    # the total counts from the component's start, which a new model does not restart: 500 failures of an
+    # older model before the window, 3 during it, and a later 90 after the window has ended
+    counted = _failed_total(documents, (-5, 500), (10, 501), (30, 503), (61, 590))
+    sample, problems = _judged(counted)
+    assert sample.failed_frames == 3
     assert problems == ["failed frame rate 0.091 above max_failed_frame_rate 0.02 (3 of 33)"]
+    sample, problems = _judged(_failed_total(documents, (-5, 500), (10, 500), (30, 500)))
+    assert sample.failed_frames == 0 and problems == []  # old failures alone do not fail a good model
+
+
+def test_a_component_restarted_in_the_window_counts_its_new_total_as_rise(tmp_path: Path) -> None:
+    documents = recorded(tmp_path, _model(0.9, detection_rate=0.9))
+    sample, _ = _judged(_failed_total(documents, (-5, 500), (10, 502), (20, 0), (30, 1)))
+    assert sample.failed_frames == 3  # 2 before the restart, 1 after it (not 502 - 0)
+    sample, _ = _judged(_failed_total(documents, (10, 40), (30, 40)))  # nothing before the window: its first value
+    assert sample.failed_frames == 0
 
 
 def test_the_metrics_asked_for_are_the_device_s_own(tmp_path: Path) -> None:
@@ -204,9 +240,14 @@ def test_the_metrics_asked_for_are_the_device_s_own(tmp_path: Path) -> None:
         start=START,
         end=START + timedelta(minutes=61),
     )
-    (request,) = cloudwatch.requests
-    queries = request["MetricDataQueries"]
-    assert len(queries) == 12 and {q["MetricStat"]["Period"] for q in queries} == {61 * 60}  # one period: the window
+    sums, totals = cloudwatch.requests
+    queries = sums["MetricDataQueries"]
+    assert len(queries) == 10 and {q["MetricStat"]["Period"] for q in queries} == {61 * 60}  # one period: the window
+    assert sums["StartTime"] == START
+    # the failed-frames total per minute, from a little before the window (its last value before)
+    assert len(totals["MetricDataQueries"]) == 2 and totals["StartTime"] < START
+    assert {q["MetricStat"]["Period"] for q in totals["MetricDataQueries"]} == {60}
+    queries += totals["MetricDataQueries"]
     devices = {d["Value"] for q in queries for d in q["MetricStat"]["Metric"]["Dimensions"] if d["Name"] == "Device"}
     assert devices == {THING, "line-1-cam-9"}
 

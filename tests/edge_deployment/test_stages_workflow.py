@@ -25,6 +25,7 @@ from tests.edge_deployment.workflow_harness import (
     PILOT_GROUP,
     EdgeWorkflow,
 )
+from tests.helpers import asl
 
 PILOT_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{PILOT_GROUP}"
 FLEET_ARN = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/{FLEET_GROUP}"
@@ -193,16 +194,51 @@ def test_a_rejected_pilot_is_rolled_back_with_the_reason(workflow_stack, monkeyp
     assert "the next stage was not approved (Rejected" in report["message"]
 
 
+@pytest.mark.parametrize("error", ["Nope", None], ids=["typo", "no-error-named"])
+def test_any_failure_sent_for_an_approval_is_a_rejection_asked_once(workflow_stack, monkeypatch, moto, error):
+    edge = _workflow(workflow_stack, monkeypatch, stages=MANUAL_PILOT)
+    package = edge.register()
+    edge.approve(package)
+    execution = edge.start(_approval(package), "not-rejected-by-name")
+    request = _approval_request(edge)
+    # e.g. the console's "send task failure", or the CLI without --error Rejected
+    named = {"error": error} if error else {}
+    edge.sfn.send_task_failure(taskToken=request["task_token"], cause="not this one", **named)
+    described = edge.wait(execution, timeout=30)  # a retry would publish a new request and wait on it
+    assert described["status"] == "FAILED" and described["error"] == "StageRolledBack", described
+    visited = edge.visited(execution)
+    assert visited.count("RequestApproval") == 1 and "ApprovalRejected" in visited
+    assert _targets(edge) == [(PILOT_GROUP, "1.0.1"), (PILOT_GROUP, None)]
+    notifications = edge.notifications()
+    assert not [n for n in notifications if n["subject"].startswith("[tag-inspect] Approve the next edge stage")]
+    (report,) = notifications
+    assert f"the next stage was not approved ({error or ''}" in report["message"]
+
+
+def test_the_approval_request_retries_only_the_publish_s_transient_errors(workflow_stack):
+    (machine,) = asl.state_machines(workflow_stack.template, {}).values()
+    (state,) = [state for name, state in asl.iter_states(machine.definition) if name == "RequestApproval"]
+    retried = [error for rule in state["Retry"] if rule.get("MaxAttempts", 3) > 0 for error in rule["ErrorEquals"]]
+    # the publish's own throttling and faults; an answer (any error sent for the token) is never retried
+    assert retried and all(error.startswith("SNS.") for error in retried), retried
+
+
 def test_an_approval_nobody_gives_times_out_and_fails_safe(workflow_stack, monkeypatch, moto):
     edge = _workflow(workflow_stack, monkeypatch, stages=MANUAL_PILOT, approval_timeout_seconds=1)
     execution, described = _deploy(edge, "timeout")
     assert described["status"] == "FAILED" and described["error"] == "StageRolledBack"
     assert "ApprovalTimedOut" in edge.visited(execution)
     assert _targets(edge) == [(PILOT_GROUP, "1.0.1"), (PILOT_GROUP, None)]  # production never deployed
-    report = [n for n in edge.notifications() if n["subject"].startswith("Edge rollout stopped")]
+    notifications = edge.notifications()
+    report = [n for n in notifications if n["subject"].startswith("Edge rollout stopped")]
     assert report and "nobody approved the next stage within 86400 seconds" in report[0]["message"]
-    with pytest.raises(promotion.PromotionError):  # a late answer is refused, and says the stage was rolled back
-        promotion.approve(edge.sfn, token="not-a-token", by="late")
+    (request,) = [
+        json.loads(n["message"]) for n in notifications if n["subject"].startswith("[tag-inspect] Approve the next")
+    ]
+    # the request's own token, answered after the timeout: refused, and the person is told the stage was rolled back
+    with pytest.raises(promotion.PromotionError, match="a stage that timed out has been rolled back"):
+        promotion.approve(edge.sfn, token=request["task_token"], by="late")
+    assert _targets(edge) == [(PILOT_GROUP, "1.0.1"), (PILOT_GROUP, None)]  # and nothing was promoted
 
 
 @pytest.mark.parametrize(
@@ -272,6 +308,43 @@ def test_a_rollback_on_demand_puts_the_named_stage_back_on_an_earlier_version(wo
     assert report["subject"] == "[tag-inspect] Edge rollout SUCCEEDED: model version 1.0.1 through stage production"
 
 
+def test_a_rollback_on_demand_leaves_a_version_that_was_deleted(workflow_stack, monkeypatch, moto):
+    edge = _workflow(workflow_stack, monkeypatch)
+    first = edge.register()
+    edge.approve(first)
+    assert edge.wait(edge.start(_approval(first), "v1"))["status"] == "SUCCEEDED"
+    assert _deploy(edge, "v2")[1]["status"] == "SUCCEEDED"
+    # the bad version's component is deleted first (it must never run again): the rollback still goes ahead
+    edge.greengrass.deleted_components.add(
+        f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{MODEL_COMPONENT}:versions:1.0.2"
+    )
+    _, described = _rollback(edge, first, ["production"], "leave-deleted-v2")
+    assert described["status"] == "SUCCEEDED", described
+    assert edge.greengrass.model_on_group(FLEET_ARN) == "1.0.1"
+
+
+def test_a_failed_rollback_on_demand_is_reported_and_does_not_redeploy_the_version_it_leaves(
+    workflow_stack, monkeypatch, moto
+):
+    edge = _workflow(workflow_stack, monkeypatch)
+    first = edge.register()
+    edge.approve(first)
+    assert edge.wait(edge.start(_approval(first), "v1"))["status"] == "SUCCEEDED"
+    assert _deploy(edge, "v2")[1]["status"] == "SUCCEEDED"
+    edge.notifications()
+    edge.cloudwatch.not_loading.add("line-1-cam-2")  # this device does not report 1.0.1 again
+    created = len(edge.greengrass.created)
+    execution, described = _rollback(edge, first, ["production"], "back-to-v1-fails")
+    assert described["status"] == "FAILED" and described["error"] == "RollbackOnDemandFailed", described
+    assert "NotServingNewVersion" in edge.visited(execution)
+    assert _targets(edge)[created:] == [(FLEET_GROUP, "1.0.1")]  # the rollback's deployment only: 1.0.2 not back
+    assert edge.greengrass.model_on_group(FLEET_ARN) == "1.0.1"
+    (report,) = edge.notifications()
+    assert report["subject"] == "Edge rollback on demand stopped at stage production: model package v1"
+    assert "  - line-1-cam-2: no heartbeat with model version 1.0.1" in report["message"]
+    assert "Nothing else was deployed" in report["message"]
+
+
 def test_a_rollback_on_demand_of_the_whole_fleet_and_of_an_unknown_stage(workflow_stack, monkeypatch, moto):
     edge = _workflow(workflow_stack, monkeypatch)
     first = edge.register()
@@ -304,6 +377,24 @@ def test_a_stage_without_soak_is_not_health_gated_but_still_needs_every_device_s
     _, described = _deploy(edge, "v2")
     assert described["status"] == "FAILED" and described["error"] == "StageRolledBack"
     assert edge.greengrass.model_on_group(FLEET_ARN) == "1.0.1"
+
+
+def test_a_stage_whose_devices_all_left_after_it_began_is_not_promoted(workflow_stack, monkeypatch, moto):
+    one_stage = [{"name": "fleet", "thing_groups": [FLEET_GROUP], "soak_minutes": 0, "manual_approval": False}]
+    edge = _workflow(workflow_stack, monkeypatch, stages=one_stage)
+    deploy = edge.greengrass.create_deployment
+
+    def deploy_then_empty_the_group(**request: Any) -> dict[str, Any]:
+        answer = deploy(**request)
+        edge.greengrass.groups[FLEET_GROUP] = ()  # every device moved out while the stage rolls out
+        return answer
+
+    monkeypatch.setattr(edge.greengrass, "create_deployment", deploy_then_empty_the_group)
+    execution, described = _deploy(edge, "emptied")
+    assert described["status"] == "FAILED" and described["error"] == "StageRolledBack", described
+    assert "NotServingNewVersion" in edge.visited(execution)
+    (report,) = edge.notifications()
+    assert f"stage fleet: thing group(s) {FLEET_GROUP} have no devices left" in report["message"]
 
 
 @pytest.mark.parametrize("answer", ["{}", '{"approved": "yes"}', '{"approved": false}'], ids=["empty", "text", "false"])

@@ -147,6 +147,7 @@ def _stage(index: int, name: str, *, last: bool) -> dict[str, Any]:
         "manual_approval": False,
         "approval_timeout_seconds": 3600,
         "started_at": "2026-11-22T12:00:00+00:00",
+        "on_demand": False,
     }
 
 
@@ -374,7 +375,7 @@ def test_a_stage_whose_rollout_did_not_succeed_is_rolled_back_and_the_next_stage
     assert described["status"] == "FAILED"
     assert described["error"] == "StageRolledBack"
     assert described["cause"] == "Edge rollout stopped at stage pilot: model package v7 rolled back"
-    assert visited[-11:] == [
+    assert visited[-12:] == [
         "RolloutFinished",
         "RolloutFailedOnStage",
         "RollBackStage",
@@ -385,6 +386,7 @@ def test_a_stage_whose_rollout_did_not_succeed_is_rolled_back_and_the_next_stage
         "CheckRollback",
         "RollbackFinished",
         "NotifyStageRolledBack",
+        "RolledBackOrOnDemand",
         "StageRolledBack",
     ]
     assert visited.count("BeginStage") == 1 and "CheckServing" not in visited  # production never deployed

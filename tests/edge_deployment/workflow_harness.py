@@ -57,6 +57,7 @@ HEALTHY = {
     "LatencyMs": 45.0,
     "ExpectedEmptyShare": 0.9,
 }
+OLD_FAILURES = 250.0  # frames a device failed before the stage (its total counts from the component's start)
 _SESSION = botocore.session.get_session()
 REAL_HANDLERS = (
     "resolve",
@@ -248,14 +249,13 @@ class FakeCloudWatch:
                 value = 3.0 if serving == dimensions["ModelVersion"] else None
             else:
                 value = {**HEALTHY, **self.figures.get(thing, {})}.get(metric["MetricName"])
-            results.append(
-                {
-                    "Id": query["Id"],
-                    "StatusCode": "Complete",
-                    "Timestamps": [params["StartTime"]] if value is not None else [],
-                    "Values": [value] if value is not None else [],
-                }
-            )
+            moments, values = ([params["StartTime"]], [value]) if value is not None else ([], [])
+            if metric["MetricName"] == "FramesFailedTotal" and value is not None:
+                # a running total since the component started (long before): OLD_FAILURES, then `value` more
+                # at the window's end
+                moments = [params["EndTime"], params["StartTime"]]
+                values = [OLD_FAILURES + value, OLD_FAILURES]
+            results.append({"Id": query["Id"], "StatusCode": "Complete", "Timestamps": moments, "Values": values})
         return {"MetricDataResults": results}
 
 

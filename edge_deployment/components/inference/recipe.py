@@ -71,6 +71,7 @@ def configuration_from_settings(edge_settings: Any, *, upload_bucket: str, **val
         driftSampleRate=edge_settings.drift_sample_rate,
         maxUploadsPerHour=edge_settings.max_uploads_per_hour,
         offlineQueueMaxMB=edge_settings.offline_queue_mb,
+        outboxMaxMB=edge_settings.outbox_mb,
         modelComponentName=edge_settings.model_component_name,
         precision=edge_settings.model_precision,
         int8MaxMap50Loss=edge_settings.int8_max_map50_loss,
