@@ -777,7 +777,7 @@ class DeploymentWorkflow(Construct):
                     self,
                     state_id,
                     parameters={
-                        "summary.$": "States.Format('the devices telemetry could not be read ({}: {})', "
+                        "summary.$": "States.Format('the stage could not be judged from its devices telemetry ({}: {})', "
                         "$.error.Error, $.error.Cause)",
                         "devices": [],
                         "more_devices": 0,
