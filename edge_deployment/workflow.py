@@ -371,6 +371,19 @@ class DeploymentWorkflow(Construct):
 
         # Step 4: follow the job, see which deployment replaced a cancelled one, ask Greengrass why a device failed.
         core_devices = self._arn("greengrass", "coreDevices", "*", colon=True)
+
+        def follow_rollout(function: lambda_.IFunction, *, jobs_sid: str) -> None:
+            """What following a rollout reads: its IoT job, each device's deployment result, the groups' members."""
+            allow(function, ["iot:DescribeJob", "iot:ListJobExecutionsForJob"], [jobs], sid=jobs_sid, why=rollout_jobs)
+            allow(
+                function,
+                ["greengrass:ListEffectiveDeployments"],
+                [core_devices],
+                sid="DeviceResults",
+                why="Any core device may have failed; the function only reads the deployments in effect on it.",
+            )
+            allow(function, ["iot:ListThingsInThingGroup"], group_arns, sid="GroupMembers")
+
         allow(
             self.check_function, ["greengrass:GetDeployment"], [deployments], sid="ReadDeployments", why=new_deployments
         )
@@ -385,21 +398,7 @@ class DeploymentWorkflow(Construct):
         # the executions of its own state machine that started earlier and still run (overlapping runs)
         own_machine = self._arn("states", "stateMachine", shared_names.workflow_state_machine(APP), colon=True)
         allow(self.check_function, ["states:ListExecutions"], [own_machine], sid="OlderRuns")
-        allow(
-            self.check_function,
-            ["iot:DescribeJob", "iot:ListJobExecutionsForJob"],
-            [jobs],
-            sid="FollowDeploymentJobs",
-            why=rollout_jobs,
-        )
-        allow(
-            self.check_function,
-            ["greengrass:ListEffectiveDeployments"],
-            [core_devices],
-            sid="DeviceResults",
-            why="Any core device may have failed; the function only reads the deployments in effect on it.",
-        )
-        allow(self.check_function, ["iot:ListThingsInThingGroup"], group_arns, sid="GroupMembers")
+        follow_rollout(self.check_function, jobs_sid="FollowDeploymentJobs")
 
         # The stages: groups checked and their current deployment recorded, devices' metrics read, rollbacks.
         allow(
@@ -464,21 +463,7 @@ class DeploymentWorkflow(Construct):
             sid="ReadDeployments",
             why=new_deployments,
         )
-        allow(
-            self.check_rollback_function,
-            ["iot:DescribeJob", "iot:ListJobExecutionsForJob"],
-            [jobs],
-            sid="FollowRollbackJobs",
-            why=rollout_jobs,
-        )
-        allow(
-            self.check_rollback_function,
-            ["greengrass:ListEffectiveDeployments"],
-            [core_devices],
-            sid="DeviceResults",
-            why="Any core device may have failed; the function only reads the deployments in effect on it.",
-        )
-        allow(self.check_rollback_function, ["iot:ListThingsInThingGroup"], group_arns, sid="GroupMembers")
+        follow_rollout(self.check_rollback_function, jobs_sid="FollowRollbackJobs")
 
     def _acknowledge_state_machine_role(self) -> None:
         role = self.state_machine.role
@@ -777,8 +762,8 @@ class DeploymentWorkflow(Construct):
                     self,
                     state_id,
                     parameters={
-                        "summary.$": "States.Format('the stage could not be judged from its devices telemetry ({}: {})', "
-                        "$.error.Error, $.error.Cause)",
+                        "summary.$": "States.Format('the stage could not be judged from its devices telemetry "
+                        "({}: {})', $.error.Error, $.error.Cause)",
                         "devices": [],
                         "more_devices": 0,
                     },

@@ -704,6 +704,17 @@ def health_status(
 # --------------------------------------------------------------------------------------------------
 
 
+def _device_lines(failure_reason: Mapping[str, Any], *, heading: str) -> list[str]:
+    """The failing devices of a notification, each with its problem (a blank line after; none: nothing)."""
+    devices = failure_reason.get("devices") or []
+    if not devices:
+        return []
+    lines = [heading, *(f"  - {d['thing']}: {d['problem']}" for d in devices)]
+    if failure_reason.get("more_devices"):
+        lines.append(f"  ... and {failure_reason['more_devices']} more")
+    return [*lines, ""]
+
+
 def rollback_requests(
     stage: Mapping[str, Any],
     *,
@@ -748,13 +759,7 @@ def rollback_report(
         f"{failure_reason.get('summary')}.",
         "",
     ]
-    devices = failure_reason.get("devices") or []
-    if devices:
-        lines.append("Failing devices and the bound each broke:")
-        lines += [f"  - {d['thing']}: {d['problem']}" for d in devices]
-        if failure_reason.get("more_devices"):
-            lines.append(f"  ... and {failure_reason['more_devices']} more")
-        lines.append("")
+    lines += _device_lines(failure_reason, heading="Failing devices and the bound each broke:")
     for group in stage["thing_groups"]:
         previous = group.get("previous")
         versions = (
@@ -785,13 +790,7 @@ def on_demand_failure_report(
         f"stage {stage['name']}: {failure_reason.get('summary')}.",
         "",
     ]
-    devices = failure_reason.get("devices") or []
-    if devices:
-        lines.append("Devices that did not confirm it:")
-        lines += [f"  - {d['thing']}: {d['problem']}" for d in devices]
-        if failure_reason.get("more_devices"):
-            lines.append(f"  ... and {failure_reason['more_devices']} more")
-        lines.append("")
+    lines += _device_lines(failure_reason, heading="Devices that did not confirm it:")
     groups = ", ".join(group["name"] for group in stage["thing_groups"])
     lines += [
         f"Nothing else was deployed: thing group(s) {groups} keep the deployment of v{package.get('version')} this "

@@ -279,7 +279,10 @@ def test_a_failing_telemetry_query_does_not_promote_the_stage(workflow_stack, mo
     assert "HeartbeatQueryFailed" in edge.visited(execution)
     assert _targets(edge) == [(PILOT_GROUP, "1.0.1"), (PILOT_GROUP, None)]
     (report,) = edge.notifications()
-    assert "could not be judged from its devices telemetry (HealthQueryError" in report["message"] and "AccessDenied" in report["message"]
+    assert (
+        "could not be judged from its devices telemetry (HealthQueryError" in report["message"]
+        and "AccessDenied" in report["message"]
+    )
 
 
 def _rollback(edge: EdgeWorkflow, package: str, stages: list[str], name: str) -> tuple[str, dict[str, Any]]:
