@@ -46,7 +46,7 @@ import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,9 @@ class StageMetrics:
             else:
                 value = self.HEALTHY.get(metric["MetricName"])
             answer = [value] if value is not None else []
-            results.append({"Id": query["Id"], "StatusCode": "Complete", "Values": answer, "Timestamps": []})
+            # CloudWatch pairs every value with its period's time: here the window's last minute
+            moments = [params["EndTime"] - timedelta(minutes=1)] * len(answer)
+            results.append({"Id": query["Id"], "StatusCode": "Complete", "Values": answer, "Timestamps": moments})
         return {"MetricDataResults": results}
 
 
