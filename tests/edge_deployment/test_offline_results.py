@@ -190,7 +190,8 @@ def test_an_unreadable_kept_message_is_set_aside_not_published_and_not_fatal(tmp
     assert sent == ["b.jpg"] and (tmp_path / "outbox" / "corrupt" / first.path.name).is_file()
 
 
-def test_the_service_counts_a_message_it_could_not_keep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _offline_with_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Device, Any]:
+    """A device whose nucleus refuses every message and whose outbox cannot write (disk full)."""
     device, nucleus = _device(tmp_path, storage="Disk", max_bytes=10_000_000)
     service = device.service()
     nucleus.ipc_up = False
@@ -199,6 +200,11 @@ def test_the_service_counts_a_message_it_could_not_keep(tmp_path: Path, monkeypa
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(service.outbox, "put", disk_full)
+    return device, service
+
+
+def test_the_service_counts_a_message_it_could_not_keep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    device, service = _offline_with_a_full_disk(tmp_path, monkeypatch)
     _frames(device, service, ["a.jpg"])  # inference goes on
     assert service.heartbeat_payload()["publish_dropped"] == 2  # the result and the heartbeat: lost, and counted
 
@@ -206,14 +212,7 @@ def test_the_service_counts_a_message_it_could_not_keep(tmp_path: Path, monkeypa
 def test_the_messages_a_device_lost_reach_the_metric_its_alarm_watches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    device, nucleus = _device(tmp_path, storage="Disk", max_bytes=10_000_000)
-    service = device.service()
-    nucleus.ipc_up = False
-
-    def disk_full(*_: Any) -> bool:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(service.outbox, "put", disk_full)
+    device, service = _offline_with_a_full_disk(tmp_path, monkeypatch)
     _frames(device, service, ["a.jpg", "b.jpg"])
     heartbeat = service.heartbeat_payload()
     assert heartbeat["publish_dropped"] >= 2  # both results at least
