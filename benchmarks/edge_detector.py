@@ -31,8 +31,10 @@ runs with its default threading. A cross-check measures the CPU time of the proc
 onnxruntime on one thread, which other load on the machine hardly changes: each model alone (its
 detector and bare run taking turns, as on a device that serves one model; the ratio with both models
 taking turns is printed beside it), and splits the detector's CPU time into letterbox, inference and
-post-processing (each stage right after the one before, as in `detect`). The conditions (CPUs, load
-average before and after) are printed.
+post-processing (each stage right after the one before, as in `detect`), and is repeated with OpenCV's
+compiled resize in place of the numpy letterbox when OpenCV is installed (not a device dependency: it
+shows what compiled pre-processing would buy). The conditions (CPUs, load average before and after)
+are printed.
 """
 
 # ruff: noqa: PLC0415, S603 - heavy imports only where used; subprocesses run this interpreter
@@ -351,6 +353,57 @@ def cpu_work(models: Models, files: Sequence[Path], *, rounds: int) -> dict[str,
     return result
 
 
+def compiled_letterbox(models: Models, files: Sequence[Path], *, rounds: int) -> dict[str, Any] | None:
+    """The CPU-time cross-check again with OpenCV's resize (compiled C++) in place of the numpy letterbox.
+
+    OpenCV is not a device dependency (it is in the benchmark's environment through Ultralytics): this
+    shows what compiled pre-processing would buy, and what stays (writing the float tensor, the
+    post-processing, the calls around session.run). OpenCV runs on one thread, as onnxruntime does.
+    None when OpenCV is not installed."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    from importlib import metadata
+    from unittest import mock
+
+    import numpy as np
+
+    from edge_deployment.components.inference.inspector import detector as module
+
+    class OpenCVResizer:
+        def __init__(self, height: int, width: int) -> None:
+            self.size = (width, height)
+
+        def resize_into(self, image: np.ndarray, out: np.ndarray) -> None:
+            resized = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
+            np.divide(resized.transpose(2, 0, 1), np.float32(255), out=out)
+
+    cv2.setNumThreads(1)
+    images = [module.load_image(path) for path in files]
+    result: dict[str, Any] = {}
+    for precision, path in (("fp32", models.fp32), ("int8", models.int8)):
+        detector = module.load_detector(path, threads=1)
+        feeds = [{detector.input_name: np.array(detector.prepare(image)[0])} for image in images]
+        with mock.patch.object(module, "linear_resizer", lambda _h, _w, height, width: OpenCVResizer(height, width)):
+            # The substitute must prepare the very tensors the numpy letterbox does (both are bit-exact).
+            result["same_tensors"] = all(
+                np.array_equal(detector.prepare(image)[0], feed[detector.input_name])
+                for image, feed in zip(images, feeds, strict=True)
+            )
+            alone = interleaved(
+                {"detector": _detect_call(detector, images), "bare": _run_call(detector.session, feeds)},
+                frames=len(images),
+                rounds=rounds,
+                clock=time.process_time,
+            )
+        result[f"{precision}_overhead"] = ratios(alone["detector"], alone["bare"])
+    distribution = next(iter(metadata.packages_distributions().get("cv2", [])), "opencv")
+    result["opencv"] = f"{distribution} {cv2.__version__}"
+    result["opencv_mb"] = installed_mb(distribution) if distribution != "opencv" else None
+    return result
+
+
 def stage_times(detector: Any, images: Sequence[Any], *, rounds: int) -> dict[str, float]:
     """Where the detector's CPU time goes, per frame (median milliseconds): letterbox, inference, post-processing.
 
@@ -475,6 +528,19 @@ def start_to_first_result_s(model: Path, frame: Path, *, runs: int) -> float:
     return statistics.median(times)
 
 
+def installed_mb(name: str) -> float:
+    """Installed size of one distribution (its files, compiled bytecode left out)."""
+    from importlib import metadata
+
+    distribution = metadata.distribution(name)
+    size = 0
+    for file in distribution.files or []:
+        path = Path(str(distribution.locate_file(file)))
+        if path.is_file() and "__pycache__" not in path.parts:
+            size += path.stat().st_size
+    return size / 1e6
+
+
 def dependency_size_mb(requirements: Path) -> tuple[float, dict[str, float]]:
     """Installed size of the pinned distributions and everything they require (extras left out)."""
     from importlib import metadata
@@ -492,14 +558,8 @@ def dependency_size_mb(requirements: Path) -> tuple[float, dict[str, float]]:
         name = canonicalize_name(wanted.pop())
         if name in seen:
             continue
-        distribution = metadata.distribution(name)
-        size = 0
-        for file in distribution.files or []:
-            path = Path(str(distribution.locate_file(file)))
-            if path.is_file() and "__pycache__" not in path.parts:
-                size += path.stat().st_size
-        seen[name] = size / 1e6
-        for text in distribution.requires or []:
+        seen[name] = installed_mb(name)
+        for text in metadata.distribution(name).requires or []:
             requirement = Requirement(text)
             if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
                 wanted.append(requirement.name)
@@ -533,6 +593,14 @@ def report(
             name = f"  cross-check: {precision.upper()} CPU time, detector / bare, 1 thread, {label}"
             figure = _ratio_figure(name, stats, 1.05)
             figures.append(replace(figure, note=f"{figure.note}; {mixed:.3f} with both models taking turns"))
+    for key, label in labels.items():
+        compiled = timing[key].get("compiled")
+        if compiled is None:
+            continue
+        for precision in ("fp32", "int8"):
+            name = f"  with OpenCV's resize, not on the device: {precision.upper()} CPU time, {label}"
+            figure = _ratio_figure(name, compiled[f"{precision}_overhead"], 1.05)
+            figures.append(replace(figure, met=None, note=f"{figure.note}; {compiled['opencv']}"))
     first = next(iter(labels))
     figures.append(
         _ratio_figure(f"INT8 / FP32 detector latency, {labels[first]}", timing[first]["int8_vs_fp32_detector"], 0.6)
@@ -656,6 +724,14 @@ def print_timing(timing: dict[str, dict[str, Any]], labels: dict[str, str]) -> N
             f"FP32 {t['fp32_detector']['median'] - t['fp32_bare']['median']:+.2f} ms, "
             f"INT8 {t['int8_detector']['median'] - t['int8_bare']['median']:+.2f} ms"
         )
+        compiled = t.get("compiled")
+        if compiled:
+            size = "" if compiled["opencv_mb"] is None else f", {compiled['opencv_mb']:.0f} MB installed"
+            print(
+                f"  with OpenCV's resize in place of the numpy letterbox ({compiled['opencv']}{size}; not a device "
+                f"dependency), same tensors: {compiled['same_tensors']}; CPU time detector / bare: FP32 "
+                f"{compiled['fp32_overhead']['median']:.3f}x, INT8 {compiled['int8_overhead']['median']:.3f}x"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -685,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for key, chosen in sets.items():
         timing[key]["cpu"] = cpu_work(models, chosen, rounds=args.rounds)
+        timing[key]["compiled"] = compiled_letterbox(models, chosen, rounds=args.rounds)
     extra = device_figures(models, files)
     extra["dependency_mb"], sizes = dependency_size_mb(REQUIREMENTS)
     figures = report(models, timing, extra, labels)
