@@ -11,10 +11,12 @@ import json
 import logging
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import pytest
 from PIL import Image
 
 from edge_deployment.components.inference.inspector.config import ConfigError
-from edge_deployment.components.inference.inspector.detector import load_detector
+from edge_deployment.components.inference.inspector.detector import ModelError, load_detector
 from edge_deployment.components.inference.inspector.feedback import (
     UPLOADED,
     FrameUpload,
@@ -382,6 +384,35 @@ def test_a_failed_version_is_retried_when_its_files_change_not_on_every_poll(tmp
     assert (service.models.version, service.models.error, len(loads)) == ("1.0.2", None, 2)
 
 
+def test_an_int8_file_still_being_written_is_served_once_complete_not_reloaded_on_every_poll(
+    tmp_path: Path,
+) -> None:
+    device = Device(tmp_path, modelPollSeconds=30)
+    device.deploy_model("1.0.1", two_precisions(0.9, 0.8, int8="missing"))  # model.int8.onnx not there yet
+    service = device.service()
+    service.step()
+    assert service.models.detector.precision == "fp32"
+    assert "model.int8.onnx: model file not found" in service.publish_heartbeat()["model_warning"]
+    loads: list[Path] = []
+    load = service.models.load
+    service.models.load = lambda directory: (loads.append(directory), load(directory))[1]
+    device.clock.now += 30
+    service.step()
+    assert loads == [], "nothing changed: the version served is not loaded again"
+
+    complete = two_precisions(0.9, 0.8)(tmp_path / "complete")
+    shutil.copy(complete / "model.int8.onnx", device.model_dir("1.0.1"))  # the INT8 file lands, nothing else
+    device.clock.now += 30
+    device.drop("a.jpg", jpeg(tag()))
+    service.step()
+    assert (service.models.version, service.models.detector.precision, len(loads)) == ("1.0.1", "int8", 1)
+    assert device.greengrass.messages(RESULTS)[-1]["detections"][0]["score"] == 0.8
+    assert service.publish_heartbeat()["model_warning"] is None
+    device.clock.now += 30
+    service.step()
+    assert len(loads) == 1, "served without a warning: its files are not watched"
+
+
 def test_until_a_model_is_deployed_frames_wait_and_the_heartbeat_says_why(tmp_path: Path) -> None:
     device = Device(tmp_path)
     service = device.service()
@@ -467,6 +498,61 @@ def test_hot_swaps_between_precisions_and_a_broken_int8_file_falls_back_to_fp32(
         assert cause in beat["model_warning"] and beat["model_warning"].endswith("): FP32 serves")
     assert service.models.detector.precision == "int8" and service.models.detector.warnings == []
     assert any("the INT8 model could not be served" in r.getMessage() for r in caplog.records)
+
+
+def test_an_int8_model_that_fails_on_real_frames_gives_way_to_fp32_which_serves_the_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = Device(tmp_path, modelPollSeconds=30)
+    device.deploy_model("1.0.1", two_precisions(0.9, 0.8))
+    service = device.service()
+    service.step()
+    assert service.models.detector.precision == "int8"
+
+    class FailingSession:  # onnxruntime failing on real frames after a clean warm-up run
+        def run(self, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : a kernel failed")
+
+    service.models.detector.session = FailingSession()
+    device.drop("a.jpg", jpeg(tag()))
+    with caplog.at_level(logging.ERROR):
+        assert service.step() == 1
+    assert [r["detections"][0]["score"] for r in device.greengrass.messages(RESULTS)] == [0.9]  # FP32 answered
+    assert service.frames_failed == 0 and not (device.frames / REJECTED_DIR / "a.jpg").exists()
+    heartbeat = service.publish_heartbeat()
+    assert (heartbeat["status"], heartbeat["model_version"], heartbeat["model_precision"]) == (
+        "serving",
+        "1.0.1",
+        "fp32",
+    )
+    assert heartbeat["model_warning"].startswith("the INT8 model failed on a frame (")
+    assert "a kernel failed" in heartbeat["model_warning"] and heartbeat["model_warning"].endswith("): FP32 serves")
+    assert any("the INT8 model failed on a frame" in r.getMessage() for r in caplog.records)
+    device.clock.now += 30
+    device.drop("b.jpg", jpeg(tag()))
+    service.step()
+    assert service.models.detector.precision == "fp32", "polls do not bring the failing INT8 model back"
+
+
+def test_a_frame_the_fp32_model_fails_on_too_is_rejected_once(tmp_path: Path) -> None:
+    device = Device(tmp_path)
+    device.deploy_model("1.0.1", two_precisions(0.9, 0.8))
+    service = device.service()
+    service.step()
+    loads = 0
+
+    def failing_load(*args: Any, **kwargs: Any) -> Any:
+        nonlocal loads
+        loads += 1
+        raise ModelError("model.onnx: cannot load the ONNX model (disk error)")
+
+    service.context = replace(service.context, load_model=failing_load)
+    service.models.detector.session = None  # any run fails: 'NoneType' object has no attribute 'run'
+    device.drop("a.jpg", jpeg(tag()))
+    service.step()
+    assert (service.frames_failed, loads) == (1, 1)
+    assert (device.frames / REJECTED_DIR / "a.jpg").is_file()  # kept, nothing lost
+    assert service.models.detector.precision == "int8"  # no fallback could load: the model stays
 
 
 def test_changing_precision_or_providers_reloads_the_model_without_a_restart(tmp_path: Path) -> None:

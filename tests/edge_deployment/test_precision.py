@@ -176,6 +176,31 @@ def test_int8_configured_without_an_int8_file_serves_fp32_with_a_warning(tmp_pat
     assert auto.warnings == [] and "lists no INT8 model" in auto.precision_reason
 
 
+@pytest.mark.parametrize("setting", ["auto", "int8", "fp32"])
+def test_a_malformed_precisions_entry_is_the_warning_whatever_the_setting(tmp_path: Path, setting: str) -> None:
+    folder = model_folder(tmp_path)
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["precisions"]["int8"]["file"] = "../elsewhere/model.onnx"
+    (folder / "model.json").write_text(json.dumps(manifest))
+    detector = load_detector(folder, precision=setting)
+    assert (served_score(detector), detector.precision) == (FP32_SCORE, "fp32")
+    (warning,) = detector.warnings
+    assert "precisions cannot be read" in warning and "is not an .onnx file beside model.json" in warning
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("confidence_threshold", 1.5), ("iou_threshold", -0.1), ("iou_threshold", "NaN")]
+)
+def test_thresholds_outside_0_to_1_in_model_json_are_a_model_error_naming_the_key(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    folder = model_folder(tmp_path)
+    manifest = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**manifest, key: value}))
+    with pytest.raises(ModelError, match=f"model.json: {key} must be between 0 and 1, got {value!r}"):
+        load_detector(folder, precision="auto")
+
+
 def test_a_broken_fp32_model_is_still_a_model_error(tmp_path: Path) -> None:
     folder = model_folder(tmp_path, int8_map50=0.83)
     (folder / "model.onnx").write_bytes(b"\x08\x07 truncated")
@@ -244,9 +269,21 @@ def test_a_provider_that_fails_to_start_is_reported_and_cpu_serves(
     with pytest.warns(UserWarning, match="CUDAExecutionProvider.* not in available provider names"):
         detector = load_detector(folder, precision="auto", providers=["cuda"])
     assert detector.execution_provider == CPU
-    # auto expected CUDA, where INT8 (QDQ) runs in float: it chose FP32.
-    assert (detector.precision, served_score(detector)) == ("fp32", FP32_SCORE)
-    assert "CUDAExecutionProvider runs INT8 (QDQ) models in float" in detector.precision_reason
+    # auto chose for CUDA first (FP32: CUDA runs QDQ in float), then again for the CPU that runs: INT8.
+    assert (detector.precision, served_score(detector)) == ("int8", INT8_SCORE)
+    assert detector.precision_reason.startswith("auto: INT8 test mAP50 0.8450 vs FP32 0.8500")
     assert detector.warnings == [
         "CUDAExecutionProvider could not be initialised (see onnxruntime's log); running on CPUExecutionProvider"
     ]
+
+
+def test_a_provider_that_fails_to_start_keeps_fp32_where_the_cpu_would_choose_it_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = model_folder(tmp_path, int8_map50=0.83)  # 2 points lost: FP32 on any provider
+    real = onnxruntime.get_available_providers()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider.* not in available provider names"):
+        detector = load_detector(folder, precision="auto", providers=["cuda"])
+    assert (detector.execution_provider, detector.precision, served_score(detector)) == (CPU, "fp32", FP32_SCORE)
+    assert "(+2.00 points lost, tolerance 1.00): FP32 serves" in detector.precision_reason

@@ -21,9 +21,9 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -529,6 +529,9 @@ def read_manifest(path: Path) -> ModelInfo:
         raise ModelError(f"{path}: missing or invalid field ({type(error).__name__}: {error})") from None
     if not names:
         raise ModelError(f"{path}: class_names is empty")
+    for key in ("confidence_threshold", "iou_threshold"):
+        if not 0.0 <= getattr(info, key) <= 1.0:  # NaN fails this too
+            raise ModelError(f"{path}: {key} must be between 0 and 1, got {raw[key]!r}")
     try:
         variants = _manifest_variants(raw)
     except (TypeError, ValueError) as error:
@@ -883,8 +886,21 @@ def load_detector(
         return detector
     if not 0.0 <= int8_max_map50_loss <= 1.0:
         raise ValueError(f"INT8 mAP50 tolerance must be between 0 and 1, got {int8_max_map50_loss}")
-    available = select_providers(providers, _available_providers())[0]
-    chosen, reason = choose_precision(info, precision, max_map50_loss=int8_max_map50_loss, provider=available[0])
+    provider = select_providers(providers, _available_providers())[0][0]
+    serve = partial(_load_precision, path, info, setting=precision, max_map50_loss=int8_max_map50_loss, load=load)
+    detector = serve(provider=provider)
+    if detector.execution_provider != provider:
+        # A provider can be listed and still fail to start (no driver): onnxruntime runs the next one, and
+        # the precision (and its reason) must be chosen for that one.
+        detector = serve(provider=detector.execution_provider)
+    return detector
+
+
+def _load_precision(
+    path: Path, info: ModelInfo, *, setting: str, max_map50_loss: float, provider: str, load: Callable[[Path], Detector]
+) -> Detector:
+    """The detector of the precision choose_precision picks for `provider`, FP32 when the INT8 file fails."""
+    chosen, reason = choose_precision(info, setting, max_map50_loss=max_map50_loss, provider=provider)
     fallback: str | None = None
     if chosen == INT8:
         int8 = info.variant(INT8)
@@ -902,7 +918,9 @@ def load_detector(
     else:
         detector = load(path)
         detector.precision = FP32
-        if precision == INT8 or info.problem:
+        if info.problem:  # a malformed `precisions` entry is the warning, whatever the setting
+            fallback = info.problem if setting == FP32 else reason
+        elif setting == INT8:
             fallback = reason
     detector.precision_reason = reason
     if fallback:

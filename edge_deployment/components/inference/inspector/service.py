@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .config import ComponentConfig, ConfigError
-from .detector import Detector, ImageError, ModelError, encode_jpeg, load_detector, load_image
+from .detector import FP32, INT8, Detector, ImageError, ModelError, encode_jpeg, load_detector, load_image
 from .feedback import (
     Credentials,
     CredentialSource,
@@ -285,6 +285,8 @@ class InferenceService:
                 image = load_image(data, name=frame.name)
             result = detector.detect(image)
         except (ImageError, ModelError, OSError) as error:
+            if isinstance(error, ModelError) and detector.precision == INT8 and self._serve_fp32_after(error):
+                return self.process(frame)  # the FP32 model serves now, this frame too
             self.frames_failed += 1
             kind = "model error on" if isinstance(error, ModelError) else "bad frame"
             LOG.error("%s %s (kept in %s/): %s", kind, frame.name, REJECTED_DIR, error)
@@ -314,6 +316,14 @@ class InferenceService:
         else:
             self.frames.done(frame)
         return payload
+
+    def _serve_fp32_after(self, error: ModelError) -> bool:
+        """An INT8 model that loaded but fails on real frames: the same version's FP32 model takes over."""
+        reason = f"the INT8 model failed on a frame ({error}): FP32 serves"
+        if not self.models.fall_back(self._loader(replace(self.config, precision=FP32)), reason):
+            return False
+        LOG.error("model %s: %s", self.models.version, reason)
+        return True
 
     def _queue_feedback(
         self, frame: Frame, data: bytes | None, image: np.ndarray, top_score: float, *, empty: bool = False
