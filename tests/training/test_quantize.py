@@ -7,6 +7,7 @@ answer in the detection contract's shape, and stay close to the FP32 model on th
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tarfile
@@ -487,3 +488,56 @@ def test_a_model_that_cannot_be_quantized_ships_as_fp32_with_the_reason(tiny_mod
     page = (tmp_path / "evaluation" / "report" / "index.html").read_text()
     assert "Not made: calibration folder x holds no readable image" in page
 
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (
+            "quantize_model",
+            RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed"),
+            "RuntimeError: [ONNXRuntimeError] : 1 : FAIL : Load model failed",
+        ),
+        ("evaluate_int8", KeyError("mAP50"), "KeyError: 'mAP50'"),
+    ],
+    ids=["quantizer", "int8-evaluation"],
+)
+def test_any_failure_of_the_int8_part_ships_fp32_with_the_reason(tiny_model, tmp_path, monkeypatch, caplog, case):
+    """onnxruntime's quantization tools and the INT8 scoring raise more than QuantizationError: a model that
+    passed its FP32 gate is still packaged (and so registered), without INT8, saying why."""
+    from training.steps import quantize
+    from training.steps.evaluate import evaluate_and_package
+
+    failing, error, reason = case
+
+    def fail(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(quantize, failing, fail)
+    with caplog.at_level(logging.ERROR, logger="training.steps.evaluate"):
+        evaluation, archive = evaluate_and_package(
+            tiny_model.onnx_path,
+            tiny_model.run.prepared.root,
+            evaluation_dir=tmp_path / "evaluation",
+            package_dir=tmp_path / "package",
+            image_size=tiny_model.input_size,
+            confidence_threshold=0.25,
+            iou_threshold=0.45,
+            map50_95_threshold=0.0,
+            regression_margin=0.02,
+            onnx_opset=17,
+            work_dir=tmp_path / "work",
+            quantize_int8=True,
+        )
+    assert evaluation.report.int8 == {"error": reason}
+    assert evaluation.decision.verdict == "register"  # the FP32 gate's verdict stands
+    assert evaluation.report.registry_metadata["verdict"] == "register"
+    manifest, onnx_bytes, names = read_model_archive(archive)
+    assert onnx_bytes == tiny_model.onnx_path.read_bytes() and manifest.metrics == evaluation.report.metrics
+    assert INT8_MODEL_FILE not in names and manifest.variant("int8") is None
+    written = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert written["int8"] == {"error": reason}
+    assert f"Not made: {reason}" in (tmp_path / "evaluation" / "report" / "index.html").read_text().replace(
+        "&#x27;", "'"
+    )
+    (record,) = [r for r in caplog.records if r.name == "training.steps.evaluate"]
+    assert record.exc_info is not None and record.exc_info[1] is error  # the traceback is in the log
