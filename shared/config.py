@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from shared.contracts import INT8_MIN_ONNX_OPSET
+
 APP_NAMES: tuple[str, ...] = ("labeling", "training", "edge_deployment")
 """The three apps in chain order: each one's workflow success starts the next one's asset pipeline."""
 
@@ -816,6 +818,16 @@ class TrainingSettings(_Section):
                 f"max_runtime_seconds must be at most {MAX_TRAINING_RUNTIME_SECONDS}: a spot training job may wait "
                 "twice as long, and the whole pipeline run must end within the 7 days CodePipeline waits for the "
                 "workflow (the edge deployment app starts only when it succeeds)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _int8_opset(self) -> TrainingSettings:
+        if self.quantize_int8 and self.onnx_opset < INT8_MIN_ONNX_OPSET:
+            raise ValueError(
+                f"onnx_opset must be at least {INT8_MIN_ONNX_OPSET} when quantize_int8 is true, got "
+                f"{self.onnx_opset}: the INT8 model's per-channel weights need opset {INT8_MIN_ONNX_OPSET}; raise "
+                "onnx_opset or set quantize_int8 to false"
             )
         return self
 

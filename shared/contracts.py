@@ -205,6 +205,8 @@ REQUIRED_METRICS = ("precision", "recall", "mAP50", "mAP50-95")
 FP32 = "fp32"
 INT8 = "int8"
 PRECISIONS = (FP32, INT8)
+# The INT8 model's per-channel weights need DequantizeLinear's `axis` attribute, added in ONNX opset 13.
+INT8_MIN_ONNX_OPSET = 13
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ The calibration folder (searched recursively) should hold images like the ones t
 its training images. The decoding tail of the model (box decoding, class sigmoid) stays in float;
 see training/steps/quantize.py. After writing the file, the command runs both models on a few of the
 calibration images and prints how far the INT8 output is from FP32's. Exit status 0 on success,
-1 when the model or the folder cannot be used.
+1 when the model or the folder cannot be used (the model must have opset 13 or later and one image
+input) or when --output is the model itself: the FP32 model is never overwritten.
 """
 
 from __future__ import annotations

@@ -139,11 +139,22 @@ def test_unknown_environment_is_named(raw):
         ("training.tuning.max_parallel_jobs", 9, r"training\.tuning: .*max_parallel_jobs must not exceed max_jobs"),
         ("training.tuning.max_jobs", 1, r"training\.tuning\.max_jobs: Input should be greater than or equal to 2"),
         ("training.tuning.strategy", "Grid", r"training\.tuning\.strategy: Input should be 'Bayesian' or 'Random'"),
+        ("training.onnx_opset", 12, r"training: .*onnx_opset must be at least 13 when quantize_int8 is true"),
+        ("training.onnx_opset", 10, r"training\.onnx_opset: Input should be greater than or equal to 11"),
     ],
 )
 def test_bad_values_fail_with_the_key_and_what_is_expected(raw, key, value, message):
     with pytest.raises(ConfigError, match=message):
         parse_settings(_set(raw, key, value), source="config.yaml")
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+def test_an_opset_below_13_is_valid_only_without_int8(raw, opset):
+    """Per-channel QDQ (the INT8 model) needs opset 13; an FP32-only deployment may export older opsets."""
+    document = _set(_set(raw, "training.onnx_opset", opset), "training.quantize_int8", False)
+    assert parse_settings(document).training.onnx_opset == opset
+    with pytest.raises(ConfigError, match=rf"onnx_opset must be at least 13 when quantize_int8 is true, got {opset}"):
+        parse_settings(_set(document, "training.quantize_int8", True))
 
 
 def test_every_error_is_reported_at_once(raw):

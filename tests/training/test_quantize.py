@@ -7,6 +7,8 @@ answer in the detection contract's shape, and stay close to the FP32 model on th
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -146,7 +148,7 @@ def test_the_int8_model_stays_close_to_fp32_on_the_same_frames(trained_model, tm
 # --------------------------------------------------------------------------------------------------
 
 
-def _tiny_detector_onnx(path: Path) -> Path:
+def _tiny_detector_onnx(path: Path, *, opset: int = 17) -> Path:
     """Conv -> Sigmoid -> [1, 5, 16]: enough graph for the checks that come before calibration."""
     graph = helper.make_graph(
         [
@@ -162,10 +164,93 @@ def _tiny_detector_onnx(path: Path) -> Path:
             numpy_helper.from_array(np.array([1, 5, 16], dtype=np.int64), "shape"),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.checker.check_model(model)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def _calibration_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    for index in range(3):
+        Image.new("RGB", (64, 48), (index * 60, 90, 120)).save(path / f"tag-{index}.png")
+    return path
+
+
+def _two_input_onnx(path: Path) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["images", "mask"], ["output0"], name="add")],
+        "two-inputs",
+        [
+            helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 3, 32, 32]),
+        ],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 32, 32])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _same_file_spellings(model: Path) -> dict[str, Path]:
+    """Other names of `model`: the same path, a roundabout spelling, a symlink, a hard link."""
+    (model.parent / "sub").mkdir()
+    (model.parent / "link.onnx").symlink_to(model)
+    (model.parent / "hard.onnx").hardlink_to(model)
+    return {
+        "same": model,
+        "spelled-differently": model.parent / "sub" / ".." / "." / model.name,
+        "symlink": model.parent / "link.onnx",
+        "hard-link": model.parent / "hard.onnx",
+    }
+
+
+@pytest.mark.parametrize("spelling", ["same", "spelled-differently", "symlink", "hard-link"])
+def test_the_output_may_not_be_the_model_itself(tmp_path, spelling):
+    model = _tiny_detector_onnx(tmp_path / "model.onnx")
+    before = model.read_bytes()
+    output = _same_file_spellings(model)[spelling]
+    calibration = _calibration_folder(tmp_path / "calibration")
+    listing = sorted(tmp_path.rglob("*"))
+    with pytest.raises(QuantizationError, match="would overwrite the FP32 model") as raised:
+        quantize_model(model, calibration, output)
+    assert str(model) in str(raised.value) and str(output) in str(raised.value)
+    assert model.read_bytes() == before  # the source is never overwritten
+    assert sorted(tmp_path.rglob("*")) == listing  # nothing written, no .partial left
+
+
+def test_the_output_may_not_be_where_the_model_is_staged(tmp_path):
+    """The INT8 file is written next to the output as `<output>.partial` first: that may not be the model either."""
+    model = _tiny_detector_onnx(tmp_path / "q.onnx.partial")
+    before = model.read_bytes()
+    with pytest.raises(QuantizationError, match=r"q\.onnx\.partial"):
+        quantize_model(model, _calibration_folder(tmp_path / "calibration"), tmp_path / "q.onnx")
+    assert model.read_bytes() == before and not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+def test_a_model_below_opset_13_is_refused_before_any_work(tmp_path, opset):
+    """Per-channel QDQ needs DequantizeLinear's `axis` (opset 13): say so instead of onnxruntime's riddle."""
+    model = _tiny_detector_onnx(tmp_path / "model.onnx", opset=opset)
+    output = tmp_path / "out" / "int8.onnx"
+    with pytest.raises(QuantizationError) as raised:
+        quantize_model(model, tmp_path / "no-calibration-needed", output)
+    assert str(raised.value) == (
+        f"{model}: ONNX opset {opset}; INT8 quantization (per-channel QDQ) needs opset 13 or later: "
+        "export the model again with a newer opset"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_with_more_than_one_input_is_refused_naming_its_inputs(tmp_path):
+    model = _two_input_onnx(tmp_path / "two.onnx")
+    with pytest.raises(QuantizationError) as raised:
+        quantize_model(model, _calibration_folder(tmp_path / "calibration"), tmp_path / "int8.onnx")
+    assert str(raised.value) == (
+        f"{model}: the model has 2 inputs (images, mask); expected one image input [1, 3, S, S], "
+        "as a YOLOv8 detection export has"
+    )
+    assert not (tmp_path / "int8.onnx").exists()
 
 
 @pytest.mark.parametrize(
@@ -325,6 +410,37 @@ def test_the_command_fails_with_a_message_naming_the_bad_folder(tmp_path, capsys
     assert "model " in capsys.readouterr().err
 
 
+def test_the_command_refuses_to_write_over_its_model(tmp_path, capsys):
+    model = _tiny_detector_onnx(tmp_path / "model.onnx")
+    before = model.read_bytes()
+    calibration = _calibration_folder(tmp_path / "calibration")
+    spelled = calibration / ".." / "model.onnx"
+    code = quantize_command.main(["--model", str(model), "--calibration", str(calibration), "--output", str(spelled)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(model) in err and str(spelled) in err and "Traceback" not in err
+    assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: _tiny_detector_onnx(path, opset=12), "ONNX opset 12; INT8 quantization"),
+        (_two_input_onnx, r"the model has 2 inputs \(images, mask\)"),
+    ],
+    ids=["opset-12", "two-inputs"],
+)
+def test_the_command_explains_a_model_it_cannot_quantize(tmp_path, capsys, make, message):
+    model = make(tmp_path / "model.onnx")
+    calibration = _calibration_folder(tmp_path / "calibration")
+    code = quantize_command.main(
+        ["--model", str(model), "--calibration", str(calibration), "--output", str(tmp_path / "q.onnx")]
+    )
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert re.match(rf"error: {re.escape(str(model))}: .*{message}", err) and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------------------------------
 # The evaluation step ships both precisions
 # --------------------------------------------------------------------------------------------------
@@ -371,3 +487,57 @@ def test_a_model_that_cannot_be_quantized_ships_as_fp32_with_the_reason(tiny_mod
     assert INT8_MODEL_FILE not in names and manifest.variant("int8") is None
     page = (tmp_path / "evaluation" / "report" / "index.html").read_text()
     assert "Not made: calibration folder x holds no readable image" in page
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (
+            "quantize_model",
+            RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed"),
+            "RuntimeError: [ONNXRuntimeError] : 1 : FAIL : Load model failed",
+        ),
+        ("evaluate_int8", KeyError("mAP50"), "KeyError: 'mAP50'"),
+    ],
+    ids=["quantizer", "int8-evaluation"],
+)
+def test_any_failure_of_the_int8_part_ships_fp32_with_the_reason(tiny_model, tmp_path, monkeypatch, caplog, case):
+    """onnxruntime's quantization tools and the INT8 scoring raise more than QuantizationError: a model that
+    passed its FP32 gate is still packaged (and so registered), without INT8, saying why."""
+    from training.steps import quantize
+    from training.steps.evaluate import evaluate_and_package
+
+    failing, error, reason = case
+
+    def fail(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(quantize, failing, fail)
+    with caplog.at_level(logging.ERROR, logger="training.steps.evaluate"):
+        evaluation, archive = evaluate_and_package(
+            tiny_model.onnx_path,
+            tiny_model.run.prepared.root,
+            evaluation_dir=tmp_path / "evaluation",
+            package_dir=tmp_path / "package",
+            image_size=tiny_model.input_size,
+            confidence_threshold=0.25,
+            iou_threshold=0.45,
+            map50_95_threshold=0.0,
+            regression_margin=0.02,
+            onnx_opset=17,
+            work_dir=tmp_path / "work",
+            quantize_int8=True,
+        )
+    assert evaluation.report.int8 == {"error": reason}
+    assert evaluation.decision.verdict == "register"  # the FP32 gate's verdict stands
+    assert evaluation.report.registry_metadata["verdict"] == "register"
+    manifest, onnx_bytes, names = read_model_archive(archive)
+    assert onnx_bytes == tiny_model.onnx_path.read_bytes() and manifest.metrics == evaluation.report.metrics
+    assert INT8_MODEL_FILE not in names and manifest.variant("int8") is None
+    written = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert written["int8"] == {"error": reason}
+    assert f"Not made: {reason}" in (tmp_path / "evaluation" / "report" / "index.html").read_text().replace(
+        "&#x27;", "'"
+    )
+    (record,) = [r for r in caplog.records if r.name == "training.steps.evaluate"]
+    assert record.exc_info is not None and record.exc_info[1] is error  # the traceback is in the log

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -51,6 +52,8 @@ from training.steps.gate import REGISTRY_METADATA, ChampionResult, decide
 from training.steps.prepare import PREPARED_FILE, PreparedDataset, file_stem
 from training.steps.scoring import EvaluationError, score_images
 from training.steps.train import TRAINING_SUMMARY_FILE, TrainingError
+
+LOG = logging.getLogger(__name__)
 
 EVALUATION_FILE = "evaluation.json"
 ARCHIVE_FILE = "model.tar.gz"
@@ -446,7 +449,12 @@ def evaluate_and_package(
 def _quantize(
     onnx_path: str | Path, evaluation: Evaluation, image_size: int, work: Path
 ) -> tuple[dict[str, Any], ModelVariant | None, Path | None]:
-    """INT8 model of the new one: (what the report says, model.json's entry, the file), or why there is none."""
+    """INT8 model of the new one: (what the report says, model.json's entry, the file), or why there is none.
+
+    The INT8 model is an extra: whatever goes wrong making or scoring it (onnxruntime's quantization tools
+    raise more than QuantizationError), the FP32 model that passed its gate still ships, and the report
+    says why it ships alone.
+    """
     from training.steps import quantize  # noqa: PLC0415 - onnxruntime's quantization tools only when used
 
     dataset = evaluation.dataset
@@ -462,10 +470,16 @@ def _quantize(
             work_dir=work / "evaluate",
             fp32_results=evaluation.challenger.results,
         )
+        variant = quantize.int8_variant(result, compared.int8)
     except quantize.QuantizationError as error:
+        LOG.warning("no INT8 model, the FP32 model ships alone: %s", error)
         return {"error": str(error)}, None, None
+    except Exception as error:  # any other failure of the INT8 part leaves the FP32 result intact too
+        reason = f"{type(error).__name__}: {error}"
+        LOG.exception("no INT8 model, the FP32 model ships alone: %s", reason)
+        return {"error": reason}, None, None
     return (
         {"file": INT8_MODEL_FILE, **compared.to_json(), "details": result.details()},
-        quantize.int8_variant(result, compared.int8),
+        variant,
         result.output,
     )

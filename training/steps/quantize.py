@@ -11,6 +11,9 @@
   and the output (the per-scale reshapes and concatenations, the DFL softmax and its expectation,
   the box decoding, the class sigmoid) is kept in float; the convolutions before it, head branches
   included, run in INT8. `float_nodes()` finds that tail from the graph's structure alone.
+* **Refused before any work**: an output that is the model itself (the FP32 model is never
+  overwritten), a model below opset 13 (per-channel QDQ needs DequantizeLinear's `axis`), a model
+  without exactly one image input.
 * **Checked before it is used**: `compare_outputs()` runs both models on the same frames; an INT8
   model whose output shape differs, or that does not load, is a QuantizationError.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -31,7 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.contracts import INT8, INT8_MODEL_FILE, MANIFEST_FILE, MODEL_FILE, REQUIRED_METRICS, ModelVariant
+from shared.contracts import (
+    INT8,
+    INT8_MIN_ONNX_OPSET,
+    INT8_MODEL_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    REQUIRED_METRICS,
+    ModelVariant,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -180,14 +192,58 @@ def float_nodes(model: Any) -> list[str]:
     return sorted(tail)
 
 
-def _input_size(model: Any) -> tuple[str, int]:
-    (graph_input,) = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+def _input_size(model: Any, source: Path) -> tuple[str, int]:
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:  # calibration feeds one image tensor
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise QuantizationError(
+            f"{source}: the model has {len(inputs)} inputs ({names}); expected one image input [1, 3, S, S], "
+            "as a YOLOv8 detection export has"
+        )
+    (graph_input,) = inputs
     dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != 3 or not dims[2] or dims[2] != dims[3]:
         raise QuantizationError(
-            f"the model's input {graph_input.name} has shape {dims}; expected a static [1, 3, S, S] image input"
+            f"{source}: the model's input {graph_input.name} has shape {dims}; expected a static [1, 3, S, S] "
+            "image input"
         )
     return graph_input.name, int(dims[2])
+
+
+def _check_opset(model: Any, source: Path) -> None:
+    """Refuse a model older than per-channel QDQ, rather than let onnxruntime fail on DequantizeLinear's axis."""
+    opsets = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    opset = max(opsets, default=None)
+    if opset is None or opset < INT8_MIN_ONNX_OPSET:
+        found = f"ONNX opset {opset}" if opset is not None else "no default (ai.onnx) opset import"
+        raise QuantizationError(
+            f"{source}: {found}; INT8 quantization (per-channel QDQ) needs opset {INT8_MIN_ONNX_OPSET} or later: "
+            "export the model again with a newer opset"
+        )
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: any spelling, a symlink (resolve) or a hard link (samefile)."""
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _refuse_overwriting(source: Path, output: Path, partial: Path) -> None:
+    """The FP32 model is never overwritten: neither the output nor its staging file may be the model."""
+    if _same_file(output, source):
+        raise QuantizationError(
+            f"the output {output} is the model {source}: writing it would overwrite the FP32 model; "
+            "choose another output path"
+        )
+    if _same_file(partial, source):
+        raise QuantizationError(
+            f"the output {output} is staged as {partial}, which is the model {source}: writing it would "
+            "overwrite the FP32 model; choose another output path"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,21 +272,22 @@ def quantize_model(
 
     if method not in CALIBRATION_METHODS:
         raise QuantizationError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
-    source = Path(model_path)
+    source, output = Path(model_path), Path(output_path)
+    partial = output.with_name(output.name + ".partial")
+    _refuse_overwriting(source, output, partial)
     try:
         original = onnx.load(str(source))
     except Exception as error:  # onnx raises DecodeError, OSError, ...
         raise QuantizationError(f"{source}: cannot read the ONNX model ({error})") from None
-    input_name, size = _input_size(original)
+    _check_opset(original, source)
+    input_name, size = _input_size(original, source)
     frames = calibration_frames(calibration_dir, size=size, limit=max_images)
-    output = Path(output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quantize-") as work:
         prepared = Path(work) / "prepared.onnx"
         # Shape inference and onnxruntime's basic graph optimizations first, as onnxruntime recommends.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         keep_float = float_nodes(onnx.load(str(prepared)))
-        partial = output.with_name(output.name + ".partial")
         quantize_static(
             str(prepared),
             str(partial),
