@@ -296,6 +296,28 @@ def test_unreadable_calibration_images_are_skipped_and_the_rest_used(tmp_path, c
     assert len(calibration_frames(tmp_path / "calibration", size=32, limit=2)) == 2
 
 
+def test_unreadable_files_of_the_even_spread_are_replaced_by_readable_ones(tmp_path, caplog):
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for name, readable in (("a", False), ("b", True), ("c", False), ("d", True)):
+        if readable:
+            Image.new("RGB", (64, 48), (90, 90, 90)).save(folder / f"{name}.jpg")
+        else:
+            (folder / f"{name}.jpg").write_bytes(b"truncated")
+    frames = calibration_frames(folder, size=32, limit=2)  # the spread picks a and c: both unreadable
+    assert len(frames) == 2
+    assert "2 unreadable image(s) skipped: a.jpg, c.jpg" in caplog.text
+
+
+def test_a_calibration_folder_that_cannot_be_listed_is_refused_naming_it(tmp_path, monkeypatch):
+    def refuse(self, pattern):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "rglob", refuse)
+    with pytest.raises(QuantizationError, match=f"calibration folder {tmp_path} cannot be read \\(.*Permission denied"):
+        calibration_frames(tmp_path, size=32)
+
+
 def test_the_calibration_letterbox_is_ultralytics_letterbox(tmp_path):
     import cv2
     from ultralytics.data.augment import LetterBox

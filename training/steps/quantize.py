@@ -89,7 +89,10 @@ def image_files(directory: str | Path) -> list[Path]:
     root = Path(directory)
     if not root.is_dir():
         raise QuantizationError(f"calibration folder {root} does not exist or is not a folder")
-    return sorted(path for path in root.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        return sorted(path for path in root.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as error:  # a folder that cannot be listed (permissions)
+        raise QuantizationError(f"calibration folder {root} cannot be read ({error})") from None
 
 
 def letterbox(image_rgb: Any, size: int) -> Any:
@@ -124,17 +127,21 @@ def read_rgb(path: Path) -> Any | None:
 def calibration_frames(directory: str | Path, *, size: int, limit: int = DEFAULT_CALIBRATION_IMAGES) -> list[Any]:
     """Up to `limit` readable images of the folder (spread evenly over its sorted files), letterboxed.
 
-    Unreadable files are skipped with a warning; a folder without one readable image is an error that
-    names it.
+    Unreadable files are skipped with a warning and replaced by other files of the folder; a folder
+    without one readable image is an error that names it.
     """
     if limit < 1:
         raise QuantizationError(f"the number of calibration images must be at least 1, got {limit}")
     files = image_files(directory)
-    if len(files) > limit:
-        step = len(files) / limit
-        files = [files[int(index * step)] for index in range(limit)]
-    frames, unreadable = [], []
-    for path in files:
+    step = max(len(files) / limit, 1.0)
+    spread = dict.fromkeys(int(index * step) for index in range(min(limit, len(files))))
+    # The evenly spread files first, then the others: each unreadable one is replaced by the next readable.
+    ordered = [files[index] for index in spread] + [path for index, path in enumerate(files) if index not in spread]
+    frames: list[Any] = []
+    unreadable: list[str] = []
+    for path in ordered:
+        if len(frames) == limit:
+            break
         image = read_rgb(path)
         if image is None:
             unreadable.append(path.name)
