@@ -145,7 +145,7 @@ def train_reference_model(output: Path, *, model_size: str, epochs: int, image_s
     started = time.perf_counter()
     result = run_local(offline_store=store, images=images, output=output / "run", options=options, log=print)
     print(f"trained in {time.perf_counter() - started:.0f} s: {result.archive}")
-    if result.manifest.variant("int8") is None:  # training.local does not quantize (yet): do it here
+    if result.manifest.variant("int8") is None:  # the run's settings left INT8 out: add it here
         quantize_evaluate_and_add(
             result.archive,
             result.onnx_path,

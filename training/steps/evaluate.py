@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts import (
-    INT8_MODEL_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     REQUIRED_METRICS,
@@ -457,20 +456,17 @@ def _quantize(
     """
     from training.steps import quantize  # noqa: PLC0415 - onnxruntime's quantization tools only when used
 
-    dataset = evaluation.dataset
     try:
-        result = quantize.quantize_model(onnx_path, dataset.root / "images" / "train", work / INT8_MODEL_FILE)
-        compared = quantize.evaluate_int8(
-            result.output,
-            dataset.root,
-            evaluation.report.metrics,
+        made = quantize.quantize_and_evaluate(
+            onnx_path,
+            evaluation.dataset.root,
+            fp32_metrics=evaluation.report.metrics,
             image_size=image_size,
             confidence_threshold=evaluation.report.confidence_threshold,
             iou_threshold=evaluation.report.iou_threshold,
-            work_dir=work / "evaluate",
+            work_dir=work,
             fp32_results=evaluation.challenger.results,
         )
-        variant = quantize.int8_variant(result, compared.int8)
     except quantize.QuantizationError as error:
         LOG.warning("no INT8 model, the FP32 model ships alone: %s", error)
         return {"error": str(error)}, None, None
@@ -478,8 +474,4 @@ def _quantize(
         reason = f"{type(error).__name__}: {error}"
         LOG.exception("no INT8 model, the FP32 model ships alone: %s", reason)
         return {"error": reason}, None, None
-    return (
-        {"file": INT8_MODEL_FILE, **compared.to_json(), "details": result.details()},
-        variant,
-        result.output,
-    )
+    return made.to_json(), made.variant, made.quantization.output

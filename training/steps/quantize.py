@@ -18,8 +18,9 @@
   model whose output shape differs, or that does not load, is a QuantizationError.
 
 `quantize_model()` makes the INT8 file; `evaluate_int8()` scores it on the FP32 model's test split;
-`add_int8_variant()` puts it and its metrics into a model archive beside the FP32 model (model.json's
-`precisions`, shared.contracts.ModelManifest); `quantize_evaluate_and_add()` does all three.
+`quantize_and_evaluate()` does both (the pipeline's Evaluate step packages the result beside the FP32
+model); `add_int8_variant()` puts it and its metrics into an archive packaged without it (model.json's
+`precisions`, shared.contracts.ModelManifest), and `quantize_evaluate_and_add()` does all three.
 """
 
 from __future__ import annotations
@@ -487,14 +488,15 @@ def add_int8_variant(archive: str | Path, int8_path: str | Path, variant: ModelV
 
 
 @dataclass(frozen=True)
-class Int8Outcome:
+class Int8Model:
+    """An INT8 model made and scored: its file, its metrics beside FP32's, and its model.json entry."""
+
     quantization: QuantizationResult
     comparison: PrecisionComparison
     variant: ModelVariant
-    archive: Path
 
     def to_json(self) -> dict[str, Any]:
-        """A report of the quantization (e.g. `quantization.json` beside evaluation.json)."""
+        """The report of the quantization (evaluation.json's `int8`)."""
         return {
             "file": self.variant.file,
             **self.comparison.to_json(),
@@ -503,8 +505,7 @@ class Int8Outcome:
         }
 
 
-def quantize_evaluate_and_add(
-    archive: str | Path,
+def quantize_and_evaluate(
     fp32_onnx: str | Path,
     dataset_dir: str | Path,
     *,
@@ -517,11 +518,11 @@ def quantize_evaluate_and_add(
     max_images: int = DEFAULT_CALIBRATION_IMAGES,
     method: str = "minmax",
     fp32_results: Sequence[Any] | None = None,
-) -> Int8Outcome:
-    """Quantize on the prepared dataset's training images, evaluate on its test split, add to the archive.
+) -> Int8Model:
+    """Quantize on the prepared dataset's training images and score on its test split, as FP32 was.
 
-    The pipeline's evaluate step calls this after packaging the FP32 model: `archive` gains
-    `model.int8.onnx` and model.json its `precisions.int8` metrics (the device decides with them).
+    The pipeline's Evaluate step packages the result beside the FP32 model; quantize_evaluate_and_add
+    adds it to an archive packaged without it.
     """
     work = Path(work_dir)
     result = quantize_model(
@@ -541,10 +542,14 @@ def quantize_evaluate_and_add(
         work_dir=work / "evaluate-int8",
         fp32_results=fp32_results,
     )
-    variant = int8_variant(result, comparison.int8)
-    return Int8Outcome(
-        quantization=result,
-        comparison=comparison,
-        variant=variant,
-        archive=add_int8_variant(archive, result.output, variant),
-    )
+    return Int8Model(quantization=result, comparison=comparison, variant=int8_variant(result, comparison.int8))
+
+
+def quantize_evaluate_and_add(
+    archive: str | Path, fp32_onnx: str | Path, dataset_dir: str | Path, **options: Any
+) -> Int8Model:
+    """quantize_and_evaluate, then `archive` (packaged without INT8) gains `model.int8.onnx` and model.json its
+    `precisions.int8` metrics. `options`: quantize_and_evaluate's."""
+    made = quantize_and_evaluate(fp32_onnx, dataset_dir, **options)
+    add_int8_variant(archive, made.quantization.output, made.variant)
+    return made
