@@ -31,10 +31,11 @@ runs with its default threading. A cross-check measures the CPU time of the proc
 onnxruntime on one thread, which other load on the machine hardly changes: each model alone (its
 detector and bare run taking turns, as on a device that serves one model; the ratio with both models
 taking turns is printed beside it), and splits the detector's CPU time into letterbox, inference and
-post-processing (each stage right after the one before, as in `detect`), and is repeated with OpenCV's
-compiled resize in place of the numpy letterbox when OpenCV is installed (not a device dependency: it
-shows what compiled pre-processing would buy). The conditions (CPUs, load average before and after)
-are printed.
+post-processing (each stage right after the one before, as in `detect`). The detector letterboxes and
+post-processes in compiled code where this machine can build it (inspector/native.py, as a device
+does); the cross-check is repeated with numpy doing both (a device without a C compiler) and, where
+OpenCV is installed, with OpenCV's resize as the numpy detector's letterbox (not a device dependency).
+The conditions (CPUs, load average before and after) are printed.
 """
 
 # ruff: noqa: PLC0415, S603 - heavy imports only where used; subprocesses run this interpreter
@@ -274,12 +275,14 @@ def interleaved(
     frames: int,
     rounds: int,
     clock: Callable[[], float] = time.perf_counter,
+    setup: Callable[[str, int], object] | None = None,
 ) -> dict[str, list[float]]:
     """Milliseconds per call of each method, the methods taking turns on every frame, `rounds` times over.
 
     The order of the turns rotates from frame to frame, so that no method always follows the same one
     (a method run right after a long one finds onnxruntime's threads parked and the caches cold).
-    `clock`: wall time, or time.process_time for the CPU time of the whole process.
+    `clock`: wall time, or time.process_time for the CPU time of the whole process. `setup(method, frame)`
+    runs before each call, outside the time.
     """
     names = list(methods)
     for index in range(min(frames, 5)):  # warm-up
@@ -291,6 +294,8 @@ def interleaved(
         for index in range(frames):
             turn += 1
             for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                if setup is not None:
+                    setup(name, index)
                 started = clock()
                 methods[name](index)
                 times[name].append((clock() - started) * 1000.0)
@@ -319,9 +324,9 @@ def cpu_work(models: Models, files: Sequence[Path], *, rounds: int) -> dict[str,
 
     from edge_deployment.components.inference.inspector.detector import (
         letterbox_geometry,
-        linear_resizer,
         load_detector,
         load_image,
+        tensor_resizer,
     )
 
     images = [load_image(path) for path in files]
@@ -344,26 +349,22 @@ def cpu_work(models: Models, files: Sequence[Path], *, rounds: int) -> dict[str,
         )
         result[f"{precision}_overhead"] = ratios(alone[served], alone[bare])
         result[f"{precision}_overhead_mixed"] = ratios(times[served], times[bare])
+        result[f"{precision}_overhead_cached"] = in_cache_overhead(detectors[precision], images, rounds=rounds)
         result[f"{precision}_stages"] = stage_times(detectors[precision], images, rounds=rounds)
     result["int8_vs_fp32_bare"] = ratios(times["int8_bare"], times["fp32_bare"])
     height, width = images[0].shape[:2]
     fp32 = detectors["fp32"]
     geometry = letterbox_geometry(height, width, fp32.input_height, fp32.input_width)
-    result["resizer"] = type(linear_resizer(height, width, geometry.height, geometry.width)).__name__
+    result["resizer"] = type(tensor_resizer(height, width, geometry.height, geometry.width)).__name__
     return result
 
 
-def compiled_letterbox(models: Models, files: Sequence[Path], *, rounds: int) -> dict[str, Any] | None:
-    """The CPU-time cross-check again with OpenCV's resize (compiled C++) in place of the numpy letterbox.
-
-    OpenCV is not a device dependency (it is in the benchmark's environment through Ultralytics): this
-    shows what compiled pre-processing would buy, and what stays (writing the float tensor, the
-    post-processing, the calls around session.run). OpenCV runs on one thread, as onnxruntime does.
-    None when OpenCV is not installed."""
-    try:
-        import cv2
-    except ImportError:
-        return None
+def numpy_alternatives(models: Models, files: Sequence[Path], *, rounds: int) -> dict[str, Any]:
+    """The CPU-time cross-check again with numpy doing the work around the model, as on a device without a
+    C compiler ("numpy"), and with OpenCV's resize as that numpy detector's letterbox ("opencv": compiled
+    C++ on one thread, then a numpy division into the tensor; OpenCV is not a device dependency, it is in
+    the benchmark's environment through Ultralytics). Each must prepare the very tensors the detector
+    does (all are bit-exact)."""
     from importlib import metadata
     from unittest import mock
 
@@ -371,37 +372,75 @@ def compiled_letterbox(models: Models, files: Sequence[Path], *, rounds: int) ->
 
     from edge_deployment.components.inference.inspector import detector as module
 
-    class OpenCVResizer:
-        def __init__(self, height: int, width: int) -> None:
-            self.size = (width, height)
-
-        def resize_into(self, image: np.ndarray, out: np.ndarray) -> None:
-            resized = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
-            np.divide(resized.transpose(2, 0, 1), np.float32(255), out=out)
-
-    cv2.setNumThreads(1)
-    images = [module.load_image(path) for path in files]
+    resizers: dict[str, Callable[[int, int, int, int], Any]] = {"numpy": module.linear_resizer}
     result: dict[str, Any] = {}
+    try:
+        import cv2
+    except ImportError:  # no OpenCV: only the numpy alternative
+        cv2 = None  # type: ignore[assignment]
+    if cv2 is not None:
+
+        class OpenCVResizer:
+            def __init__(self, height: int, width: int) -> None:
+                self.size = (width, height)
+
+            def resize_into(self, image: np.ndarray, out: np.ndarray) -> None:
+                resized = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
+                np.divide(resized.transpose(2, 0, 1), np.float32(255), out=out)
+
+        cv2.setNumThreads(1)
+        resizers["opencv"] = lambda _h, _w, height, width: OpenCVResizer(height, width)
+        distribution = next(iter(metadata.packages_distributions().get("cv2", [])), "opencv")
+        result["opencv"] = f"{distribution} {cv2.__version__}"
+        result["opencv_mb"] = installed_mb(distribution) if distribution != "opencv" else None
+    images = [module.load_image(path) for path in files]
     for precision, path in (("fp32", models.fp32), ("int8", models.int8)):
-        detector = module.load_detector(path, threads=1)
-        feeds = [{detector.input_name: np.array(detector.prepare(image)[0])} for image in images]
-        with mock.patch.object(module, "linear_resizer", lambda _h, _w, height, width: OpenCVResizer(height, width)):
-            # The substitute must prepare the very tensors the numpy letterbox does (both are bit-exact).
-            result["same_tensors"] = all(
-                np.array_equal(detector.prepare(image)[0], feed[detector.input_name])
-                for image, feed in zip(images, feeds, strict=True)
-            )
-            alone = interleaved(
-                {"detector": _detect_call(detector, images), "bare": _run_call(detector.session, feeds)},
-                frames=len(images),
-                rounds=rounds,
-                clock=time.process_time,
-            )
-        result[f"{precision}_overhead"] = ratios(alone["detector"], alone["bare"])
-    distribution = next(iter(metadata.packages_distributions().get("cv2", [])), "opencv")
-    result["opencv"] = f"{distribution} {cv2.__version__}"
-    result["opencv_mb"] = installed_mb(distribution) if distribution != "opencv" else None
+        served = module.load_detector(path, threads=1)
+        feeds = [{served.input_name: np.array(served.prepare(image)[0])} for image in images]
+        numpy_only = module.load_detector(path, threads=1, compiled=False)
+        for name, factory in resizers.items():
+            with mock.patch.object(module, "linear_resizer", factory):
+                result[f"{name}_same_tensors"] = all(
+                    np.array_equal(numpy_only.prepare(image)[0], feed[served.input_name])
+                    for image, feed in zip(images, feeds, strict=True)
+                )
+                alone = interleaved(
+                    {"detector": _detect_call(numpy_only, images), "bare": _run_call(numpy_only.session, feeds)},
+                    frames=len(images),
+                    rounds=rounds,
+                    clock=time.process_time,
+                )
+            result[f"{name}_{precision}_overhead"] = ratios(alone["detector"], alone["bare"])
     return result
+
+
+def in_cache_overhead(detector: Any, images: Sequence[Any], *, rounds: int) -> dict[str, float]:
+    """Detector / bare run with each input just written, as on a device: the frame by its decoder, the
+    tensor of the bare run by whatever prepared it. The other figures give both from memory, which at
+    1920x1080 (6 MB a frame) costs the letterbox about 0.2 ms of reading."""
+    import numpy as np
+
+    frame = {image.shape: np.empty_like(image) for image in images}
+    tensors = [np.array(detector.prepare(image)[0]) for image in images]
+    tensor = np.empty_like(tensors[0])
+
+    def setup(method: str, index: int) -> None:
+        if method == "detector":
+            np.copyto(frame[images[index].shape], images[index])
+        else:
+            np.copyto(tensor, tensors[index])
+
+    times = interleaved(
+        {
+            "detector": lambda index: detector.detect(frame[images[index].shape]),
+            "bare": lambda _index: detector.session.run(None, {detector.input_name: tensor}),
+        },
+        frames=len(images),
+        rounds=rounds,
+        clock=time.process_time,
+        setup=setup,
+    )
+    return ratios(times["detector"], times["bare"])
 
 
 def stage_times(detector: Any, images: Sequence[Any], *, rounds: int) -> dict[str, float]:
@@ -592,15 +631,20 @@ def report(
             mixed = timing[key]["cpu"][f"{precision}_overhead_mixed"]["median"]
             name = f"  cross-check: {precision.upper()} CPU time, detector / bare, 1 thread, {label}"
             figure = _ratio_figure(name, stats, 1.05)
-            figures.append(replace(figure, note=f"{figure.note}; {mixed:.3f} with both models taking turns"))
+            cached = timing[key]["cpu"][f"{precision}_overhead_cached"]["median"]
+            note = f"{figure.note}; {mixed:.3f} with both models taking turns, {cached:.3f} with inputs in cache"
+            figures.append(replace(figure, note=note))
     for key, label in labels.items():
-        compiled = timing[key].get("compiled")
-        if compiled is None:
-            continue
-        for precision in ("fp32", "int8"):
-            name = f"  with OpenCV's resize, not on the device: {precision.upper()} CPU time, {label}"
-            figure = _ratio_figure(name, compiled[f"{precision}_overhead"], 1.05)
-            figures.append(replace(figure, met=None, note=f"{figure.note}; {compiled['opencv']}"))
+        alternatives = timing[key]["alternatives"]
+        for name, title in (("numpy", "numpy only (no C compiler)"), ("opencv", "numpy with OpenCV's resize")):
+            for precision in ("fp32", "int8") if f"{name}_fp32_overhead" in alternatives else ():
+                figure = _ratio_figure(
+                    f"  {title}: {precision.upper()} CPU time, {label}",
+                    alternatives[f"{name}_{precision}_overhead"],
+                    1.05,
+                )
+                note = "" if name == "numpy" else f"; {alternatives['opencv']}, not a device dependency"
+                figures.append(replace(figure, met=None, note=figure.note + note))
     first = next(iter(labels))
     figures.append(
         _ratio_figure(f"INT8 / FP32 detector latency, {labels[first]}", timing[first]["int8_vs_fp32_detector"], 0.6)
@@ -724,14 +768,11 @@ def print_timing(timing: dict[str, dict[str, Any]], labels: dict[str, str]) -> N
             f"FP32 {t['fp32_detector']['median'] - t['fp32_bare']['median']:+.2f} ms, "
             f"INT8 {t['int8_detector']['median'] - t['int8_bare']['median']:+.2f} ms"
         )
-        compiled = t.get("compiled")
-        if compiled:
-            size = "" if compiled["opencv_mb"] is None else f", {compiled['opencv_mb']:.0f} MB installed"
-            print(
-                f"  with OpenCV's resize in place of the numpy letterbox ({compiled['opencv']}{size}; not a device "
-                f"dependency), same tensors: {compiled['same_tensors']}; CPU time detector / bare: FP32 "
-                f"{compiled['fp32_overhead']['median']:.3f}x, INT8 {compiled['int8_overhead']['median']:.3f}x"
-            )
+        alternatives = t["alternatives"]
+        same = ", ".join(f"{k.removesuffix('_same_tensors')} {v}" for k, v in alternatives.items() if "same" in k)
+        print(f"  the same tensors from the numpy detector, with its letterbox: {same}")
+        if "opencv_mb" in alternatives and alternatives["opencv_mb"] is not None:
+            print(f"  {alternatives['opencv']} installs {alternatives['opencv_mb']:.0f} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -761,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for key, chosen in sets.items():
         timing[key]["cpu"] = cpu_work(models, chosen, rounds=args.rounds)
-        timing[key]["compiled"] = compiled_letterbox(models, chosen, rounds=args.rounds)
+        timing[key]["alternatives"] = numpy_alternatives(models, chosen, rounds=args.rounds)
     extra = device_figures(models, files)
     extra["dependency_mb"], sizes = dependency_size_mb(REQUIREMENTS)
     figures = report(models, timing, extra, labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ os.environ["YOLO_OFFLINE"] = "1"  # Ultralytics: no downloads, no update checks
 os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
 os.environ.pop("CDK_DEFAULT_ACCOUNT", None)
 os.environ.pop("CDK_DEFAULT_REGION", None)
+# The device's compiled letterbox is built here (once per source and compiler), not in the user's cache.
+os.environ.setdefault("INSPECTOR_NATIVE_DIR", os.path.join(tempfile.gettempdir(), "inspector-native-tests"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # jsii runs on the Node.js that `make` installs when the system's is older than 22.

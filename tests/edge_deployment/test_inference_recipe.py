@@ -97,6 +97,7 @@ def test_install_builds_an_environment_from_the_pinned_requirements_and_run_only
         assert lifecycle["Setenv"]["PYTHONPATH"] == folder
         assert lifecycle["Setenv"]["INSPECTOR_DECOMPRESSED_PATH"] == "{artifacts:decompressedPath}"
         assert lifecycle["Setenv"]["INSPECTOR_WORK_DIR"] == "{work:path}"
+        assert lifecycle["Setenv"]["INSPECTOR_NATIVE_DIR"] == "{work:path}/native"
         assert not lifecycle["Install"]["RequiresPrivilege"] and not lifecycle["Run"]["RequiresPrivilege"]
 
 

@@ -138,6 +138,7 @@ def inference_recipe(
             "PYTHONUNBUFFERED": "1",
             "INSPECTOR_DECOMPRESSED_PATH": "{artifacts:decompressedPath}",
             "INSPECTOR_WORK_DIR": "{work:path}",
+            "INSPECTOR_NATIVE_DIR": "{work:path}/native",  # the compiled letterbox (inspector/native.py)
         },
         "Install": {
             "Script": install_script(venv=venv, requirements=f"{folder}/{REQUIREMENTS_FILE}"),

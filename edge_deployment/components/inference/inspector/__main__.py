@@ -2,7 +2,8 @@
 
 Connects to the nucleus over IPC, reads the component configuration, and serves until Greengrass
 stops the component (SIGTERM). `python -m inspector --check` only imports what the component
-needs and prints the versions: a quick check of the install phase on a device.
+needs, builds the compiled letterbox where the device can (native.py), and prints the versions and
+which letterbox serves: a quick check of the install phase on a device.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ LOG = logging.getLogger("inspector")
 
 
 def check() -> int:
-    """Import every dependency of the component and print their versions."""
+    """Import every dependency of the component, build the compiled letterbox, print what serves."""
     import awscrt  # noqa: PLC0415
     import awsiot.greengrasscoreipc.clientv2  # noqa: F401, PLC0415
     import numpy  # noqa: PLC0415
     import onnxruntime  # noqa: PLC0415
     import PIL  # noqa: PLC0415
 
-    from . import __version__, detector, feedback, frame_sources, greengrass, model_manager, service  # noqa: F401, PLC0415
+    from . import __version__, detector, feedback, frame_sources, greengrass, model_manager, native, service  # noqa: F401, PLC0415
 
     print(
         f"inspector {__version__}: python {sys.version.split()[0]}, onnxruntime {onnxruntime.__version__}, "
         f"numpy {numpy.__version__}, pillow {PIL.__version__}, awscrt {awscrt.__version__}"
     )
+    print(native.library()[1])  # without a compiler the numpy letterbox serves: not an install failure
     return 0
 
 

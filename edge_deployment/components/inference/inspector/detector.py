@@ -1,7 +1,9 @@
 """The YOLOv8 ONNX detector: image decoding, letterbox, inference and class-aware NMS.
 
-Runs with onnxruntime, numpy and Pillow only. Every step reproduces Ultralytics' own prediction
-path for ONNX models, so the boxes match `YOLO("model.onnx").predict(...)` on the same files:
+Runs with onnxruntime, numpy and Pillow only; the letterbox and the post-processing also in compiled
+code (native.py, native.c) where the device's C compiler builds it, with the same arithmetic. Every
+step reproduces Ultralytics' own prediction path for ONNX models, so the boxes match
+`YOLO("model.onnx").predict(...)` on the same files:
 
 - decoding: Pillow, EXIF orientation applied, any colour mode turned into 8-bit RGB the way
   OpenCV's `IMREAD_COLOR` does (alpha dropped, 16-bit samples keep their high byte);
@@ -30,7 +32,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import native
 from .config import DEFAULTS, PRECISION_SETTINGS
+from .native import CompiledResizer
 
 LOG = logging.getLogger(__name__)
 
@@ -381,6 +385,18 @@ def linear_resizer(source_height: int, source_width: int, height: int, width: in
     return block if block is not None else LinearResizer(source_height, source_width, height, width)
 
 
+@lru_cache(maxsize=4)
+def tensor_resizer(
+    source_height: int, source_width: int, height: int, width: int
+) -> CompiledResizer | LinearResizer | BlockResizer:
+    """The letterbox's resizer of one size pair: compiled where native.library() loads, else numpy's."""
+    lib, _ = native.library()
+    if lib is None:
+        return linear_resizer(source_height, source_width, height, width)
+    taps = (*_linear_taps(source_width, width, True), *_linear_taps(source_height, height, False))
+    return CompiledResizer(lib, taps, (source_height, source_width))
+
+
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize (H, W, 3) uint8 like cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)."""
     source_height, source_width = image.shape[:2]
@@ -651,6 +667,8 @@ class Detector:
 
     Not thread-safe (it reuses its input buffers): use one per thread. `precision`, `precision_reason`,
     `execution_provider` and `warnings` say what serves and why (load_detector fills in the reasons).
+    `compiled`: the letterbox and post-processing run in compiled code where native.library() loads
+    (same tensors, same detections), else in numpy; False: numpy in any case.
     """
 
     def __init__(
@@ -664,6 +682,7 @@ class Detector:
         threads: int = 0,
         max_detections: int = MAX_DETECTIONS,
         providers: Sequence[str] = ("cpu",),
+        compiled: bool = True,
     ) -> None:
         import onnxruntime  # noqa: PLC0415 - keep `import detector` cheap for tools that only decode images
 
@@ -700,6 +719,10 @@ class Detector:
             "confidence threshold", DEFAULT_CONFIDENCE if confidence_threshold is None else confidence_threshold
         )
         self.iou_threshold = _check_threshold("IoU threshold", DEFAULT_IOU if iou_threshold is None else iou_threshold)
+        lib = native.library()[0] if compiled else None
+        # The letterbox and post-processing in compiled code where it could be built (native.py), else numpy's.
+        self.compiled = lib is not None
+        self._compiled_postprocess = native.CompiledPostprocessor(lib) if lib is not None else None
         self._tensor = np.zeros((1, 3, self.input_height, self.input_width), dtype=np.float32)
         self._geometry: Letterbox | None = None  # of the frame in _tensor; its padding is filled in
         # One warm-up run: checks the real output shape and takes the first-run cost out of frame one.
@@ -774,7 +797,9 @@ class Detector:
             resized = resize_linear(image, geometry.width, geometry.height)
             np.divide(resized.transpose(2, 0, 1), np.float32(255), out=region)
         else:
-            resizer = linear_resizer(height, width, geometry.height, geometry.width)
+            resizer = (tensor_resizer if self.compiled else linear_resizer)(
+                height, width, geometry.height, geometry.width
+            )
             resizer.resize_into(np.ascontiguousarray(image), region)
         return tensor, geometry
 
@@ -798,45 +823,75 @@ class Detector:
         self, prediction: np.ndarray, geometry: Letterbox, height: int, width: int
     ) -> tuple[tuple[Detection, ...], float]:
         """(4 + classes, boxes) raw output -> detections in source pixels, and the top candidate score."""
-        scores = prediction[4:]
-        if scores.shape[1] == 0:
+        if prediction.shape[1] == 0:
             return (), 0.0
-        classes = None if self.num_classes == 1 else scores.argmax(axis=0)
-        best = scores[0] if classes is None else np.take_along_axis(scores, classes[None, :], axis=0)[0]
-        top_score = float(best.max())
-        candidates = np.flatnonzero(best > np.float32(self.confidence_threshold))
-        if not candidates.size:
-            return (), top_score
-        if candidates.size > _MAX_NMS_CANDIDATES:
-            candidates = candidates[np.argsort(-best[candidates], kind="stable")[:_MAX_NMS_CANDIDATES]]
-        chosen = prediction[:4, candidates]  # (4, n): centre x, centre y, width, height
-        half = chosen[2:4] / np.float32(2)
-        boxes = np.concatenate((chosen[:2] - half, chosen[:2] + half))  # (4, n): x1, y1, x2, y2
-        confidences = best[candidates]
-        if classes is None:
-            keep = _nms_columns(boxes, confidences, self.iou_threshold)[: self.max_detections]
-            labels = [0] * keep.size
-        else:
-            offsets = classes[candidates].astype(np.float32) * _CLASS_OFFSET
-            keep = _nms_columns(boxes + offsets, confidences, self.iou_threshold)[: self.max_detections]
-            labels = classes[candidates[keep]].tolist()
-        boxes = boxes[:, keep]
-        xs, ys = boxes[0::2], boxes[1::2]  # views: x1, x2 and y1, y2
-        xs -= np.float32(geometry.left)
-        ys -= np.float32(geometry.top)
-        xs /= np.float32(geometry.gain_x)
-        ys /= np.float32(geometry.gain_y)
-        np.maximum(boxes, np.float32(0), out=boxes)
-        np.minimum(xs, np.float32(width), out=xs)
-        np.minimum(ys, np.float32(height), out=ys)
+        boxes, labels, confidences, top_score = (self._compiled_postprocess or postprocess)(
+            prediction,
+            confidence=self.confidence_threshold,
+            iou=self.iou_threshold,
+            max_candidates=_MAX_NMS_CANDIDATES,
+            max_detections=self.max_detections,
+            class_offset=float(_CLASS_OFFSET),
+            padding=(geometry.left, geometry.top),
+            gain=(geometry.gain_x, geometry.gain_y),
+            size=(height, width),
+        )
         names = self.class_names
         return (
             tuple(
                 Detection(box=(box[0], box[1], box[2], box[3]), class_id=label, class_name=names[label], score=score)
-                for box, label, score in zip(boxes.T.tolist(), labels, confidences[keep].tolist(), strict=True)
+                for box, label, score in zip(boxes, labels, confidences, strict=True)
             ),
             top_score,
         )
+
+
+def postprocess(
+    prediction: np.ndarray,
+    *,
+    confidence: float,
+    iou: float,
+    max_candidates: int,
+    max_detections: int,
+    class_offset: float,
+    padding: tuple[float, float],
+    gain: tuple[float, float],
+    size: tuple[int, int],
+) -> tuple[list[list[float]], list[int], list[float], float]:
+    """(boxes, classes, scores, top candidate score) of a (4 + classes, boxes) raw output, in numpy.
+
+    native.CompiledPostprocessor computes the same in compiled code, operation for operation.
+    """
+    scores = prediction[4:]
+    classes = None if scores.shape[0] == 1 else scores.argmax(axis=0)
+    best = scores[0] if classes is None else np.take_along_axis(scores, classes[None, :], axis=0)[0]
+    top_score = float(best.max())
+    candidates = np.flatnonzero(best > np.float32(confidence))
+    if not candidates.size:
+        return [], [], [], top_score
+    if candidates.size > max_candidates:
+        candidates = candidates[np.argsort(-best[candidates], kind="stable")[:max_candidates]]
+    chosen = prediction[:4, candidates]  # (4, n): centre x, centre y, width, height
+    half = chosen[2:4] / np.float32(2)
+    boxes = np.concatenate((chosen[:2] - half, chosen[:2] + half))  # (4, n): x1, y1, x2, y2
+    confidences = best[candidates]
+    if classes is None:
+        keep = _nms_columns(boxes, confidences, iou)[:max_detections]
+        labels = [0] * keep.size
+    else:
+        offsets = classes[candidates].astype(np.float32) * np.float32(class_offset)
+        keep = _nms_columns(boxes + offsets, confidences, iou)[:max_detections]
+        labels = classes[candidates[keep]].tolist()
+    boxes = boxes[:, keep]
+    xs, ys = boxes[0::2], boxes[1::2]  # views: x1, x2 and y1, y2
+    xs -= np.float32(padding[0])
+    ys -= np.float32(padding[1])
+    xs /= np.float32(gain[0])
+    ys /= np.float32(gain[1])
+    np.maximum(boxes, np.float32(0), out=boxes)
+    np.minimum(xs, np.float32(size[1]), out=xs)
+    np.minimum(ys, np.float32(size[0]), out=ys)
+    return boxes.T.tolist(), labels, confidences[keep].tolist(), top_score
 
 
 def load_detector(
@@ -848,6 +903,7 @@ def load_detector(
     precision: str | None = None,
     int8_max_map50_loss: float = DEFAULT_INT8_MAX_MAP50_LOSS,
     providers: Sequence[str] = ("cpu",),
+    compiled: bool = True,
 ) -> Detector:
     """A detector for model.onnx (or a folder holding it), with model.json beside it when there is one.
 
@@ -855,7 +911,7 @@ def load_detector(
     model.json's, else the ONNX metadata's, else class_<id>. `precision` None serves the file given;
     auto, int8 or fp32 choose among the files model.json lists (choose_precision). An INT8 model that
     does not load or does not give the detection output is replaced by the FP32 model, and the
-    detector's `warnings` say why.
+    detector's `warnings` say why. `compiled`: as Detector's.
     """
     path = Path(model_path)
     if path.is_dir():
@@ -876,6 +932,7 @@ def load_detector(
             input_size=info.input_size,
             threads=threads,
             providers=providers,
+            compiled=compiled,
         )
 
     if precision is None:

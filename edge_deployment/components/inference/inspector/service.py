@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import native
 from .config import ComponentConfig, ConfigError
 from .detector import FP32, INT8, Detector, ImageError, ModelError, encode_jpeg, load_detector, load_image
 from .feedback import (
@@ -500,4 +501,5 @@ def create_service(context: DeviceContext, **options: Any) -> InferenceService:
     if unknown:
         LOG.warning("ignoring unknown configuration keys: %s", ", ".join(unknown))
     config = ComponentConfig.from_mapping(raw, thing=context.thing, work_dir=context.work_dir)
+    LOG.info("%s", native.library()[1])  # built here unless the install phase built it
     return InferenceService(context, config, **options)
