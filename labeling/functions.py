@@ -54,6 +54,9 @@ def runtime_bundle_dir() -> Path:
 # -- the pre-label function: the same bundle, the device's detector and its packages for Lambda ----------
 
 DETECTOR_FILE = REPO_ROOT / "edge_deployment" / "components" / "inference" / "inspector" / "detector.py"
+# detector.py and the modules it imports (native.c: the function has no C compiler, so numpy serves there,
+# but the detector finds its source where it looks for it).
+DETECTOR_FILES = ("detector.py", "config.py", "native.py", "native.c")
 PRE_LABEL_REQUIREMENTS = APP_DIR / "pre_label_requirements.txt"
 _PLATFORMS = {"arm64": "aarch64", "x86_64": "x86_64"}
 
@@ -115,10 +118,10 @@ def pre_label_packages_dir() -> Path:
 
 
 def pre_label_bundle_dir() -> Path:
-    """The runtime bundle plus `inspector/detector.py` (unchanged from the device) and its packages."""
+    """The runtime bundle plus the device's detector (DETECTOR_FILES, unchanged) and its packages."""
     detector = {
         "inspector/__init__.py": b'"""The device\'s detector, bundled unchanged for the pre-label function."""\n',
-        "inspector/detector.py": DETECTOR_FILE.read_bytes(),
+        **{f"inspector/{name}": (DETECTOR_FILE.parent / name).read_bytes() for name in DETECTOR_FILES},
     }
     return code_bundle(
         "labeling-pre-label-lambda", RUNTIME_PACKAGES, extra_files=detector, site_packages=pre_label_packages_dir()

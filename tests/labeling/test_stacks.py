@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -395,12 +396,20 @@ def test_the_deployed_server_is_reached_by_its_domain_with_the_shared_secret():
     assert config.label_studio_token_secret == NAMES.label_studio_api_token_secret
 
 
-def test_the_pre_label_function_runs_the_device_detector_at_the_device_pins(studio):
+def test_the_pre_label_function_runs_the_device_detector_at_the_device_pins(studio, tmp_path):
     _, function = functions(studio)["pre_label"]
     assert function["Properties"]["MemorySize"] == 3008 and function["Properties"]["Timeout"] == 900
     bundle = studio.directory / f"asset.{function['Properties']['Code']['S3Key'].removesuffix('.zip')}"
-    device = REPO_ROOT / "edge_deployment/components/inference/inspector/detector.py"
-    assert (bundle / "inspector" / "detector.py").read_bytes() == device.read_bytes()
+    device = REPO_ROOT / "edge_deployment/components/inference/inspector"
+    for name in ("detector.py", "config.py", "native.py", "native.c"):
+        assert (bundle / "inspector" / name).read_bytes() == (device / name).read_bytes(), name
+    # The bundled package imports on its own (the function has no edge_deployment package to fall back on).
+    alone = tmp_path / "alone"
+    shutil.copytree(bundle / "inspector", alone / "inspector")
+    check = "import sys; sys.path.insert(0, sys.argv[1]); from inspector import detector; print(detector.__file__)"
+    done = subprocess.run([sys.executable, "-c", check, str(alone)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(alone / "inspector" / "detector.py")
     for package in ("onnxruntime", "numpy", "PIL", "aws_lambda_powertools", "labeling", "shared"):
         assert (bundle / package).is_dir(), package
     # wheels for the functions' platform (arm64, the runtime's Python), not this machine's
