@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,8 +25,11 @@ os.environ["YOLO_OFFLINE"] = "1"  # Ultralytics: no downloads, no update checks
 os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
 os.environ.pop("CDK_DEFAULT_ACCOUNT", None)
 os.environ.pop("CDK_DEFAULT_REGION", None)
-# The device's compiled letterbox is built here (once per source and compiler), not in the user's cache.
-os.environ.setdefault("INSPECTOR_NATIVE_DIR", os.path.join(tempfile.gettempdir(), "inspector-native-tests"))
+# The device's compiled code (inspector/native.py) is built once per test session in a folder of its own,
+# not in the user's cache.
+if "INSPECTOR_NATIVE_DIR" not in os.environ:
+    os.environ["INSPECTOR_NATIVE_DIR"] = tempfile.mkdtemp(prefix="inspector-native-")
+    atexit.register(shutil.rmtree, os.environ["INSPECTOR_NATIVE_DIR"], ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # jsii runs on the Node.js that `make` installs when the system's is older than 22.

@@ -15,14 +15,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from edge_deployment.components.inference.inspector import native
 from edge_deployment.components.inference.inspector.detector import (
     BlockResizer,
     Detection,
+    Detector,
     ImageError,
     LinearResizer,
     ModelError,
@@ -90,6 +93,17 @@ def assert_same_detections(ours: list[Detection], theirs: list[Detection], where
 # --------------------------------------------------------------------------------------------------
 
 
+# Every parity test below runs on both ways the detector works: its compiled letterbox and post-processing
+# (native.c, where this machine has a C compiler) and numpy's.
+BOTH_PATHS = pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+
+
+def _detector(*args: Any, compiled: bool, **options: Any) -> Detector:
+    detector = load_detector(*args, compiled=compiled, **options)
+    assert detector.compiled == (compiled and native.compiler() is not None)
+    return detector
+
+
 def _variants(source: Path, target: Path) -> list[Path]:
     """The held-out tag as it is, and as frames of other sizes and colour modes."""
     image = Image.open(source).convert("RGB")
@@ -111,8 +125,13 @@ def _variants(source: Path, target: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_detector_matches_ultralytics_on_the_projects_trained_model(tiny_model: TinyModel, tmp_path: Path) -> None:
-    detector = load_detector(tiny_model.onnx_path, confidence_threshold=PARITY_CONF, iou_threshold=PARITY_IOU)
+@BOTH_PATHS
+def test_detector_matches_ultralytics_on_the_projects_trained_model(
+    tiny_model: TinyModel, tmp_path: Path, compiled: bool
+) -> None:
+    detector = _detector(
+        tiny_model.onnx_path, confidence_threshold=PARITY_CONF, iou_threshold=PARITY_IOU, compiled=compiled
+    )
     assert (detector.input_height, detector.input_width) == (tiny_model.input_size, tiny_model.input_size)
     images = [sample.path for sample in tiny_model.samples]
     images += _variants(images[0], tmp_path / "variants") + _variants(images[1], tmp_path / "variants")
@@ -128,12 +147,13 @@ def test_detector_matches_ultralytics_on_the_projects_trained_model(tiny_model: 
 
 
 @pytest.mark.slow
+@BOTH_PATHS
 @pytest.mark.parametrize("conf", [0.25, 0.1])
 def test_detector_matches_ultralytics_at_device_thresholds_on_a_model_that_detects(
-    trained_model: TinyModel, conf: float, tmp_path: Path
+    trained_model: TinyModel, conf: float, tmp_path: Path, compiled: bool
 ) -> None:
     """Parity where it matters on a device: real detections, at the thresholds a device runs with."""
-    detector = load_detector(trained_model.onnx_path, confidence_threshold=conf, iou_threshold=0.7)
+    detector = _detector(trained_model.onnx_path, confidence_threshold=conf, iou_threshold=0.7, compiled=compiled)
     images = [sample.path for sample in trained_model.samples]
     images += _variants(images[0], tmp_path / "variants")
     top_scores = []
@@ -151,12 +171,13 @@ def test_detector_matches_ultralytics_at_device_thresholds_on_a_model_that_detec
 
 
 @pytest.mark.slow
+@BOTH_PATHS
 @pytest.mark.parametrize("conf", [0.25, 0.1])
 def test_detector_matches_ultralytics_on_the_int8_model_the_training_code_makes(
-    trained_model: TinyModel, int8_trained_model: Path, conf: float, tmp_path: Path
+    trained_model: TinyModel, int8_trained_model: Path, conf: float, tmp_path: Path, compiled: bool
 ) -> None:
     """The other precision a device may serve: same decoding, NMS and scaling on the quantized file."""
-    detector = load_detector(int8_trained_model, confidence_threshold=conf, iou_threshold=0.7)
+    detector = _detector(int8_trained_model, confidence_threshold=conf, iou_threshold=0.7, compiled=compiled)
     assert detector.precision == "int8"
     assert detector.class_names == trained_model.class_names  # from the metadata the quantizer keeps
     images = [sample.path for sample in trained_model.samples]
@@ -197,17 +218,18 @@ def _crowded_prediction(seed: int, *, count: int = 300) -> np.ndarray:
     return prediction
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize(
     ("seed", "size", "conf", "iou_threshold"),
     [(1, (320, 240), 0.25, 0.45), (2, (97, 203), 0.5, 0.7), (3, (64, 64), 0.05, 0.3)],
 )
 def test_multi_class_nms_and_scaling_match_ultralytics(
-    tmp_path: Path, seed: int, size: tuple[int, int], conf: float, iou_threshold: float
+    tmp_path: Path, seed: int, size: tuple[int, int], conf: float, iou_threshold: float, *, compiled: bool
 ) -> None:
     model = constant_model(tmp_path / "model.onnx", _crowded_prediction(seed), metadata=ULTRALYTICS_METADATA)
     image = tmp_path / "frame.png"
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(image)
-    detector = load_detector(model, confidence_threshold=conf, iou_threshold=iou_threshold)
+    detector = _detector(model, confidence_threshold=conf, iou_threshold=iou_threshold, compiled=compiled)
     assert detector.class_names == CLASS_NAMES  # from the ONNX metadata (no model.json here)
     ours = list(detector.detect_file(image).detections)
     theirs = ultralytics_boxes(model, image, conf=conf, iou_threshold=iou_threshold, size=64)

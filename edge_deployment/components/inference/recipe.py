@@ -9,6 +9,9 @@ package in it, run with that folder on PYTHONPATH.
   `{work:path}` with the pinned requirements, each file checked against its SHA-256 in
   requirements.lock (`pip --require-hashes`; `make hashes` writes it from requirements.txt); a marker
   file makes later runs of the phase no-ops.
+  The phase ends with `python -m inspector --check`, which also builds the letterbox and
+  post-processing in C with the device's compiler into `{work:path}/native` (`INSPECTOR_NATIVE_DIR`);
+  without a compiler the numpy code serves.
 - Run: `python -m inspector` from that environment.
 - Dependencies: the model component, SOFT (a new model version must not restart the inference
   component: it swaps the model itself), and the token exchange service (upload credentials).

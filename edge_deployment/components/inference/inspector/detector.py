@@ -865,7 +865,7 @@ def postprocess(
     scores = prediction[4:]
     classes = None if scores.shape[0] == 1 else scores.argmax(axis=0)
     best = scores[0] if classes is None else np.take_along_axis(scores, classes[None, :], axis=0)[0]
-    top_score = float(best.max())
+    top_score = float(best.max()) + 0.0  # -0.0 counts as 0.0 (numpy's max of zeros depends on their order)
     candidates = np.flatnonzero(best > np.float32(confidence))
     if not candidates.size:
         return [], [], [], top_score
@@ -889,6 +889,7 @@ def postprocess(
     xs /= np.float32(gain[0])
     ys /= np.float32(gain[1])
     np.maximum(boxes, np.float32(0), out=boxes)
+    boxes += np.float32(0)  # -0.0 becomes 0.0 whichever zero numpy's maximum returned
     np.minimum(xs, np.float32(size[1]), out=xs)
     np.minimum(ys, np.float32(size[0]), out=ys)
     return boxes.T.tolist(), labels, confidences[keep].tolist(), top_score

@@ -108,7 +108,7 @@ int64_t postprocess(const float *prediction, int64_t classes, int64_t boxes, flo
         else if (value > highest) highest = value;
         if (value > confidence) order[count].score = value, order[count].index = j, count++;
     }
-    *top_score = highest;
+    *top_score = highest + 0.0f; /* -0.0 counts as 0.0, as in detector.postprocess */
     if (count == 0) return 0;
     qsort(order, (size_t)count, sizeof(candidate_t), by_score);
     if (count > max_candidates) count = max_candidates;
@@ -136,7 +136,7 @@ int64_t postprocess(const float *prediction, int64_t classes, int64_t boxes, flo
         box[3] = ((prediction[boxes + j] + half_h) - top) / gain_y;
         for (int v = 0; v < 4; v++) { /* numpy's maximum(box, 0), then minimum(x, width) and minimum(y, height) */
             const float limit = v % 2 ? height : width;
-            if (box[v] < 0.0f) box[v] = 0.0f;
+            if (box[v] <= 0.0f) box[v] = 0.0f; /* -0.0 too, as numpy's maximum gives */
             if (box[v] > limit) box[v] = limit;
         }
         out_classes[kept] = label[j];
@@ -146,8 +146,8 @@ int64_t postprocess(const float *prediction, int64_t classes, int64_t boxes, flo
             if (removed[m]) continue;
             float w = (x2[k] < x2[m] ? x2[k] : x2[m]) - (x1[k] > x1[m] ? x1[k] : x1[m]);
             float h = (y2[k] < y2[m] ? y2[k] : y2[m]) - (y1[k] > y1[m] ? y1[k] : y1[m]);
-            if (w < 0.0f) w = 0.0f;
-            if (h < 0.0f) h = 0.0f;
+            if (w <= 0.0f) w = 0.0f;
+            if (h <= 0.0f) h = 0.0f;
             const float inter = w * h;
             const float overlap = inter / ((area[k] + area[m]) - inter); /* 0 / 0 (two empty boxes): NaN */
             if ((double)overlap > iou) removed[m] = 1;

@@ -57,18 +57,40 @@ def build_directory() -> Path:
     return Path(cache) / "tag-inspection" / "native"
 
 
+def cpu_fingerprint() -> bytes:
+    """What a -march=native build depends on: the CPU's model and instruction set extensions (Linux), so a
+    library built on one CPU is never loaded on another from a shared folder or a copied disk image."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    keys = ("flags", "features", "model name", "cpu implementer", "cpu architecture", "cpu variant", "cpu part")
+    wanted = {line.split(":", 1)[0].strip().lower(): line for line in reversed(lines) if ":" in line}
+    return "\n".join([platform.machine(), platform.processor(), *(wanted.get(key, "") for key in keys)]).encode()
+
+
+def _build_error(stderr: str, status: int) -> str:
+    """The compiler's first error line (its last lines are often 'compilation terminated.')."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or [f"exit status {status}"])[0]
+
+
 def build(directory: Path | None = None, *, cc: str | None = None) -> Path:
-    """The shared library for this source, compiler and machine: built now unless it is there already."""
+    """The shared library for this source, compiler and CPU: built now unless it is there already."""
     cc = cc or compiler()
     if cc is None:
         raise NativeError("no C compiler (cc, gcc or clang on the PATH, or $CC)")
-    source = SOURCE.read_bytes()
-    identity = hashlib.sha256(source + cc.encode() + platform.machine().encode() + " ".join(FLAGS).encode())
-    folder = directory or build_directory()
-    library = folder / f"native-{identity.hexdigest()[:16]}.so"
-    if library.is_file():
-        return library
+    folder: Path | str = directory or "the build folder"
     try:
+        folder = directory or build_directory()
+        identity = hashlib.sha256(SOURCE.read_bytes())
+        for part in (cc, " ".join(FLAGS), " ".join(TUNING)):
+            identity.update(b"\0" + part.encode())
+        identity.update(b"\0" + cpu_fingerprint())
+        library = folder / f"native-{identity.hexdigest()[:16]}.so"
+        if library.is_file():
+            return library
         folder.mkdir(parents=True, exist_ok=True)
         # Built under a temporary name and renamed: a library is either complete or absent.
         with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as work:
@@ -80,10 +102,8 @@ def build(directory: Path | None = None, *, cc: str | None = None) -> Path:
                 if done.returncode == 0:
                     os.replace(partial, library)
                     return library
-                errors.append(
-                    done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
-                )
-    except (OSError, subprocess.SubprocessError) as error:
+                errors.append(_build_error(done.stderr, done.returncode))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # RuntimeError: Path.home() unknown
         raise NativeError(f"cannot build {SOURCE.name} with {cc} in {folder}: {error}") from None
     raise NativeError(f"{cc} cannot build {SOURCE.name}: {errors[-1]}")
 
@@ -119,10 +139,16 @@ def library() -> tuple[ctypes.CDLL | None, str]:
         return None, f"numpy letterbox and post-processing ({SWITCH_VARIABLE} is off)"
     try:
         path = build()
-        return load(path), f"compiled letterbox and post-processing ({path})"
-    except NativeError as error:
-        LOG.warning("compiled code unavailable, numpy letterboxes and post-processes: %s", error)
-        return None, f"numpy letterbox and post-processing (compiled code unavailable: {error})"
+        try:
+            lib = load(path)
+        except NativeError:  # a library cut short (power lost while it was written): built again, once
+            path.unlink(missing_ok=True)
+            lib = load(build())
+        return lib, f"compiled letterbox and post-processing ({path})"
+    except Exception as error:  # whatever goes wrong, numpy serves and the reason is logged
+        reason = str(error) if isinstance(error, NativeError) else f"{type(error).__name__}: {error}"
+        LOG.warning("compiled code unavailable, numpy letterboxes and post-processes: %s", reason)
+        return None, f"numpy letterbox and post-processing (compiled code unavailable: {reason})"
 
 
 class CompiledResizer:
@@ -154,8 +180,15 @@ class CompiledResizer:
         """Write the resized image, divided by 255, into `out`: a (3, height, width) float32 (CHW) view."""
         if image.shape != (*self.source_shape, 3) or image.dtype != np.uint8 or not image.flags.c_contiguous:
             raise ValueError(f"expected a C-contiguous {self.source_shape} uint8 RGB frame, got {image.shape}")
-        if out.shape != (3, *self.shape) or out.dtype != np.float32 or out.strides[2] != 4:
-            raise ValueError(f"expected a (3, {self.shape[0]}, {self.shape[1]}) float32 view with unit stride")
+        if (
+            out.shape != (3, *self.shape)
+            or out.dtype != np.float32
+            or not out.flags.writeable
+            or out.strides[2] != 4
+            or out.strides[0] % 4
+            or out.strides[1] % 4
+        ):
+            raise ValueError(f"expected a writable (3, {self.shape[0]}, {self.shape[1]}) float32 view, unit stride")
         height, width = self.shape
         plane, stride = out.strides[0] // 4, out.strides[1] // 4
         self._lib.letterbox_linear(
@@ -202,7 +235,10 @@ class CompiledPostprocessor:
         size: tuple[int, int],
     ) -> tuple[list[list[float]], list[int], list[float], float]:
         """(boxes, classes, scores, top score) of `prediction`, a (4 + classes, boxes) float32 array."""
-        prediction = np.ascontiguousarray(prediction, dtype=np.float32)
+        shape = prediction.shape
+        if prediction.ndim != 2 or shape[0] < 5 or shape[1] < 1 or prediction.dtype != np.float32:
+            raise ValueError(f"expected a (4 + classes, boxes) float32 output, got {prediction.dtype}{list(shape)}")
+        prediction = np.ascontiguousarray(prediction)
         rows, boxes = prediction.shape
         self._scratch(boxes, max_detections)
         count = self._lib.postprocess(
