@@ -140,6 +140,25 @@ def test_a_frame_or_tensor_of_another_shape_is_refused() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def options(**changes: object) -> dict[str, object]:
+    """Post-processing settings: a device's defaults at 320 px, a 450x300 frame, with `changes`."""
+    settings: dict[str, object] = {
+        "confidence": 0.25,
+        "iou": 0.7,
+        "max_candidates": 30000,
+        "max_detections": 300,
+        "class_offset": 7680.0,
+        "padding": (0, 53),
+        "gain": (320 / 450, 213 / 300),
+        "size": (300, 450),
+    }
+    return {**settings, **changes}
+
+
+def compiled_postprocessor() -> native.CompiledPostprocessor:
+    return native.CompiledPostprocessor(native.load(native.build()))
+
+
 def bits(result: tuple) -> tuple:
     """A post-processing result with every float as its bytes: == on floats cannot tell 0.0 from -0.0."""
     boxes, classes, scores, top = result
@@ -177,19 +196,9 @@ def test_the_compiled_post_processing_gives_numpys_detections(classes: int, limi
     confidence, iou, max_candidates, max_detections = limits
     # Up to 512 candidates numpy compares all pairs at once, beyond box by box: both are checked.
     prediction = crowded_prediction(seed, classes=classes, boxes=400 if seed % 2 else 1200)
-    options = {
-        "confidence": confidence,
-        "iou": iou,
-        "max_candidates": max_candidates,
-        "max_detections": max_detections,
-        "class_offset": 7680.0,
-        "padding": (0, 53),
-        "gain": (320 / 450, 213 / 300),
-        "size": (300, 450),
-    }
-    compiled = native.CompiledPostprocessor(native.load(native.build()))
-    expected = detector.postprocess(prediction, **options)
-    assert bits(compiled(prediction, **options)) == bits(expected)
+    settings = options(confidence=confidence, iou=iou, max_candidates=max_candidates, max_detections=max_detections)
+    expected = detector.postprocess(prediction, **settings)
+    assert bits(compiled_postprocessor()(prediction, **settings)) == bits(expected)
     assert len(expected[0]) > 0 or confidence == 0.5
 
 
@@ -201,20 +210,10 @@ def test_the_compiled_post_processing_of_odd_numbers_gives_numpys_too(seed: int)
     prediction = crowded_prediction(seed, classes=3, boxes=300)
     odd = rng.choice(np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], np.float32), 60)
     prediction.flat[rng.choice(prediction.size, 60, replace=False)] = odd
-    options = {
-        "confidence": 0.2,
-        "iou": 0.5,
-        "max_candidates": 30000,
-        "max_detections": 300,
-        "class_offset": 7680.0,
-        "padding": (3, 0),
-        "gain": (0.5, 0.5),
-        "size": (640, 480),
-    }
-    compiled = native.CompiledPostprocessor(native.load(native.build()))
+    settings = options(confidence=0.2, iou=0.5, padding=(3, 0), gain=(0.5, 0.5), size=(640, 480))
     with np.errstate(invalid="ignore"):
-        expected = detector.postprocess(prediction, **options)
-    assert bits(compiled(prediction, **options)) == bits(expected)
+        expected = detector.postprocess(prediction, **settings)
+    assert bits(compiled_postprocessor()(prediction, **settings)) == bits(expected)
 
 
 @needs_compiler
@@ -228,35 +227,19 @@ def test_the_compiled_post_processing_of_odd_numbers_gives_numpys_too(seed: int)
     ],
 )
 def test_the_compiled_post_processing_refuses_what_is_not_an_output(prediction: np.ndarray, message: str) -> None:
-    compiled = native.CompiledPostprocessor(native.load(native.build()))
-    options = {"confidence": 0.25, "iou": 0.7, "max_candidates": 30000, "max_detections": 300}
-    fixed = {"class_offset": 7680.0, "padding": (0, 0), "gain": (1.0, 1.0), "size": (64, 64)}
     with pytest.raises(ValueError, match="expected a \\(4 \\+ classes, boxes\\) float32 output, got " + message):
-        compiled(prediction, **options, **fixed)
+        compiled_postprocessor()(prediction, **options())
 
 
 @needs_compiler
 def test_the_compiled_post_processing_of_an_empty_or_nan_output() -> None:
-    compiled = native.CompiledPostprocessor(native.load(native.build()))
-    options = {
-        "confidence": 0.25,
-        "iou": 0.7,
-        "max_candidates": 30000,
-        "max_detections": 300,
-        "class_offset": 7680.0,
-        "padding": (0, 0),
-        "gain": (1.0, 1.0),
-        "size": (64, 64),
-    }
+    compiled, settings = compiled_postprocessor(), options()
     quiet = np.zeros((5, 84), dtype=np.float32)
-    assert compiled(quiet, **options) == detector.postprocess(quiet, **options) == ([], [], [], 0.0)
+    assert compiled(quiet, **settings) == detector.postprocess(quiet, **settings) == ([], [], [], 0.0)
     quiet[4, 7] = np.nan
-    boxes, classes, scores, top = compiled(quiet, **options)
-    assert (
-        (boxes, classes, scores) == ([], [], [])
-        and np.isnan(top)
-        and np.isnan(detector.postprocess(quiet, **options)[3])
-    )
+    boxes, classes, scores, top = compiled(quiet, **settings)
+    assert (boxes, classes, scores) == ([], [], []) and np.isnan(top)
+    assert np.isnan(detector.postprocess(quiet, **settings)[3])
 
 
 # --------------------------------------------------------------------------------------------------

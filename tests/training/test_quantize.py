@@ -482,28 +482,34 @@ def test_the_training_run_ships_int8_scored_on_the_same_test_images(trained_mode
     assert "<h2>INT8 model</h2>" in run.report_path.read_text()
 
 
+def evaluate_with_int8(tiny_model, folder: Path, *, map50_95_threshold: float):
+    """The pipeline's Evaluate step on the tiny model, INT8 on: (evaluation, archive)."""
+    from training.steps.evaluate import evaluate_and_package
+
+    return evaluate_and_package(
+        tiny_model.onnx_path,
+        tiny_model.run.prepared.root,
+        evaluation_dir=folder / "evaluation",
+        package_dir=folder / "package",
+        image_size=tiny_model.input_size,
+        confidence_threshold=0.25,
+        iou_threshold=0.45,
+        map50_95_threshold=map50_95_threshold,
+        regression_margin=0.02,
+        onnx_opset=17,
+        work_dir=folder / "work",
+        quantize_int8=True,
+    )
+
+
 def test_a_model_that_cannot_be_quantized_ships_as_fp32_with_the_reason(tiny_model, tmp_path, monkeypatch):
     from training.steps import quantize
-    from training.steps.evaluate import evaluate_and_package
 
     def refuse(*_args, **_kwargs):
         raise quantize.QuantizationError("calibration folder x holds no readable image")
 
     monkeypatch.setattr(quantize, "quantize_model", refuse)
-    evaluation, archive = evaluate_and_package(
-        tiny_model.onnx_path,
-        tiny_model.run.prepared.root,
-        evaluation_dir=tmp_path / "evaluation",
-        package_dir=tmp_path / "package",
-        image_size=tiny_model.input_size,
-        confidence_threshold=0.25,
-        iou_threshold=0.45,
-        map50_95_threshold=0.5,
-        regression_margin=0.02,
-        onnx_opset=17,
-        work_dir=tmp_path / "work",
-        quantize_int8=True,
-    )
+    evaluation, archive = evaluate_with_int8(tiny_model, tmp_path, map50_95_threshold=0.5)
     assert evaluation.report.int8 == {"error": "calibration folder x holds no readable image"}
     manifest, _, names = read_model_archive(archive)
     assert INT8_MODEL_FILE not in names and manifest.variant("int8") is None
@@ -527,7 +533,6 @@ def test_any_failure_of_the_int8_part_ships_fp32_with_the_reason(tiny_model, tmp
     """onnxruntime's quantization tools and the INT8 scoring raise more than QuantizationError: a model that
     passed its FP32 gate is still packaged (and so registered), without INT8, saying why."""
     from training.steps import quantize
-    from training.steps.evaluate import evaluate_and_package
 
     failing, error, reason = case
 
@@ -536,20 +541,7 @@ def test_any_failure_of_the_int8_part_ships_fp32_with_the_reason(tiny_model, tmp
 
     monkeypatch.setattr(quantize, failing, fail)
     with caplog.at_level(logging.ERROR, logger="training.steps.evaluate"):
-        evaluation, archive = evaluate_and_package(
-            tiny_model.onnx_path,
-            tiny_model.run.prepared.root,
-            evaluation_dir=tmp_path / "evaluation",
-            package_dir=tmp_path / "package",
-            image_size=tiny_model.input_size,
-            confidence_threshold=0.25,
-            iou_threshold=0.45,
-            map50_95_threshold=0.0,
-            regression_margin=0.02,
-            onnx_opset=17,
-            work_dir=tmp_path / "work",
-            quantize_int8=True,
-        )
+        evaluation, archive = evaluate_with_int8(tiny_model, tmp_path, map50_95_threshold=0.0)
     assert evaluation.report.int8 == {"error": reason}
     assert evaluation.decision.verdict == "register"  # the FP32 gate's verdict stands
     assert evaluation.report.registry_metadata["verdict"] == "register"
