@@ -69,6 +69,7 @@ from shared.names import RAW_IMAGE_PREFIX
 from shared.synthetic import Sample, write_dataset
 from tests.e2e.pipeline import PipelineRun, Trainer
 from tests.e2e.templates import ACCOUNT, PARTITION, REGION, Apps
+from tests.edge_deployment.workflow_harness import WORKFLOW_HANDLERS
 from tests.helpers import asl
 from tests.helpers.lambda_context import LambdaContext
 from tests.helpers.state_machine import MotoStateMachine, function_arn, lambda_handlers
@@ -79,17 +80,7 @@ THING = "line-1-camera-1"
 PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 INFERENCE_VERSION_RESOURCE = "Custom::GreengrassComponentVersion"
 LABELING_HANDLERS = tuple(h for h in HANDLERS if h != "seed_resource")  # every backend's round functions
-EDGE_HANDLERS = (
-    "resolve",
-    "prepare_model",
-    "begin_stage",
-    "create_deployment",
-    "check_rollout",
-    "check_serving",
-    "check_health",
-    "roll_back_stage",
-    "check_rollback",
-)
+EDGE_HANDLERS = ("prepare_model", *WORKFLOW_HANDLERS)  # every function of the edge workflow
 PILOT_THING = "line-1-pilot-camera"
 
 

@@ -163,12 +163,18 @@ MANUAL_PILOT = [
 ]
 
 
-def test_an_approved_pilot_is_promoted_to_production(workflow_stack, monkeypatch, moto):
+def _pilot_awaiting_approval(workflow_stack, monkeypatch, name: str) -> tuple[Any, str, dict[str, Any]]:
+    """A model approved into MANUAL_PILOT's workflow, the run `name` waiting for the pilot's approval:
+    (the workflow, the run, the approval request it published)."""
     edge = _workflow(workflow_stack, monkeypatch, stages=MANUAL_PILOT)
     package = edge.register()
     edge.approve(package)
-    execution = edge.start(_approval(package), "approve")
-    request = _approval_request(edge)
+    execution = edge.start(_approval(package), name)
+    return edge, execution, _approval_request(edge)
+
+
+def test_an_approved_pilot_is_promoted_to_production(workflow_stack, monkeypatch, moto):
+    edge, execution, request = _pilot_awaiting_approval(workflow_stack, monkeypatch, "approve")
     assert request["stage"] == "pilot" and request["model_version"] == "1.0.1"
     assert request["health"]["healthy"] is True
     assert _targets(edge) == [(PILOT_GROUP, "1.0.1")]  # production waits for the answer
@@ -179,11 +185,7 @@ def test_an_approved_pilot_is_promoted_to_production(workflow_stack, monkeypatch
 
 
 def test_a_rejected_pilot_is_rolled_back_with_the_reason(workflow_stack, monkeypatch, moto):
-    edge = _workflow(workflow_stack, monkeypatch, stages=MANUAL_PILOT)
-    package = edge.register()
-    edge.approve(package)
-    execution = edge.start(_approval(package), "reject")
-    request = _approval_request(edge)
+    edge, execution, request = _pilot_awaiting_approval(workflow_stack, monkeypatch, "reject")
     promotion.reject(edge.sfn, token=request["task_token"], by="quality-lead", reason="flags clean tags")
     described = edge.wait(execution)
     assert described["status"] == "FAILED" and described["error"] == "StageRolledBack"
@@ -196,11 +198,7 @@ def test_a_rejected_pilot_is_rolled_back_with_the_reason(workflow_stack, monkeyp
 
 @pytest.mark.parametrize("error", ["Nope", None], ids=["typo", "no-error-named"])
 def test_any_failure_sent_for_an_approval_is_a_rejection_asked_once(workflow_stack, monkeypatch, moto, error):
-    edge = _workflow(workflow_stack, monkeypatch, stages=MANUAL_PILOT)
-    package = edge.register()
-    edge.approve(package)
-    execution = edge.start(_approval(package), "not-rejected-by-name")
-    request = _approval_request(edge)
+    edge, execution, request = _pilot_awaiting_approval(workflow_stack, monkeypatch, "not-rejected-by-name")
     # e.g. the console's "send task failure", or the CLI without --error Rejected
     named = {"error": error} if error else {}
     edge.sfn.send_task_failure(taskToken=request["task_token"], cause="not this one", **named)
@@ -402,11 +400,7 @@ def test_a_stage_whose_devices_all_left_after_it_began_is_not_promoted(workflow_
 
 @pytest.mark.parametrize("answer", ["{}", '{"approved": "yes"}', '{"approved": false}'], ids=["empty", "text", "false"])
 def test_only_an_explicit_approval_promotes(workflow_stack, monkeypatch, moto, answer):
-    edge = _workflow(workflow_stack, monkeypatch, stages=MANUAL_PILOT)
-    package = edge.register()
-    edge.approve(package)
-    execution = edge.start(_approval(package), "unclear")
-    request = _approval_request(edge)
+    edge, execution, request = _pilot_awaiting_approval(workflow_stack, monkeypatch, "unclear")
     edge.sfn.send_task_success(taskToken=request["task_token"], output=answer)  # e.g. by hand, half-typed
     described = edge.wait(execution)
     assert described["status"] == "FAILED" and described["error"] == "StageRolledBack"

@@ -59,7 +59,8 @@ HEALTHY = {
 }
 OLD_FAILURES = 250.0  # frames a device failed before the stage (its total counts from the component's start)
 _SESSION = botocore.session.get_session()
-REAL_HANDLERS = (
+# The edge workflow's functions that run for real here (prepare_model's component steps are tested alone).
+WORKFLOW_HANDLERS = (
     "resolve",
     "begin_stage",
     "create_deployment",
@@ -325,7 +326,7 @@ class EdgeWorkflow:
         """The environment variables of the functions that run for real, as the template gives them."""
         found: dict[str, str] = {}
         for logical_id, handler in self.functions.items():
-            if handler in REAL_HANDLERS:
+            if handler in WORKFLOW_HANDLERS:
                 variables = self.template["Resources"][logical_id]["Properties"]["Environment"]["Variables"]
                 found.update({k: asl.render_token(v, {}) for k, v in variables.items()})
         if self.stages is not None:
