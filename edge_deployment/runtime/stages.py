@@ -148,6 +148,11 @@ def group_members(iot: Any, thing_group: str, *, limit: int | None = None) -> li
             return found if limit is None else found[:limit]
 
 
+def stage_devices(iot: Any, stage: Mapping[str, Any]) -> list[str]:
+    """Thing names of every device in the stage's thing groups, now."""
+    return [thing for group in stage["thing_groups"] for thing in group_members(iot, group["name"])]
+
+
 def previous_deployment(greengrass: Any, target_arn: str) -> dict[str, Any] | None:
     """The group's latest deployment (id and components as deployed), or None when it never had one."""
     with transient_errors():
@@ -478,7 +483,7 @@ def serving_status(
     deadline: datetime,
 ) -> dict[str, Any]:
     """Step 3, one look: has every device of the stage sent a heartbeat with `model_version` since `since`?"""
-    devices = [thing for group in stage["thing_groups"] for thing in group_members(iot, group["name"])]
+    devices = stage_devices(iot, stage)
     if not devices:  # emptied after the stage began (or its rollout found none): nobody served the model
         groups = ", ".join(group["name"] for group in stage["thing_groups"])
         return {
@@ -667,7 +672,7 @@ def health_status(
     now: datetime,
 ) -> dict[str, Any]:
     """Step 4: the health rule on every device of the stage over [since, now]; the failure names each bound broken."""
-    devices = [thing for group in stage["thing_groups"] for thing in group_members(iot, group["name"])]
+    devices = stage_devices(iot, stage)
     if not devices:
         raise StageInputError(f"stage {stage['name']}: its thing groups have no devices left; nothing to judge")
     samples = device_samples(
