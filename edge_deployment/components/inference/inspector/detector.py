@@ -34,7 +34,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import native
 from .config import DEFAULTS, PRECISION_SETTINGS
-from .native import CompiledResizer
 
 LOG = logging.getLogger(__name__)
 
@@ -388,13 +387,13 @@ def linear_resizer(source_height: int, source_width: int, height: int, width: in
 @lru_cache(maxsize=4)
 def tensor_resizer(
     source_height: int, source_width: int, height: int, width: int
-) -> CompiledResizer | LinearResizer | BlockResizer:
+) -> native.CompiledResizer | LinearResizer | BlockResizer:
     """The letterbox's resizer of one size pair: compiled where native.library() loads, else numpy's."""
     lib, _ = native.library()
     if lib is None:
         return linear_resizer(source_height, source_width, height, width)
     taps = (*_linear_taps(source_width, width, True), *_linear_taps(source_height, height, False))
-    return CompiledResizer(lib, taps, (source_height, source_width))
+    return native.CompiledResizer(lib, taps, (source_height, source_width))
 
 
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
